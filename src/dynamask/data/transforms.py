@@ -1,0 +1,94 @@
+"""Detection/segmentation transforms built on ``torchvision.transforms.v2``.
+
+Samples are ``(image, target)`` pairs as produced by
+:class:`dynamask.data.coco.CocoInstanceDataset`: the image is a
+``tv_tensors.Image``, ``target["boxes"]`` a ``tv_tensors.BoundingBoxes`` and
+``target["masks"]`` a ``tv_tensors.Mask``, so geometric transforms move boxes
+and masks in step. Plain tensors in the target (``labels``, ``iscrowd``,
+``area``) and non-tensors (``image_id``) pass through unchanged, except that
+:class:`~torchvision.transforms.v2.SanitizeBoundingBoxes` drops the entries of
+removed boxes from ``labels``/``iscrowd``/``area`` (and from the masks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+from torchvision.transforms import v2
+
+__all__ = ["build_transforms", "target_fields_getter", "SANITIZED_FIELDS"]
+
+#: Per-instance target fields that are filtered together with the boxes.
+SANITIZED_FIELDS: Tuple[str, ...] = ("labels", "iscrowd", "area")
+
+
+def _find_target(inputs: Any) -> Optional[dict]:
+    if isinstance(inputs, dict):
+        return inputs
+    if isinstance(inputs, (tuple, list)):
+        for item in inputs:
+            if isinstance(item, dict):
+                return item
+    return None
+
+
+def target_fields_getter(inputs: Any) -> Tuple[torch.Tensor, ...]:
+    """``labels_getter`` for ``SanitizeBoundingBoxes``: the per-instance tensors
+    (``labels``, ``iscrowd``, ``area`` when present) of the sample's target dict.
+    Masks (``tv_tensors.Mask``) are filtered by torchvision itself."""
+    target = _find_target(inputs)
+    if target is None:
+        raise ValueError("SanitizeBoundingBoxes: expected an (image, target dict) sample")
+    if "labels" not in target:
+        raise ValueError("SanitizeBoundingBoxes: the target dict has no 'labels'")
+    return tuple(target[k] for k in SANITIZED_FIELDS if isinstance(target.get(k), torch.Tensor))
+
+
+def _choices(min_size: Union[int, Sequence[int]]) -> list:
+    sizes = [int(min_size)] if isinstance(min_size, (int, float)) else [int(s) for s in min_size]
+    if not sizes or any(s <= 0 for s in sizes):
+        raise ValueError(f"min_size must be a positive int or a non-empty sequence of them, got {min_size!r}")
+    return sizes
+
+
+def build_transforms(
+    train: bool,
+    min_size: Optional[Union[int, Sequence[int]]] = None,
+    max_size: Optional[int] = 1333,
+    flip_prob: float = 0.5,
+    color_jitter: bool = True,
+    min_box_size: float = 1.0,
+) -> v2.Compose:
+    """Build the sample transform for training or evaluation.
+
+    Train: ``RandomHorizontalFlip(flip_prob)`` -> ``ColorJitter`` (brightness,
+    contrast, saturation 0.2, hue 0.02; if ``color_jitter``) -> resize so the
+    shorter side is ``min_size`` (an int, or a sequence of choices picked at
+    random per sample) with the longer side capped at ``max_size`` -> clamp
+    boxes to the image -> ``SanitizeBoundingBoxes`` (drops boxes smaller than
+    ``min_box_size`` together with their masks/labels/iscrowd/area).
+
+    Eval: no flip, no jitter; resized only when ``min_size`` is given (to the
+    largest choice, deterministically), as torchvision's
+    ``GeneralizedRCNNTransform`` resizes inside the model anyway.
+
+    ``min_size=None`` (default) skips resizing in both modes.
+    """
+    ops = []
+    if train:
+        if flip_prob > 0:
+            ops.append(v2.RandomHorizontalFlip(p=flip_prob))
+        if color_jitter:
+            ops.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+        if min_size is not None:
+            ops.append(v2.RandomShortestSize(min_size=_choices(min_size), max_size=max_size, antialias=True))
+        ops.append(v2.ClampBoundingBoxes())
+        ops.append(v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=target_fields_getter))
+    else:
+        if min_size is not None:
+            ops.append(v2.RandomShortestSize(min_size=[max(_choices(min_size))], max_size=max_size, antialias=True))
+            ops.append(v2.ClampBoundingBoxes())
+    if not ops:
+        ops.append(v2.Identity())
+    return v2.Compose(ops)

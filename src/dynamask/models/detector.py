@@ -1,0 +1,146 @@
+"""DynaMaskRCNN and its builder functions.
+
+The detector is torchvision's Faster R-CNN (backbone + FPN, RPN, box head) with RoI heads that
+carry a pluggable mask branch, and a transform that pastes masks in batches. Builders compose it
+explicitly; nothing is downloaded: ``weights_backbone`` is a local ResNet state-dict file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .dynamask_head import DynaMaskHead
+from .maskrcnn_head import MaskRCNNBranch
+from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
+
+HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
+                "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "gumbel_tau",
+                "size_thresholds")
+
+
+class DynaMaskRCNN(FasterRCNN):
+    """Mask R-CNN-style detector; ``mask_branch`` is a DynaMaskHead or a MaskRCNNBranch.
+
+    Same calling convention as torchvision's MaskRCNN: ``model(images, targets)`` returns a
+    dict of losses in train mode; in eval mode a list of dicts with ``boxes``, ``labels``,
+    ``scores``, ``masks`` (N×1×H×W in [0, 1]), ``mask_resolution`` and ``mask_flops``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module, **kwargs):
+        super().__init__(backbone, num_classes=num_classes, **kwargs)
+        self.roi_heads = MaskBranchRoIHeads.from_box_heads(self.roi_heads, mask_branch)
+        self.transform = BatchedPasteTransform.from_transform(self.transform)
+
+    @property
+    def mask_branch(self) -> nn.Module:
+        return self.roi_heads.mask_branch
+
+    @property
+    def policy(self) -> str:
+        return self.mask_branch.policy
+
+    @policy.setter
+    def policy(self, policy: str) -> None:
+        if isinstance(self.mask_branch, MaskRCNNBranch):
+            if policy != "fixed-28":
+                raise ValueError("the Mask R-CNN head has a single 28×28 output; its policy is 'fixed-28'")
+            return
+        self.mask_branch.policy = policy
+
+    @property
+    def mask_budget(self) -> float:
+        """Test-time dial: mean per-instance mask cost ≤ mask_budget × the full-112 path's cost."""
+        return self.mask_branch.mask_budget
+
+    @mask_budget.setter
+    def mask_budget(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"mask_budget must be in (0, 1], got {value}")
+        self.mask_branch.mask_budget = value
+
+    def flops_table(self) -> dict:
+        return self.mask_branch.flops_table()
+
+
+def _backbone(name: str, weights_backbone: str | os.PathLike | None, trainable_layers: int | None):
+    pretrained = weights_backbone is not None
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else 5
+    backbone = resnet_fpn_backbone(
+        backbone_name=name, weights=None,
+        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
+        trainable_layers=trainable_layers,
+    )
+    if pretrained:
+        load_backbone_weights(backbone, weights_backbone)
+    return backbone
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load a torchvision ResNet state dict (e.g. ``resnet50-*.pth``) from a local file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights_backbone: no such file {path!r} (dynamask never downloads weights)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module.").removeprefix("backbone.body."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = backbone.body.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(backbone.body.state_dict()):
+        raise ValueError(f"weights_backbone {path!r} does not look like a torchvision ResNet state dict "
+                         f"(unexpected keys: {list(unexpected)[:5]}, missing: {list(missing)[:5]})")
+
+
+def _split_head_kwargs(kwargs: dict) -> dict:
+    head = {k: kwargs.pop(k) for k in HEAD_OPTIONS if k in kwargs}
+    if "mask_budget_target" in kwargs:
+        head["budget_target"] = kwargs.pop("mask_budget_target")
+    return head
+
+
+def _dynamask(backbone_name, num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs):
+    head_kwargs = _split_head_kwargs(kwargs)
+    mask_budget = kwargs.pop("mask_budget", 1.0)
+    backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers)
+    head = DynaMaskHead(num_classes, policy=policy, in_channels=backbone.out_channels, **head_kwargs)
+    model = DynaMaskRCNN(backbone, num_classes, head, **kwargs)
+    model.mask_budget = mask_budget
+    return model
+
+
+def _maskrcnn(backbone_name, num_classes, weights_backbone, trainable_backbone_layers, kwargs):
+    backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers)
+    return DynaMaskRCNN(backbone, num_classes, MaskRCNNBranch(num_classes, backbone.out_channels), **kwargs)
+
+
+def dynamask_resnet50_fpn(num_classes: int, policy: str = "dynamic", *, weights_backbone=None,
+                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+    """DynaMask on ResNet-50-FPN. Head options (``fam``, ``widths``, ``budget_target`` /
+    ``mask_budget_target``, loss weights, ...) are taken from ``kwargs``; the rest go to
+    torchvision's detector (``min_size``, ``box_score_thresh``, ``box_detections_per_img``, ...)."""
+    return _dynamask("resnet50", num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs)
+
+
+def dynamask_resnet18_fpn(num_classes: int, policy: str = "dynamic", *, weights_backbone=None,
+                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+    """Small DynaMask on ResNet-18-FPN, for CPU experiments and tests."""
+    return _dynamask("resnet18", num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs)
+
+
+def maskrcnn_resnet50_fpn(num_classes: int, *, weights_backbone=None,
+                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+    """Standard Mask R-CNN (28×28 head) on ResNet-50-FPN through the same code path as DynaMask."""
+    return _maskrcnn("resnet50", num_classes, weights_backbone, trainable_backbone_layers, kwargs)
+
+
+def maskrcnn_resnet18_fpn(num_classes: int, *, weights_backbone=None,
+                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+    return _maskrcnn("resnet18", num_classes, weights_backbone, trainable_backbone_layers, kwargs)

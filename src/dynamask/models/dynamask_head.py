@@ -1,0 +1,240 @@
+"""The DynaMask mask branch: a shared 14×14 RoI feature, the r-FPN stages 14→28→56→112 fed by
+image-level FPN features, and the Mask Switch Module, under a resolution policy.
+
+Training runs every stage on every positive RoI (deep supervision) and trains the switch with
+the selection and budget losses. Inference runs stage 0 and the switch for all detections,
+then stage k only for the RoIs whose chosen resolution is at least R_k — the skipped stages are
+really not computed — and hands back each mask at its own resolution for the batched paste.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+from . import losses as L
+from .flops import conv2d_flops, roi_align_flops
+from .mask_switch import MaskSwitch
+from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage,
+                     size_rule, stages_needed)
+from .rfpn import FeatureAggregation, StagePredictor, _init_conv
+from .roi_utils import level_scale, rois_with_batch_index, split_groups
+
+# Widths of the region feature at 14, 28, 56, 112 and of the reduced image feature pooled at
+# 14, 28, 56. Chosen so that each further stage costs about as much as everything before it:
+# stopping early saves most of the work (see README, "Cost per stage").
+DEFAULT_WIDTHS = (96, 64, 48, 32)
+DEFAULT_REDUCED = (32, 32, 16)
+
+
+class DynaMaskHead(nn.Module):
+    def __init__(
+        self,
+        num_classes: int,
+        policy: str = "dynamic",
+        in_channels: int = 256,
+        widths: tuple[int, ...] = DEFAULT_WIDTHS,
+        reduced_channels: tuple[int, ...] = DEFAULT_REDUCED,
+        fam: str = "deform",
+        featmap_names: tuple[str, ...] = ("0", "1", "2", "3"),
+        image_levels: tuple[str, ...] = ("2", "1", "0"),
+        stage_loss_weights: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+        edge_loss_weight: float = 1.0,
+        select_loss_weight: float = 1.0,
+        budget_target: float = 0.4,
+        budget_weight: float = 1.0,
+        balance_weight: float = 0.0,
+        gumbel_tau: float = 0.5,
+        size_thresholds: tuple[float, ...] = SIZE_THRESHOLDS,
+        sampling_ratio: int = 2,
+    ):
+        super().__init__()
+        check_policy(policy)
+        if not 0.0 < budget_target <= 1.0:
+            raise ValueError(f"budget_target must be in (0, 1], got {budget_target}")
+        self.num_stages = stages_needed(policy)
+        self.resolutions = RESOLUTIONS[: self.num_stages]
+        self.in_channels = in_channels
+        self.sampling_ratio = sampling_ratio
+        self.image_levels = tuple(image_levels)
+        self.stage_loss_weights = tuple(stage_loss_weights)
+        self.edge_loss_weight = edge_loss_weight
+        self.select_loss_weight = select_loss_weight
+        self.budget_target = budget_target
+        self.budget_weight = budget_weight
+        self.balance_weight = balance_weight
+        self.gumbel_tau = gumbel_tau
+        self.size_thresholds = tuple(size_thresholds)
+
+        c0 = widths[0]
+        self.roi_pool = MultiScaleRoIAlign(list(featmap_names), RESOLUTIONS[0], sampling_ratio)
+        self.shared = nn.Sequential(
+            _init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)), nn.ReLU(inplace=True),
+            _init_conv(nn.Conv2d(c0, c0, 3, padding=1)), nn.ReLU(inplace=True),
+        )
+        last = len(RESOLUTIONS) - 1
+        self.predictors = nn.ModuleList(
+            StagePredictor(widths[k], num_classes if k < last else 1, refine=k > 0)
+            for k in range(self.num_stages)
+        )
+        self.aggregators = nn.ModuleList(
+            FeatureAggregation(widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio)
+            for k in range(self.num_stages - 1)
+        )
+        self.switch = MaskSwitch(c0, num_choices=len(RESOLUTIONS)) if policy == "dynamic" else None
+        self._policy = policy
+        self.mask_budget = 1.0
+
+    # ----------------------------------------------------------------- policy and cost table
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: str) -> None:
+        check_policy(policy)
+        if stages_needed(policy) > self.num_stages:
+            raise ValueError(f"policy {policy!r} needs {stages_needed(policy)} stages; this head was "
+                             f"built with {self.num_stages} (up to {self.resolutions[-1]}×{self.resolutions[-1]})")
+        if policy == "dynamic" and self.switch is None:
+            raise ValueError("policy 'dynamic' needs the Mask Switch Module; this head was built without it "
+                             "(build the model with policy='dynamic')")
+        self._policy = policy
+
+    def flops_table(self) -> dict:
+        """Per-RoI FLOPs from layer shapes: the shared part (pool, convs, stage-0 prediction),
+        each stage's increment, the switch, and cumulative costs with and without the switch."""
+        r0 = RESOLUTIONS[0]
+        shared = roi_align_flops(self.in_channels, (r0, r0), self.sampling_ratio)
+        shared += sum(conv2d_flops(m, (r0, r0)) for m in self.shared if isinstance(m, nn.Conv2d))
+        shared += self.predictors[0].flops(r0)
+        increments = [shared] + [
+            self.aggregators[k - 1].flops(RESOLUTIONS[k - 1]) + self.predictors[k].flops(RESOLUTIONS[k])
+            for k in range(1, self.num_stages)
+        ]
+        cumulative = torch.tensor(increments, dtype=torch.float64).cumsum(0)
+        switch = self.switch.flops() if self.switch is not None else 0
+        return {
+            "resolutions": list(self.resolutions),
+            "shared": shared,
+            "increments": increments,
+            "switch": switch,
+            "cumulative": cumulative.tolist(),
+            "cumulative_with_switch": (cumulative + switch).tolist(),
+        }
+
+    def stage_costs(self, with_switch: bool) -> Tensor:
+        table = self.flops_table()
+        return torch.tensor(table["cumulative_with_switch" if with_switch else "cumulative"], dtype=torch.float64)
+
+    # ----------------------------------------------------------------------------- helpers
+    def _pool_image_feature(self, features: dict[str, Tensor], stage: int, rois: Tensor,
+                            image_shapes: list[tuple[int, int]]) -> Tensor:
+        """RoIAlign of the FPN level that matches this stage (P4 at 14, P3 at 28, P2 at 56) at
+        that level's true scale."""
+        feature = features[self.image_levels[stage]]
+        r = RESOLUTIONS[stage]
+        return roi_align(feature, rois.to(feature.dtype), (r, r), spatial_scale=level_scale(feature, image_shapes),
+                         sampling_ratio=self.sampling_ratio, aligned=True)
+
+    def _zero_losses(self, reference: Tensor) -> dict[str, Tensor]:
+        zero = sum(p.sum() for p in self.parameters()) * 0.0 + reference.sum() * 0.0
+        keys = [f"loss_mask_{r}" for r in self.resolutions] + ["loss_mask_edge"]
+        if self._policy == "dynamic":
+            keys += ["loss_mask_select", "loss_mask_budget"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
+        return {k: zero for k in keys}
+
+    # ---------------------------------------------------------------------------- training
+    def forward_train(self, features: dict[str, Tensor], rois: list[Tensor], image_shapes,
+                      gt_masks: list[Tensor], gt_labels: list[Tensor], matched_idxs: list[Tensor]) -> dict[str, Tensor]:
+        labels = torch.cat([gl[idx] for gl, idx in zip(gt_labels, matched_idxs)])
+        x = self.shared(self.roi_pool(features, rois, image_shapes))
+        if labels.numel() == 0:
+            return self._zero_losses(x)
+        boxes = torch.cat(rois)
+        roi5 = rois_with_batch_index(rois)
+        finest = RESOLUTIONS[-1]
+        targets = L.downsample_targets(L.roi_mask_targets(gt_masks, rois, matched_idxs, finest), RESOLUTIONS)
+
+        losses: dict[str, Tensor] = {}
+        edge_loss = x.new_zeros(())
+        stage_logits = []
+        region0 = x
+        for k, r in enumerate(self.resolutions):
+            x, mask_logits, edge_logits = self.predictors[k](x, labels)
+            if k == 0:
+                mask0, edge0 = mask_logits, edge_logits
+            stage_logits.append(mask_logits)
+            w = self.stage_loss_weights[k]
+            losses[f"loss_mask_{r}"] = w * L.mask_bce(mask_logits, targets[r])
+            edge_loss = edge_loss + w * L.mask_bce(edge_logits, L.edge_map(targets[r]))
+            if k + 1 < self.num_stages:
+                pooled = self._pool_image_feature(features, k, roi5, image_shapes)
+                x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
+        losses["loss_mask_edge"] = self.edge_loss_weight * edge_loss
+
+        if self._policy == "dynamic":
+            switch_logits = self.switch(region0.detach(), mask0.detach(), edge0.detach(), boxes).float()
+            # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
+            # on the logits' own device (CPU and CUDA alike).
+            selection = F.gumbel_softmax(switch_logits, tau=self.gumbel_tau, hard=True)
+            costs = L.selection_costs(stage_logits, targets[finest])
+            fractions = self.stage_costs(with_switch=True).to(selection.device)
+            fractions = (fractions / fractions[-1]).float()
+            losses["loss_mask_select"] = self.select_loss_weight * L.selection_loss(selection, costs)
+            losses["loss_mask_budget"] = self.budget_weight * L.budget_loss(selection, fractions, self.budget_target)
+            if self.balance_weight > 0:
+                losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
+        return losses
+
+    # --------------------------------------------------------------------------- inference
+    def choose_stages(self, region0: Tensor, mask0: Tensor, edge0: Tensor, boxes: Tensor,
+                      counts: list[int]) -> Tensor:
+        """Stage index per RoI under the current policy (and, for dynamic, the budget dial)."""
+        n = boxes.shape[0]
+        k = fixed_stage(self._policy)
+        if k is not None:
+            return torch.full((n,), k, dtype=torch.int64, device=boxes.device)
+        if self._policy == "size":
+            return size_rule(boxes, self.size_thresholds).clamp(max=self.num_stages - 1)
+        logits = self.switch(region0, mask0, edge0, boxes).float()
+        if self.mask_budget >= 1.0:
+            return logits.argmax(dim=1)
+        costs = self.stage_costs(with_switch=True).to(logits.device)
+        log_probs = logits.log_softmax(dim=1)
+        return torch.cat([choose_under_budget(lp, costs, self.mask_budget) for lp in log_probs.split(counts)])
+
+    def forward_infer(self, features: dict[str, Tensor], boxes_per_image: list[Tensor],
+                      labels_per_image: list[Tensor], image_shapes) -> list[dict]:
+        counts = [b.shape[0] for b in boxes_per_image]
+        boxes = torch.cat(boxes_per_image)
+        labels = torch.cat(labels_per_image)
+        roi5 = rois_with_batch_index(boxes_per_image)
+        x = self.shared(self.roi_pool(features, boxes_per_image, image_shapes))
+        x, mask_logits, edge_logits = self.predictors[0](x, labels)
+        choice = self.choose_stages(x, mask_logits, edge_logits, boxes, counts)
+        flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
+
+        groups = []
+        active = torch.arange(boxes.shape[0], device=boxes.device)
+        for k in range(self.num_stages):
+            if k > 0:
+                x, mask_logits, edge_logits = self.predictors[k](x, labels[active])
+            stop = choice[active] == k
+            if bool(stop.any()):
+                groups.append((k, active[stop], mask_logits[stop].sigmoid()))
+            go = choice[active] > k
+            if not bool(go.any()):
+                break
+            x, mask_logits, edge_logits, active = x[go], mask_logits[go], edge_logits[go], active[go]
+            pooled = self._pool_image_feature(features, k, roi5[active], image_shapes)
+            x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
+
+        resolution = torch.tensor(RESOLUTIONS, device=boxes.device)[choice]
+        return [
+            {"mask_groups": [(idx, masks) for _, idx, masks in image_groups],
+             "mask_resolution": res, "mask_flops": fl.float()}
+            for image_groups, res, fl in zip(split_groups(groups, counts), resolution.split(counts), flops.split(counts))
+        ]

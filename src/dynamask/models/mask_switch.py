@@ -1,0 +1,50 @@
+"""Mask Switch Module (MSM): picks, per RoI, the resolution at which its mask may stop.
+
+It must cost next to nothing against the stages it saves, so it reads what stage 0 has already
+computed for every RoI — the 14×14 region feature and the 14×14 mask and edge probabilities
+(a direct view of how complicated the outline is) — plus the box size (small objects gain
+nothing from 112×112). All inputs are detached by the caller: the switch learns from the
+selection and budget losses only and never pulls on the mask head's features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .flops import conv2d_flops, linear_flops
+
+
+class MaskSwitch(nn.Module):
+    def __init__(self, in_channels: int, num_choices: int = 4, resolution: int = 14,
+                 reduced_channels: int = 32, hidden: int = 64):
+        super().__init__()
+        self.resolution = resolution
+        self.reduce = nn.Conv2d(in_channels + 2, reduced_channels, 1)
+        self.down = nn.Conv2d(reduced_channels, 16, 3, stride=2, padding=1)
+        self.down_hw = (resolution + 1) // 2
+        self.fc1 = nn.Linear(16 * self.down_hw * self.down_hw + 1, hidden)
+        self.fc2 = nn.Linear(hidden, num_choices)
+        nn.init.normal_(self.fc2.weight, std=0.01)
+        nn.init.zeros_(self.fc2.bias)
+
+    @staticmethod
+    def box_size_feature(boxes: Tensor) -> Tensor:
+        """log2 of the box's side in input pixels, centred at 64 px: N×1."""
+        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)
+        return (0.5 * torch.log2(wh[:, 0] * wh[:, 1]) - 6.0).unsqueeze(1)
+
+    def forward(self, region: Tensor, mask_logits: Tensor, edge_logits: Tensor,
+                boxes: Tensor) -> Tensor:
+        """Returns N×num_choices logits (one per resolution, coarse to fine)."""
+        x = torch.cat([region, mask_logits.sigmoid(), edge_logits.sigmoid()], dim=1)
+        x = F.relu(self.reduce(x))
+        x = F.relu(self.down(x)).flatten(1)
+        x = torch.cat([x, self.box_size_feature(boxes).to(x.dtype)], dim=1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+    def flops(self) -> int:
+        r = self.resolution
+        return (conv2d_flops(self.reduce, (r, r)) + conv2d_flops(self.down, (self.down_hw, self.down_hw))
+                + linear_flops(self.fc1) + linear_flops(self.fc2))

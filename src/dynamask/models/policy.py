@@ -1,0 +1,82 @@
+"""Resolution policies: which stage each RoI stops at.
+
+- ``fixed-R``: every RoI stops at resolution R (14, 28, 56 or 112).
+- ``size``: a box-area rule — side √(w·h) in network-input pixels below 32 → 14, below 96 → 28,
+  below 192 → 56, else 112 (the first two thresholds are COCO's small/medium limits).
+- ``dynamic``: the Mask Switch Module decides; with a test-time budget below 1.0, the choice
+  trades the switch's scores against cost so the mean cost meets the budget (:func:`choose_under_budget`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+RESOLUTIONS = (14, 28, 56, 112)
+POLICIES = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size")
+SIZE_THRESHOLDS = (32.0, 96.0, 192.0)
+
+
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+    return policy
+
+
+def fixed_stage(policy: str) -> int | None:
+    """Stage index of a ``fixed-R`` policy, else None."""
+    if policy.startswith("fixed-"):
+        return RESOLUTIONS.index(int(policy.split("-")[1]))
+    return None
+
+
+def stages_needed(policy: str) -> int:
+    """How many stages a model trained with this policy must build."""
+    k = fixed_stage(policy)
+    return len(RESOLUTIONS) if k is None else k + 1
+
+
+def size_rule(boxes: Tensor, thresholds: tuple[float, ...] = SIZE_THRESHOLDS) -> Tensor:
+    """Stage index per box from its side √(w·h) (network-input pixels)."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    side = torch.sqrt(wh[:, 0] * wh[:, 1])
+    bounds = torch.tensor(thresholds, dtype=side.dtype, device=side.device)
+    return torch.bucketize(side, bounds, right=True)
+
+
+def choose_under_budget(log_probs: Tensor, costs: Tensor, budget: float, iterations: int = 50) -> Tensor:
+    """Stage per RoI so that the mean cost is at most ``budget``·max(costs), losing as little
+    of the switch's log-probability as possible.
+
+    Lagrangian relaxation: choose argmax_k log p_rk − λ·c_k/c_max and bisect on λ ≥ 0 for the
+    smallest λ that meets the budget. If even the cheapest stage for every RoI exceeds the
+    budget, every RoI gets the cheapest stage.
+    """
+    if log_probs.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=log_probs.device)
+    frac = (costs / costs.max()).to(log_probs.dtype)
+    limit = budget * float(costs.max())
+
+    def pick(lam: float) -> Tensor:
+        return torch.argmax(log_probs - lam * frac, dim=1)
+
+    def mean_cost(choice: Tensor) -> float:
+        return float(costs[choice].mean())
+
+    choice = pick(0.0)
+    if mean_cost(choice) <= limit:
+        return choice
+    finite = log_probs[torch.isfinite(log_probs)]
+    spread = float(finite.max() - finite.min()) if finite.numel() else 1.0
+    gaps = frac.diff().abs()
+    hi = (spread + 1.0) / float(gaps[gaps > 0].min()) if bool((gaps > 0).any()) else 1.0
+    if mean_cost(pick(hi)) > limit:
+        return torch.full_like(choice, int(torch.argmin(costs)))
+    lo = 0.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if mean_cost(pick(mid)) <= limit:
+            hi = mid
+        else:
+            lo = mid
+    return pick(hi)

@@ -1,0 +1,87 @@
+"""torchvision's RoI heads with a pluggable mask branch.
+
+The box branch (sampling, box head, post-processing) is torchvision's, unchanged. The mask
+branch is any module with ``forward_train(...) -> losses`` and ``forward_infer(...) -> per-image
+dicts``: the DynaMask head or the standard Mask R-CNN head. At inference each detection's mask
+stays at its own resolution (``mask_groups``) until :class:`BatchedPasteTransform` pastes them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from .paste import paste_masks_grouped
+
+
+class MaskBranchRoIHeads(RoIHeads):
+    def __init__(self, *args, mask_branch: nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_branch = mask_branch
+
+    @classmethod
+    def from_box_heads(cls, heads: RoIHeads, mask_branch: nn.Module) -> "MaskBranchRoIHeads":
+        """Reuse the box parts and settings of an already built torchvision RoIHeads."""
+        return cls(
+            heads.box_roi_pool, heads.box_head, heads.box_predictor,
+            heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
+            heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
+            heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+            mask_branch=mask_branch,
+        )
+
+    def has_mask(self) -> bool:
+        return True
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            # Only positive proposals train the mask branch.
+            positive = [torch.where(lab > 0)[0] for lab in labels]
+            mask_rois = [p[pos] for p, pos in zip(proposals, positive)]
+            pos_matched = [m[pos] for m, pos in zip(matched_idxs, positive)]
+            losses.update(self.mask_branch.forward_train(
+                features, mask_rois, image_shapes,
+                [t["masks"] for t in targets], [t["labels"] for t in targets], pos_matched))
+            return [], losses
+
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
+        for r, m in zip(result, self.mask_branch.forward_infer(features, boxes, labels, image_shapes)):
+            r.update(m)
+        return result, {}
+
+
+class BatchedPasteTransform(GeneralizedRCNNTransform):
+    """GeneralizedRCNNTransform whose post-processing pastes each mask from its own resolution
+    with one batched ``grid_sample`` per resolution instead of torchvision's per-mask loop."""
+
+    @classmethod
+    def from_transform(cls, t: GeneralizedRCNNTransform) -> "BatchedPasteTransform":
+        new = cls(t.min_size, t.max_size, t.image_mean, t.image_std,
+                  size_divisible=t.size_divisible, fixed_size=t.fixed_size)
+        if hasattr(t, "_skip_resize"):
+            new._skip_resize = t._skip_resize
+        return new
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training:
+            return result
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            groups = pred.pop("mask_groups", None)
+            if groups is not None:
+                pred["masks"] = paste_masks_grouped(groups, pred["boxes"], tuple(o_im_s))
+        return result
