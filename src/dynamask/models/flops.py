@@ -77,8 +77,8 @@ def torchvision_flop_formulas() -> dict:
     import torchvision.ops  # noqa: F401
 
     return {
-        torch.ops.torchvision.roi_align.default: _roi_align_formula,
-        torch.ops.torchvision.deform_conv2d.default: _deform_conv2d_formula,
+        torch.ops.torchvision.roi_align: _roi_align_formula,
+        torch.ops.torchvision.deform_conv2d: _deform_conv2d_formula,
     }
 
 

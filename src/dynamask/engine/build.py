@@ -1,0 +1,104 @@
+"""Build a model from a config dict; save and load checkpoints.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: ``model`` (state dict), ``config`` (the resolved config),
+``class_names``, ``cat_ids`` (label i+1 ↔ COCO category id cat_ids[i]), ``num_classes``,
+``iteration``, ``versions``, and for resuming ``optimizer``, ``scheduler``, ``rng``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+import torchvision
+
+from .. import __version__
+from ..errors import DynaMaskError
+from ..models import detector
+
+DETECTOR_KEYS = {  # config key under model. → torchvision detector keyword
+    "rpn_pre_nms_top_n_train": "rpn_pre_nms_top_n_train",
+    "rpn_post_nms_top_n_train": "rpn_post_nms_top_n_train",
+    "rpn_pre_nms_top_n_test": "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_test": "rpn_post_nms_top_n_test",
+    "box_batch_size_per_image": "box_batch_size_per_image",
+    "box_detections_per_img": "box_detections_per_img",
+    "box_score_thresh": "box_score_thresh",
+}
+
+
+def build_model(cfg: dict, num_classes: int):
+    """num_classes counts the background (dataset classes + 1), as in torchvision."""
+    m, inp = cfg["model"], cfg["input"]
+    min_size = inp["min_size"]
+    kwargs = {v: m[k] for k, v in DETECTOR_KEYS.items() if m.get(k) is not None}
+    kwargs.update(min_size=tuple(min_size) if isinstance(min_size, list) else min_size, max_size=inp["max_size"])
+    common = dict(weights_backbone=m.get("weights_backbone"),
+                  trainable_backbone_layers=m.get("trainable_backbone_layers"))
+    backbone = m["backbone"]
+    if backbone not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                        "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"):
+        raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
+    if m["head"] == "maskrcnn":
+        return detector._maskrcnn(backbone, num_classes, common["weights_backbone"],
+                                  common["trainable_backbone_layers"], kwargs)
+    kwargs.update(
+        fam=m["fam"], stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
+        select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
+        budget_weight=m["budget_weight"], balance_weight=m["balance_weight"], gumbel_tau=m["gumbel_tau"],
+        mask_budget=m["mask_budget"],
+    )
+    return detector._dynamask(backbone, num_classes, m["policy"], common["weights_backbone"],
+                              common["trainable_backbone_layers"], kwargs)
+
+
+def library_versions() -> dict:
+    return {"dynamask": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: a temp file in the same folder, then os.replace (never a torn file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save({**state, "versions": library_versions()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DynaMaskError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise DynaMaskError(f"{path}: not a readable dynamask checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise DynaMaskError(f"{path}: not a dynamask checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def model_from_checkpoint(path: str, cfg: dict | None = None):
+    """(model, checkpoint) from a checkpoint; ``cfg`` overrides the config it carries."""
+    ckpt = load_checkpoint(path)
+    cfg = cfg or ckpt.get("config")
+    if cfg is None:
+        raise DynaMaskError(f"{path}: the checkpoint carries no config; pass --config")
+    num_classes = ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1
+    cfg = {**cfg, "model": {**cfg["model"], "weights_backbone": None}}
+    model = build_model(cfg, num_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise DynaMaskError(f"{path}: checkpoint does not fit the requested model "
+                            f"(head={cfg['model']['head']}, policy={cfg['model']['policy']}, "
+                            f"backbone={cfg['model']['backbone']}, classes={num_classes - 1}): {' '.join(first)}") from None
+    return model, ckpt
