@@ -284,3 +284,18 @@ def test_local_backbone_weights(tmp_path):
     torch.testing.assert_close(m.backbone.body.conv1.weight, ref["conv1.weight"])
     with pytest.raises(FileNotFoundError):
         dynamask_resnet18_fpn(3, weights_backbone=str(tmp_path / "missing.pth"))
+
+
+def test_reduce_then_pool_equals_pool_then_reduce(model):
+    """Training reduces the FPN map before RoIAlign, inference after: the same numbers."""
+    features, boxes, labels, shapes = mask_inputs(model)
+    head = model.mask_branch
+    from dynamask.models.roi_utils import rois_with_batch_index
+
+    rois = rois_with_batch_index(boxes)
+    for k in range(head.num_stages - 1):
+        fam = head.aggregators[k]
+        with torch.no_grad():
+            late = fam.reduce_image_feature(head._pool_image_feature(features, k, rois, shapes))
+            early = head._pool_image_feature(features, k, rois, shapes, reduce_first=True)
+        torch.testing.assert_close(early, late, atol=1e-4, rtol=1e-4)

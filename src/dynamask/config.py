@@ -161,6 +161,9 @@ DEFAULTS: Dict[str, Any] = {
         "rpn_post_nms_top_n_test": 1000,
         # RoIs sampled per image for the box (and mask) heads in training
         "box_batch_size_per_image": 512,
+        # at most this many positive RoIs per image train the mask head (null = all positives;
+        # a CPU knob: the multi-stage head's training cost grows with the positives it sees)
+        "mask_rois_per_image": None,
         # maximum detections per image returned by the detector
         "box_detections_per_img": 100,
         # detector's minimum class score for a detection to be returned
@@ -238,6 +241,7 @@ _KIND_OVERRIDES: Dict[str, Tuple[str, bool]] = {
     "data.val_json": ("str", True),
     "data.val_images": ("str", True),
     "model.num_classes": ("int", True),
+    "model.mask_rois_per_image": ("int", True),
     "model.weights_backbone": ("str", True),
     "solver.clip_grad_norm": ("float", True),
     "input.min_size": ("int_or_list_int", False),
@@ -294,6 +298,7 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "model.rpn_pre_nms_top_n_test": (_gt0, "must be >= 1"),
     "model.rpn_post_nms_top_n_test": (_gt0, "must be >= 1"),
     "model.box_batch_size_per_image": (_gt0, "must be >= 1"),
+    "model.mask_rois_per_image": (_gt0, "must be >= 1"),
     "model.box_detections_per_img": (_gt0, "must be >= 1"),
     "model.box_score_thresh": (_unit_closed, "must be in [0, 1]"),
     "input.min_size": (

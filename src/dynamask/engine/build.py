@@ -26,6 +26,7 @@ DETECTOR_KEYS = {  # config key under model. → torchvision detector keyword
     "box_batch_size_per_image": "box_batch_size_per_image",
     "box_detections_per_img": "box_detections_per_img",
     "box_score_thresh": "box_score_thresh",
+    "mask_rois_per_image": "mask_rois_per_image",
 }
 
 

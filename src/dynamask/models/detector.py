@@ -32,9 +32,10 @@ class DynaMaskRCNN(FasterRCNN):
     ``scores``, ``masks`` (N×1×H×W in [0, 1]), ``mask_resolution`` and ``mask_flops``.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module, **kwargs):
+    def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module,
+                 mask_rois_per_image: int | None = None, **kwargs):
         super().__init__(backbone, num_classes=num_classes, **kwargs)
-        self.roi_heads = MaskBranchRoIHeads.from_box_heads(self.roi_heads, mask_branch)
+        self.roi_heads = MaskBranchRoIHeads.from_box_heads(self.roi_heads, mask_branch, mask_rois_per_image)
         self.transform = BatchedPasteTransform.from_transform(self.transform)
 
     @property

@@ -131,10 +131,12 @@ class DynaMaskHead(nn.Module):
 
     # ----------------------------------------------------------------------------- helpers
     def _pool_image_feature(self, features: dict[str, Tensor], stage: int, rois: Tensor,
-                            image_shapes: list[tuple[int, int]]) -> Tensor:
+                            image_shapes: list[tuple[int, int]], reduce_first: bool = False) -> Tensor:
         """RoIAlign of the FPN level that matches this stage (P4 at 14, P3 at 28, P2 at 56) at
-        that level's true scale."""
+        that level's true scale; with ``reduce_first`` the map is reduced to few channels first."""
         feature = features[self.image_levels[stage]]
+        if reduce_first:
+            feature = self.aggregators[stage].reduce_image_feature(feature)
         r = RESOLUTIONS[stage]
         return roi_align(feature, rois.to(feature.dtype), (r, r), spatial_scale=level_scale(feature, image_shapes),
                          sampling_ratio=self.sampling_ratio, aligned=True)
@@ -171,8 +173,8 @@ class DynaMaskHead(nn.Module):
             losses[f"loss_mask_{r}"] = w * L.mask_bce(mask_logits, targets[r])
             edge_loss = edge_loss + w * L.mask_bce(edge_logits, L.edge_map(targets[r]))
             if k + 1 < self.num_stages:
-                pooled = self._pool_image_feature(features, k, roi5, image_shapes)
-                x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
+                pooled = self._pool_image_feature(features, k, roi5, image_shapes, reduce_first=True)
+                x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
         losses["loss_mask_edge"] = self.edge_loss_weight * edge_loss
 
         if self._policy == "dynamic":

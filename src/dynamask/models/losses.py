@@ -21,8 +21,8 @@ def roi_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: l
                      resolution: int) -> Tensor:
     """Ground-truth masks cropped to each RoI and resampled to resolution×resolution (soft).
 
-    ``aligned=True`` puts mask cell i at box coordinate x0 + (i + 0.5)·w/R, the same geometry
-    the batched paste uses, so targets and pasted masks line up.
+    Same geometry as torchvision's Mask R-CNN targets (``aligned=False``), which is the
+    geometry the batched paste reproduces, so targets and pasted masks line up.
     """
     out = []
     for masks, boxes, idx in zip(gt_masks, rois, matched_idxs):
@@ -32,7 +32,7 @@ def roi_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: l
         selected = masks[idx][:, None].to(boxes.dtype)
         batch_idx = torch.arange(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
         out.append(roi_align(selected, torch.cat([batch_idx, boxes], 1), (resolution, resolution),
-                             spatial_scale=1.0, sampling_ratio=2, aligned=True)[:, 0])
+                             spatial_scale=1.0, sampling_ratio=2, aligned=False)[:, 0])
     return torch.cat(out, 0)
 
 

@@ -18,14 +18,17 @@ Sampling convention: output pixel ``(x, y)`` has centre ``(x + 0.5, y + 0.5)``
 and samples the mask at normalized coordinate
 ``u = 2 * ((x + 0.5) - x0) / (x1 - x0) - 1`` (same for ``y``), bilinearly with
 ``align_corners=False`` and zero padding, i.e. the mask's M cells exactly tile
-the continuous box ``[x0, x1] x [y0, y1]``.  torchvision instead pads the mask
+the continuous box ``[x0, x1] x [y0, y1]`` -- the geometry of
+``roi_align(..., aligned=True)`` used for the mask targets.  torchvision instead pads the mask
 by one zero cell, truncates the enlarged box to integers and uses the legacy
 ``+1`` width, so its masks come out ~1 px larger per side (plus up to 1 px of
-truncation jitter).  Thresholded at 0.5 the two differ by at most 2 px along
+truncation jitter).  Thresholded at 0.5 the two differ by <= 3 px along
 the border, which is IoU >= 0.98 only for boxes of roughly 150-250 px or more
-(IoU ~0.85-0.93 at 16-32 px).  ``torchvision_compat=True`` re-expresses
-torchvision's geometry in this sampler (padded mask, integer box) and then
-matches it exactly after thresholding (see ``tests/test_paste.py``).
+(IoU ~0.85-0.93 at 16-32 px).  ``torchvision_compat=True`` (the default, used by
+the models) re-expresses torchvision's geometry in this sampler (padded mask, integer
+box) and then matches it exactly after thresholding (see ``tests/test_paste.py``);
+the mask targets use the matching ``roi_align(..., aligned=False)`` geometry, as in
+torchvision, so masks trained here paste where torchvision would paste them.
 
 Paste path: the default path samples, per group of similarly sized boxes, only
 an integer window of size ``(max crop h, max crop w)`` around each box and
@@ -34,9 +37,10 @@ provably outside the mask's bilinear support (it would sample exactly 0), and
 pixels inside are computed with the very same float32 expression as a
 full-image sample, so the result is bit-identical to sampling the whole image
 (``_paste_full``, kept as the reference) while touching a small fraction of the
-pixels.  The only host sync is one copy of the (N, 4) boxes.  On CPU it is
-2-3x faster than the full-image grid and ~2x faster than torchvision's loop;
-what remains is mostly zero-filling the dense [N,1,H,W] output.
+pixels.  The only host sync is one copy of the (N, 4) boxes.  On CPU (100
+masks, 1 thread) it is ~6x faster than the full-image grid and ~2x faster than
+torchvision's loop; most of what remains is zero-filling the dense [N,1,H,W]
+output.
 
 Sampling always happens in float32 (half/bfloat16 cannot resolve sub-pixel
 coordinates of large images), and the result is cast back to the masks' dtype.
@@ -116,8 +120,8 @@ def _paste_full(
 # either way; only speed differs).  None = by device:
 #   "pair":    key (floor(log2 crop_h), floor(log2 crop_w)); <= 2x waste per
 #              side but ~10-25 buckets for 100 varied boxes.  Best on CPU, where
-#              time is per sampled pixel (measured ~15-25% faster than
-#              "maxside" on 100 masks).
+#              time is per sampled pixel (measured 15-35% faster than
+#              "maxside" for 100 masks, 1 thread).
 #   "maxside": key floor(log2(max(crop_h, crop_w))); ~5 buckets, more waste
 #              for elongated boxes.  Used on accelerators, where each bucket
 #              costs ~20 kernel launches and per-pixel work is nearly free
@@ -174,7 +178,7 @@ def _paste_cropped(
     hcs = torch.zeros(len(counts), dtype=torch.int64).scatter_reduce_(0, bucket, ch[order], "amax")
     ox = torch.minimum(lo_x[order], W - wcs[bucket])
     oy = torch.minimum(lo_y[order], H - hcs[bucket])
-    plan = torch.stack((order, ox, oy)).to(dev, non_blocking=True)  # one host->device copy
+    plan = torch.stack((order, ox, oy)).to(dev)  # one host->device copy
     order_d, ox_d, oy_d = plan[0], plan[1], plan[2]
     dest_d = dest[order_d]
     params = params[order_d]
@@ -238,7 +242,7 @@ def paste_masks(
     image_size: Sequence[int],
     chunk_pixels: int = 2**26,
     *,
-    torchvision_compat: bool = False,
+    torchvision_compat: bool = True,
 ) -> Tensor:
     """Paste box-relative masks into full images, batched (no per-instance loop).
 
@@ -248,18 +252,18 @@ def paste_masks(
             the image; degenerate boxes give an (almost) empty mask, no NaN).
         image_size: ``(H, W)`` of the output.
         chunk_pixels: upper bound on sampled pixels per batched kernel call
-            (peak scratch memory is ~12 bytes per sampled pixel).
+            (peak scratch memory is ~12-16 bytes per sampled pixel).
         torchvision_compat: reproduce torchvision's legacy geometry (1-cell
-            zero padding, integer-truncated enlarged box, ``+1`` width) instead
-            of the exact continuous box; use it to match torchvision numbers.
+            zero padding, integer-truncated enlarged box, ``+1`` width), the
+            default; ``False`` maps the mask exactly onto the continuous box.
 
     Returns:
         ``[N,1,H,W]`` probabilities in ``masks.dtype`` on ``masks.device``.
         With ``torchvision_compat=True``, thresholded at 0.5 they match
         torchvision's ``paste_masks_in_image`` (IoU >= 0.98, in practice ~1).
-        The default exact convention differs from torchvision by at most ~1-2
-        pixels along the border (torchvision's masks are ~1 px wider per
-        side), i.e. IoU >= 0.98 only for boxes of roughly 200 px or more.
+        The default exact-box convention differs from torchvision by a few
+        pixels at most along the border (torchvision's masks are ~1 px wider
+        per side), i.e. IoU >= 0.98 only for boxes of roughly 200 px or more.
     """
     masks = _as_nchw(masks)
     H, W = int(image_size[0]), int(image_size[1])
@@ -275,7 +279,7 @@ def paste_masks_grouped(
     image_size: Sequence[int],
     chunk_pixels: int = 2**26,
     *,
-    torchvision_compat: bool = False,
+    torchvision_compat: bool = True,
 ) -> Tensor:
     """Paste instances whose masks come at different resolutions, in original order.
 

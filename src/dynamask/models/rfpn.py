@@ -68,9 +68,11 @@ class StagePredictor(nn.Module):
 class FeatureAggregation(nn.Module):
     """FAM: region feature + pooled image feature + own mask/edge → next, twice finer feature.
 
-    The image-level feature arrives already RoIAligned at this stage's resolution with all
-    FPN channels; the 1×1 ``reduce`` is applied after pooling (it commutes with RoIAlign and
-    is much cheaper per RoI than on the whole map). ``kind="deform"`` aligns with a 3×3
+    The 1×1 ``reduce`` of the image-level feature is linear and its bias is added separately,
+    so it commutes exactly with RoIAlign: inference pools the FPN level and then reduces, per
+    RoI (cost per instance, and nothing for RoIs that stopped earlier); training reduces the
+    whole map first and pools the few reduced channels, because on a CPU the backward of
+    RoIAlign over 256 channels dominates the step. ``kind="deform"`` aligns with a 3×3
     deformable conv whose offsets are predicted from the fused input (zero-initialised, so it
     starts as a plain conv); ``kind="conv"`` uses a plain 3×3 conv (far cheaper on CPU).
     """
@@ -83,7 +85,8 @@ class FeatureAggregation(nn.Module):
         self.kind = kind
         self.image_channels = image_channels
         self.sampling_ratio = sampling_ratio
-        self.reduce = _init_conv(nn.Conv2d(image_channels, reduced_channels, 1))
+        self.reduce = _init_conv(nn.Conv2d(image_channels, reduced_channels, 1, bias=False))
+        self.reduce_bias = nn.Parameter(torch.zeros(reduced_channels))
         self.fuse = _init_conv(nn.Conv2d(in_channels + reduced_channels + 2, in_channels, 1))
         if kind == "deform":
             self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, padding=1)
@@ -96,12 +99,17 @@ class FeatureAggregation(nn.Module):
             self.align = _init_conv(nn.Conv2d(in_channels, in_channels, 3, padding=1))
         self.project = _init_conv(nn.Conv2d(in_channels, out_channels, 1))
 
+    def reduce_image_feature(self, feature: Tensor) -> Tensor:
+        """The linear part of the reduction (no bias): apply to a whole map or to pooled RoIs."""
+        return self.reduce(feature)
+
     def forward(self, region: Tensor, pooled_image: Tensor, mask_logits: Tensor,
-                edge_logits: Tensor) -> Tensor:
-        x = torch.cat(
-            [region, F.relu(self.reduce(pooled_image)), mask_logits.sigmoid(), edge_logits.sigmoid()],
-            dim=1,
-        )
+                edge_logits: Tensor, image_reduced: bool = False) -> Tensor:
+        """``pooled_image`` is the RoIAligned FPN feature, either with all channels or, when
+        ``image_reduced``, already passed through :meth:`reduce_image_feature`."""
+        reduced = pooled_image if image_reduced else self.reduce(pooled_image)
+        reduced = F.relu(reduced + self.reduce_bias.view(1, -1, 1, 1).to(reduced.dtype))
+        x = torch.cat([region, reduced, mask_logits.sigmoid(), edge_logits.sigmoid()], dim=1)
         x = F.relu(self.fuse(x))
         if self.offset is not None:
             x = F.relu(self.align(x, self.offset(x)))

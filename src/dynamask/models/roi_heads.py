@@ -17,19 +17,23 @@ from .paste import paste_masks_grouped
 
 
 class MaskBranchRoIHeads(RoIHeads):
-    def __init__(self, *args, mask_branch: nn.Module, **kwargs):
+    def __init__(self, *args, mask_branch: nn.Module, mask_rois_per_image: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.mask_branch = mask_branch
+        # Training cost of a multi-stage mask head grows with the positives it sees; on a CPU
+        # a random subset of at most this many positives per image trains the mask branch.
+        self.mask_rois_per_image = mask_rois_per_image
 
     @classmethod
-    def from_box_heads(cls, heads: RoIHeads, mask_branch: nn.Module) -> "MaskBranchRoIHeads":
+    def from_box_heads(cls, heads: RoIHeads, mask_branch: nn.Module,
+                       mask_rois_per_image: int | None = None) -> "MaskBranchRoIHeads":
         """Reuse the box parts and settings of an already built torchvision RoIHeads."""
         return cls(
             heads.box_roi_pool, heads.box_head, heads.box_predictor,
             heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
             heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
             heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
-            mask_branch=mask_branch,
+            mask_branch=mask_branch, mask_rois_per_image=mask_rois_per_image,
         )
 
     def has_mask(self) -> bool:
@@ -49,7 +53,7 @@ class MaskBranchRoIHeads(RoIHeads):
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
             # Only positive proposals train the mask branch.
-            positive = [torch.where(lab > 0)[0] for lab in labels]
+            positive = [self._sample_positives(torch.where(lab > 0)[0]) for lab in labels]
             mask_rois = [p[pos] for p, pos in zip(proposals, positive)]
             pos_matched = [m[pos] for m, pos in zip(matched_idxs, positive)]
             losses.update(self.mask_branch.forward_train(
@@ -62,6 +66,13 @@ class MaskBranchRoIHeads(RoIHeads):
         for r, m in zip(result, self.mask_branch.forward_infer(features, boxes, labels, image_shapes)):
             r.update(m)
         return result, {}
+
+
+    def _sample_positives(self, positive: Tensor) -> Tensor:
+        limit = self.mask_rois_per_image
+        if limit is None or positive.numel() <= limit:
+            return positive
+        return positive[torch.randperm(positive.numel(), device=positive.device)[:limit]]
 
 
 class BatchedPasteTransform(GeneralizedRCNNTransform):

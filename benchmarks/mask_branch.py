@@ -1,0 +1,176 @@
+"""Mask-branch cost for 100 RoIs: time and measured FLOPs, as ratios to torchvision's 28×28 head
+in the same run; plus pasting 100 masks (ours vs torchvision's per-mask loop).
+
+    python benchmarks/mask_branch.py [--device cpu|cuda] [--rois 100] [--repeats 10]
+
+Rows: torchvision's Mask R-CNN mask branch (RoIAlign + 4 convs + deconv + predictor), each
+fixed-k r-FPN path (FAM with deformable conv, and fixed-112 / dynamic with the plain-conv FAM),
+and the dynamic path with a forced 40/30/20/10 % mix of 14/28/56/112 (the switch still runs for
+every RoI; only its decision is replaced, so the mix is the one asked for). Inputs are random
+FPN features of a 512×512 (CPU) or 800×1216 (CUDA) image and random boxes; weights are random
+(timing and FLOPs do not depend on them). FLOPs are measured with FlopCounterMode.
+Writes benchmarks/results/mask_branch_<device>.json and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+
+import torch
+from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from dynamask.models import RESOLUTIONS
+from dynamask.models.dynamask_head import DynaMaskHead
+from dynamask.models.flops import count_flops
+from dynamask.models.paste import paste_masks
+
+NUM_CLASSES = 81
+
+
+def fpn_features(height, width, device):
+    g = torch.Generator().manual_seed(0)
+    return {name: torch.randn(1, 256, height // s, width // s, generator=g).to(device)
+            for name, s in (("0", 4), ("1", 8), ("2", 16), ("3", 32), ("pool", 64))}
+
+
+def random_boxes(n, height, width, device):
+    g = torch.Generator().manual_seed(1)
+    side = torch.exp(torch.empty(n).uniform_(3.0, 6.0, generator=g))  # 20..400 px
+    cx = torch.rand(n, generator=g) * width
+    cy = torch.rand(n, generator=g) * height
+    wh = torch.stack([side * (0.6 + 0.8 * torch.rand(n, generator=g)), side], 1)
+    boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2, cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], 1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height - 1)
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 2)
+    return boxes.to(device)
+
+
+class TorchvisionMaskBranch(torch.nn.Module):
+    """torchvision's Mask R-CNN mask path, as its RoIHeads runs it at inference."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
+        self.head = MaskRCNNHeads(256, [256, 256, 256, 256], 1)
+        self.predictor = MaskRCNNPredictor(256, 256, NUM_CLASSES)
+
+    def forward(self, features, boxes, labels, image_shapes):
+        logits = self.predictor(self.head(self.pool(features, boxes, image_shapes)))
+        return maskrcnn_inference(logits, labels)
+
+
+def timed(fn, repeats, device):
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    with torch.no_grad():
+        for _ in range(2):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def forced_mix(head, fractions, n):
+    counts = [round(f * n) for f in fractions]
+    counts[-1] = n - sum(counts[:-1])
+    forced = torch.cat([torch.full((c,), k, dtype=torch.int64) for k, c in enumerate(counts)])
+    forced = forced[torch.randperm(n, generator=torch.Generator().manual_seed(2))]
+    original = head.choose_stages
+
+    def choose(*args, **kwargs):
+        original(*args, **kwargs)  # the switch still runs and costs what it costs
+        return forced.to(args[0].device)
+
+    head.choose_stages = choose
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rois", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    height, width = (800, 1216) if device.type == "cuda" else (512, 512)
+    torch.manual_seed(0)
+    features = fpn_features(height, width, device)
+    boxes = [random_boxes(args.rois, height, width, device)]
+    labels = [torch.randint(1, NUM_CLASSES, (args.rois,), generator=torch.Generator().manual_seed(3)).to(device)]
+    shapes = [(height, width)]
+
+    rows = []
+    tv = TorchvisionMaskBranch().to(device).eval()
+    tv_flops, _ = count_flops(tv, features, boxes, labels, shapes)
+    tv_time = timed(lambda: tv(features, boxes, labels, shapes), args.repeats, device)
+    rows.append({"path": "torchvision Mask R-CNN 28x28 head", "ms": tv_time * 1e3, "gflops": tv_flops / 1e9})
+
+    heads = {fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam).to(device).eval() for fam in ("deform", "conv")}
+    variants = [("deform", f"fixed-{r}") for r in RESOLUTIONS] + [("deform", "dynamic 40/30/20/10"),
+                                                                 ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")]
+    for fam, name in variants:
+        head = heads[fam]
+        if name.startswith("dynamic"):
+            head.policy = "dynamic"
+            forced_mix(head, (0.4, 0.3, 0.2, 0.1), args.rois)
+        else:
+            head.policy = name
+        run = lambda: head.forward_infer(features, boxes, labels, shapes)  # noqa: E731
+        flops, out = count_flops(run)
+        reported = float(out[0]["mask_flops"].sum())
+        rows.append({"path": f"DynaMask {name} (FAM {fam})", "ms": timed(run, args.repeats, device) * 1e3,
+                     "gflops": flops / 1e9, "reported_gflops": reported / 1e9})
+        if name.startswith("dynamic"):
+            del head.choose_stages  # back to the real method
+    for row in rows:
+        row["time_ratio"] = row["ms"] / rows[0]["ms"]
+        row["flops_ratio"] = row["gflops"] / rows[0]["gflops"]
+
+    paste_rows = []
+    for m in (28, 112):
+        g = torch.Generator().manual_seed(4)
+        masks = torch.rand(args.rois, 1, m, m, generator=g).to(device)
+        ours = timed(lambda: paste_masks(masks, boxes[0], (height, width)), args.repeats, device)
+        theirs = timed(lambda: paste_masks_in_image(masks, boxes[0], (height, width)), args.repeats, device)
+        paste_rows.append({"mask_size": m, "ours_ms": ours * 1e3, "torchvision_ms": theirs * 1e3,
+                           "speedup": theirs / ours})
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    result = {"date": date.today().isoformat(), "device": device_name, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "image": [height, width], "rois": args.rois,
+              "command": "python benchmarks/mask_branch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "mask_branch": rows, "paste": paste_rows}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"mask_branch_{device.type}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+    print(f"# {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.rois} RoIs, image {height}x{width}, {result['date']}  -> {path}")
+    print(f"{'mask branch':44s} {'ms':>9s} {'time x':>7s} {'GFLOPs':>8s} {'FLOPs x':>8s}")
+    for r in rows:
+        print(f"{r['path']:44s} {r['ms']:9.1f} {r['time_ratio']:7.2f} {r['gflops']:8.2f} {r['flops_ratio']:8.2f}")
+    print(f"{'paste 100 masks':44s} {'ours ms':>9s} {'tv ms':>9s} {'speedup':>8s}")
+    for r in paste_rows:
+        print(f"{'  at ' + str(r['mask_size']) + 'x' + str(r['mask_size']):44s} {r['ours_ms']:9.1f} "
+              f"{r['torchvision_ms']:9.1f} {r['speedup']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
