@@ -56,7 +56,7 @@ def build_model(cfg: dict, num_classes: int):
 
 
 def library_versions() -> dict:
-    return {"dynamask": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {"dynamask": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def save_checkpoint(path: str, state: dict) -> None:

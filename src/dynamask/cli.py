@@ -1,0 +1,361 @@
+"""Command line interface: ``dynamask <command>`` (also ``python -m dynamask``).
+
+Commands: ``shapes`` (synthetic dataset), ``train``, ``evaluate``, ``predict``, ``demo``.
+``dynamask <command> --help`` lists each command's options.
+
+Errors in the user's input (config, paths, data) are reported as one line
+``error: <message>`` on stderr with exit status 2; ``--debug`` (before or after
+the command) shows the full traceback instead. An interrupted run exits with
+status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .errors import DynaMaskError
+
+__all__ = ["main", "build_parser", "setup_logging"]
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _DynaMaskHandler(logging.StreamHandler):
+    """Marker class so that repeated setup_logging() calls do not add handlers."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Send ``dynamask.*`` log records to stderr (concise format).
+
+    Under torchrun only rank 0 logs at ``level``; the other processes log warnings and errors.
+    """
+    rank = os.environ.get("RANK", "0").strip() or "0"
+    log = logging.getLogger("dynamask")
+    for h in list(log.handlers):
+        if isinstance(h, _DynaMaskHandler):
+            log.removeHandler(h)
+    handler = _DynaMaskHandler(sys.stderr)
+    fmt = _LOG_FORMAT if rank == "0" else f"[rank {rank}] {_LOG_FORMAT}"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(level if rank == "0" else max(level, logging.WARNING))
+    log.propagate = False
+
+
+# --------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def _budget(text: str) -> float:
+    v = _unit_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import POLICIES
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
+
+    parser = argparse.ArgumentParser(
+        prog="dynamask",
+        description="Instance segmentation with dynamic mask resolution (DynaMask) on torchvision.",
+        epilog="Run 'dynamask <command> --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"dynamask {__version__}")
+    parser.add_argument("--debug", action="store_true", default=False, help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+
+    p = sub.add_parser("shapes", parents=[common], help="generate the synthetic shapes dataset (COCO format)",
+                       description="Write a synthetic COCO-format shapes dataset: OUT/{train,val}/*.png and "
+                                   "OUT/{train,val}.json.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--train", type=_non_negative_int, default=200, metavar="N", help="training images (default 200)")
+    p.add_argument("--val", type=_non_negative_int, default=50, metavar="M", help="validation images (default 50)")
+    p.add_argument("--size", type=_positive_int, default=128, metavar="S", help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
+    p.set_defaults(func=cmd_shapes)
+
+    p = sub.add_parser("train", parents=[common], help="train a model",
+                       description="Train a model. Config values can be overridden with KEY=VALUE arguments, "
+                                   "e.g. solver.max_iter=200 model.backbone=resnet18. Under "
+                                   "'torchrun --nproc_per_node=N -m dynamask train ...' training is distributed "
+                                   "(solver.ims_per_batch is the global batch).")
+    p.add_argument("--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the config's output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
+    p.add_argument("--device", metavar="D", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common], help="evaluate a checkpoint on the validation set",
+                       description="COCO box/mask/boundary AP, mask FLOPs and resolution statistics of a "
+                                   "checkpoint on data.val_json. The config defaults to the one stored in the "
+                                   "checkpoint; KEY=VALUE arguments override it.")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (default: the checkpoint's config)")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint (model_final.pt)")
+    p.add_argument("--out", metavar="DIR", help="write metrics.json and coco_results.json here")
+    p.add_argument("--policy", choices=POLICIES, help="mask-resolution policy for this evaluation")
+    p.add_argument("--budget", type=_budget, metavar="F", help="test-time mask budget in (0, 1]")
+    p.add_argument("--max-images", type=_positive_int, metavar="N", help="evaluate on the first N images only")
+    p.add_argument("--device", metavar="D", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="segment image files and write overlays",
+                       description="Run a checkpoint on images (files or folders): OUT/<name>_overlay.png per "
+                                   "image and OUT/predictions.json.")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint (model_final.pt)")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (default: the checkpoint's config)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--score-thresh", type=_unit_float, default=0.5, metavar="T",
+                   help="minimum detection score (default 0.5)")
+    p.add_argument("--policy", choices=POLICIES, help="mask-resolution policy")
+    p.add_argument("--budget", type=_budget, metavar="F", help="test-time mask budget in (0, 1]")
+    p.add_argument("--device", metavar="D", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", parents=[common], help="end-to-end demo on synthetic shapes",
+                       description="Generate shapes data, train, evaluate and predict, end to end.")
+    p.add_argument("--out", default="dynamask_demo", metavar="DIR", help="output folder (default dynamask_demo)")
+    p.add_argument("--quick", action="store_true", help="a very short run (smoke test)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from .data import generate_shapes_dataset
+
+    summary = generate_shapes_dataset(args.out, args.train, args.val, image_size=args.size, seed=args.seed)
+    n_img, n_ann = summary.get("num_images", {}), summary.get("num_annotations", {})
+    print(f"wrote the shapes dataset to {os.path.abspath(args.out)}")
+    for split in ("train", "val"):
+        print(f"  {split}: {n_img.get(split, 0)} images, {n_ann.get(split, 0)} instances -> "
+              f"{summary.get(split + '_json')} (images in {summary.get(split + '_dir')})")
+    names = [c["name"] for c in summary.get("categories", [])]
+    if names:
+        print(f"  {len(names)} categories: {', '.join(names)}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # config errors before the (slow) torch import
+    from .engine.train import train
+
+    summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.no_progress, device=args.device)
+    if os.environ.get("RANK", "0") in ("", "0"):
+        loss = summary.get("total_loss")
+        loss_txt = f", final loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+        print(f"trained to iteration {summary['iteration']}{loss_txt}")
+        print(f"model: {summary['model_final']}")
+        print(f"logs:  {os.path.join(summary['output_dir'], 'metrics.jsonl')} "
+              f"(tensorboard --logdir {os.path.join(summary['output_dir'], 'tb')})")
+        if summary.get("eval"):
+            _print_metrics(summary["eval"])
+    return EXIT_OK
+
+
+def _checkpoint_config(path: str) -> Optional[dict]:
+    """The config stored in a checkpoint (memory-mapped read; no weights are copied)."""
+    import torch
+
+    from .engine.build import load_checkpoint
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        ckpt = load_checkpoint(path)  # gives the proper error message
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _config_for_checkpoint(config: Optional[str], overrides: Sequence[str], weights: str) -> Optional[dict]:
+    """Config from --config (+ overrides), else the checkpoint's (+ overrides), else None."""
+    from .config import load_config, save_config
+
+    if config is not None:
+        return load_config(config, overrides)
+    if not overrides:
+        return None
+    if not os.path.isfile(weights):
+        raise DynaMaskError(f"{weights}: checkpoint file not found")
+    base = _checkpoint_config(weights)
+    if base is None:
+        raise DynaMaskError(f"{weights}: the checkpoint carries no config; pass --config")
+    with tempfile.TemporaryDirectory(prefix="dynamask-cfg-") as tmp:
+        path = os.path.join(tmp, "checkpoint_config.yaml")
+        save_config(base, path)
+        return load_config(path, overrides)
+
+
+def _print_metrics(metrics: dict) -> None:
+    try:
+        from .engine.evaluate import format_metrics_table
+    except ImportError:
+        format_metrics_table = None
+    if format_metrics_table is not None:
+        print(format_metrics_table(metrics))
+        return
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            v = f"{v:.3f}"
+        print(f"{k:<28} {v}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate
+
+    cfg = _config_for_checkpoint(args.config, args.overrides, args.weights)
+    metrics = evaluate(cfg, weights=args.weights, out_dir=args.out, policy=args.policy, budget=args.budget,
+                       max_images=args.max_images, device=args.device, progress=not args.no_progress)
+    _print_metrics(metrics)
+    if args.out:
+        print(f"metrics written to {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict import predict_files
+
+    result = predict_files(args.weights, args.inputs, args.out, config=args.config, score_thresh=args.score_thresh,
+                           device=args.device, progress=not args.no_progress, policy=args.policy,
+                           mask_budget=args.budget)
+    print(f"predictions written to {result}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.demo import run_demo
+
+    result = run_demo(args.out, args.quick)
+    if isinstance(result, str):
+        print(result)
+    elif isinstance(result, dict) and result:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+#: errors in the user's input, reported as one line (DatasetError and ConfigError derive from
+#: DynaMaskError; DatasetError also from ValueError)
+USER_ERRORS = (DynaMaskError, FileNotFoundError, PermissionError, OSError, ValueError)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip()
+    if isinstance(exc, OSError) and not isinstance(exc, DynaMaskError) and exc.filename and exc.strerror:
+        msg = f"{exc.filename}: {exc.strerror}"
+    if not msg:
+        msg = type(exc).__name__
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
+def _rank_prefix() -> str:
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world not in ("", "1"):
+        return f"[rank {os.environ.get('RANK', '?')}] "
+    return ""
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """parse_args, also accepting KEY=VALUE overrides after options (``train --out D a=1 --resume b=2``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = _parse(parser, argv)
+    debug = bool(getattr(args, "debug", False))
+    setup_logging(logging.DEBUG if debug else logging.INFO)
+    if debug:
+        return int(args.func(args) or 0)
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{_rank_prefix()}interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as exc:
+        train_mod = sys.modules.get("dynamask.engine.train")  # only a training run can have been interrupted
+        if train_mod is not None and isinstance(exc, train_mod.TrainingInterrupted):
+            print(f"{_rank_prefix()}{_one_line(exc)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"{_rank_prefix()}error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # last resort: never a bare traceback without --debug
+        print(f"{_rank_prefix()}error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

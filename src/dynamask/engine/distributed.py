@@ -1,0 +1,173 @@
+"""Small helpers for multi-process (DistributedDataParallel) training.
+
+A run started by ``torchrun --nproc_per_node=N -m dynamask train ...`` has the
+environment variables ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set (plus
+``MASTER_ADDR``/``MASTER_PORT``); :func:`init_distributed` reads them and
+initialises the default process group (NCCL on CUDA, Gloo on CPU). Without
+them everything here degrades to single-process behaviour: rank 0 of 1,
+barriers and reductions are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "env_world_size",
+    "env_rank",
+    "env_local_rank",
+    "launched_distributed",
+    "init_distributed",
+    "cleanup_distributed",
+    "is_dist",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main_process",
+    "barrier",
+    "all_reduce_sum",
+    "all_gather_object",
+    "broadcast_object",
+    "reduce_dict",
+]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (1 when unset)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def env_rank() -> int:
+    """``RANK`` from the environment (0 when unset)."""
+    return _env_int("RANK", 0)
+
+
+def env_local_rank() -> int:
+    """``LOCAL_RANK`` from the environment (0 when unset)."""
+    return _env_int("LOCAL_RANK", 0)
+
+
+def launched_distributed() -> bool:
+    """True when started by torchrun (or similar) with more than one process."""
+    return env_world_size() > 1
+
+
+def init_distributed(backend: Optional[str] = None, device: Optional[str] = None) -> bool:
+    """Initialise the default process group from torchrun's environment variables.
+
+    Does nothing (returns False) when the process group already exists or the
+    environment does not describe a multi-process run. ``backend`` defaults to
+    ``nccl`` when ``device`` (default: CUDA if available) is a CUDA device and
+    ``gloo`` otherwise. On CUDA the current device is set to ``LOCAL_RANK``.
+    Returns True when this call created the process group (the caller should
+    then call :func:`cleanup_distributed` when done).
+    """
+    if not dist.is_available() or dist.is_initialized() or not launched_distributed():
+        return False
+    use_cuda = (device.startswith("cuda") if device else torch.cuda.is_available())
+    if backend is None:
+        backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(env_local_rank())
+    dist.init_process_group(backend=backend, init_method="env://")
+    return True
+
+
+def cleanup_distributed() -> None:
+    """Destroy the default process group if there is one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    """True inside an initialised process group with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_local_rank() -> int:
+    return env_local_rank() if is_dist() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def _comm_device() -> torch.device:
+    """Device for collective tensors: the current CUDA device under NCCL, else CPU."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: List[float]) -> List[float]:
+    """Element-wise sum of a list of floats over all processes (identity when single-process)."""
+    if not is_dist():
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.cpu().tolist()]
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """List of ``obj`` from every rank (``[obj]`` when single-process)."""
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def reduce_dict(values: Mapping[str, float], average: bool = True) -> Dict[str, float]:
+    """Reduce a dict of numbers (or 0-d tensors) over all processes.
+
+    Keys may differ between ranks (e.g. a loss term that only some steps
+    produce): the result holds the union of the keys, each averaged over the
+    ranks that have it (``average=True``) or summed. Every rank gets the result.
+    """
+    local = {str(k): float(v.detach().item() if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+    if not is_dist():
+        return dict(local)
+    keys = sorted(set().union(*all_gather_object(sorted(local))))
+    sums = all_reduce_sum([local.get(k, 0.0) for k in keys] + [1.0 if k in local else 0.0 for k in keys])
+    n = len(keys)
+    out = {}
+    for i, k in enumerate(keys):
+        total, count = sums[i], sums[n + i]
+        out[k] = total / count if (average and count > 0) else total
+    return out

@@ -1,0 +1,706 @@
+"""COCO evaluation of a dynamask model: box/mask/boundary AP plus the mask-head cost statistics.
+
+:func:`evaluate` runs a model over a COCO-format validation set and returns (and, with
+``out_dir``, writes) a metrics dict; :func:`compute_coco_metrics` is the results → AP step on its
+own (it is what :func:`evaluate` uses, and it accepts any COCO results list, e.g. the ground truth
+itself as a sanity check). All AP values are on the **0–100** scale.
+
+Evaluators
+----------
+* ``bbox`` and ``segm`` AP: ``pycocotools`` ``COCOeval``.
+* boundary AP: ``faster_coco_eval`` ``COCOeval_faster(iouType="boundary")`` (Boundary IoU of
+  Cheng et al. 2021, dilation ratio 0.02, computed on CPU, no download).
+
+Both read ``iscrowd`` (and ``area``) from the ground-truth json, so crowd regions are ignored as
+in the official COCO protocol. ``params.maxDets`` is ``[1, 10, max_dets]`` (sorted, deduplicated)
+and every number is read from ``eval["precision"]`` at the ``max_dets`` index, so a ``max_dets``
+other than 100 is honoured (pycocotools' own ``summarize`` assumes 100). For mask/boundary AP the
+results are given without ``bbox`` so that the small/medium/large split uses the mask area (as
+detectron2 does); box AP uses box area.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from ..errors import DynaMaskError
+
+__all__ = [
+    "METRIC_KEYS",
+    "AP_KEYS",
+    "evaluate",
+    "compute_coco_metrics",
+    "predictions_to_coco_results",
+    "masks_to_rles",
+    "resolution_histogram",
+    "resolution_complexity_spearman",
+    "spearman_correlation",
+    "format_metrics_table",
+    "write_json_atomic",
+]
+
+logger = logging.getLogger("dynamask.evaluate")
+
+RESOLUTIONS = (14, 28, 56, 112)
+
+#: AP keys (0–100 scale) produced by :func:`compute_coco_metrics`
+AP_KEYS: Tuple[str, ...] = tuple(
+    f"{kind}_{k}" for kind in ("bbox", "segm", "boundary") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+)
+
+#: keys always present in the metrics dict returned by :func:`evaluate` / ``metrics.json``
+METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
+    "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
+    "num_images", "num_detections", "policy", "mask_budget", "complexity_spearman",
+    "complexity_pairs", "max_dets", "score_thresh",
+)
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: Optional[int] = None) -> str:
+    """``json.dump`` to a temp file in the same folder, then ``os.replace`` (never a torn file)."""
+    from ..visualize import write_bytes_atomic
+
+    text = json.dumps(obj, indent=indent, allow_nan=False)
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def masks_to_rles(masks: np.ndarray) -> List[dict]:
+    """Boolean/0-1 masks N×H×W → compressed COCO RLEs with ``counts`` as ``str``."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be N×H×W, got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
+    rles = mask_utils.encode(fortran)
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def _finite_or_none(v: Any) -> Optional[float]:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# --------------------------------------------------------------------------
+# predictions → COCO results
+# --------------------------------------------------------------------------
+def predictions_to_coco_results(
+    prediction: Mapping[str, Any],
+    image_id: int,
+    cat_ids: Sequence[int],
+    score_thresh: float = 0.0,
+    max_dets: Optional[int] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> List[dict]:
+    """One image's model output → COCO results entries.
+
+    Keeps detections with ``score >= score_thresh``, the ``max_dets`` best. Each entry has
+    ``image_id``, ``category_id`` (``cat_ids[label - 1]``), ``bbox`` [x, y, w, h], ``score``,
+    ``segmentation`` (compressed RLE of ``mask > 0.5``, ``counts`` a str), ``mask_resolution`` and
+    ``mask_flops`` (when the prediction has them), plus the ``extra`` fields. Labels outside
+    1..len(cat_ids) are dropped with a warning.
+    """
+    scores = prediction["scores"].detach().float().cpu()
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[scores[order] >= score_thresh]
+    if max_dets is not None:
+        order = order[:max_dets]
+    if order.numel() == 0:
+        return []
+    boxes = prediction["boxes"].detach().float().cpu()[order]
+    labels = prediction["labels"].detach().cpu()[order].tolist()
+    sc = scores[order].tolist()
+    masks = prediction.get("masks")
+    rles: List[Optional[dict]]
+    if masks is not None:
+        m = masks.detach().cpu()[order]
+        m = m.reshape(m.shape[0], m.shape[-2], m.shape[-1]) > 0.5
+        rles = masks_to_rles(m.numpy())
+    else:
+        rles = [None] * len(sc)
+    res = prediction.get("mask_resolution")
+    res = res.detach().cpu()[order].tolist() if res is not None else [None] * len(sc)
+    fl = prediction.get("mask_flops")
+    fl = fl.detach().double().cpu()[order].tolist() if fl is not None else [None] * len(sc)
+
+    out = []
+    bad = 0
+    for k in range(len(sc)):
+        label = int(labels[k])
+        if not 1 <= label <= len(cat_ids):
+            bad += 1
+            continue
+        x1, y1, x2, y2 = (float(v) for v in boxes[k].tolist())
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(cat_ids[label - 1]),
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(float(sc[k]), 5),
+        }
+        if rles[k] is not None:
+            entry["segmentation"] = rles[k]
+        if res[k] is not None:
+            entry["mask_resolution"] = int(res[k])
+        if fl[k] is not None:
+            entry["mask_flops"] = float(fl[k])
+        if extra:
+            entry.update(extra)
+        out.append(entry)
+    if bad:
+        logger.warning("image %s: dropped %d detection(s) with a label outside 1..%d", image_id, bad, len(cat_ids))
+    return out
+
+
+# --------------------------------------------------------------------------
+# COCO AP
+# --------------------------------------------------------------------------
+def _gt_dict(gt: Any) -> dict:
+    if isinstance(gt, Mapping):
+        return dict(gt)
+    if isinstance(gt, (str, os.PathLike)):
+        from ..data import load_coco_json
+
+        return load_coco_json(gt)
+    if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):  # a pycocotools / faster_coco_eval COCO
+        return gt.dataset
+    raise TypeError(f"ground truth must be a COCO dict, a json path or a COCO object, got {type(gt).__name__}")
+
+
+def _prepare_gt(gt: dict, img_ids: Optional[Iterable[int]],
+                image_sizes: Optional[Mapping[int, Tuple[int, int]]]) -> dict:
+    """Deep copy of the gt restricted to ``img_ids`` (the evaluators mutate annotations), with
+    missing image ``height``/``width`` filled from ``image_sizes`` and annotation ids ensured."""
+    keep = None if img_ids is None else {int(i) for i in img_ids}
+    images = []
+    for img in gt.get("images", []):
+        if keep is not None and int(img["id"]) not in keep:
+            continue
+        img = dict(img)
+        if (not img.get("height") or not img.get("width")) and image_sizes and int(img["id"]) in image_sizes:
+            img["height"], img["width"] = (int(v) for v in image_sizes[int(img["id"])])
+        images.append(img)
+    image_ids = {int(img["id"]) for img in images}
+    anns = []
+    for k, ann in enumerate(gt.get("annotations", [])):
+        if int(ann["image_id"]) not in image_ids:
+            continue
+        ann = copy.deepcopy(ann)
+        ann.setdefault("id", k + 1)
+        ann.setdefault("iscrowd", 0)
+        anns.append(ann)
+    if len({a["id"] for a in anns}) != len(anns):  # duplicate ids would confuse the evaluators
+        for k, a in enumerate(anns):
+            a["id"] = k + 1
+    return {"info": gt.get("info", {}), "images": images, "annotations": anns,
+            "categories": copy.deepcopy(gt.get("categories", []))}
+
+
+def _max_dets_list(max_dets: int) -> List[int]:
+    return sorted({1, 10, int(max_dets)})
+
+
+def _read_ap(E, max_dets: int, iou: Optional[float] = None, area: str = "all") -> Optional[float]:
+    """Mean precision (×100) over IoU thresholds/recall/categories at one area range and maxDets,
+    read straight from ``eval['precision']`` [T×R×K×A×M]; None when no category has gt there."""
+    prec = np.asarray(E.eval["precision"])
+    p = E.params
+    m = list(p.maxDets).index(int(max_dets))
+    a = list(p.areaRngLbl).index(area)
+    s = prec[:, :, :, a, m]
+    if iou is not None:
+        t = np.where(np.isclose(np.asarray(p.iouThrs), iou))[0]
+        s = s[t]
+    valid = s[s > -1]
+    return float(np.mean(valid)) * 100.0 if valid.size else None
+
+
+def _ap_set(kind: str, E, max_dets: int) -> Dict[str, Optional[float]]:
+    return {
+        f"{kind}_AP": _read_ap(E, max_dets),
+        f"{kind}_AP50": _read_ap(E, max_dets, iou=0.5),
+        f"{kind}_AP75": _read_ap(E, max_dets, iou=0.75),
+        f"{kind}_APs": _read_ap(E, max_dets, area="small"),
+        f"{kind}_APm": _read_ap(E, max_dets, area="medium"),
+        f"{kind}_APl": _read_ap(E, max_dets, area="large"),
+    }
+
+
+def _pycoco_eval(gt_coco, results: List[dict], iou_type: str, img_ids: List[int], max_dets: int):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            dt = gt_coco.loadRes(results)
+        else:  # pycocotools' loadRes cannot take an empty list
+            dt = COCO()
+            dt.dataset = {"images": list(gt_coco.dataset["images"]), "annotations": [],
+                          "categories": copy.deepcopy(gt_coco.dataset["categories"])}
+            dt.createIndex()
+        E = COCOeval(gt_coco, dt, iou_type)
+        E.params.imgIds = img_ids
+        E.params.maxDets = _max_dets_list(max_dets)
+        E.evaluate()
+        E.accumulate()
+    return E
+
+
+def _boundary_eval(gt: dict, results: List[dict], img_ids: List[int], max_dets: int,
+                   dilation_ratio: float, cpu_count: int):
+    from faster_coco_eval import COCO as FCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    quiet = logging.getLogger("faster_coco_eval").debug
+    gt_coco = FCOCO(gt, use_deepcopy=True, print_function=quiet)
+    dt = gt_coco.loadRes(copy.deepcopy(results))
+    E = COCOeval_faster(gt_coco, dt, iouType="boundary", print_function=quiet,
+                        boundary_dilation_ratio=dilation_ratio, boundary_cpu_count=max(1, cpu_count),
+                        rle_iou_max_workers=max(1, cpu_count))
+    E.params.imgIds = img_ids
+    E.params.maxDets = _max_dets_list(max_dets)
+    E.evaluate()
+    E.accumulate()
+    return E
+
+
+def compute_coco_metrics(
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    max_dets: int = 100,
+    img_ids: Optional[Iterable[int]] = None,
+    image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
+    boundary: bool = True,
+    boundary_dilation_ratio: float = 0.02,
+    cpu_count: int = 1,
+) -> Dict[str, Optional[float]]:
+    """COCO box, mask and boundary AP (0–100 scale) of ``results`` against ``gt``.
+
+    ``gt``: a COCO annotation dict, a json path or a COCO object (its ``dataset`` is used; never
+    modified). ``results``: COCO results entries (``image_id``, ``category_id``, ``score``,
+    ``bbox`` and/or ``segmentation`` as RLE). ``img_ids``: the images evaluated (default: all gt
+    images). Returns :data:`AP_KEYS`; a value is ``None`` when undefined (no gt in that category/
+    area range, or no ``segmentation`` field for mask/boundary AP); with no detections but some
+    gt, APs are 0.0. ``image_sizes`` ({image_id: (h, w)}) fills gt images lacking height/width.
+    """
+    gt_data = _prepare_gt(_gt_dict(gt), img_ids, image_sizes)
+    ids = sorted(int(img["id"]) for img in gt_data["images"])
+    idset = set(ids)
+    results = [r for r in results if int(r["image_id"]) in idset]
+    out: Dict[str, Optional[float]] = {k: None for k in AP_KEYS}
+    if not ids:
+        return out
+
+    from pycocotools.coco import COCO
+
+    has_boxes = (not results) or all("bbox" in r for r in results)
+    has_segm = (not results) or all("segmentation" in r for r in results)
+
+    gt_coco = COCO()
+    gt_coco.dataset = gt_data
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt_coco.createIndex()
+
+    if has_boxes:
+        box_res = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+        E = _pycoco_eval(gt_coco, copy.deepcopy(box_res), "bbox", ids, max_dets)
+        out.update(_ap_set("bbox", E, max_dets))
+    if has_segm:
+        segm_res = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+        # pycocotools converts gt polygons to RLE in place: give each evaluator its own copy
+        gt_coco_segm = COCO()
+        gt_coco_segm.dataset = copy.deepcopy(gt_data)
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt_coco_segm.createIndex()
+        E = _pycoco_eval(gt_coco_segm, copy.deepcopy(segm_res), "segm", ids, max_dets)
+        out.update(_ap_set("segm", E, max_dets))
+        if boundary:
+            E = _boundary_eval(gt_data, segm_res, ids, max_dets, boundary_dilation_ratio, cpu_count)
+            out.update(_ap_set("boundary", E, max_dets))
+    return out
+
+
+# --------------------------------------------------------------------------
+# resolution statistics
+# --------------------------------------------------------------------------
+def resolution_histogram(results: Iterable[Mapping[str, Any]]) -> Dict[int, int]:
+    """{14: n, 28: n, 56: n, 112: n} over results entries' ``mask_resolution``."""
+    hist = {r: 0 for r in RESOLUTIONS}
+    for r in results:
+        res = r.get("mask_resolution")
+        if res is not None and int(res) in hist:
+            hist[int(res)] += 1
+    return hist
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    """Spearman's rank correlation (ties get average ranks); None with < 3 pairs or a constant
+    variable. Uses scipy when installed."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:
+        rx, ry = _average_ranks(x), _average_ranks(y)
+        rx -= rx.mean()
+        ry -= ry.mean()
+        denom = math.sqrt(float((rx * rx).sum()) * float((ry * ry).sum()))
+        return float((rx * ry).sum() / denom) if denom > 0 else None
+    rho = spearmanr(x, y).statistic
+    return _finite_or_none(rho)
+
+
+def resolution_complexity_spearman(
+    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
+) -> Tuple[Optional[float], int]:
+    """(Spearman ρ between chosen ``mask_resolution`` and the ``complexity`` of the matched gt
+    instance, number of matched pairs).
+
+    Per image, detections (highest score first) are matched greedily to the unmatched non-crowd
+    gt instance of highest mask IoU ≥ ``iou_thresh``, regardless of category (the question is
+    whether harder outlines get finer masks, not whether the class is right). Only gt with a
+    ``complexity`` field take part; ρ is None when no gt has one or there are < 3 pairs.
+    """
+    from ..data import segmentation_to_rle
+
+    data = _gt_dict(gt)
+    imgs = {int(i["id"]): i for i in data.get("images", [])}
+    by_image: Dict[int, List[dict]] = {}
+    for ann in data.get("annotations", []):
+        if ann.get("iscrowd", 0) or ann.get("complexity") is None or ann.get("segmentation") is None:
+            continue
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    if not by_image:
+        return None, 0
+    dets: Dict[int, List[Mapping[str, Any]]] = {}
+    for r in results:
+        if r.get("mask_resolution") is None or "segmentation" not in r:
+            continue
+        dets.setdefault(int(r["image_id"]), []).append(r)
+
+    xs: List[float] = []
+    ys: List[float] = []
+    for image_id, ds in dets.items():
+        gts = by_image.get(image_id)
+        if not gts:
+            continue
+        ds = sorted(ds, key=lambda r: -float(r["score"]))
+        h, w = (int(v) for v in ds[0]["segmentation"]["size"])
+        info = imgs.get(image_id, {})
+        h, w = int(info.get("height") or h), int(info.get("width") or w)
+        g_rles, g_cx = [], []
+        for ann in gts:
+            try:
+                rle = segmentation_to_rle(ann["segmentation"], h, w)
+            except (ValueError, TypeError, KeyError):
+                rle = None
+            if rle is not None:
+                g_rles.append(rle)
+                g_cx.append(float(ann["complexity"]))
+        if not g_rles:
+            continue
+        d_rles = [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]} for r in ds]
+        ious = np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles)), dtype=np.float64)
+        ious = ious.reshape(len(d_rles), len(g_rles))
+        taken = np.zeros(len(g_rles), dtype=bool)
+        for k, r in enumerate(ds):
+            cand = np.where(taken, -1.0, ious[k])
+            j = int(np.argmax(cand))
+            if cand[j] >= iou_thresh:
+                taken[j] = True
+                xs.append(float(r["mask_resolution"]))
+                ys.append(g_cx[j])
+    return spearman_correlation(xs, ys), len(xs)
+
+
+# --------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------
+def _resolve_device(device: Any) -> torch.device:
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DynaMaskError(f"device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DynaMaskError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _apply_policy(model, policy: Optional[str], budget: Optional[float]) -> None:
+    if policy is not None:
+        try:
+            model.policy = policy
+        except ValueError as exc:
+            raise DynaMaskError(f"policy {policy!r} cannot be used with this model: {exc}") from None
+    if budget is not None:
+        try:
+            model.mask_budget = float(budget)
+        except (ValueError, TypeError) as exc:
+            raise DynaMaskError(f"mask budget {budget!r}: {exc}") from None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(
+    cfg: Optional[dict] = None,
+    weights: Optional[str | os.PathLike] = None,
+    model: Optional[torch.nn.Module] = None,
+    out_dir: Optional[str | os.PathLike] = None,
+    policy: Optional[str] = None,
+    budget: Optional[float] = None,
+    dataset=None,
+    max_images: Optional[int] = None,
+    device: Any = None,
+    progress: bool = True,
+    batch_size: int = 2,
+    cat_ids: Optional[Sequence[int]] = None,
+) -> Dict[str, Any]:
+    """Evaluate a model on a COCO-format validation set; AP values are on the 0–100 scale.
+
+    Model: ``model`` as given, or built from the checkpoint ``weights`` (``cfg`` optional when
+    the checkpoint carries its config; a given model stays on its device unless ``device`` is
+    set, and a DDP-wrapped one is unwrapped). Dataset: ``dataset`` (a
+    :class:`~dynamask.data.CocoInstanceDataset`) or one built from ``cfg`` ``data.val_json`` /
+    ``data.val_images`` (a :class:`DynaMaskError` when they are not set); ``max_images`` limits it
+    to its first images. ``policy`` / ``budget`` set the model's resolution policy and test-time
+    mask budget for this run (the model's previous settings and train/eval mode are restored).
+
+    The model runs in eval mode without gradients, ``batch_size`` images per forward;
+    ``images_per_second`` counts the forward passes only (no data loading, no evaluation).
+    Detections with score ≥ ``test.score_thresh`` (the ``test.max_dets`` best per image) are
+    *kept*; every statistic is over the kept detections:
+
+    * COCO ``bbox_*``, ``segm_*`` and ``boundary_*`` APs, each ``AP``, ``AP50``, ``AP75``,
+      ``APs``, ``APm``, ``APl`` (0–100) — see :func:`compute_coco_metrics`; None where undefined;
+    * ``resolution_histogram`` {14: n, 28: n, 56: n, 112: n} (JSON keys are strings);
+    * ``mask_gflops_per_instance`` (None with no detection) and ``mask_gflops_per_image``
+      (mask-head GFLOPs of the kept instances, from the model's per-instance ``mask_flops``);
+    * ``complexity_spearman`` / ``complexity_pairs`` — see
+      :func:`resolution_complexity_spearman` (None when the gt has no ``complexity``);
+    * ``images_per_second``, ``num_images``, ``num_detections``, ``policy``, ``mask_budget``,
+      ``max_dets``, ``score_thresh``.
+
+    With ``out_dir``, writes ``coco_results.json`` (COCO results with extra fields
+    ``mask_resolution`` and ``mask_flops``) and ``metrics.json``, both atomically; without it
+    nothing is written. Returns the metrics dict (resolution histogram keyed by int).
+    """
+    from ..config import default_config
+
+    ckpt: dict = {}
+    model_given = model is not None
+    if model is None:
+        if weights is None:
+            raise DynaMaskError("evaluate: give a checkpoint (weights) or a model")
+        from .build import model_from_checkpoint
+
+        model, ckpt = model_from_checkpoint(os.fspath(weights), cfg)
+        cfg = cfg or ckpt.get("config")
+    if cfg is None:
+        cfg = default_config()
+    test_cfg = {**default_config()["test"], **(cfg.get("test") or {})}
+    max_dets = int(test_cfg["max_dets"])
+    score_thresh = float(test_cfg["score_thresh"])
+    if batch_size < 1:
+        raise DynaMaskError(f"evaluate: batch_size must be >= 1, got {batch_size}")
+
+    if dataset is None:
+        data_cfg = cfg.get("data") or {}
+        val_json, val_images = data_cfg.get("val_json"), data_cfg.get("val_images")
+        if not val_json or not val_images:
+            raise DynaMaskError("no validation set: set data.val_json and data.val_images "
+                                "(in the config or as data.val_json=... on the command line)")
+        if not os.path.isdir(val_images):
+            raise DynaMaskError(f"data.val_images: {val_images!r} is not a folder")
+        from ..data import CocoInstanceDataset
+
+        dataset = CocoInstanceDataset(val_json, val_images, transforms=None, keep_empty=True, validate_masks=False)
+
+    num_workers = int((cfg.get("data") or {}).get("num_workers", 0) or 0)
+    if cat_ids is None:
+        cat_ids = ckpt.get("cat_ids") or getattr(dataset, "cat_ids", None)
+    if cat_ids is None:
+        raise DynaMaskError("evaluate: cannot map labels to COCO category ids (no cat_ids)")
+    cat_ids = [int(c) for c in cat_ids]
+    ds_cat_ids = getattr(dataset, "cat_ids", None)
+    if ds_cat_ids is not None and list(ds_cat_ids) != cat_ids:
+        logger.warning("the model's category ids %s differ from the validation set's %s; "
+                       "labels are mapped with the model's", cat_ids, list(ds_cat_ids))
+
+    indices = list(range(len(dataset)))
+    if max_images is not None:
+        if max_images < 1:
+            raise DynaMaskError(f"max_images must be >= 1, got {max_images}")
+        indices = indices[:max_images]
+    if not indices:
+        raise DynaMaskError("the validation set has no images")
+    subset = dataset if len(indices) == len(dataset) else torch.utils.data.Subset(dataset, indices)
+    from ..data import collate_fn
+
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate_fn)
+
+    if not hasattr(model, "policy") and hasattr(model, "module"):  # DistributedDataParallel / DataParallel
+        model = model.module
+    if device is None and model_given:  # keep a given model where it is (e.g. cuda:1 during training)
+        param = next(iter(model.parameters()), None)
+        dev = param.device if param is not None else _resolve_device(None)
+    else:
+        dev = _resolve_device(device)
+    prev_policy, prev_budget, was_training = model.policy, model.mask_budget, model.training
+    model.to(dev)
+    results: List[dict] = []
+    image_ids: List[int] = []
+    image_sizes: Dict[int, Tuple[int, int]] = {}
+    forward_s = 0.0
+    try:
+        _apply_policy(model, policy, budget)
+        used_policy, used_budget = model.policy, float(model.mask_budget)
+        model.eval()
+        iterator: Iterable = loader
+        bar = None
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(indices), desc="evaluate", unit="img", file=sys.stderr, leave=False)
+            except ImportError:  # pragma: no cover
+                bar = None
+        with torch.inference_mode():
+            for images, targets in iterator:
+                images = [torch.as_tensor(im).as_subclass(torch.Tensor).to(dev, non_blocking=True) for im in images]
+                _sync(dev)
+                t0 = time.perf_counter()
+                outputs = model(images)
+                _sync(dev)
+                forward_s += time.perf_counter() - t0
+                for im, tgt, out in zip(images, targets, outputs):
+                    image_id = int(tgt["image_id"])
+                    image_ids.append(image_id)
+                    image_sizes[image_id] = (int(im.shape[-2]), int(im.shape[-1]))
+                    results.extend(predictions_to_coco_results(out, image_id, cat_ids, score_thresh, max_dets))
+                if bar is not None:
+                    bar.update(len(images))
+        if bar is not None:
+            bar.close()
+    finally:
+        model.train(was_training)
+        try:
+            model.policy = prev_policy
+            model.mask_budget = prev_budget
+        except ValueError:  # pragma: no cover - restoring a value it had
+            pass
+
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        write_json_atomic(os.path.join(out_dir, "coco_results.json"), results)
+
+    gt = dataset.coco.dataset
+    cpu = max(1, min(4, (os.cpu_count() or 1) // 2))
+    metrics: Dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
+                                                        image_sizes=image_sizes, cpu_count=cpu))
+    n_img, n_det = len(image_ids), len(results)
+    flops = [float(r["mask_flops"]) for r in results if r.get("mask_flops") is not None]
+    rho, pairs = resolution_complexity_spearman(gt, results)
+    metrics.update(
+        mask_gflops_per_instance=(sum(flops) / len(flops) / 1e9) if flops else None,
+        mask_gflops_per_image=sum(flops) / n_img / 1e9,
+        resolution_histogram=resolution_histogram(results),
+        images_per_second=(n_img / forward_s) if forward_s > 0 else None,
+        num_images=n_img,
+        num_detections=n_det,
+        policy=used_policy,
+        mask_budget=used_budget,
+        complexity_spearman=rho,
+        complexity_pairs=pairs,
+        max_dets=max_dets,
+        score_thresh=score_thresh,
+    )
+    if out_dir is not None:
+        saved = dict(metrics)
+        saved["resolution_histogram"] = {str(k): v for k, v in metrics["resolution_histogram"].items()}
+        saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
+        write_json_atomic(os.path.join(out_dir, "metrics.json"), saved, indent=2)
+    return metrics
+
+
+# --------------------------------------------------------------------------
+# table
+# --------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def format_metrics_table(metrics: Mapping[str, Any]) -> str:
+    """A plain-text table of a metrics dict (APs 0–100) for the command line."""
+    hist = metrics.get("resolution_histogram") or {}
+    hist = {int(k): v for k, v in hist.items()}
+    total = sum(hist.values())
+
+    def pct(r):
+        return f"{hist.get(r, 0)} ({100.0 * hist.get(r, 0) / total:.0f}%)" if total else str(hist.get(r, 0))
+
+    rows: List[Tuple[str, str]] = []
+    rows.append(("", ""))
+    rows.append(("AP (0-100)", "AP      AP50    AP75    APs     APm     APl"))
+    for kind in ("bbox", "segm", "boundary"):
+        vals = [metrics.get(f"{kind}_{k}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+        rows.append((kind, "  ".join(f"{_fmt(v):<6}" for v in vals).rstrip()))
+    rows.append(("", ""))
+    rows.append(("policy", f"{metrics.get('policy')} (mask budget {_fmt(metrics.get('mask_budget'))})"))
+    rows.append(("mask GFLOPs / instance", _fmt(metrics.get("mask_gflops_per_instance"), 4)))
+    rows.append(("mask GFLOPs / image", _fmt(metrics.get("mask_gflops_per_image"), 4)))
+    rows.append(("resolutions", "  ".join(f"{r}: {pct(r)}" for r in RESOLUTIONS)))
+    rho = metrics.get("complexity_spearman")
+    pairs = metrics.get("complexity_pairs")
+    rows.append(("resolution~complexity rho", _fmt(rho, 3) + (f" ({pairs} matched)" if pairs is not None else "")))
+    rows.append(("images / s (forward)", _fmt(metrics.get("images_per_second"))))
+    rows.append(("images, detections", f"{metrics.get('num_images')}, {metrics.get('num_detections')}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows).strip("\n")

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Sets up ./.venv and runs the offline end-to-end demo (writes runs/demo/report.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup_env.sh
+exec .venv/bin/dynamask demo --out runs/demo "$@"
