@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="end-to-end demo on synthetic shapes",
                        description="Generate shapes data, train, evaluate and predict, end to end.")
-    p.add_argument("--out", default="dynamask_demo", metavar="DIR", help="output folder (default dynamask_demo)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a very short run (smoke test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -284,12 +285,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
-    result = run_demo(args.out, args.quick)
-    if isinstance(result, str):
-        print(result)
-    elif isinstance(result, dict) and result:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report = run_demo(args.out, args.quick, progress=not getattr(args, "no_progress", False))
+    print(f"report written to {report}")
     return EXIT_OK
 
 

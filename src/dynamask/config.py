@@ -100,6 +100,7 @@ PATH_KEYS: Tuple[str, ...] = (
     "data.val_json",
     "data.val_images",
     "model.weights_backbone",
+    "model.init_weights",
 )
 
 # --------------------------------------------------------------------------
@@ -133,8 +134,20 @@ DEFAULTS: Dict[str, Any] = {
         "num_classes": None,
         # feature aggregation module of the DynaMask head: "deform" or "conv"
         "fam": "deform",
+        # FPN width (torchvision: 256); the CPU configs use less
+        "fpn_channels": 256,
+        # box head hidden width (torchvision: 1024)
+        "box_representation_size": 1024,
+        # DynaMask region-feature widths at 14/28/56/112 (null = 96, 64, 48, 32)
+        "head_widths": None,
+        # DynaMask reduced image-feature widths pooled at 14/28/56 (null = 32, 32, 16)
+        "head_reduced_channels": None,
+        # conv width of the Mask R-CNN baseline head (torchvision: 256)
+        "maskrcnn_head_channels": 256,
         # local ImageNet checkpoint (.pth) for the backbone (null = random init; no download)
         "weights_backbone": None,
+        # a dynamask checkpoint whose model weights initialise training (fine-tuning; null = none)
+        "init_weights": None,
         # backbone stages trained (0..5, counted from the top); use 5 from random init
         "trainable_backbone_layers": 3,
         # training target of the mean mask cost, as a fraction of always using the largest mask, in (0, 1]
@@ -242,7 +255,10 @@ _KIND_OVERRIDES: Dict[str, Tuple[str, bool]] = {
     "data.val_images": ("str", True),
     "model.num_classes": ("int", True),
     "model.mask_rois_per_image": ("int", True),
+    "model.head_widths": ("list_int", True),
+    "model.head_reduced_channels": ("list_int", True),
     "model.weights_backbone": ("str", True),
+    "model.init_weights": ("str", True),
     "solver.clip_grad_norm": ("float", True),
     "input.min_size": ("int_or_list_int", False),
 }
@@ -299,6 +315,11 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "model.rpn_post_nms_top_n_test": (_gt0, "must be >= 1"),
     "model.box_batch_size_per_image": (_gt0, "must be >= 1"),
     "model.mask_rois_per_image": (_gt0, "must be >= 1"),
+    "model.fpn_channels": (_gt0, "must be >= 1"),
+    "model.box_representation_size": (_gt0, "must be >= 1"),
+    "model.maskrcnn_head_channels": (_gt0, "must be >= 1"),
+    "model.head_widths": (lambda v: len(v) == 4 and all(x > 0 for x in v), "must be 4 positive widths (14, 28, 56, 112)"),
+    "model.head_reduced_channels": (lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 positive widths (14, 28, 56)"),
     "model.box_detections_per_img": (_gt0, "must be >= 1"),
     "model.box_score_thresh": (_unit_closed, "must be in [0, 1]"),
     "input.min_size": (

@@ -27,6 +27,8 @@ DETECTOR_KEYS = {  # config key under model. → torchvision detector keyword
     "box_detections_per_img": "box_detections_per_img",
     "box_score_thresh": "box_score_thresh",
     "mask_rois_per_image": "mask_rois_per_image",
+    "fpn_channels": "fpn_channels",
+    "box_representation_size": "box_representation_size",
 }
 
 
@@ -43,6 +45,7 @@ def build_model(cfg: dict, num_classes: int):
                         "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"):
         raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
     if m["head"] == "maskrcnn":
+        kwargs["mask_head_channels"] = m["maskrcnn_head_channels"]
         return detector._maskrcnn(backbone, num_classes, common["weights_backbone"],
                                   common["trainable_backbone_layers"], kwargs)
     kwargs.update(
@@ -51,6 +54,10 @@ def build_model(cfg: dict, num_classes: int):
         budget_weight=m["budget_weight"], balance_weight=m["balance_weight"], gumbel_tau=m["gumbel_tau"],
         mask_budget=m["mask_budget"],
     )
+    if m.get("head_widths"):
+        kwargs["widths"] = tuple(m["head_widths"])
+    if m.get("head_reduced_channels"):
+        kwargs["reduced_channels"] = tuple(m["head_reduced_channels"])
     return detector._dynamask(backbone, num_classes, m["policy"], common["weights_backbone"],
                               common["trainable_backbone_layers"], kwargs)
 

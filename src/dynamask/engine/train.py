@@ -632,6 +632,14 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
     start_iter = 0
     data_epoch, data_pos = 0, 0
     seed_everything(cfg["seed"] + rank)  # per-process stream for the model's own randomness
+    init_weights = cfg["model"].get("init_weights")
+    if ckpt is None and init_weights:
+        try:
+            model.load_state_dict(load_checkpoint(init_weights)["model"])
+        except RuntimeError as e:
+            raise DynaMaskError(f"model.init_weights: {init_weights} does not fit the configured model: "
+                                f"{str(e).splitlines()[0]}") from None
+        logger.info("initialised the model from %s", init_weights)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])

@@ -11,8 +11,11 @@ import os
 
 import torch
 from torch import nn
+from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .dynamask_head import DynaMaskHead
@@ -33,8 +36,13 @@ class DynaMaskRCNN(FasterRCNN):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module,
-                 mask_rois_per_image: int | None = None, **kwargs):
-        super().__init__(backbone, num_classes=num_classes, **kwargs)
+                 mask_rois_per_image: int | None = None, box_representation_size: int = 1024, **kwargs):
+        if box_representation_size != 1024 and "box_head" not in kwargs:
+            # A narrower box head (torchvision's is 12544→1024→1024, 14M parameters at FPN 256).
+            resolution = 7
+            kwargs["box_head"] = TwoMLPHead(backbone.out_channels * resolution**2, box_representation_size)
+            kwargs["box_predictor"] = FastRCNNPredictor(box_representation_size, num_classes)
+        super().__init__(backbone, num_classes=None if "box_predictor" in kwargs else num_classes, **kwargs)
         self.roi_heads = MaskBranchRoIHeads.from_box_heads(self.roi_heads, mask_branch, mask_rois_per_image)
         self.transform = BatchedPasteTransform.from_transform(self.transform)
 
@@ -70,21 +78,30 @@ class DynaMaskRCNN(FasterRCNN):
         return self.mask_branch.flops_table()
 
 
-def _backbone(name: str, weights_backbone: str | os.PathLike | None, trainable_layers: int | None):
+def _backbone(name: str, weights_backbone: str | os.PathLike | None, trainable_layers: int | None,
+              fpn_channels: int = 256):
+    """ResNet + FPN (P2–P5 and a max-pooled P6) as torchvision builds it, with the FPN width
+    as an option (256 is torchvision's; the CPU configs use less)."""
     pretrained = weights_backbone is not None
     if trainable_layers is None:
         trainable_layers = 3 if pretrained else 5
-    backbone = resnet_fpn_backbone(
-        backbone_name=name, weights=None,
-        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
-        trainable_layers=trainable_layers,
-    )
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {trainable_layers}")
+    body = resnet.__dict__[name](weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
     if pretrained:
-        load_backbone_weights(backbone, weights_backbone)
-    return backbone
+        load_backbone_weights(body, weights_backbone)
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trainable.append("bn1")
+    for pname, parameter in body.named_parameters():
+        if all(not pname.startswith(layer) for layer in trainable):
+            parameter.requires_grad_(False)
+    stage_channels = body.inplanes // 8  # width of layer1's output
+    return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                           [stage_channels * 2**i for i in range(4)], fpn_channels, extra_blocks=LastLevelMaxPool())
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
     """Load a torchvision ResNet state dict (e.g. ``resnet50-*.pth``) from a local file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -94,8 +111,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         state = state["state_dict"]
     state = {k.removeprefix("module.").removeprefix("backbone.body."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.body.load_state_dict(state, strict=False)
-    if unexpected or len(missing) == len(backbone.body.state_dict()):
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if unexpected or missing:
         raise ValueError(f"weights_backbone {path!r} does not look like a torchvision ResNet state dict "
                          f"(unexpected keys: {list(unexpected)[:5]}, missing: {list(missing)[:5]})")
 
@@ -110,7 +128,7 @@ def _split_head_kwargs(kwargs: dict) -> dict:
 def _dynamask(backbone_name, num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs):
     head_kwargs = _split_head_kwargs(kwargs)
     mask_budget = kwargs.pop("mask_budget", 1.0)
-    backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers)
+    backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers, kwargs.pop("fpn_channels", 256))
     head = DynaMaskHead(num_classes, policy=policy, in_channels=backbone.out_channels, **head_kwargs)
     model = DynaMaskRCNN(backbone, num_classes, head, **kwargs)
     model.mask_budget = mask_budget
@@ -118,8 +136,9 @@ def _dynamask(backbone_name, num_classes, policy, weights_backbone, trainable_ba
 
 
 def _maskrcnn(backbone_name, num_classes, weights_backbone, trainable_backbone_layers, kwargs):
-    backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers)
-    return DynaMaskRCNN(backbone, num_classes, MaskRCNNBranch(num_classes, backbone.out_channels), **kwargs)
+    backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers, kwargs.pop("fpn_channels", 256))
+    layers = (kwargs.pop("mask_head_channels", 256),) * 4
+    return DynaMaskRCNN(backbone, num_classes, MaskRCNNBranch(num_classes, backbone.out_channels, layers), **kwargs)
 
 
 def dynamask_resnet50_fpn(num_classes: int, policy: str = "dynamic", *, weights_backbone=None,
