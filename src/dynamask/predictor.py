@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DynaMaskError
+from .data.coco import pil_image_to_tensor
 
 __all__ = ["Predictor", "image_to_tensor", "load_image_file"]
 
@@ -39,22 +40,6 @@ def load_image_file(path: Union[str, os.PathLike]) -> torch.Tensor:
         return load_image(p)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DynaMaskError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from None
-
-
-def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
-        return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
-    if mode == "F":
-        arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-        return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
 
 
 def _scale_to_unit(t: torch.Tensor, what: str) -> torch.Tensor:
@@ -87,7 +72,7 @@ def image_to_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, (str, os.PathLike)):
         return load_image_file(image)
     if isinstance(image, Image.Image):
-        return _pil_to_tensor(image)
+        return pil_image_to_tensor(image)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:

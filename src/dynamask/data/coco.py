@@ -262,20 +262,23 @@ def load_image(path: Union[str, os.PathLike]) -> torch.Tensor:
     """
     with Image.open(path) as im:
         im.load()
-        mode = im.mode
-        if mode.startswith("I;16") or mode == "I":
-            arr = np.asarray(im).astype(np.float32) / 65535.0
-            arr = np.clip(arr, 0.0, 1.0)
-            arr = np.repeat(arr[None], 3, axis=0)
-            return torch.from_numpy(np.ascontiguousarray(arr))
-        if mode == "F":
-            arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-            return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
-        if mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        arr = np.asarray(im, dtype=np.uint8)
+        return pil_image_to_tensor(im)
+
+
+def pil_image_to_tensor(im: "Image.Image") -> torch.Tensor:
+    """A PIL image of any mode as a float32 3 x H x W tensor in [0, 1] (see :func:`load_image`)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
+    if mode == "F":
+        arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
 
 
