@@ -113,7 +113,7 @@ def test_shapes_configs():
     assert base["model"]["backbone"] == "resnet18"
     assert base["model"]["mask_budget_target"] == 0.4
     assert base["input"]["min_size"] == 128 and base["input"]["max_size"] == 128
-    assert base["solver"]["checkpoint_period"] == 100
+    assert base["solver"]["checkpoint_period"] == 500
     # data paths point at <repo>/runs/shapes (what `dynamask shapes --out runs/shapes` writes)
     assert base["data"]["train_json"] == os.path.join(REPO, "runs", "shapes", "train.json")
     assert base["data"]["val_json"] == os.path.join(REPO, "runs", "shapes", "val.json")

@@ -88,8 +88,8 @@ def test_budget_loss_is_positive_above_target_and_zero_below():
     head.budget_target = 1.0  # nothing can cost more than the full path
     torch.manual_seed(1)
     below = m(images, targets)["loss_mask_budget"]
-    assert float(above) > 0
-    assert float(below) == 0.0
+    assert float(above.detach()) > 0
+    assert float(below.detach()) == 0.0
     # And the function itself.
     fractions = torch.tensor([0.1, 0.25, 0.5, 1.0])
     one_hot = torch.eye(4)[[3, 3, 2]]
