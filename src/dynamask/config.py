@@ -39,7 +39,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import yaml
@@ -836,21 +835,6 @@ def config_to_yaml(cfg: Mapping[str, Any]) -> str:
 
 def save_config(cfg: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
     """Write ``config_to_yaml(cfg)`` to ``path`` atomically (temp file + os.replace)."""
-    path = os.fspath(path)
-    text = config_to_yaml(cfg)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, config_to_yaml(cfg).encode("utf-8"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+from .atomic import atomic_path, write_bytes_atomic
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import cv2
@@ -48,23 +48,6 @@ _HALO = (15, 15, 15)
 # --------------------------------------------------------------------------
 # file helpers
 # --------------------------------------------------------------------------
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> str:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> str:
     """Save an RGB (or gray) uint8 image as PNG, atomically."""
     img = np.ascontiguousarray(image_rgb)
@@ -316,15 +299,6 @@ def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLik
         fig.suptitle(title)
     fig.tight_layout()
     ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix="." + ext, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix="." + ext) as tmp:
         fig.savefig(tmp, format=ext)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

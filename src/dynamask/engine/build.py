@@ -9,12 +9,12 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 import torchvision
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..errors import DynaMaskError
 from ..models import detector
 
@@ -68,17 +68,8 @@ def library_versions() -> dict:
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write atomically: a temp file in the same folder, then os.replace (never a torn file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".pt") as tmp:
         torch.save({**state, "versions": library_versions()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_checkpoint(path: str) -> dict:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError
 
 __all__ = [
@@ -74,8 +75,6 @@ METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
 # --------------------------------------------------------------------------
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: Optional[int] = None) -> str:
     """``json.dump`` to a temp file in the same folder, then ``os.replace`` (never a torn file)."""
-    from ..visualize import write_bytes_atomic
-
     text = json.dumps(obj, indent=indent, allow_nan=False)
     return write_bytes_atomic(path, text.encode("utf-8"))
 

@@ -78,6 +78,7 @@ from ..config import ConfigError, effective_lr, flatten, load_config, save_confi
 from ..errors import DynaMaskError
 from . import distributed as du
 from ..data import collate_fn
+from ..atomic import atomic_path
 from .build import build_model, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -365,10 +366,8 @@ class _MetricsFile:
                 if isinstance(rec, dict) and isinstance(rec.get("iteration"), int) and rec["iteration"] > iteration:
                     continue
                 kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.writelines(kept)
-        os.replace(tmp, self.path)
 
     def reset(self) -> None:
         if self.enabled:
