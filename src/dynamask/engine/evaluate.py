@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from pycocotools import mask as mask_utils
 
 from ..atomic import write_bytes_atomic
@@ -596,14 +597,8 @@ def evaluate(
         used_policy, used_budget = model.policy, float(model.mask_budget)
         model.eval()
         iterator: Iterable = loader
-        bar = None
-        if progress:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(indices), desc="evaluate", unit="img", file=sys.stderr, leave=False)
-            except ImportError:  # pragma: no cover
-                bar = None
+        bar = tqdm(total=len(indices), desc="evaluate", unit="img", file=sys.stderr, leave=False,
+                   disable=not progress)
         with torch.inference_mode():
             for images, targets in iterator:
                 images = [torch.as_tensor(im).as_subclass(torch.Tensor).to(dev, non_blocking=True) for im in images]
@@ -617,10 +612,8 @@ def evaluate(
                     image_ids.append(image_id)
                     image_sizes[image_id] = (int(im.shape[-2]), int(im.shape[-1]))
                     results.extend(predictions_to_coco_results(out, image_id, cat_ids, score_thresh, max_dets))
-                if bar is not None:
-                    bar.update(len(images))
-        if bar is not None:
-            bar.close()
+                bar.update(len(images))
+        bar.close()
     finally:
         model.train(was_training)
         try:

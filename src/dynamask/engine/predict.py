@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DynaMaskError
 
@@ -113,14 +114,7 @@ def predict_files(
                           policy=policy, mask_budget=mask_budget)
     out.mkdir(parents=True, exist_ok=True)
 
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, leave=False, disable=not progress)
 
     results: List[Dict[str, Any]] = []
     used: set = set()
@@ -133,8 +127,7 @@ def predict_files(
         except DynaMaskError as exc:
             logger.warning("skipping unreadable image %s: %s", os.fspath(path), exc)
             skipped.append(os.fspath(path))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             continue
         pred = predictor.predict(tensor)
         entries = predictions_to_coco_results(pred, image_id, predictor.cat_ids,
@@ -150,10 +143,8 @@ def predict_files(
         overlay = draw_overlay(image, pred, predictor.class_names, score_thresh, min_display_size=OVERLAY_MIN_SIZE)
         write_png(out / _unique_name(path.stem, used), overlay)
         written += 1
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
 
     # key order: file_name first, then the COCO fields
     ordered = [{"file_name": e["file_name"], **{k: v for k, v in e.items() if k != "file_name"}} for e in results]
