@@ -299,3 +299,34 @@ def test_reduce_then_pool_equals_pool_then_reduce(model):
             late = fam.reduce_image_feature(head._pool_image_feature(features, k, rois, shapes))
             early = head._pool_image_feature(features, k, rois, shapes, reduce_first=True)
         torch.testing.assert_close(early, late, atol=1e-4, rtol=1e-4)
+
+
+def test_selection_costs_rank_sharp_fine_masks_above_blurry_coarse_ones():
+    from dynamask.models.losses import selection_costs
+
+    # a star-like target at 112: a 14×14 logit map cannot draw its spikes, a 112 map can
+    yy, xx = torch.meshgrid(torch.arange(112.0), torch.arange(112.0), indexing="ij")
+    angle = torch.atan2(yy - 56, xx - 56)
+    radius = ((yy - 56) ** 2 + (xx - 56) ** 2).sqrt()
+    target = (radius < 30 + 15 * torch.cos(7 * angle)).float()[None]
+    coarse = torch.nn.functional.interpolate(target[None], size=(14, 14), mode="area") * 8 - 4
+    fine = target[None] * 8 - 4
+    costs = selection_costs([coarse, fine], target)
+    assert costs.shape == (1, 2)
+    assert costs[0, 1] < 0.05 < costs[0, 0]  # perfect fine mask ≈ 0; the coarse one pays
+    empty = selection_costs([torch.full((1, 1, 14, 14), -5.0)], torch.zeros(1, 112, 112))
+    assert float(empty) == 0.0  # nothing predicted for nothing: perfect
+
+
+def test_switch_targets_are_budget_optimal():
+    from dynamask.models.losses import switch_targets
+
+    fractions = torch.tensor([0.1, 0.25, 0.5, 1.0])
+    costs = torch.tensor([[0.9, 0.5, 0.3, 0.1],     # gains a lot from fine stages
+                          [0.2, 0.19, 0.18, 0.17],  # barely gains
+                          [0.5, 0.2, 0.19, 0.18]])  # 28 is enough
+    assert switch_targets(costs, fractions, 1.0).tolist() == [3, 3, 3]  # no budget: best quality
+    chosen = switch_targets(costs, fractions, 0.45)
+    assert float(fractions[chosen].mean()) <= 0.45
+    assert chosen[0] == chosen.max() and chosen[1] == 0  # the budget goes where it helps most
+    assert switch_targets(costs, fractions, 0.01).tolist() == [0, 0, 0]

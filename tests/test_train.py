@@ -33,7 +33,7 @@ pytestmark = [
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask_14",
              "loss_mask_28", "loss_mask_56", "loss_mask_112", "loss_mask_edge", "loss_mask_select",
-             "loss_mask_budget")
+             "loss_mask_budget", "loss_mask_switch")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -100,6 +100,7 @@ PATH_KEYS: Tuple[str, ...] = (
     "data.val_images",
     "model.weights_backbone",
     "model.init_weights",
+    "model.detector_weights",
 )
 
 # --------------------------------------------------------------------------
@@ -147,6 +148,11 @@ DEFAULTS: Dict[str, Any] = {
         "weights_backbone": None,
         # a dynamask checkpoint whose model weights initialise training (fine-tuning; null = none)
         "init_weights": None,
+        # a dynamask checkpoint whose detector (backbone, FPN, RPN, box head; any mask head)
+        # initialises training; the mask branch starts from scratch (null = none)
+        "detector_weights": None,
+        # train only the mask branch; the detector keeps its weights and batch-norm statistics
+        "freeze_detector": False,
         # backbone stages trained (0..5, counted from the top); use 5 from random init
         "trainable_backbone_layers": 3,
         # training target of the mean mask cost, as a fraction of always using the largest mask, in (0, 1]
@@ -157,6 +163,8 @@ DEFAULTS: Dict[str, Any] = {
         "budget_weight": 1.0,
         # weight of the loss that keeps the resolution choices balanced across instances
         "balance_weight": 0.1,
+        # weight of the cross-entropy that teaches the switch the budget-optimal stage per RoI
+        "switch_target_weight": 1.0,
         # mask-loss weight of each refinement stage (14, 28, 56, 112 px)
         "stage_loss_weights": [0.25, 0.5, 0.75, 1.0],
         # weight of the boundary (edge) mask loss
@@ -258,6 +266,7 @@ _KIND_OVERRIDES: Dict[str, Tuple[str, bool]] = {
     "model.head_reduced_channels": ("list_int", True),
     "model.weights_backbone": ("str", True),
     "model.init_weights": ("str", True),
+    "model.detector_weights": ("str", True),
     "solver.clip_grad_norm": ("float", True),
     "input.min_size": ("int_or_list_int", False),
 }
@@ -301,6 +310,7 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "model.mask_budget": (_unit_open_closed, "must be in (0, 1]"),
     "model.budget_weight": (_ge0, "must be >= 0"),
     "model.balance_weight": (_ge0, "must be >= 0"),
+    "model.switch_target_weight": (_ge0, "must be >= 0"),
     "model.stage_loss_weights": (
         lambda v: len(v) == 4 and all(x >= 0 for x in v),
         "must be a list of 4 non-negative weights (stages 14, 28, 56, 112)",

@@ -347,6 +347,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._records: Dict[int, List[Tuple[int, int, List[float]]]] = {i: [] for i in self._images}
         self.skip_counts: Dict[str, int] = {k: 0 for k in SKIP_REASONS}
         self.num_crowd = 0
+        self.num_missing_files = 0
 
         for idx, ann in enumerate(data["annotations"]):
             if ann.get("iscrowd", 0):
@@ -453,6 +454,17 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         if not 1 <= label <= len(self.cat_ids):
             raise KeyError(f"label {label} out of range 1..{len(self.cat_ids)}")
         return self.cat_ids[label - 1]
+
+    def drop_missing_images(self) -> List[str]:
+        """Remove the images whose files do not exist (a cheap check before training, so that a
+        missing file is a logged, counted skip up front and not a failure mid-epoch); returns
+        their paths. Unreadable-but-present files are found only when decoded."""
+        missing = [i for i in self.ids if not self._image_path(self._images[i]).is_file()]
+        if missing:
+            gone = set(missing)
+            self.ids = [i for i in self.ids if i not in gone]
+            self.num_missing_files = len(missing)
+        return [str(self._image_path(self._images[i])) for i in missing]
 
     def image_info(self, index: int) -> dict:
         """The json ``images`` entry of sample ``index``."""

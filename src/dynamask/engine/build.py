@@ -51,7 +51,8 @@ def build_model(cfg: dict, num_classes: int):
     kwargs.update(
         fam=m["fam"], stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
         select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
-        budget_weight=m["budget_weight"], balance_weight=m["balance_weight"], gumbel_tau=m["gumbel_tau"],
+        budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
+        switch_target_weight=m["switch_target_weight"], gumbel_tau=m["gumbel_tau"],
         mask_budget=m["mask_budget"],
     )
     if m.get("head_widths"):
@@ -84,15 +85,86 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+#: model config keys that decide the shapes of the weights (and so whether a checkpoint fits)
+ARCHITECTURE_KEYS = ("head", "backbone", "fam", "fpn_channels", "box_representation_size", "head_widths",
+                     "head_reduced_channels", "maskrcnn_head_channels")
+#: the subset the detector (all but the mask branch) depends on
+DETECTOR_ARCHITECTURE_KEYS = ("backbone", "fpn_channels", "box_representation_size")
+
+
+def hyper_parameters(cfg: dict, num_classes: int) -> dict:
+    """What a checkpoint records about the model it holds (num_classes counts the background)."""
+    m = cfg["model"]
+    return {**{k: m.get(k) for k in ARCHITECTURE_KEYS}, "policy": m.get("policy"), "num_classes": int(num_classes)}
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None, detector_only: bool = False) -> list[str]:
+    """Human-readable differences between the model a checkpoint holds and the one ``cfg`` asks
+    for ("backbone: checkpoint resnet18, requested resnet50"); empty when it fits. A policy
+    differs harmlessly when the checkpoint's model has every stage the requested one needs."""
+    from ..models.policy import stages_needed
+
+    have = ckpt.get("hyper_parameters")
+    if not isinstance(have, dict):  # older checkpoints: derive from the config they carry
+        ck_cfg = ckpt.get("config")
+        if not isinstance(ck_cfg, dict) or "model" not in ck_cfg:
+            return []
+        have = hyper_parameters({"model": {**default_model(), **ck_cfg["model"]}},
+                                ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
+    want = hyper_parameters({"model": {**default_model(), **cfg["model"]}}, num_classes or have["num_classes"])
+    keys = DETECTOR_ARCHITECTURE_KEYS if detector_only else ARCHITECTURE_KEYS
+    out = []
+    if (have.get("head") == want.get("head") == "maskrcnn") or detector_only:
+        keys = tuple(k for k in keys if k not in ("fam", "head_widths", "head_reduced_channels"))
+    if have.get("head") == want.get("head") == "dynamask" and not detector_only:
+        keys = tuple(k for k in keys if k != "maskrcnn_head_channels")
+    for k in keys:
+        if _norm(have.get(k)) != _norm(want.get(k)):
+            out.append(f"{k}: checkpoint {have.get(k)!r}, requested {want.get(k)!r}")
+    if num_classes is not None and int(have["num_classes"]) != int(num_classes):
+        names = ckpt.get("class_names")
+        shown = f" ({', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''})" if names else ""
+        out.append(f"classes: checkpoint {int(have['num_classes']) - 1}{shown}, requested {int(num_classes) - 1}")
+    if not detector_only and have.get("head") == want.get("head") == "dynamask":
+        hp, wp = have.get("policy"), want.get("policy")
+        if hp and wp and hp != wp and (stages_needed(wp) > stages_needed(hp) or (wp == "dynamic" and hp != "dynamic")):
+            out.append(f"policy: checkpoint {hp!r} (a model with {stages_needed(hp)} stage(s)"
+                       f"{' and a switch' if hp == 'dynamic' else ''}), requested {wp!r}")
+    return out
+
+
+def default_model() -> dict:
+    from ..config import default_config
+
+    return default_config()["model"]
+
+
 def model_from_checkpoint(path: str, cfg: dict | None = None):
-    """(model, checkpoint) from a checkpoint; ``cfg`` overrides the config it carries."""
+    """(model, checkpoint) from a checkpoint; ``cfg`` overrides the config it carries.
+
+    The model is built as the checkpoint's hyper-parameters say; a ``cfg`` that asks for another
+    architecture or class count is refused with the differences named. A different *policy*
+    is applied after loading when the checkpoint's model supports it (e.g. a dynamic model
+    evaluated as fixed-28).
+    """
     ckpt = load_checkpoint(path)
-    cfg = cfg or ckpt.get("config")
+    carried = ckpt.get("config")
+    cfg = cfg or carried
     if cfg is None:
         raise DynaMaskError(f"{path}: the checkpoint carries no config; pass --config")
     num_classes = ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1
-    cfg = {**cfg, "model": {**cfg["model"], "weights_backbone": None}}
-    model = build_model(cfg, num_classes)
+    problems = checkpoint_mismatches(ckpt, cfg)
+    if problems:
+        raise DynaMaskError(f"{path}: checkpoint does not fit the requested model: {'; '.join(problems)}")
+    requested_policy = cfg["model"].get("policy")
+    build_cfg = {**cfg, "model": {**cfg["model"], "weights_backbone": None}}
+    if isinstance(carried, dict) and carried.get("model", {}).get("policy"):
+        build_cfg["model"]["policy"] = carried["model"]["policy"]
+    model = build_model(build_cfg, num_classes)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -100,4 +172,6 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
         raise DynaMaskError(f"{path}: checkpoint does not fit the requested model "
                             f"(head={cfg['model']['head']}, policy={cfg['model']['policy']}, "
                             f"backbone={cfg['model']['backbone']}, classes={num_classes - 1}): {' '.join(first)}") from None
+    if requested_policy and cfg["model"].get("head") != "maskrcnn" and requested_policy != model.policy:
+        model.policy = requested_policy
     return model, ckpt

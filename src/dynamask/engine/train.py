@@ -63,6 +63,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -78,8 +79,9 @@ from ..config import ConfigError, effective_lr, flatten, load_config, save_confi
 from ..errors import DynaMaskError
 from . import distributed as du
 from ..data import collate_fn
+from ..data.coco import DatasetError
 from ..atomic import atomic_path
-from .build import build_model, load_checkpoint, save_checkpoint
+from .build import build_model, checkpoint_mismatches, hyper_parameters, load_checkpoint, save_checkpoint
 
 __all__ = [
     "train",
@@ -237,14 +239,33 @@ class SeededDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    #: consecutive unreadable images tolerated before the error is raised
+    MAX_CONSECUTIVE_UNREADABLE = 8
+
     def __getitem__(self, key):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            image, target = self.dataset[index]
+        skipped: List[str] = []
+        while True:
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+                    image, target = self.dataset[index]
+                break
+            except DatasetError as e:
+                # an image that cannot be decoded mid-epoch is skipped (the next one takes its
+                # place, deterministically) and reported by the training loop, not fatal
+                skipped.append(str(e))
+                if len(skipped) >= min(self.MAX_CONSECUTIVE_UNREADABLE, len(self.dataset)):
+                    raise
+                index = (index + 1) % len(self.dataset)
         image = _plain_tensor(image)
         target = {k: _plain_tensor(v) for k, v in target.items()}
+        if skipped:
+            target[SKIPPED_KEY] = skipped
         return image, target
+
+
+SKIPPED_KEY = "_skipped_images"
 
 
 def _to_device(images, targets, device):
@@ -320,6 +341,32 @@ def _check_writable(out_dir: str) -> None:
             pass
     except OSError as e:
         raise DynaMaskError(f"output directory {out_dir!r} is not writable: {e.strerror or e}") from None
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Estimated size of checkpoint_last.pt: the weights and buffers, plus the optimiser's
+    per-parameter state (AdamW keeps two tensors per parameter, SGD with momentum one)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    per_param = 2 if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) else 1
+    return weights + per_param * trainable
+
+
+def _check_free_space(out_dir: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: dict) -> None:
+    """Refuse to start when the output folder cannot hold the checkpoints training will write:
+    checkpoint_last.pt twice (the new one is written beside the old before replacing it),
+    model_final.pt, and 10 % for logs and evaluation results."""
+    last = checkpoint_bytes(model, optimizer)
+    final = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    existing = sum(os.path.getsize(os.path.join(out_dir, f)) for f in (CHECKPOINT_LAST, MODEL_FINAL)
+                   if os.path.isfile(os.path.join(out_dir, f)))
+    needed = int(1.1 * (2 * last + final)) - existing
+    free = shutil.disk_usage(out_dir).free
+    if free < needed:
+        raise DynaMaskError(f"output directory {out_dir!r} has {free / 2**20:.0f} MiB free, but training writes "
+                            f"checkpoints needing about {needed / 2**20:.0f} MiB "
+                            f"(checkpoint_last.pt ≈ {last / 2**20:.0f} MiB, kept twice while it is replaced, "
+                            f"plus model_final.pt); free space or choose another --out")
 
 
 def _jsonable(v: Any) -> Any:
@@ -487,6 +534,8 @@ def _load_train_dataset(cfg: dict):
                                   flip_prob=inp["flip_prob"], color_jitter=inp["color_jitter"] > 0)
     ds = CocoInstanceDataset(d["train_json"], d["train_images"], transforms=transforms,
                              keep_empty=d["keep_empty"])
+    if not ds.class_names:
+        raise DynaMaskError(f"data.train_json: {d['train_json']} lists no categories")
     if len(ds) == 0:
         raise DynaMaskError(f"data.train_json: {d['train_json']} has no usable training image"
                             + ("" if d["keep_empty"] else " (images without annotations are dropped; "
@@ -496,8 +545,13 @@ def _load_train_dataset(cfg: dict):
             raise ConfigError(f"config: 'data.val_json' is set but 'data.{key}' is not")
         if d.get(key) and not os.path.exists(d[key]):
             raise DynaMaskError(f"data.{key}: not found: {d[key]}")
-    if not ds.class_names:
-        raise DynaMaskError(f"data.train_json: {d['train_json']} lists no categories")
+    missing = ds.drop_missing_images()
+    if missing and len(ds) == 0:
+        raise DynaMaskError(f"data.train_images: none of the {len(missing)} image files listed in {d['train_json']} "
+                            f"exist under {d['train_images']} (e.g. {missing[0]}); is data.train_images the right folder?")
+    if missing:
+        logger.warning("%s: skipped %d image(s) whose files do not exist under %s (first: %s)",
+                       d["train_json"], len(missing), d["train_images"], ", ".join(missing[:3]))
     return ds
 
 
@@ -621,25 +675,50 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
                 warn("--resume: the config differs from the checkpoint's in: %s", ", ".join(diff))
 
     model = build_model(cfg, n_classes + 1)
+    if cfg["model"].get("freeze_detector"):
+        model.freeze_detector()
     model.to(dev)
     model.train()
     optimizer = _build_optimizer(cfg, model)
     lr_lambda = make_lr_lambda(s["warmup_iters"], s["warmup_factor"], s["steps"], s["gamma"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    if main:
+        _check_free_space(out_dir, model, optimizer, cfg)
 
     start_iter = 0
     data_epoch, data_pos = 0, 0
     seed_everything(cfg["seed"] + rank)  # per-process stream for the model's own randomness
     init_weights = cfg["model"].get("init_weights")
     if ckpt is None and init_weights:
+        init = load_checkpoint(init_weights)
+        problems = checkpoint_mismatches(init, cfg, n_classes + 1)
+        if problems:
+            raise DynaMaskError(f"model.init_weights: {init_weights} does not fit the configured model: "
+                                f"{'; '.join(problems)}")
         try:
-            model.load_state_dict(load_checkpoint(init_weights)["model"])
+            model.load_state_dict(init["model"])
         except RuntimeError as e:
             raise DynaMaskError(f"model.init_weights: {init_weights} does not fit the configured model: "
                                 f"{str(e).splitlines()[0]}") from None
         logger.info("initialised the model from %s", init_weights)
+    detector_weights = cfg["model"].get("detector_weights")
+    if ckpt is None and detector_weights:
+        det = load_checkpoint(detector_weights)
+        problems = checkpoint_mismatches(det, cfg, n_classes + 1, detector_only=True)
+        if problems:
+            raise DynaMaskError(f"model.detector_weights: {detector_weights} does not fit the configured "
+                                f"model: {'; '.join(problems)}")
+        try:
+            model.load_detector_state(det["model"])
+        except RuntimeError as e:
+            raise DynaMaskError(f"model.detector_weights: {detector_weights} does not fit the configured "
+                                f"model: {e}") from None
+        logger.info("initialised the detector (all but the mask branch) from %s", detector_weights)
     if ckpt is not None:
+        problems = checkpoint_mismatches(ckpt, cfg, n_classes + 1)
+        if problems:
+            raise DynaMaskError(f"--resume: {ckpt_path} does not fit the configured model: {'; '.join(problems)}")
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -699,7 +778,8 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
                   "num_classes": n_classes + 1}
 
     def checkpoint_state(iteration: int, full: bool) -> Dict[str, Any]:
-        state = {"model": model.state_dict(), "config": copy.deepcopy(cfg), **class_info, "iteration": iteration}
+        state = {"model": model.state_dict(), "config": copy.deepcopy(cfg), **class_info, "iteration": iteration,
+                 "hyper_parameters": hyper_parameters(cfg, n_classes + 1)}
         if full:
             consumed = iteration * per_rank_batch
             epoch, pos = divmod(consumed, shard_size)
@@ -716,8 +796,17 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
         if main:
             state = checkpoint_state(iteration, full=True)
             state["rng"] = {"world_size": world, "states": states}
-            save_checkpoint(ckpt_path, state)
+            write_checkpoint(ckpt_path, state, iteration)
         du.barrier()
+
+    def write_checkpoint(path: str, state: dict, iteration: int) -> None:
+        try:
+            save_checkpoint(path, state)
+        except OSError as e:
+            kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
+                    else "no earlier checkpoint exists")
+            raise DynaMaskError(f"could not write {path} at iteration {iteration}: {e.strerror or e} "
+                                f"({kept}; free space and run again with --resume)") from None
 
     evaluate_fn = None
     if cfg["data"].get("val_json"):
@@ -783,6 +872,7 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
     redirect = logging_redirect_tqdm(loggers=[logging.getLogger("dynamask")]) if show_bar \
         else contextlib.nullcontext()
     data_iter = None
+    skipped_images = 0
     try:
         with stop, redirect:
             data_iter = iter(loader)
@@ -790,6 +880,11 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
             for it in range(start_iter, max_iter):
                 step = it + 1
                 images, targets = next(data_iter)
+                for target in targets:
+                    for message in target.pop(SKIPPED_KEY, ()):
+                        skipped_images += 1
+                        warn("skipped an unreadable training image (%d so far): %s", skipped_images, message)
+                        metrics.write({"iteration": step, "event": "skipped_image", "reason": message})
                 t_data = time.perf_counter() - t_iter
                 images, targets = _to_device(images, targets, dev)
 
@@ -924,7 +1019,7 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
                         torch.distributed.broadcast(buf, src=0)
             save_last(iteration)
             if main:
-                save_checkpoint(final_path, checkpoint_state(iteration, full=False))
+                write_checkpoint(final_path, checkpoint_state(iteration, full=False), iteration)
             hashes = du.all_gather_object(weights_hash(model)) if world > 1 else [weights_hash(model)]
             if len(set(hashes)) != 1:
                 warn("the weights differ between processes after training (sha256 per rank: %s); "
@@ -949,6 +1044,7 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
         "total_loss": last_logged.get("total_loss"),
         "lr": optimizer.param_groups[0]["lr"],
         "nonfinite_steps": nonfinite_total,
+        "skipped_images": skipped_images,
         "time_s": elapsed,
         "world_size": world,
         "weights_sha256": hashes,

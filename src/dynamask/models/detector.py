@@ -23,7 +23,7 @@ from .maskrcnn_head import MaskRCNNBranch
 from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
 
 HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
-                "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "gumbel_tau",
+                "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "switch_target_weight", "gumbel_tau",
                 "size_thresholds")
 
 
@@ -49,6 +49,40 @@ class DynaMaskRCNN(FasterRCNN):
     @property
     def mask_branch(self) -> nn.Module:
         return self.roi_heads.mask_branch
+
+    # Parameters whose names start with this prefix belong to the mask branch.
+    MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
+
+    def freeze_detector(self) -> "DynaMaskRCNN":
+        """Train only the mask branch: backbone, FPN, RPN and box head stop learning and the
+        backbone's batch norms keep their statistics. This is how several mask heads are
+        compared on one and the same detector (benchmarks/accuracy_vs_cost.py)."""
+        for name, parameter in self.named_parameters():
+            if not name.startswith(self.MASK_BRANCH_PREFIX):
+                parameter.requires_grad_(False)
+        self.detector_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "DynaMaskRCNN":
+        super().train(mode)
+        if getattr(self, "detector_frozen", False):
+            self.backbone.eval()  # batch-norm statistics stay those of the trained detector
+        return self
+
+    def load_detector_state(self, state: dict) -> None:
+        """Load everything but the mask branch from a state dict (of any mask head)."""
+        own = {k for k in self.state_dict() if not k.startswith(self.MASK_BRANCH_PREFIX)}
+        detector_state = {k: v for k, v in state.items() if not k.startswith(self.MASK_BRANCH_PREFIX)}
+        missing = sorted(own - detector_state.keys())
+        unexpected = sorted(detector_state.keys() - own)
+        if missing or unexpected:
+            raise RuntimeError(f"detector weights do not fit: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        shapes = [k for k, v in detector_state.items() if self.state_dict()[k].shape != v.shape]
+        if shapes:
+            k = shapes[0]
+            raise RuntimeError(f"detector weights do not fit: {k} has shape {tuple(detector_state[k].shape)}, "
+                               f"the model has {tuple(self.state_dict()[k].shape)}")
+        self.load_state_dict(detector_state, strict=False)
 
     @property
     def policy(self) -> str:

@@ -46,6 +46,7 @@ class DynaMaskHead(nn.Module):
         budget_target: float = 0.4,
         budget_weight: float = 1.0,
         balance_weight: float = 0.0,
+        switch_target_weight: float = 1.0,
         gumbel_tau: float = 0.5,
         size_thresholds: tuple[float, ...] = SIZE_THRESHOLDS,
         sampling_ratio: int = 2,
@@ -65,6 +66,7 @@ class DynaMaskHead(nn.Module):
         self.budget_target = budget_target
         self.budget_weight = budget_weight
         self.balance_weight = balance_weight
+        self.switch_target_weight = switch_target_weight
         self.gumbel_tau = gumbel_tau
         self.size_thresholds = tuple(size_thresholds)
 
@@ -145,7 +147,7 @@ class DynaMaskHead(nn.Module):
         zero = sum(p.sum() for p in self.parameters()) * 0.0 + reference.sum() * 0.0
         keys = [f"loss_mask_{r}" for r in self.resolutions] + ["loss_mask_edge"]
         if self._policy == "dynamic":
-            keys += ["loss_mask_select", "loss_mask_budget"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
+            keys += ["loss_mask_select", "loss_mask_budget", "loss_mask_switch"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
         return {k: zero for k in keys}
 
     # ---------------------------------------------------------------------------- training
@@ -182,11 +184,13 @@ class DynaMaskHead(nn.Module):
             # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
             # on the logits' own device (CPU and CUDA alike).
             selection = F.gumbel_softmax(switch_logits, tau=self.gumbel_tau, hard=True)
-            costs = L.selection_costs(stage_logits, targets[finest])
+            costs = L.selection_costs(stage_logits, targets[finest], boxes)
             fractions = self.stage_costs(with_switch=True).to(selection.device)
             fractions = (fractions / fractions[-1]).float()
             losses["loss_mask_select"] = self.select_loss_weight * L.selection_loss(selection, costs)
             losses["loss_mask_budget"] = self.budget_weight * L.budget_loss(selection, fractions, self.budget_target)
+            oracle = L.switch_targets(costs, fractions, self.budget_target)
+            losses["loss_mask_switch"] = self.switch_target_weight * L.switch_target_loss(switch_logits, oracle)
             if self.balance_weight > 0:
                 losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
         return losses

@@ -1,0 +1,280 @@
+"""Mask accuracy against mask-head cost for every resolution policy, on one detector.
+
+Protocol (CPU-sized, stated in BENCHMARKS.md): one trained detector — backbone, FPN, RPN and
+box head of a shipped shapes checkpoint — is frozen, and every mask head is trained on it from
+scratch for the same number of iterations with the same data, seed and optimiser:
+
+* ``maskrcnn``      torchvision's Mask R-CNN head (28×28), same width as the shipped baseline;
+* ``fixed-14/28/56`` r-FPN heads built with 1 / 2 / 3 stages;
+* ``fixed-112``     the full r-FPN (all four stages). The size rule is a test-time policy on this
+                    same model (training is identical: every stage deep-supervised, no switch);
+* ``dynamic@t``     r-FPN + Mask Switch Module trained with budget target t ∈ {0.2, 0.4, 0.6}.
+
+Every model is evaluated on the same validation split (COCO segm / boundary AP, mask GFLOPs per
+instance, resolution histogram, Spearman ρ between chosen resolution and outline complexity),
+then the test-time dial sweeps ``mask_budget`` 0.1 … 1.0 on the dynamic@0.4 model without
+retraining. Training runs are separate processes (``--jobs`` at a time, ``--threads`` each);
+a finished run is reused when the script is run again, an interrupted one resumes.
+
+    python benchmarks/accuracy_vs_cost.py                 # ~1 h on a 2-core CPU
+    python benchmarks/accuracy_vs_cost.py --quick         # minutes: plumbing only, numbers meaningless
+
+Writes ``benchmarks/results/accuracy_vs_cost.json`` and ``.png`` (``--results`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from dynamask.atomic import write_bytes_atomic  # noqa: E402
+
+DYNAMIC_TARGETS = (0.2, 0.4, 0.6)
+DIAL = tuple(round(0.1 * i, 1) for i in range(1, 11))
+DIAL_MODEL = "dynamic@0.4"
+METRIC_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl", "boundary_AP",
+               "bbox_AP", "mask_gflops_per_instance", "resolution_histogram", "complexity_spearman",
+               "complexity_pairs", "num_detections")
+
+
+def runs(detector: str) -> list[dict]:
+    """Training runs (name, config, overrides) and the evaluations made from each."""
+    common = [f"model.detector_weights={detector}", "model.freeze_detector=true"]
+    dyn_cfg = str(ROOT / "configs" / "shapes_dynamask_r18.yaml")
+    out = [
+        {"name": "maskrcnn", "config": str(ROOT / "configs" / "shapes_maskrcnn_r18.yaml"), "overrides": common,
+         "evals": [("maskrcnn", None)]},
+        {"name": "fixed-112", "config": dyn_cfg, "overrides": common + ["model.policy=fixed-112"],
+         "evals": [("fixed-112", "fixed-112"), ("size", "size")]},
+    ]
+    for r in (56, 28, 14):
+        out.append({"name": f"fixed-{r}", "config": dyn_cfg, "overrides": common + [f"model.policy=fixed-{r}"],
+                    "evals": [(f"fixed-{r}", f"fixed-{r}")]})
+    for t in DYNAMIC_TARGETS:
+        out.append({"name": f"dynamic@{t}", "config": dyn_cfg,
+                    "overrides": common + ["model.policy=dynamic", f"model.mask_budget_target={t}"],
+                    "evals": [(f"dynamic@{t}", "dynamic")]})
+    return out
+
+
+def schedule(iters: int) -> list[str]:
+    """Same optimiser as the shapes configs, the LR steps moved to 75 % / 90 % of the run."""
+    steps = sorted({max(1, int(iters * 0.75)), max(1, int(iters * 0.9))})
+    warmup = min(100, max(1, iters // 10))
+    return [f"solver.max_iter={iters}", f"solver.steps=[{','.join(map(str, steps))}]",
+            f"solver.warmup_iters={warmup}", f"solver.checkpoint_period={max(50, iters // 4)}",
+            "test.eval_period=0"]
+
+
+def train_all(specs, args, out_dir: Path) -> dict:
+    """Run the trainings ``args.jobs`` at a time; returns wall seconds per run (0 = reused)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    pending, running, walls = list(specs), [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            spec = pending.pop(0)
+            run_dir = out_dir / spec["name"]
+            if (run_dir / "model_final.pt").exists():
+                print(f"[train] {spec['name']}: reusing {run_dir / 'model_final.pt'}", flush=True)
+                walls[spec["name"]] = 0.0
+                continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "dynamask", "train", "--config", spec["config"], "--out", str(run_dir),
+                   "--device", "cpu", "--no-progress", *spec["overrides"], *schedule(args.iters),
+                   f"data.train_json={args.data / 'train.json'}", f"data.train_images={args.data / 'train'}",
+                   f"data.val_json={args.data / 'val.json'}", f"data.val_images={args.data / 'val'}"]
+            if (run_dir / "checkpoint_last.pt").exists():
+                cmd.append("--resume")
+            log = open(run_dir / "train.log", "a")
+            print(f"[train] {spec['name']}: started ({' '.join(cmd[3:])})", flush=True)
+            running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT),
+                            time.time(), log))
+        time.sleep(2)
+        for item in list(running):
+            spec, proc, started, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0:
+                for _, other, _, _ in running:
+                    other.terminate()
+                raise SystemExit(f"training {spec['name']} failed (exit {proc.returncode}); "
+                                 f"see {out_dir / spec['name'] / 'train.log'}")
+            walls[spec["name"]] = time.time() - started
+            print(f"[train] {spec['name']}: done in {walls[spec['name']]:.0f} s", flush=True)
+    return walls
+
+
+def evaluate_all(specs, args, out_dir: Path) -> tuple[dict, list]:
+    import torch
+
+    from dynamask.data import CocoInstanceDataset
+    from dynamask.engine.evaluate import evaluate
+
+    torch.set_num_threads(args.jobs * args.threads)
+    dataset = CocoInstanceDataset(str(args.data / "val.json"), str(args.data / "val"), transforms=None,
+                                  keep_empty=True, validate_masks=False)
+    models, dial = {}, []
+    for spec in specs:
+        weights = str(out_dir / spec["name"] / "model_final.pt")
+        for name, policy in spec["evals"]:
+            m = evaluate(weights=weights, dataset=dataset, policy=policy, device="cpu", progress=False)
+            models[name] = {k: m.get(k) for k in METRIC_KEYS} | {"trained_as": spec["name"]}
+            print(f"[eval] {name:12s} segm AP {m['segm_AP']:.1f}  boundary AP {m['boundary_AP']:.1f}  "
+                  f"mask GFLOPs/inst {m['mask_gflops_per_instance']:.4f}", flush=True)
+        if spec["name"] == DIAL_MODEL:
+            for b in DIAL:
+                m = evaluate(weights=weights, dataset=dataset, policy="dynamic", budget=b, device="cpu", progress=False)
+                dial.append({"mask_budget": b} | {k: m.get(k) for k in METRIC_KEYS})
+                print(f"[dial] budget {b:.1f}  segm AP {m['segm_AP']:.1f}  boundary AP {m['boundary_AP']:.1f}  "
+                      f"mask GFLOPs/inst {m['mask_gflops_per_instance']:.4f}", flush=True)
+    return models, dial
+
+
+def judge(models: dict) -> dict:
+    """The issue's goals, each with the numbers it was decided on."""
+    full, mrcnn = models["fixed-112"], models["maskrcnn"]
+    goals = {}
+    for t in DYNAMIC_TARGETS:
+        d = models[f"dynamic@{t}"]
+        ratio = d["mask_gflops_per_instance"] / full["mask_gflops_per_instance"]
+        goals[f"dynamic@{t}"] = {
+            "flops_vs_fixed112": ratio,
+            "segm_AP_minus_fixed112": d["segm_AP"] - full["segm_AP"],
+            "boundary_AP_minus_fixed112": d["boundary_AP"] - full["boundary_AP"],
+            "segm_AP_minus_maskrcnn": d["segm_AP"] - mrcnn["segm_AP"],
+            "boundary_AP_minus_maskrcnn": d["boundary_AP"] - mrcnn["boundary_AP"],
+            "rho": d["complexity_spearman"],
+            "goal_matches_fixed112_at_40pct": bool(ratio <= 0.4 and d["segm_AP"] >= full["segm_AP"] - 0.5
+                                                   and d["boundary_AP"] >= full["boundary_AP"] - 0.5),
+            "goal_beats_maskrcnn": bool(d["segm_AP"] >= mrcnn["segm_AP"] + 3 and
+                                        d["boundary_AP"] >= mrcnn["boundary_AP"] + 5),
+            "goal_rho": bool(d["complexity_spearman"] is not None and d["complexity_spearman"] >= 0.5),
+        }
+    return goals
+
+
+def plot(models: dict, dial: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "segm_AP", "mask AP"), (axes[1], "boundary_AP", "boundary AP")):
+        fixed = [n for n in ("fixed-14", "fixed-28", "fixed-56", "fixed-112") if n in models]
+        ax.plot([models[n]["mask_gflops_per_instance"] for n in fixed], [models[n][key] for n in fixed],
+                "o-", color="tab:gray", label="r-FPN fixed 14/28/56/112")
+        for n in fixed:
+            ax.annotate(n.split("-")[1], (models[n]["mask_gflops_per_instance"], models[n][key]), fontsize=8,
+                        xytext=(3, -10), textcoords="offset points")
+        if dial:
+            ax.plot([d["mask_gflops_per_instance"] for d in dial], [d[key] for d in dial], ".--", color="tab:blue",
+                    label=f"{DIAL_MODEL}, test-time dial 0.1…1.0")
+        dyn = [n for n in models if n.startswith("dynamic@")]
+        ax.plot([models[n]["mask_gflops_per_instance"] for n in dyn], [models[n][key] for n in dyn], "*",
+                color="tab:red", markersize=12, label="dynamic, trained at budget 0.2/0.4/0.6")
+        for n in ("size", "maskrcnn"):
+            if n in models:
+                ax.plot(models[n]["mask_gflops_per_instance"], models[n][key], "s" if n == "size" else "^",
+                        markersize=8, label={"size": "size rule", "maskrcnn": "Mask R-CNN head (28×28)"}[n])
+        ax.set_xlabel("mask-head GFLOPs per instance")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("shapes val: mask accuracy against mask-head cost (one frozen detector)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def table(models: dict) -> str:
+    lines = [f"{'model':13s} {'segm AP':>8s} {'AP50':>6s} {'AP75':>6s} {'bnd AP':>7s} {'GFLOPs/inst':>11s}  "
+             f"{'resolutions 14/28/56/112 (%)':29s} {'rho':>5s}"]
+    for name, m in models.items():
+        hist = m["resolution_histogram"] or {}
+        total = sum(hist.values()) or 1
+        shares = "/".join(f"{100 * hist.get(str(r), 0) / total:.0f}" for r in (14, 28, 56, 112))
+        rho = "n/a" if m["complexity_spearman"] is None else f"{m['complexity_spearman']:.2f}"
+        lines.append(f"{name:13s} {m['segm_AP']:8.1f} {m['segm_AP50']:6.1f} {m['segm_AP75']:6.1f} "
+                     f"{m['boundary_AP']:7.1f} {m['mask_gflops_per_instance']:11.4f}  {shares:29s} {rho:>5s}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=None,
+                   help="shapes dataset (made if missing: 1000 train images, the shipped detector's "
+                        "training set, and --val validation images; default runs/shapes_bench)")
+    p.add_argument("--val", type=int, default=400, help="validation images when the dataset is made")
+    p.add_argument("--detector", default=str(ROOT / "checkpoints" / "shapes_dynamask_r18.pt"),
+                   help="checkpoint whose detector is frozen and shared by all mask heads")
+    p.add_argument("--iters", type=int, default=800, help="training iterations per mask head")
+    p.add_argument("--out", type=Path, default=None, help="training runs (default runs/accuracy_vs_cost)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results JSON, plot beside it (default benchmarks/results/accuracy_vs_cost.json)")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run at once")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per training")
+    p.add_argument("--quick", action="store_true", help="tiny run to check the plumbing (numbers meaningless)")
+    args = p.parse_args(argv)
+    suffix = "_quick" if args.quick else ""  # a quick run never touches the real run's files
+    if args.quick:
+        args.iters = min(args.iters, 4)
+        args.val = min(args.val, 6)
+    args.data = args.data or ROOT / "runs" / f"shapes_bench{suffix}"
+    args.out = args.out or ROOT / "runs" / f"accuracy_vs_cost{suffix}"
+    args.results = args.results or (args.out / "accuracy_vs_cost.json" if args.quick
+                                     else ROOT / "benchmarks" / "results" / "accuracy_vs_cost.json")
+
+    started = time.time()
+    if not (args.data / "train.json").exists():
+        from dynamask.data.shapes import generate_shapes_dataset
+
+        print(f"[data] making {args.data} (1000 train, {args.val} val, 128 px, seed 0)", flush=True)
+        generate_shapes_dataset(args.data, 8 if args.quick else 1000, args.val, image_size=128, seed=0)
+    specs = runs(args.detector)
+    walls = train_all(specs, args, args.out)
+    models, dial = evaluate_all(specs, args, args.out)
+    order = ["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"] + \
+        [f"dynamic@{t}" for t in DYNAMIC_TARGETS]
+    models = {n: models[n] for n in order}
+    result = {
+        "protocol": {"detector": os.path.relpath(args.detector, ROOT), "detector_frozen": True,
+                     "iterations_per_head": args.iters, "dataset": os.path.relpath(args.data, ROOT),
+                     "val_images": args.val, "dial_model": DIAL_MODEL, "quick": args.quick,
+                     "schedule": schedule(args.iters)},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
+        "date": datetime.date.today().isoformat(),
+        "wall_time_s": round(time.time() - started, 1),
+        "train_wall_s": {k: round(v, 1) for k, v in walls.items()},
+        "models": models,
+        "dial": dial,
+        "goals": judge(models),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
+    plot(models, dial, args.results.with_suffix(".png"))
+    print(table(models))
+    for name, g in result["goals"].items():
+        print(f"{name}: FLOPs {100 * g['flops_vs_fixed112']:.0f} % of fixed-112, segm {g['segm_AP_minus_fixed112']:+.1f} / "
+              f"boundary {g['boundary_AP_minus_fixed112']:+.1f} vs fixed-112, segm {g['segm_AP_minus_maskrcnn']:+.1f} / "
+              f"boundary {g['boundary_AP_minus_maskrcnn']:+.1f} vs Mask R-CNN, rho {g['rho']}")
+    print(f"wrote {args.results} and {args.results.with_suffix('.png')} in {result['wall_time_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
