@@ -193,7 +193,7 @@ def plot(models: dict, dial: list, path: Path) -> None:
         ax.set_xlabel("mask-head GFLOPs per instance")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle("shapes val: mask accuracy against mask-head cost (one frozen detector)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
@@ -207,7 +207,7 @@ def table(models: dict) -> str:
     for name, m in models.items():
         hist = m["resolution_histogram"] or {}
         total = sum(hist.values()) or 1
-        shares = "/".join(f"{100 * hist.get(str(r), 0) / total:.0f}" for r in (14, 28, 56, 112))
+        shares = "/".join(f"{100 * hist.get(r, hist.get(str(r), 0)) / total:.0f}" for r in (14, 28, 56, 112))
         rho = "n/a" if m["complexity_spearman"] is None else f"{m['complexity_spearman']:.2f}"
         lines.append(f"{name:13s} {m['segm_AP']:8.1f} {m['segm_AP50']:6.1f} {m['segm_AP75']:6.1f} "
                      f"{m['boundary_AP']:7.1f} {m['mask_gflops_per_instance']:11.4f}  {shares:29s} {rho:>5s}")

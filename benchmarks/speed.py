@@ -20,7 +20,8 @@ torchvision Mask R-CNN on the same synthetic batch, each in its own process (pea
     python benchmarks/speed.py                      # CPU, 512×512, R50 — about 5 min on 2 cores
     python benchmarks/speed.py --device cuda        # 800×1216, R50 inference and training
 
-Last line: ``speed ratio (dynamask / torchvision): X`` (end-to-end inference, dynamic).
+Last line: ``speed ratio (dynamask / torchvision): X`` (end-to-end inference, dynamic). Results go to
+benchmarks/results/speed_<device>_<fam>.json.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ def detection_settings(size: tuple[int, int]) -> dict:
     return dict(min_size=min(size), max_size=max(size), box_score_thresh=0.0, box_detections_per_img=100)
 
 
-def build_pair(size, policy: str, mix, device):
+def build_pair(size, policy: str, mix, device, fam: str = "deform"):
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
                                **detection_settings(size))
-    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", **detection_settings(size))
+    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", fam=fam, **detection_settings(size))
     detector = {k: v for k, v in tv.state_dict().items() if not k.startswith("roi_heads.mask_")}
     ours.load_detector_state(detector)
     ours.policy = policy
@@ -145,7 +146,7 @@ def inference(args, device) -> dict:
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, *size, generator=g).to(device) for _ in range(args.batch)]
     rows = {}
-    tv, ours = build_pair(size, "dynamic", args.mix, device)
+    tv, ours = build_pair(size, "dynamic", args.mix, device, args.fam)
     variants = [("dynamic", 1.0), ("fixed-28", 1.0), ("fixed-112", 1.0)]
     with torch.no_grad():
         ref = tv(images)
@@ -176,7 +177,7 @@ def inference(args, device) -> dict:
     for name, s in samples.items():
         rows[name] = {"median_s": statistics.median(s), "runs": len(s)}
     return {"image_size": list(size), "batch": args.batch, "detections_per_image": [len(r["boxes"]) for r in ref],
-            "same_detections": same_boxes, "dynamic_mix": list(args.mix), "mix_source": args.mix_source,
+            "same_detections": same_boxes, "fam": args.fam, "dynamic_mix": list(args.mix), "mix_source": args.mix_source,
             "dynamic_histogram": hist,
             "dynamic_mask_gflops_per_instance": mask_gflops, "end_to_end": rows, "parts": breakdown}
 
@@ -266,7 +267,7 @@ def default_mix() -> tuple[tuple[float, ...], str]:
 def report(result: dict) -> str:
     inf = result["inference"]
     tv = inf["end_to_end"]["torchvision"]["median_s"]
-    lines = [f"inference, {inf['batch']} image(s) of {inf['image_size'][0]}x{inf['image_size'][1]}, "
+    lines = [f"inference, {inf['batch']} image(s) of {inf['image_size'][0]}x{inf['image_size'][1]}, FAM {inf['fam']}, "
              f"{inf['detections_per_image'][0]} detections each, same detections: {inf['same_detections']}",
              f"{'model':22s} {'median s':>9s} {'ratio':>6s}   " + "  ".join(f"{p:>12s}" for p in inf["parts"]["torchvision"])]
     for name, row in inf["end_to_end"].items():
@@ -300,6 +301,8 @@ def main(argv=None) -> None:
     p.add_argument("--mix", type=float, nargs=4, default=None, metavar=("P14", "P28", "P56", "P112"),
                    help="share of instances stopping at 14/28/56/112 in the dynamic row (default: the "
                         "dynamic@0.4 histogram of benchmarks/results/accuracy_vs_cost.json, else 40 30 20 10)")
+    p.add_argument("--fam", choices=("deform", "conv"), default="deform",
+                   help="DynaMask's feature aggregation: the paper's deformable conv or a plain conv")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-training", action="store_true")
     p.add_argument("--train-size", type=int, default=256, help="CPU training image side (R18)")
@@ -328,7 +331,7 @@ def main(argv=None) -> None:
     if not args.no_training:
         result["training"] = training(args, device)
     result["wall_time_s"] = round(time.time() - started, 1)
-    out = args.out or ROOT / "benchmarks" / "results" / f"speed_{device.type}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"speed_{device.type}_{args.fam}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

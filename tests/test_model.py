@@ -318,15 +318,32 @@ def test_selection_costs_rank_sharp_fine_masks_above_blurry_coarse_ones():
     assert float(empty) == 0.0  # nothing predicted for nothing: perfect
 
 
-def test_switch_targets_are_budget_optimal():
-    from dynamask.models.losses import switch_targets
+def test_selection_multiplier_prices_compute_to_meet_the_target():
+    from dynamask.models.losses import selection_multiplier
 
     fractions = torch.tensor([0.1, 0.25, 0.5, 1.0])
     costs = torch.tensor([[0.9, 0.5, 0.3, 0.1],     # gains a lot from fine stages
                           [0.2, 0.19, 0.18, 0.17],  # barely gains
                           [0.5, 0.2, 0.19, 0.18]])  # 28 is enough
-    assert switch_targets(costs, fractions, 1.0).tolist() == [3, 3, 3]  # no budget: best quality
-    chosen = switch_targets(costs, fractions, 0.45)
+    assert selection_multiplier(costs, fractions, 1.0) == 0.0  # no budget pressure: free compute
+    lam = selection_multiplier(costs, fractions, 0.45)
+    chosen = torch.argmin(costs + lam * fractions, dim=1)
     assert float(fractions[chosen].mean()) <= 0.45
     assert chosen[0] == chosen.max() and chosen[1] == 0  # the budget goes where it helps most
-    assert switch_targets(costs, fractions, 0.01).tolist() == [0, 0, 0]
+    assert selection_multiplier(costs, fractions, 0.01) == 0.0  # unreachable: no finite price
+
+
+def test_switch_learns_lambda_and_old_checkpoints_keep_their_choices():
+    torch.manual_seed(0)
+    m = dynamask_resnet18_fpn(3, min_size=64, max_size=64)
+    head = m.mask_branch
+    assert float(head.switch_lambda) == 0.0
+    head._update_lambda(2.0)
+    head._update_lambda(4.0)
+    assert float(head.switch_lambda) == pytest.approx(2.04) and int(head.switch_lambda_updates) == 2
+    # a state dict without the λ buffers (switch outputs were logits): loads with negated outputs
+    state = {k: v for k, v in m.state_dict().items() if "switch_lambda" not in k}
+    fresh = dynamask_resnet18_fpn(3, min_size=64, max_size=64)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.mask_branch.switch.fc2.weight, -head.switch.fc2.weight)
+    assert float(fresh.mask_branch.switch_lambda) == 0.0

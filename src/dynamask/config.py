@@ -163,8 +163,8 @@ DEFAULTS: Dict[str, Any] = {
         "budget_weight": 1.0,
         # weight of the loss that keeps the resolution choices balanced across instances
         "balance_weight": 0.1,
-        # weight of the cross-entropy that teaches the switch the budget-optimal stage per RoI
-        "switch_target_weight": 1.0,
+        # weight of the switch's regression of each stage's selection cost
+        "switch_cost_weight": 1.0,
         # mask-loss weight of each refinement stage (14, 28, 56, 112 px)
         "stage_loss_weights": [0.25, 0.5, 0.75, 1.0],
         # weight of the boundary (edge) mask loss
@@ -226,6 +226,9 @@ DEFAULTS: Dict[str, Any] = {
         "gamma": 0.1,
         # clip the gradient norm to this value (null = no clipping)
         "clip_grad_norm": None,
+        # learning rate of the Mask Switch Module relative to base_lr (it must become decisive
+        # within the run; see losses.switch_cost_loss)
+        "switch_lr_multiplier": 10.0,
         # mixed precision: "none", "bf16" or "fp16" (fp16 uses a gradient scaler)
         "amp": "none",
         # save a checkpoint every N steps (0 = only at the end)
@@ -310,7 +313,8 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "model.mask_budget": (_unit_open_closed, "must be in (0, 1]"),
     "model.budget_weight": (_ge0, "must be >= 0"),
     "model.balance_weight": (_ge0, "must be >= 0"),
-    "model.switch_target_weight": (_ge0, "must be >= 0"),
+    "model.switch_cost_weight": (_ge0, "must be >= 0"),
+    "solver.switch_lr_multiplier": (_gt0, "must be > 0"),
     "model.stage_loss_weights": (
         lambda v: len(v) == 4 and all(x >= 0 for x in v),
         "must be a list of 4 non-negative weights (stages 14, 28, 56, 112)",

@@ -52,7 +52,7 @@ def build_model(cfg: dict, num_classes: int):
         fam=m["fam"], stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
         select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
         budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
-        switch_target_weight=m["switch_target_weight"], gumbel_tau=m["gumbel_tau"],
+        switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],
         mask_budget=m["mask_budget"],
     )
     if m.get("head_widths"):
@@ -137,6 +137,19 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
     return out
 
 
+def with_defaults(cfg: dict) -> dict:
+    """``cfg`` with every section completed by the defaults (for configs saved by older versions)."""
+    from ..config import default_config
+
+    out = default_config()
+    for section, values in cfg.items():
+        if isinstance(values, dict) and isinstance(out.get(section), dict):
+            out[section] = {**out[section], **values}
+        else:
+            out[section] = values
+    return out
+
+
 def default_model() -> dict:
     from ..config import default_config
 
@@ -153,7 +166,9 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     """
     ckpt = load_checkpoint(path)
     carried = ckpt.get("config")
-    cfg = cfg or carried
+    if isinstance(carried, dict):  # keys added to dynamask after the checkpoint was written
+        carried = with_defaults(carried)
+    cfg = with_defaults(cfg) if cfg else carried
     if cfg is None:
         raise DynaMaskError(f"{path}: the checkpoint carries no config; pass --config")
     num_classes = ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1

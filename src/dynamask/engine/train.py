@@ -299,8 +299,12 @@ def make_lr_lambda(warmup_iters: int, warmup_factor: float, steps, gamma: float)
 
 def _build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
     s = cfg["solver"]
-    params = [p for p in model.parameters() if p.requires_grad]
     lr = effective_lr(cfg)
+    # The Mask Switch Module learns a classification from a noisy per-batch target; at the
+    # detector's LR its logits moved too slowly to become decisive in a CPU-length run.
+    switch = [p for n, p in model.named_parameters() if p.requires_grad and ".switch." in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and ".switch." not in n]
+    params = [{"params": rest}] + ([{"params": switch, "lr": lr * s["switch_lr_multiplier"]}] if switch else [])
     if s["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=s["momentum"], weight_decay=s["weight_decay"])
     if s["optimizer"] == "adamw":

@@ -46,7 +46,7 @@ class DynaMaskHead(nn.Module):
         budget_target: float = 0.4,
         budget_weight: float = 1.0,
         balance_weight: float = 0.0,
-        switch_target_weight: float = 1.0,
+        switch_cost_weight: float = 1.0,
         gumbel_tau: float = 0.5,
         size_thresholds: tuple[float, ...] = SIZE_THRESHOLDS,
         sampling_ratio: int = 2,
@@ -66,7 +66,7 @@ class DynaMaskHead(nn.Module):
         self.budget_target = budget_target
         self.budget_weight = budget_weight
         self.balance_weight = balance_weight
-        self.switch_target_weight = switch_target_weight
+        self.switch_cost_weight = switch_cost_weight
         self.gumbel_tau = gumbel_tau
         self.size_thresholds = tuple(size_thresholds)
 
@@ -86,8 +86,41 @@ class DynaMaskHead(nn.Module):
             for k in range(self.num_stages - 1)
         )
         self.switch = MaskSwitch(c0, num_choices=len(RESOLUTIONS)) if policy == "dynamic" else None
+        # The switch predicts each stage's selection cost; a RoI stops at argmin_k cost_k + λ·F_k/F_max.
+        # λ, the price of compute that met the budget target in training, is a running mean kept here.
+        self.register_buffer("switch_lambda", torch.zeros(()))
+        self.register_buffer("switch_lambda_updates", torch.zeros((), dtype=torch.int64))
         self._policy = policy
         self.mask_budget = 1.0
+
+    #: scale from (predicted cost + λ·F) differences to the Gumbel-softmax logits in training
+    COST_TEMPERATURE = 0.05
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.switch is not None and f"{prefix}switch_lambda" not in state_dict:
+            # A checkpoint from before the switch predicted costs: its outputs were logits.
+            # Negated they rank the stages the same way, so with λ = 0 it chooses as it did.
+            for name in ("fc2.weight", "fc2.bias"):
+                key = f"{prefix}switch.{name}"
+                if key in state_dict:
+                    state_dict[key] = -state_dict[key]
+            state_dict[f"{prefix}switch_lambda"] = torch.zeros(())
+            state_dict[f"{prefix}switch_lambda_updates"] = torch.zeros((), dtype=torch.int64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _update_lambda(self, lam: float) -> None:
+        with torch.no_grad():
+            if int(self.switch_lambda_updates) == 0:
+                self.switch_lambda.fill_(lam)
+            else:
+                self.switch_lambda.mul_(0.98).add_(0.02 * lam)
+            self.switch_lambda_updates.add_(1)
+
+    def switch_scores(self, predicted_costs: Tensor) -> Tensor:
+        """Higher is better: −(predicted cost + λ·F_k/F_max), N×K."""
+        fractions = self.stage_costs(with_switch=True).to(predicted_costs.device)
+        fractions = (fractions / fractions[-1]).to(predicted_costs.dtype)
+        return -(predicted_costs + self.switch_lambda.to(predicted_costs.dtype) * fractions)
 
     # ----------------------------------------------------------------- policy and cost table
     @property
@@ -180,17 +213,18 @@ class DynaMaskHead(nn.Module):
         losses["loss_mask_edge"] = self.edge_loss_weight * edge_loss
 
         if self._policy == "dynamic":
-            switch_logits = self.switch(region0.detach(), mask0.detach(), edge0.detach(), boxes).float()
+            predicted = self.switch(region0.detach(), mask0.detach(), edge0.detach(), boxes).float()
+            costs = L.selection_costs(stage_logits, targets[finest], boxes)
+            fractions = self.stage_costs(with_switch=True).to(predicted.device)
+            fractions = (fractions / fractions[-1]).float()
+            self._update_lambda(L.selection_multiplier(costs, fractions, self.budget_target))
+            switch_logits = self.switch_scores(predicted) / self.COST_TEMPERATURE
             # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
             # on the logits' own device (CPU and CUDA alike).
             selection = F.gumbel_softmax(switch_logits, tau=self.gumbel_tau, hard=True)
-            costs = L.selection_costs(stage_logits, targets[finest], boxes)
-            fractions = self.stage_costs(with_switch=True).to(selection.device)
-            fractions = (fractions / fractions[-1]).float()
             losses["loss_mask_select"] = self.select_loss_weight * L.selection_loss(selection, costs)
             losses["loss_mask_budget"] = self.budget_weight * L.budget_loss(selection, fractions, self.budget_target)
-            oracle = L.switch_targets(costs, fractions, self.budget_target)
-            losses["loss_mask_switch"] = self.switch_target_weight * L.switch_target_loss(switch_logits, oracle)
+            losses["loss_mask_switch"] = self.switch_cost_weight * L.switch_cost_loss(predicted, costs)
             if self.balance_weight > 0:
                 losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
         return losses
@@ -205,12 +239,11 @@ class DynaMaskHead(nn.Module):
             return torch.full((n,), k, dtype=torch.int64, device=boxes.device)
         if self._policy == "size":
             return size_rule(boxes, self.size_thresholds).clamp(max=self.num_stages - 1)
-        logits = self.switch(region0, mask0, edge0, boxes).float()
+        scores = self.switch_scores(self.switch(region0, mask0, edge0, boxes).float())
         if self.mask_budget >= 1.0:
-            return logits.argmax(dim=1)
-        costs = self.stage_costs(with_switch=True).to(logits.device)
-        log_probs = logits.log_softmax(dim=1)
-        return torch.cat([choose_under_budget(lp, costs, self.mask_budget) for lp in log_probs.split(counts)])
+            return scores.argmax(dim=1)
+        costs = self.stage_costs(with_switch=True).to(scores.device)
+        return torch.cat([choose_under_budget(s, costs, self.mask_budget) for s in scores.split(counts)])
 
     def forward_infer(self, features: dict[str, Tensor], boxes_per_image: list[Tensor],
                       labels_per_image: list[Tensor], image_shapes) -> list[dict]:

@@ -6,9 +6,9 @@
   with stop-gradient, and asks the switch to prefer the stages that are cheap *and* good enough;
 - the budget loss is a hinge on the mean selected cost relative to the full path, so it is
   zero below the target fraction and grows above it;
-- the switch is also taught, by cross-entropy, the stages that minimise the batch's selection
-  cost under the budget (a per-batch Lagrangian "oracle"), which turns its scores into
-  confident per-RoI decisions that argmax can use at test time;
+- the switch predicts every stage's selection cost (regression), and stops a RoI at
+  argmin_k predicted cost_k + λ·F_k/F_max, λ being the price of compute that meets the budget
+  target in the training batches (a running mean kept in the model);
 - an optional usage-balance term keeps the switch from collapsing to one resolution early.
 """
 
@@ -118,23 +118,23 @@ def selection_loss(selection: Tensor, costs: Tensor) -> Tensor:
     return (selection * costs).sum(dim=1).mean()
 
 
-def switch_targets(costs: Tensor, cost_fractions: Tensor, target: float) -> Tensor:
-    """The per-RoI stage a budget-optimal switch would pick for this batch (N,), no gradient.
-
-    Minimises the batch's summed selection cost subject to mean cost ≤ target (Lagrangian
-    relaxation, bisection on the multiplier: the test-time dial's solver run on −costs).
-    """
-    from .policy import choose_under_budget
+def selection_multiplier(costs: Tensor, cost_fractions: Tensor, target: float) -> float:
+    """The λ at which stopping each RoI at argmin_k cost_k + λ·F_k/F_max meets the budget target
+    in this batch: the price of compute, in selection-cost units (no gradient)."""
+    from .policy import budget_multiplier
 
     with torch.no_grad():
-        return choose_under_budget(-costs.float(), cost_fractions.to(costs.device), target)
+        lam = budget_multiplier(-costs.float(), cost_fractions.to(costs.device).float(), target)
+    return lam if lam != float("inf") else 0.0
 
 
-def switch_target_loss(switch_logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy of the switch towards the budget-optimal stages. The Gumbel-softmax
-    selection loss alone left the switch unsure (max probability ≈ 0.4 per RoI after 300 steps)
-    and its argmax put every RoI at 28; this term makes per-RoI decisions confident."""
-    return F.cross_entropy(switch_logits, targets)
+def switch_cost_loss(predicted: Tensor, costs: Tensor) -> Tensor:
+    """Regression of every stage's selection cost (smooth L1). Teaching the switch the
+    per-batch best stage as a class was tried first: its targets flip with every batch's
+    noise, the classifier stayed unsure (max probability ≈ 0.4) and its argmax sent every RoI
+    to 28. Costs are continuous, learnable from size and shape, and the decision
+    argmin cost + λ·F is then made with one λ learnt over training."""
+    return F.smooth_l1_loss(predicted, costs, beta=0.1)
 
 
 def budget_loss(selection: Tensor, cost_fractions: Tensor, target: float) -> Tensor:

@@ -37,6 +37,12 @@ class MaskSwitch(nn.Module):
 
     DESCRIPTORS = ("log2 box side", "its square", "log outline complexity", "mean edge probability")
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the descriptor path load as they were: a zero path adds nothing.
+        for name, param in (("weight", self.prior.weight), ("bias", self.prior.bias)):
+            state_dict.setdefault(f"{prefix}prior.{name}", torch.zeros_like(param))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @staticmethod
     def box_size_feature(boxes: Tensor) -> Tensor:
         """log2 of the box's side in input pixels, centred at 64 px: N×1."""

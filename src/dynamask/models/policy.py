@@ -44,39 +44,48 @@ def size_rule(boxes: Tensor, thresholds: tuple[float, ...] = SIZE_THRESHOLDS) ->
     return torch.bucketize(side, bounds, right=True)
 
 
-def choose_under_budget(log_probs: Tensor, costs: Tensor, budget: float, iterations: int = 50) -> Tensor:
-    """Stage per RoI so that the mean cost is at most ``budget``·max(costs), losing as little
-    of the switch's log-probability as possible.
-
-    Lagrangian relaxation: choose argmax_k log p_rk − λ·c_k/c_max and bisect on λ ≥ 0 for the
-    smallest λ that meets the budget. If even the cheapest stage for every RoI exceeds the
-    budget, every RoI gets the cheapest stage.
-    """
-    if log_probs.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64, device=log_probs.device)
-    frac = (costs / costs.max()).to(log_probs.dtype)
+def budget_multiplier(scores: Tensor, costs: Tensor, budget: float, iterations: int = 50) -> float:
+    """Smallest λ ≥ 0 such that choosing argmax_k scores_rk − λ·c_k/c_max per RoI keeps the mean
+    cost at most ``budget``·max(costs) (bisection; mean cost falls as λ grows). ``inf`` when even
+    the cheapest stage for every RoI is over the budget."""
+    if scores.shape[0] == 0:
+        return 0.0
+    frac = (costs / costs.max()).to(scores.dtype)
     limit = budget * float(costs.max())
 
-    def pick(lam: float) -> Tensor:
-        return torch.argmax(log_probs - lam * frac, dim=1)
+    def mean_cost(lam: float) -> float:
+        return float(costs[torch.argmax(scores - lam * frac, dim=1)].mean())
 
-    def mean_cost(choice: Tensor) -> float:
-        return float(costs[choice].mean())
-
-    choice = pick(0.0)
-    if mean_cost(choice) <= limit:
-        return choice
-    finite = log_probs[torch.isfinite(log_probs)]
+    if mean_cost(0.0) <= limit:
+        return 0.0
+    finite = scores[torch.isfinite(scores)]
     spread = float(finite.max() - finite.min()) if finite.numel() else 1.0
     gaps = frac.diff().abs()
     hi = (spread + 1.0) / float(gaps[gaps > 0].min()) if bool((gaps > 0).any()) else 1.0
-    if mean_cost(pick(hi)) > limit:
-        return torch.full_like(choice, int(torch.argmin(costs)))
+    if mean_cost(hi) > limit:
+        return float("inf")
     lo = 0.0
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if mean_cost(pick(mid)) <= limit:
+        if mean_cost(mid) <= limit:
             hi = mid
         else:
             lo = mid
-    return pick(hi)
+    return hi
+
+
+def choose_under_budget(log_probs: Tensor, costs: Tensor, budget: float, iterations: int = 50) -> Tensor:
+    """Stage per RoI so that the mean cost is at most ``budget``·max(costs), losing as little
+    of the switch's score (log-probability or negative predicted cost) as possible.
+
+    Lagrangian relaxation: choose argmax_k score_rk − λ·c_k/c_max with the smallest λ ≥ 0 that
+    meets the budget (:func:`budget_multiplier`). If even the cheapest stage for every RoI
+    exceeds the budget, every RoI gets the cheapest stage.
+    """
+    if log_probs.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=log_probs.device)
+    lam = budget_multiplier(log_probs, costs, budget, iterations)
+    if lam == float("inf"):
+        return torch.full((log_probs.shape[0],), int(torch.argmin(costs)), dtype=torch.int64, device=log_probs.device)
+    frac = (costs / costs.max()).to(log_probs.dtype)
+    return torch.argmax(log_probs - lam * frac, dim=1)
