@@ -129,12 +129,15 @@ def selection_multiplier(costs: Tensor, cost_fractions: Tensor, target: float) -
 
 
 def switch_cost_loss(predicted: Tensor, costs: Tensor) -> Tensor:
-    """Regression of every stage's selection cost (smooth L1). Teaching the switch the
+    """Regression of every stage's selection cost relative to the RoI's mean over stages
+    (smooth L1): only differences between stages decide, and a RoI's overall difficulty (a poor
+    box, an odd object) is noise the switch need not predict. Teaching the switch the
     per-batch best stage as a class was tried first: its targets flip with every batch's
     noise, the classifier stayed unsure (max probability ≈ 0.4) and its argmax sent every RoI
     to 28. Costs are continuous, learnable from size and shape, and the decision
     argmin cost + λ·F is then made with one λ learnt over training."""
-    return F.smooth_l1_loss(predicted, costs, beta=0.1)
+    centred = costs - costs.mean(dim=1, keepdim=True)
+    return F.smooth_l1_loss(predicted - predicted.mean(dim=1, keepdim=True), centred, beta=0.05)
 
 
 def budget_loss(selection: Tensor, cost_fractions: Tensor, target: float) -> Tensor:
