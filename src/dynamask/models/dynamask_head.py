@@ -217,7 +217,10 @@ class DynaMaskHead(nn.Module):
             costs = L.selection_costs(stage_logits, targets[finest], boxes)
             fractions = self.stage_costs(with_switch=True).to(predicted.device)
             fractions = (fractions / fractions[-1]).float()
-            self._update_lambda(L.selection_multiplier(costs, fractions, self.budget_target))
+            # λ: the price at which the switch's *own* choices on this batch meet the budget target
+            # (priced on the true costs instead, its smoother predictions crossed to the fine
+            # stages too rarely and used half the budget)
+            self._update_lambda(L.selection_multiplier(predicted.detach(), fractions, self.budget_target))
             switch_logits = self.switch_scores(predicted) / self.COST_TEMPERATURE
             # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
             # on the logits' own device (CPU and CUDA alike).

@@ -120,7 +120,8 @@ def selection_loss(selection: Tensor, costs: Tensor) -> Tensor:
 
 def selection_multiplier(costs: Tensor, cost_fractions: Tensor, target: float) -> float:
     """The λ at which stopping each RoI at argmin_k cost_k + λ·F_k/F_max meets the budget target
-    in this batch: the price of compute, in selection-cost units (no gradient)."""
+    in this batch: the price of compute, in selection-cost units (no gradient). ``costs`` are
+    true or predicted per-stage costs (N×K)."""
     from .policy import budget_multiplier
 
     with torch.no_grad():
