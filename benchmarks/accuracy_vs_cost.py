@@ -166,6 +166,18 @@ def judge(models: dict) -> dict:
     return goals
 
 
+def keep_logs(specs, out_dir: Path, logs: Path) -> None:
+    """Copy each head's training log and metrics.jsonl next to the results (they are committed)."""
+    import shutil
+
+    for spec in specs:
+        for name in ("train.log", "metrics.jsonl"):
+            src = out_dir / spec["name"] / name
+            if src.exists():
+                (logs / spec["name"]).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, logs / spec["name"] / name)
+
+
 def plot(models: dict, dial: list, path: Path) -> None:
     import matplotlib
 
@@ -267,6 +279,7 @@ def main(argv=None) -> None:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
+    keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
     plot(models, dial, args.results.with_suffix(".png"))
     print(table(models))
     for name, g in result["goals"].items():

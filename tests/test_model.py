@@ -79,7 +79,7 @@ def test_train_step_losses_and_switch_gradients():
 
 def test_budget_loss_is_positive_above_target_and_zero_below():
     torch.manual_seed(0)
-    m = dynamask_resnet18_fpn(3, fam="conv", **SMALL).train()
+    m = dynamask_resnet18_fpn(3, fam="conv", budget_weight=1.0, **SMALL).train()
     images, targets = make_batch()
     head = m.mask_branch
     head.budget_target = 0.05  # even the cheapest stage costs more than 5 % of the full path
@@ -99,7 +99,7 @@ def test_budget_loss_is_positive_above_target_and_zero_below():
 
 def test_budget_loss_is_in_total_and_trains_switch_towards_target():
     torch.manual_seed(0)
-    m = dynamask_resnet18_fpn(3, fam="conv", **SMALL).train()
+    m = dynamask_resnet18_fpn(3, fam="conv", budget_weight=1.0, **SMALL).train()
     head = m.mask_branch
     head.budget_target = 0.05
     images, targets = make_batch()

@@ -159,18 +159,20 @@ DEFAULTS: Dict[str, Any] = {
         "mask_budget_target": 0.5,
         # test-time budget dial in (0, 1]: 1.0 = as trained, lower = cheaper masks
         "mask_budget": 1.0,
-        # weight of the budget (computational cost) loss
-        "budget_weight": 1.0,
-        # weight of the loss that keeps the resolution choices balanced across instances
-        "balance_weight": 0.1,
+        # weight of the paper's budget hinge on Gumbel-softmax samples; 0 by default: the budget
+        # is met by the price of compute λ, and the hinge's gradient corrupted the switch's cost
+        # regression (README, "How it works")
+        "budget_weight": 0.0,
+        # weight of the loss that keeps the resolution choices balanced across instances (0: off)
+        "balance_weight": 0.0,
         # weight of the switch's regression of each stage's selection cost
         "switch_cost_weight": 1.0,
         # mask-loss weight of each refinement stage (14, 28, 56, 112 px)
         "stage_loss_weights": [0.25, 0.5, 0.75, 1.0],
         # weight of the boundary (edge) mask loss
         "edge_loss_weight": 1.0,
-        # weight of the resolution-selector loss
-        "select_loss_weight": 1.0,
+        # weight of the paper's Gumbel-softmax selection loss (0 by default, see budget_weight)
+        "select_loss_weight": 0.0,
         # temperature of the Gumbel-softmax resolution selector
         "gumbel_tau": 0.5,
         # RPN proposals kept before / after NMS, per image, in training
