@@ -347,3 +347,5 @@ def test_switch_learns_lambda_and_old_checkpoints_keep_their_choices():
     fresh.load_state_dict(state)
     assert torch.equal(fresh.mask_branch.switch.fc2.weight, -head.switch.fc2.weight)
     assert float(fresh.mask_branch.switch_lambda) == 0.0
+    fixed = dynamask_resnet18_fpn(3, policy="fixed-112", min_size=64, max_size=64)
+    fixed.load_state_dict({k: v for k, v in fixed.state_dict().items() if "switch_lambda" not in k})

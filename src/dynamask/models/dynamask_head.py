@@ -104,8 +104,9 @@ class DynaMaskHead(nn.Module):
                 key = f"{prefix}switch.{name}"
                 if key in state_dict:
                     state_dict[key] = -state_dict[key]
-            state_dict[f"{prefix}switch_lambda"] = torch.zeros(())
-            state_dict[f"{prefix}switch_lambda_updates"] = torch.zeros((), dtype=torch.int64)
+        # the λ buffers are newer than some checkpoints (with or without a switch)
+        state_dict.setdefault(f"{prefix}switch_lambda", torch.zeros(()))
+        state_dict.setdefault(f"{prefix}switch_lambda_updates", torch.zeros((), dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _update_lambda(self, lam: float) -> None:
