@@ -121,7 +121,9 @@ def force_mix(model, mix: tuple[float, ...], seed: int = 0) -> None:
     choose = head.choose_stages
 
     def mixed(region0, mask0, edge0, boxes, counts):
-        choose(region0, mask0, edge0, boxes, counts)  # the switch's work
+        chosen = choose(region0, mask0, edge0, boxes, counts)  # the switch's work
+        if head.policy != "dynamic":
+            return chosen
         n = boxes.shape[0]
         edges = torch.tensor(mix, dtype=torch.float64).cumsum(0) / sum(mix)
         ranks = (torch.arange(n, dtype=torch.float64) + 0.5) / max(n, 1)

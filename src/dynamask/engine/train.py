@@ -347,6 +347,26 @@ def _check_writable(out_dir: str) -> None:
         raise DynaMaskError(f"output directory {out_dir!r} is not writable: {e.strerror or e}") from None
 
 
+def _initialise_from(model, cfg: dict, key: str, num_classes: int, detector_only: bool) -> None:
+    """``model.init_weights`` (the whole model) or ``model.detector_weights`` (all but the mask
+    branch) from a checkpoint, refused with the differences named when it does not fit."""
+    path = cfg["model"][key]
+    source = load_checkpoint(path)
+    problems = checkpoint_mismatches(source, cfg, num_classes, detector_only=detector_only)
+    try:
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        if detector_only:
+            model.load_detector_state(source["model"])
+        else:
+            model.load_state_dict(source["model"])
+    except RuntimeError as e:
+        raise DynaMaskError(f"model.{key}: {path} does not fit the configured model: "
+                            f"{str(e).splitlines()[0]}") from None
+    logger.info("initialised %s from %s", "the detector (all but the mask branch)" if detector_only else "the model",
+                path)
+
+
 def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Estimated size of checkpoint_last.pt: the weights and buffers, plus the optimiser's
     per-parameter state (AdamW keeps two tensors per parameter, SGD with momentum one)."""
@@ -693,32 +713,10 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
     start_iter = 0
     data_epoch, data_pos = 0, 0
     seed_everything(cfg["seed"] + rank)  # per-process stream for the model's own randomness
-    init_weights = cfg["model"].get("init_weights")
-    if ckpt is None and init_weights:
-        init = load_checkpoint(init_weights)
-        problems = checkpoint_mismatches(init, cfg, n_classes + 1)
-        if problems:
-            raise DynaMaskError(f"model.init_weights: {init_weights} does not fit the configured model: "
-                                f"{'; '.join(problems)}")
-        try:
-            model.load_state_dict(init["model"])
-        except RuntimeError as e:
-            raise DynaMaskError(f"model.init_weights: {init_weights} does not fit the configured model: "
-                                f"{str(e).splitlines()[0]}") from None
-        logger.info("initialised the model from %s", init_weights)
-    detector_weights = cfg["model"].get("detector_weights")
-    if ckpt is None and detector_weights:
-        det = load_checkpoint(detector_weights)
-        problems = checkpoint_mismatches(det, cfg, n_classes + 1, detector_only=True)
-        if problems:
-            raise DynaMaskError(f"model.detector_weights: {detector_weights} does not fit the configured "
-                                f"model: {'; '.join(problems)}")
-        try:
-            model.load_detector_state(det["model"])
-        except RuntimeError as e:
-            raise DynaMaskError(f"model.detector_weights: {detector_weights} does not fit the configured "
-                                f"model: {e}") from None
-        logger.info("initialised the detector (all but the mask branch) from %s", detector_weights)
+    if ckpt is None:
+        for key, detector_only in (("init_weights", False), ("detector_weights", True)):
+            if cfg["model"].get(key):
+                _initialise_from(model, cfg, key, n_classes + 1, detector_only)
     if ckpt is not None:
         problems = checkpoint_mismatches(ckpt, cfg, n_classes + 1)
         if problems:
