@@ -70,7 +70,10 @@ def library_versions() -> dict:
 def save_checkpoint(path: str, state: dict) -> None:
     """Write atomically: a temp file in the same folder, then os.replace (never a torn file)."""
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({**state, "versions": library_versions()}, tmp)
+        with open(tmp, "wb") as f:
+            torch.save({**state, "versions": library_versions()}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old or the new file
 
 
 def load_checkpoint(path: str) -> dict:
