@@ -27,6 +27,7 @@ from dynamask.engine.train import (
 from dynamask.errors import ConfigError, DynaMaskError
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
@@ -34,15 +35,6 @@ pytestmark = [
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask_14",
              "loss_mask_28", "loss_mask_56", "loss_mask_112", "loss_mask_edge", "loss_mask_select",
              "loss_mask_budget", "loss_mask_switch")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread (also much faster than 2 busy ones)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
