@@ -131,16 +131,24 @@ def evaluate_all(specs, args, out_dir: Path) -> tuple[dict, list]:
         weights = str(out_dir / spec["name"] / "model_final.pt")
         for name, policy in spec["evals"]:
             m = evaluate(weights=weights, dataset=dataset, policy=policy, device="cpu", progress=False)
-            models[name] = {k: m.get(k) for k in METRIC_KEYS} | {"trained_as": spec["name"]}
+            models[name] = summary(m) | {"trained_as": spec["name"]}
             print(f"[eval] {name:12s} segm AP {m['segm_AP']:.1f}  boundary AP {m['boundary_AP']:.1f}  "
                   f"mask GFLOPs/inst {m['mask_gflops_per_instance']:.4f}", flush=True)
         if spec["name"] == DIAL_MODEL:
             for b in DIAL:
                 m = evaluate(weights=weights, dataset=dataset, policy="dynamic", budget=b, device="cpu", progress=False)
-                dial.append({"mask_budget": b} | {k: m.get(k) for k in METRIC_KEYS})
+                dial.append({"mask_budget": b} | summary(m))
                 print(f"[dial] budget {b:.1f}  segm AP {m['segm_AP']:.1f}  boundary AP {m['boundary_AP']:.1f}  "
                       f"mask GFLOPs/inst {m['mask_gflops_per_instance']:.4f}", flush=True)
     return models, dial
+
+
+def summary(m: dict) -> dict:
+    """The metrics kept per model, with the short names the issue uses (AP50 … APl are segm)."""
+    out = {k: m.get(k) for k in METRIC_KEYS}
+    out.update({short: m.get(f"segm_{short}") for short in ("AP50", "AP75", "APs", "APm", "APl")})
+    out["rho"] = m.get("complexity_spearman")
+    return out
 
 
 def judge(models: dict) -> dict:
