@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dynamask.atomic import write_bytes_atomic  # noqa: E402
+from dynamask.atomic import atomic_path, write_bytes_atomic  # noqa: E402
 
 DYNAMIC_TARGETS = (0.2, 0.4, 0.6)
 DIAL = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -216,9 +216,8 @@ def plot(models: dict, dial: list, path: Path) -> None:
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle("shapes val: mask accuracy against mask-head cost (one frozen detector)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def table(models: dict) -> str:

@@ -28,6 +28,7 @@ from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_mas
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
+from dynamask.atomic import write_bytes_atomic
 from dynamask.models import RESOLUTIONS
 from dynamask.models.dynamask_head import DynaMaskHead
 from dynamask.models.flops import count_flops
@@ -158,8 +159,7 @@ def main(argv=None):
               "mask_branch": rows, "paste": paste_rows}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"mask_branch_{device.type}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    write_bytes_atomic(path, json.dumps(result, indent=2).encode())
 
     print(f"# {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.rois} RoIs, image {height}x{width}, {result['date']}  -> {path}")

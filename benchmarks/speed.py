@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
 
+from dynamask.atomic import write_bytes_atomic  # noqa: E402
 from dynamask.models import dynamask_resnet50_fpn  # noqa: E402
 
 NUM_CLASSES = 91  # COCO-sized heads, as users run them
@@ -335,9 +336,7 @@ def main(argv=None) -> None:
     result["wall_time_s"] = round(time.time() - started, 1)
     out = args.out or ROOT / "benchmarks" / "results" / f"speed_{device.type}_{args.fam}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_bytes_atomic(out, (json.dumps(result, indent=1) + "\n").encode())
     print(f"wrote {out} in {result['wall_time_s']:.0f} s")
     print(report(result))
 

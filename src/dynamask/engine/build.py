@@ -116,9 +116,9 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
         ck_cfg = ckpt.get("config")
         if not isinstance(ck_cfg, dict) or "model" not in ck_cfg:
             return []
-        have = hyper_parameters({"model": {**default_model(), **ck_cfg["model"]}},
+        have = hyper_parameters(with_defaults(ck_cfg),
                                 ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
-    want = hyper_parameters({"model": {**default_model(), **cfg["model"]}}, num_classes or have["num_classes"])
+    want = hyper_parameters(with_defaults(cfg), num_classes or have["num_classes"])
     keys = DETECTOR_ARCHITECTURE_KEYS if detector_only else ARCHITECTURE_KEYS
     out = []
     if (have.get("head") == want.get("head") == "maskrcnn") or detector_only:
@@ -151,12 +151,6 @@ def with_defaults(cfg: dict) -> dict:
         else:
             out[section] = values
     return out
-
-
-def default_model() -> dict:
-    from ..config import default_config
-
-    return default_config()["model"]
 
 
 def model_from_checkpoint(path: str, cfg: dict | None = None):

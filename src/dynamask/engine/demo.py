@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 
+from ..atomic import write_bytes_atomic
 from ..config import load_config
 from ..errors import DynaMaskError
 
@@ -151,10 +152,10 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", quick: bool = False, prog
     gallery_path = out / "gallery.png"
     _gallery(weights["dynamask"], data_dir / "val", data_dir / "val.json", gallery_path, 4 if quick else 8)
 
-    with open(out / "results.json", "w") as f:
-        json.dump({"rows": rows, "sources": sources, "quick": quick, "seconds": time.time() - start}, f, indent=2)
+    results = {"rows": rows, "sources": sources, "quick": quick, "seconds": time.time() - start}
+    write_bytes_atomic(out / "results.json", json.dumps(results, indent=2).encode())
     report = out / "report.md"
-    report.write_text(_report(rows, sources, quick, data_spec, time.time() - start))
+    write_bytes_atomic(report, _report(rows, sources, quick, data_spec, time.time() - start).encode("utf-8"))
     logger.info("demo: done in %.0f s; report: %s", time.time() - start, report)
     return report
 

@@ -367,21 +367,14 @@ def _initialise_from(model, cfg: dict, key: str, num_classes: int, detector_only
                 path)
 
 
-def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Estimated size of checkpoint_last.pt: the weights and buffers, plus the optimiser's
-    per-parameter state (AdamW keeps two tensors per parameter, SGD with momentum one)."""
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    per_param = 2 if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) else 1
-    return weights + per_param * trainable
-
-
-def _check_free_space(out_dir: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: dict) -> None:
+def _check_free_space(out_dir: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Refuse to start when the output folder cannot hold the checkpoints training will write:
     checkpoint_last.pt twice (the new one is written beside the old before replacing it),
-    model_final.pt, and 10 % for logs and evaluation results."""
-    last = checkpoint_bytes(model, optimizer)
+    model_final.pt, and 10 % for logs and evaluation results. checkpoint_last.pt holds the
+    weights and buffers plus the optimiser's per-parameter state (AdamW two tensors, SGD one)."""
     final = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    last = final + (2 if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) else 1) * trainable
     existing = sum(os.path.getsize(os.path.join(out_dir, f)) for f in (CHECKPOINT_LAST, MODEL_FINAL)
                    if os.path.isfile(os.path.join(out_dir, f)))
     needed = int(1.1 * (2 * last + final)) - existing
@@ -708,7 +701,7 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     if main:
-        _check_free_space(out_dir, model, optimizer, cfg)
+        _check_free_space(out_dir, model, optimizer)
 
     start_iter = 0
     data_epoch, data_pos = 0, 0
