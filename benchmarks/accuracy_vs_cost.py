@@ -16,10 +16,18 @@ then the test-time dial sweeps ``mask_budget`` 0.1 … 1.0 on the dynamic@0.4 mo
 retraining. Training runs are separate processes (``--jobs`` at a time, ``--threads`` each);
 a finished run is reused when the script is run again, an interrupted one resumes.
 
+Every head is trained and evaluated in one mask geometry (``--mask-geometry``, default the
+models' default ``exact``; ``torchvision`` is Mask R-CNN's legacy geometry, see
+``src/dynamask/models/geometry.py``). Beside the results the script reports the model-free
+ceiling: the validation ground truth cropped to its own box at 14/28/56/112 and pasted back, in
+both geometries (mean mask IoU, all objects and objects under 32 px) — no head can beat it.
+
     python benchmarks/accuracy_vs_cost.py                 # ~1 h on a 2-core CPU
+    python benchmarks/accuracy_vs_cost.py --mask-geometry torchvision   # the legacy-geometry run
     python benchmarks/accuracy_vs_cost.py --quick         # minutes: plumbing only, numbers meaningless
 
-Writes ``benchmarks/results/accuracy_vs_cost.json`` and ``.png`` (``--results`` to change).
+Writes ``benchmarks/results/accuracy_vs_cost.json`` and ``.png`` (``--results`` to change;
+``accuracy_vs_cost_legacy_geometry.json`` for ``--mask-geometry torchvision``).
 """
 
 from __future__ import annotations
@@ -42,14 +50,16 @@ from dynamask.atomic import atomic_path, write_bytes_atomic  # noqa: E402
 DYNAMIC_TARGETS = (0.2, 0.4, 0.6)
 DIAL = tuple(round(0.1 * i, 1) for i in range(1, 11))
 DIAL_MODEL = "dynamic@0.4"
+GEOMETRIES = ("exact", "torchvision")
+RESOLUTIONS = (14, 28, 56, 112)
 METRIC_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl", "boundary_AP",
                "bbox_AP", "mask_gflops_per_instance", "resolution_histogram", "complexity_spearman",
                "complexity_pairs", "num_detections")
 
 
-def runs(detector: str) -> list[dict]:
+def runs(detector: str, geometry: str) -> list[dict]:
     """Training runs (name, config, overrides) and the evaluations made from each."""
-    common = [f"model.detector_weights={detector}", "model.freeze_detector=true"]
+    common = [f"model.detector_weights={detector}", "model.freeze_detector=true", f"model.mask_geometry={geometry}"]
     dyn_cfg = str(ROOT / "configs" / "shapes_dynamask_r18.yaml")
     out = [
         {"name": "maskrcnn", "config": str(ROOT / "configs" / "shapes_maskrcnn_r18.yaml"), "overrides": common,
@@ -115,6 +125,36 @@ def train_all(specs, args, out_dir: Path) -> dict:
             walls[spec["name"]] = time.time() - started
             print(f"[train] {spec['name']}: done in {walls[spec['name']]:.0f} s", flush=True)
     return walls
+
+
+def ceiling(data: Path) -> dict:
+    """Model-free ceiling: mean IoU of each validation ground-truth mask with itself cropped to its
+    box at each resolution and pasted back (binarised at 0.5), per geometry; all objects and
+    objects whose longer box side is under 32 px."""
+    import numpy as np
+    import torch
+    from pycocotools.coco import COCO
+
+    from dynamask.models import round_trip_iou
+
+    coco = COCO(str(data / "val.json"))
+    per_image = []
+    for image_id in coco.getImgIds():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+        if anns:
+            masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]))
+            boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                                  for a in anns], dtype=torch.float32)
+            per_image.append((masks, boxes))
+    small = torch.cat([(b[:, 2:] - b[:, :2]).max(dim=1).values < 32 for _, b in per_image])
+    out = {"instances": int(small.numel()), "small_instances": int(small.sum())}
+    for geometry in GEOMETRIES:
+        rows = {}
+        for r in RESOLUTIONS:
+            iou = torch.cat([round_trip_iou(m, b, r, geometry) for m, b in per_image])
+            rows[str(r)] = {"mean_iou": round(float(iou.mean()), 4), "mean_iou_small": round(float(iou[small].mean()), 4)}
+        out[geometry] = rows
+    return out
 
 
 def evaluate_all(specs, args, out_dir: Path) -> tuple[dict, list]:
@@ -247,6 +287,8 @@ def main(argv=None) -> None:
                    help="results JSON, plot beside it (default benchmarks/results/accuracy_vs_cost.json)")
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training")
+    p.add_argument("--mask-geometry", choices=GEOMETRIES, default="exact",
+                   help="mask geometry every head is trained and evaluated in (default: exact)")
     p.add_argument("--quick", action="store_true", help="tiny run to check the plumbing (numbers meaningless)")
     args = p.parse_args(argv)
     suffix = "_quick" if args.quick else ""  # a quick run never touches the real run's files
@@ -254,9 +296,11 @@ def main(argv=None) -> None:
         args.iters = min(args.iters, 4)
         args.val = min(args.val, 6)
     args.data = args.data or ROOT / "runs" / f"shapes_bench{suffix}"
-    args.out = args.out or ROOT / "runs" / f"accuracy_vs_cost{suffix}"
-    args.results = args.results or (args.out / "accuracy_vs_cost.json" if args.quick
-                                     else ROOT / "benchmarks" / "results" / "accuracy_vs_cost.json")
+    # finished runs are reused, so runs of another geometry must not sit in the same folder
+    args.out = args.out or ROOT / "runs" / f"accuracy_vs_cost_{args.mask_geometry}{suffix}"
+    name = "accuracy_vs_cost" + ("_legacy_geometry" if args.mask_geometry == "torchvision" else "")
+    args.results = args.results or (args.out / f"{name}.json" if args.quick
+                                     else ROOT / "benchmarks" / "results" / f"{name}.json")
 
     started = time.time()
     if not (args.data / "train.json").exists():
@@ -264,7 +308,13 @@ def main(argv=None) -> None:
 
         print(f"[data] making {args.data} (1000 train, {args.val} val, 128 px, seed 0)", flush=True)
         generate_shapes_dataset(args.data, 8 if args.quick else 1000, args.val, image_size=128, seed=0)
-    specs = runs(args.detector)
+    bounds = ceiling(args.data)
+    for geometry in GEOMETRIES:
+        print(f"[ceiling] {geometry:11s} round-trip IoU at 14/28/56/112: "
+              + " / ".join(f"{bounds[geometry][str(r)]['mean_iou']:.3f}" for r in RESOLUTIONS)
+              + "  (objects < 32 px: " + " / ".join(f"{bounds[geometry][str(r)]['mean_iou_small']:.3f}" for r in RESOLUTIONS)
+              + ")", flush=True)
+    specs = runs(args.detector, args.mask_geometry)
     walls = train_all(specs, args, args.out)
     models, dial = evaluate_all(specs, args, args.out)
     order = ["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"] + \
@@ -274,7 +324,8 @@ def main(argv=None) -> None:
         "protocol": {"detector": os.path.relpath(args.detector, ROOT), "detector_frozen": True,
                      "iterations_per_head": args.iters, "dataset": os.path.relpath(args.data, ROOT),
                      "val_images": args.val, "dial_model": DIAL_MODEL, "quick": args.quick,
-                     "schedule": schedule(args.iters)},
+                     "schedule": schedule(args.iters), "mask_geometry": args.mask_geometry},
+        "ceiling": bounds,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
         "date": datetime.date.today().isoformat(),

@@ -33,7 +33,7 @@ def images():
 
 def test_maskrcnn_head_matches_torchvision(images):
     torch.manual_seed(0)
-    ours = maskrcnn_resnet18_fpn(5, **SETTINGS).eval()
+    ours = maskrcnn_resnet18_fpn(5, mask_geometry="torchvision", **SETTINGS).eval()
     tv = _torchvision_twin(ours)
     with torch.no_grad():
         a, b = tv(images), ours(images)

@@ -82,7 +82,7 @@ def test_budget_loss_is_positive_above_target_and_zero_below():
     m = dynamask_resnet18_fpn(3, fam="conv", budget_weight=1.0, **SMALL).train()
     images, targets = make_batch()
     head = m.mask_branch
-    head.budget_target = 0.05  # even the cheapest stage costs more than 5 % of the full path
+    head.budget_target = head.smallest_budget()  # only "every RoI at 14" meets it
     torch.manual_seed(1)
     above = m(images, targets)["loss_mask_budget"]
     head.budget_target = 1.0  # nothing can cost more than the full path
@@ -101,7 +101,7 @@ def test_budget_loss_is_in_total_and_trains_switch_towards_target():
     torch.manual_seed(0)
     m = dynamask_resnet18_fpn(3, fam="conv", budget_weight=1.0, **SMALL).train()
     head = m.mask_branch
-    head.budget_target = 0.05
+    head.budget_target = head.smallest_budget()
     images, targets = make_batch()
     losses = m(images, targets)
     head.switch.zero_grad()
@@ -330,7 +330,41 @@ def test_selection_multiplier_prices_compute_to_meet_the_target():
     chosen = torch.argmin(costs + lam * fractions, dim=1)
     assert float(fractions[chosen].mean()) <= 0.45
     assert chosen[0] == chosen.max() and chosen[1] == 0  # the budget goes where it helps most
-    assert selection_multiplier(costs, fractions, 0.01) == 0.0  # unreachable: no finite price
+    # below the cheapest stage's share: priced so that every RoI stops there, never free compute
+    lam = selection_multiplier(costs, fractions, 0.01)
+    assert lam > 0 and torch.argmin(costs + lam * fractions, dim=1).tolist() == [0, 0, 0]
+
+
+def test_a_lower_budget_never_gives_a_costlier_mix():
+    from dynamask.models.losses import selection_multiplier
+
+    g = torch.Generator().manual_seed(0)
+    fractions = torch.tensor([0.12, 0.3, 0.55, 1.0])
+    costs = torch.rand(64, 4, generator=g)
+    means = []
+    for target in (1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.13, 0.12, 0.1, 0.05, 0.001):
+        lam = selection_multiplier(costs, fractions, target)
+        means.append(float(fractions[torch.argmin(costs + lam * fractions, dim=1)].mean()))
+        scores = torch.log_softmax(-costs * 5, dim=1)
+        assert float(fractions[choose_under_budget(scores, fractions, target)].mean()) <= max(target, 0.12) + 1e-6
+    assert means == sorted(means, reverse=True) and means[-1] == pytest.approx(0.12)
+
+
+def test_unreachable_budgets_are_clamped_with_one_warning_naming_the_key():
+    m = dynamask_resnet18_fpn(3, fam="conv", **SMALL)
+    lowest = m.mask_branch.smallest_budget()
+    assert 0 < lowest < 0.2
+    with pytest.warns(UserWarning, match=rf"model\.mask_budget_target=0\.01 .* clamped to {lowest:.4f}"):
+        built = dynamask_resnet18_fpn(3, fam="conv", mask_budget_target=0.01, **SMALL)
+    assert built.mask_branch.budget_target == pytest.approx(lowest)
+    with pytest.warns(UserWarning, match=r"model\.mask_budget=0\.05 .* smallest reachable value"):
+        m.mask_budget = 0.05
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.mask_budget = 0.5  # reachable: silent
+        m.mask_branch.budget_target = 0.5
 
 
 def test_switch_learns_lambda_and_old_checkpoints_keep_their_choices():

@@ -67,9 +67,9 @@ def test_agreement_with_torchvision(m):
     ref = paste_masks_in_image(masks, boxes, (H, W), padding=1)
     b = ref >= 0.5
 
-    # torchvision_compat: same geometry, so every instance agrees (IoU >= 0.98)
+    # geometry="torchvision": same geometry, so every instance agrees (IoU >= 0.98)
     # and the probabilities agree up to float rounding
-    compat = paste_masks(masks, boxes, (H, W), torchvision_compat=True)
+    compat = paste_masks(masks, boxes, (H, W), geometry="torchvision")
     assert compat.shape == ref.shape == (len(boxes), 1, H, W)
     inter, union = _iou(compat >= 0.5, b)
     nonempty = union > 0
@@ -77,11 +77,11 @@ def test_agreement_with_torchvision(m):
     assert (inter[nonempty] / union[nonempty]).min() >= 0.98
     assert (compat - ref).abs().max() < 1e-4
 
-    # exact-box convention (torchvision_compat=False): torchvision's legacy geometry (1-cell
+    # exact-box convention (geometry="exact"): torchvision's legacy geometry (1-cell
     # padding, integer truncation, +1 width) makes its masks ~1 px larger per
     # side, so borders differ by a few px at most; that is IoU >= 0.98 for the
     # large blobs only (small boxes go down to ~0.8)
-    a = paste_masks(masks, boxes, (H, W), torchvision_compat=False) >= 0.5
+    a = paste_masks(masks, boxes, (H, W), geometry="exact") >= 0.5
     assert _max_border_dist_ok(a, b, 3)
     inter, union = _iou(a, b)
     nonempty = union > 0
@@ -91,10 +91,10 @@ def test_agreement_with_torchvision(m):
 
 
 def test_exact_box_convention():
-    # with torchvision_compat=False a full mask covers exactly the pixels whose centre lies inside the box
+    # with geometry="exact" a full mask covers exactly the pixels whose centre lies inside the box
     masks = torch.ones(3, 28, 28)
     boxes = torch.tensor([[10.0, 20.0, 50.0, 60.0], [10.3, 20.3, 50.3, 60.3], [10.7, 20.7, 50.7, 60.7]])
-    out = paste_masks(masks, boxes, (100, 100), torchvision_compat=False)[:, 0] >= 0.5
+    out = paste_masks(masks, boxes, (100, 100), geometry="exact")[:, 0] >= 0.5
     for i, (x0, y0) in enumerate([(10, 20), (10, 20), (11, 21)]):
         cols = out[i].any(0).nonzero().flatten()
         rows = out[i].any(1).nonzero().flatten()
@@ -128,7 +128,7 @@ def test_cropped_path_identical_to_full_image_sampling(monkeypatch, bucketing, c
     gen = torch.Generator().manual_seed(7)
     masks, boxes = _mixed_case(gen)
     monkeypatch.setattr(paste_mod, "_BUCKETING", bucketing)
-    fast = paste_masks(masks, boxes, (H, W), torchvision_compat=compat)
+    fast = paste_masks(masks, boxes, (H, W), geometry="torchvision" if compat else "exact")
     if compat:
         masks, boxes = paste_mod._torchvision_geometry(masks, boxes)
     ref = torch.zeros(len(boxes), 1, H, W)
@@ -139,9 +139,9 @@ def test_cropped_path_identical_to_full_image_sampling(monkeypatch, bucketing, c
 def test_chunking_identical():
     gen = torch.Generator().manual_seed(8)
     masks, boxes = _mixed_case(gen)
-    ref = paste_masks(masks, boxes, (H, W), torchvision_compat=False)
+    ref = paste_masks(masks, boxes, (H, W), geometry="exact")
     for chunk in (1, 5000, 3 * H * W):
-        assert torch.equal(paste_masks(masks, boxes, (H, W), chunk_pixels=chunk, torchvision_compat=False), ref)
+        assert torch.equal(paste_masks(masks, boxes, (H, W), chunk_pixels=chunk, geometry="exact"), ref)
     full_small = torch.zeros_like(ref)
     paste_mod._paste_full(full_small, torch.arange(len(boxes)), masks, boxes, H, W, 1)
     assert torch.equal(full_small, ref)
@@ -186,12 +186,12 @@ def test_degenerate_and_outside_boxes():
             [10.0, 10.0, 40.0, 40.0],
         ]
     )
-    out = paste_masks(masks, boxes, (H, W), torchvision_compat=False)
+    out = paste_masks(masks, boxes, (H, W), geometry="exact")
     assert torch.isfinite(out).all()
     assert out[:3].sum() <= 1.0  # at most one pixel touched by a point box
     assert not out[3].any()
     assert (out[4] >= 0.5).sum() == 30 * 30
-    assert torch.isfinite(paste_masks(masks, boxes, (H, W), torchvision_compat=True)).all()
+    assert torch.isfinite(paste_masks(masks, boxes, (H, W), geometry="torchvision")).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

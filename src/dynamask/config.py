@@ -50,6 +50,7 @@ __all__ = [
     "POLICIES",
     "HEADS",
     "FAMS",
+    "MASK_GEOMETRIES",
     "BACKBONES",
     "OPTIMIZERS",
     "AMP_MODES",
@@ -76,6 +77,8 @@ POLICIES: Tuple[str, ...] = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fix
 HEADS: Tuple[str, ...] = ("dynamask", "maskrcnn")
 #: feature aggregation module of the DynaMask head
 FAMS: Tuple[str, ...] = ("deform", "conv")
+#: where a box's mask cells lie (models/geometry.py): continuous boxes, or Mask R-CNN's legacy geometry
+MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
 #: backbones accepted by torchvision's resnet_fpn_backbone
 BACKBONES: Tuple[str, ...] = (
     "resnet18",
@@ -134,6 +137,10 @@ DEFAULTS: Dict[str, Any] = {
         "num_classes": None,
         # feature aggregation module of the DynaMask head: "deform" or "conv"
         "fam": "deform",
+        # mask geometry of RoI features, targets and paste: "exact" (a box is a continuous
+        # rectangle its mask cells tile; RoIAlign aligned=True) or "torchvision" (Mask R-CNN's
+        # legacy geometry; checkpoints that do not record a geometry were trained with it)
+        "mask_geometry": "exact",
         # FPN width (torchvision: 256); the CPU configs use less
         "fpn_channels": 256,
         # box head hidden width (torchvision: 1024)
@@ -280,6 +287,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.head": HEADS,
     "model.policy": POLICIES,
     "model.fam": FAMS,
+    "model.mask_geometry": MASK_GEOMETRIES,
     "model.backbone": BACKBONES,
     "solver.optimizer": OPTIMIZERS,
     "solver.amp": AMP_MODES,

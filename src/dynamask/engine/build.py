@@ -44,6 +44,7 @@ def build_model(cfg: dict, num_classes: int):
     if backbone not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                         "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"):
         raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
+    kwargs["mask_geometry"] = m["mask_geometry"]
     if m["head"] == "maskrcnn":
         kwargs["mask_head_channels"] = m["maskrcnn_head_channels"]
         return detector._maskrcnn(backbone, num_classes, common["weights_backbone"],
@@ -98,7 +99,21 @@ DETECTOR_ARCHITECTURE_KEYS = ("backbone", "fpn_channels", "box_representation_si
 def hyper_parameters(cfg: dict, num_classes: int) -> dict:
     """What a checkpoint records about the model it holds (num_classes counts the background)."""
     m = cfg["model"]
-    return {**{k: m.get(k) for k in ARCHITECTURE_KEYS}, "policy": m.get("policy"), "num_classes": int(num_classes)}
+    return {**{k: m.get(k) for k in ARCHITECTURE_KEYS}, "policy": m.get("policy"),
+            "mask_geometry": m.get("mask_geometry"), "num_classes": int(num_classes)}
+
+
+#: the geometry of checkpoints that record none: they predate the key and were trained with it
+LEGACY_MASK_GEOMETRY = "torchvision"
+
+
+def checkpoint_geometry(ckpt: dict) -> str:
+    """The mask geometry a checkpoint's model was trained in (models/geometry.py). Read from the
+    checkpoint itself, never from defaults: one without the key is ``"torchvision"``."""
+    for source in (ckpt.get("hyper_parameters"), (ckpt.get("config") or {}).get("model")):
+        if isinstance(source, dict) and source.get("mask_geometry"):
+            return str(source["mask_geometry"])
+    return LEGACY_MASK_GEOMETRY
 
 
 def _norm(v):
@@ -159,7 +174,8 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     The model is built as the checkpoint's hyper-parameters say; a ``cfg`` that asks for another
     architecture or class count is refused with the differences named. A different *policy*
     is applied after loading when the checkpoint's model supports it (e.g. a dynamic model
-    evaluated as fixed-28).
+    evaluated as fixed-28). The mask geometry is always the checkpoint's
+    (:func:`checkpoint_geometry`): its masks were trained to land where that geometry puts them.
     """
     ckpt = load_checkpoint(path)
     carried = ckpt.get("config")
@@ -176,6 +192,7 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     build_cfg = {**cfg, "model": {**cfg["model"], "weights_backbone": None}}
     if isinstance(carried, dict) and carried.get("model", {}).get("policy"):
         build_cfg["model"]["policy"] = carried["model"]["policy"]
+    build_cfg["model"]["mask_geometry"] = checkpoint_geometry(ckpt)
     model = build_model(build_cfg, num_classes)
     try:
         model.load_state_dict(ckpt["model"])

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..atomic import write_bytes_atomic
 from ..config import load_config
 from ..errors import DynaMaskError
+from .build import checkpoint_geometry, load_checkpoint
 
 logger = logging.getLogger("dynamask.demo")
 
@@ -71,6 +72,9 @@ def _config(head: str, data_dir: Path, out_dir: Path, quick: bool) -> dict:
         overrides.update({
             "model.init_weights": str(checkpoint), "solver.max_iter": FINE_TUNE_ITERS, "solver.base_lr": final_lr,
             "solver.warmup_iters": 0, "solver.steps": [], "solver.checkpoint_period": 0,
+            # fine-tuning keeps the geometry the checkpoint was trained in (100 iterations cannot
+            # move its masks by the half pixel another geometry would ask for)
+            "model.mask_geometry": checkpoint_geometry(load_checkpoint(str(checkpoint))),
         })
     return load_config(config_path, overrides)
 
@@ -124,7 +128,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", quick: bool = False, prog
         cfg = _config(head, data_dir, out / head, quick)
         init = cfg["model"].get("init_weights")
         sources[head] = (f"fine-tuned for {cfg['solver']['max_iter']} iterations from the shipped "
-                         f"`checkpoints/{HEADS[head]}.pt`" if init else
+                         f"`checkpoints/{HEADS[head]}.pt` (mask geometry `{cfg['model']['mask_geometry']}`)" if init else
                          f"trained from random init for {cfg['solver']['max_iter']} iterations")
         if not quick and not init:
             logger.warning("demo: no shipped checkpoint for %s; training from scratch (%d iterations, about "

@@ -81,7 +81,8 @@ from . import distributed as du
 from ..data import collate_fn
 from ..data.coco import DatasetError
 from ..atomic import atomic_path
-from .build import build_model, checkpoint_mismatches, hyper_parameters, load_checkpoint, save_checkpoint
+from .build import (build_model, checkpoint_geometry, checkpoint_mismatches, hyper_parameters, load_checkpoint,
+                    save_checkpoint)
 
 __all__ = [
     "train",
@@ -365,6 +366,11 @@ def _initialise_from(model, cfg: dict, key: str, num_classes: int, detector_only
                             f"{str(e).splitlines()[0]}") from None
     logger.info("initialised %s from %s", "the detector (all but the mask branch)" if detector_only else "the model",
                 path)
+    trained_in = checkpoint_geometry(source)
+    if not detector_only and trained_in != model.mask_geometry:
+        logger.warning("model.%s: %s was trained in the %r mask geometry; training goes on in %r "
+                       "(model.mask_geometry), so its masks first land half a pixel off", key, path, trained_in,
+                       model.mask_geometry)
 
 
 def _check_free_space(out_dir: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

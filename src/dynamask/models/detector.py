@@ -18,13 +18,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .dynamask_head import DynaMaskHead
+from .dynamask_head import DynaMaskHead, warn_unreachable_budget
 from .maskrcnn_head import MaskRCNNBranch
 from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
 
 HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
                 "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "switch_cost_weight", "gumbel_tau",
-                "size_thresholds")
+                "size_thresholds", "mask_geometry")
 
 
 class DynaMaskRCNN(FasterRCNN):
@@ -33,6 +33,7 @@ class DynaMaskRCNN(FasterRCNN):
     Same calling convention as torchvision's MaskRCNN: ``model(images, targets)`` returns a
     dict of losses in train mode; in eval mode a list of dicts with ``boxes``, ``labels``,
     ``scores``, ``masks`` (N×1×H×W in [0, 1]), ``mask_resolution`` and ``mask_flops``.
+    The mask geometry (``mask_geometry``, see geometry.py) is the mask branch's.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module,
@@ -45,6 +46,7 @@ class DynaMaskRCNN(FasterRCNN):
         super().__init__(backbone, num_classes=None if "box_predictor" in kwargs else num_classes, **kwargs)
         self.roi_heads = MaskBranchRoIHeads.from_box_heads(self.roi_heads, mask_branch, mask_rois_per_image)
         self.transform = BatchedPasteTransform.from_transform(self.transform)
+        self.mask_geometry = mask_branch.mask_geometry
 
     @property
     def mask_branch(self) -> nn.Module:
@@ -85,6 +87,18 @@ class DynaMaskRCNN(FasterRCNN):
         self.load_state_dict(detector_state, strict=False)
 
     @property
+    def mask_geometry(self) -> str:
+        """``"exact"`` (continuous boxes, RoIAlign ``aligned=True``) or ``"torchvision"`` (Mask
+        R-CNN's legacy geometry). Setting it switches the mask RoI pooling, the mask targets and
+        the paste together."""
+        return self.mask_branch.mask_geometry
+
+    @mask_geometry.setter
+    def mask_geometry(self, geometry: str) -> None:
+        self.mask_branch.mask_geometry = geometry  # validates
+        self.transform.mask_geometry = geometry
+
+    @property
     def policy(self) -> str:
         return self.mask_branch.policy
 
@@ -106,6 +120,10 @@ class DynaMaskRCNN(FasterRCNN):
         value = float(value)
         if not 0.0 < value <= 1.0:
             raise ValueError(f"mask_budget must be in (0, 1], got {value}")
+        if isinstance(self.mask_branch, DynaMaskHead) and self.mask_branch.switch is not None:
+            lowest = self.mask_branch.smallest_budget()
+            if value < lowest:  # the dial chooses 14×14 for everything there (policy.budget_multiplier)
+                warn_unreachable_budget("model.mask_budget", value, lowest)
         self.mask_branch.mask_budget = value
 
     def flops_table(self) -> dict:
@@ -172,7 +190,9 @@ def _dynamask(backbone_name, num_classes, policy, weights_backbone, trainable_ba
 def _maskrcnn(backbone_name, num_classes, weights_backbone, trainable_backbone_layers, kwargs):
     backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers, kwargs.pop("fpn_channels", 256))
     layers = (kwargs.pop("mask_head_channels", 256),) * 4
-    return DynaMaskRCNN(backbone, num_classes, MaskRCNNBranch(num_classes, backbone.out_channels, layers), **kwargs)
+    branch = MaskRCNNBranch(num_classes, backbone.out_channels, layers,
+                            mask_geometry=kwargs.pop("mask_geometry", "exact"))
+    return DynaMaskRCNN(backbone, num_classes, branch, **kwargs)
 
 
 def dynamask_resnet50_fpn(num_classes: int, policy: str = "dynamic", *, weights_backbone=None,

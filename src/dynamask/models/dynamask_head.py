@@ -9,15 +9,18 @@ really not computed — and hands back each mask at its own resolution for the b
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import roi_align
 
 from . import losses as L
 from .flops import conv2d_flops, roi_align_flops
+from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import MaskSwitch
-from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage,
+from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
 from .rfpn import FeatureAggregation, StagePredictor, _init_conv
 from .roi_utils import level_scale, rois_with_batch_index, split_groups
@@ -27,6 +30,13 @@ from .roi_utils import level_scale, rois_with_batch_index, split_groups
 # stopping early saves most of the work (see README, "Cost per stage").
 DEFAULT_WIDTHS = (96, 64, 48, 32)
 DEFAULT_REDUCED = (32, 32, 16)
+
+
+def warn_unreachable_budget(key: str, value: float, lowest: float) -> None:
+    """One warning for a budget below what stopping every instance at 14×14 costs."""
+    warnings.warn(f"{key}={value:g} is below the cheapest stage's share of the full mask path; "
+                  f"clamped to {lowest:.4f}, the smallest reachable value (every instance at 14×14)",
+                  UserWarning, stacklevel=4)  # past the property setter and nn.Module.__setattr__
 
 
 class DynaMaskHead(nn.Module):
@@ -50,11 +60,10 @@ class DynaMaskHead(nn.Module):
         gumbel_tau: float = 0.5,
         size_thresholds: tuple[float, ...] = SIZE_THRESHOLDS,
         sampling_ratio: int = 2,
+        mask_geometry: str = "exact",
     ):
         super().__init__()
         check_policy(policy)
-        if not 0.0 < budget_target <= 1.0:
-            raise ValueError(f"budget_target must be in (0, 1], got {budget_target}")
         self.num_stages = stages_needed(policy)
         self.resolutions = RESOLUTIONS[: self.num_stages]
         self.in_channels = in_channels
@@ -63,7 +72,6 @@ class DynaMaskHead(nn.Module):
         self.stage_loss_weights = tuple(stage_loss_weights)
         self.edge_loss_weight = edge_loss_weight
         self.select_loss_weight = select_loss_weight
-        self.budget_target = budget_target
         self.budget_weight = budget_weight
         self.balance_weight = balance_weight
         self.switch_cost_weight = switch_cost_weight
@@ -71,7 +79,7 @@ class DynaMaskHead(nn.Module):
         self.size_thresholds = tuple(size_thresholds)
 
         c0 = widths[0]
-        self.roi_pool = MultiScaleRoIAlign(list(featmap_names), RESOLUTIONS[0], sampling_ratio)
+        self.roi_pool = MaskRoIPool(list(featmap_names), RESOLUTIONS[0], sampling_ratio, mask_geometry)
         self.shared = nn.Sequential(
             _init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)), nn.ReLU(inplace=True),
             _init_conv(nn.Conv2d(c0, c0, 3, padding=1)), nn.ReLU(inplace=True),
@@ -92,6 +100,7 @@ class DynaMaskHead(nn.Module):
         self.register_buffer("switch_lambda_updates", torch.zeros((), dtype=torch.int64))
         self._policy = policy
         self.mask_budget = 1.0
+        self.budget_target = budget_target  # checked against the stage costs, which exist now
 
     #: scale from (predicted cost + λ·F) differences to the Gumbel-softmax logits in training
     COST_TEMPERATURE = 0.05
@@ -123,7 +132,17 @@ class DynaMaskHead(nn.Module):
         fractions = (fractions / fractions[-1]).to(predicted_costs.dtype)
         return -(predicted_costs + self.switch_lambda.to(predicted_costs.dtype) * fractions)
 
-    # ----------------------------------------------------------------- policy and cost table
+    # ----------------------------------------------------------------- geometry, policy, costs
+    @property
+    def mask_geometry(self) -> str:
+        """``"exact"`` or ``"torchvision"`` (see geometry.py): the shared RoI feature and the targets
+        follow it; the paste follows ``DynaMaskRCNN.mask_geometry``, which sets both."""
+        return self.roi_pool.geometry
+
+    @mask_geometry.setter
+    def mask_geometry(self, geometry: str) -> None:
+        self.roi_pool.geometry = check_geometry(geometry)
+
     @property
     def policy(self) -> str:
         return self._policy
@@ -138,6 +157,26 @@ class DynaMaskHead(nn.Module):
             raise ValueError("policy 'dynamic' needs the Mask Switch Module; this head was built without it "
                              "(build the model with policy='dynamic')")
         self._policy = policy
+
+    @property
+    def budget_target(self) -> float:
+        """Training target of the mean mask cost, a fraction of the full path (with the switch)."""
+        return self._budget_target
+
+    @budget_target.setter
+    def budget_target(self, target: float) -> None:
+        target = float(target)
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"budget_target must be in (0, 1], got {target}")
+        lowest = self.smallest_budget()
+        if self.switch is not None and target < lowest:  # without a switch the target is unused
+            warn_unreachable_budget("model.mask_budget_target", target, lowest)
+            target = lowest
+        self._budget_target = target
+
+    def smallest_budget(self) -> float:
+        """The lowest reachable mean cost as a fraction of the full path: every RoI at 14×14."""
+        return smallest_budget(self.stage_costs(with_switch=self.switch is not None))
 
     def flops_table(self) -> dict:
         """Per-RoI FLOPs from layer shapes: the shared part (pool, convs, stage-0 prediction),
@@ -194,7 +233,8 @@ class DynaMaskHead(nn.Module):
         boxes = torch.cat(rois)
         roi5 = rois_with_batch_index(rois)
         finest = RESOLUTIONS[-1]
-        targets = L.downsample_targets(L.roi_mask_targets(gt_masks, rois, matched_idxs, finest), RESOLUTIONS)
+        targets = L.downsample_targets(
+            L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry), RESOLUTIONS)
 
         losses: dict[str, Tensor] = {}
         edge_loss = x.new_zeros(())

@@ -17,25 +17,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import roi_align
+
+from .geometry import roi_mask_targets
 
 
-def roi_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor],
-                     resolution: int) -> Tensor:
-    """Ground-truth masks cropped to each RoI and resampled to resolution×resolution (soft).
-
-    Same geometry as torchvision's Mask R-CNN targets (``aligned=False``), which is the
-    geometry the batched paste reproduces, so targets and pasted masks line up.
-    """
-    out = []
-    for masks, boxes, idx in zip(gt_masks, rois, matched_idxs):
-        if boxes.shape[0] == 0:
-            out.append(boxes.new_zeros((0, resolution, resolution)))
-            continue
-        selected = masks[idx][:, None].to(boxes.dtype)
-        batch_idx = torch.arange(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
-        out.append(roi_align(selected, torch.cat([batch_idx, boxes], 1), (resolution, resolution),
-                             spatial_scale=1.0, sampling_ratio=2, aligned=False)[:, 0])
+def matched_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor],
+                         resolution: int, geometry: str) -> Tensor:
+    """Targets of a batch's positive RoIs: per image, the ground-truth mask each RoI was matched
+    to, cropped to the RoI in the model's mask geometry (see :func:`geometry.roi_mask_targets`)."""
+    out = [roi_mask_targets(masks, boxes, resolution, geometry, batch_index=idx)
+           for masks, boxes, idx in zip(gt_masks, rois, matched_idxs)]
     return torch.cat(out, 0)
 
 
@@ -121,12 +112,12 @@ def selection_loss(selection: Tensor, costs: Tensor) -> Tensor:
 def selection_multiplier(costs: Tensor, cost_fractions: Tensor, target: float) -> float:
     """The λ at which stopping each RoI at argmin_k cost_k + λ·F_k/F_max meets the budget target
     in this batch: the price of compute, in selection-cost units (no gradient). ``costs`` are
-    true or predicted per-stage costs (N×K)."""
+    true or predicted per-stage costs (N×K). A target below the cheapest stage's share prices
+    compute so that every RoI stops at the cheapest stage (never free compute)."""
     from .policy import budget_multiplier
 
     with torch.no_grad():
-        lam = budget_multiplier(-costs.float(), cost_fractions.to(costs.device).float(), target)
-    return lam if lam != float("inf") else 0.0
+        return budget_multiplier(-costs.float(), cost_fractions.to(costs.device).float(), target)
 
 
 def switch_cost_loss(predicted: Tensor, costs: Tensor) -> Tensor:

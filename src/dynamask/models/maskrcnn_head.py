@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
 
 from . import losses as L
 from .flops import conv2d_flops, conv_transpose2d_flops, roi_align_flops
+from .geometry import MaskRoIPool, check_geometry
 from .roi_utils import split_groups
 
 
@@ -19,15 +19,23 @@ class MaskRCNNBranch(nn.Module):
     resolution = 28
 
     def __init__(self, num_classes: int, in_channels: int = 256, layers=(256, 256, 256, 256),
-                 featmap_names=("0", "1", "2", "3"), sampling_ratio: int = 2):
+                 featmap_names=("0", "1", "2", "3"), sampling_ratio: int = 2, mask_geometry: str = "exact"):
         super().__init__()
         self.in_channels = in_channels
         self.sampling_ratio = sampling_ratio
-        self.roi_pool = MultiScaleRoIAlign(list(featmap_names), 14, sampling_ratio)
+        self.roi_pool = MaskRoIPool(list(featmap_names), 14, sampling_ratio, mask_geometry)
         self.mask_head = MaskRCNNHeads(in_channels, list(layers), 1)
         self.mask_predictor = MaskRCNNPredictor(layers[-1], layers[-1], num_classes)
         self.policy = "fixed-28"
         self.mask_budget = 1.0
+
+    @property
+    def mask_geometry(self) -> str:
+        return self.roi_pool.geometry
+
+    @mask_geometry.setter
+    def mask_geometry(self, geometry: str) -> None:
+        self.roi_pool.geometry = check_geometry(geometry)
 
     def flops_table(self) -> dict:
         total = roi_align_flops(self.in_channels, (14, 14), self.sampling_ratio)
@@ -48,7 +56,7 @@ class MaskRCNNBranch(nn.Module):
         logits = self._logits(features, rois, image_shapes, labels)
         if labels.numel() == 0:
             return {"loss_mask": logits.sum() * 0.0}
-        target = L.roi_mask_targets(gt_masks, rois, matched_idxs, self.resolution)
+        target = L.matched_mask_targets(gt_masks, rois, matched_idxs, self.resolution, self.mask_geometry)
         return {"loss_mask": L.mask_bce(logits, target)}
 
     def forward_infer(self, features, boxes_per_image, labels_per_image, image_shapes) -> list[dict]:

@@ -14,21 +14,17 @@ This module does the same job with a handful of batched kernels:
   instances) so peak memory stays bounded by ``chunk_pixels``;
 * only a crop around each box is sampled (see "Paste path" below).
 
-Sampling convention: output pixel ``(x, y)`` has centre ``(x + 0.5, y + 0.5)``
-and samples the mask at normalized coordinate
+Sampling convention (``geometry="exact"``, the default): output pixel ``(x, y)`` has centre
+``(x + 0.5, y + 0.5)`` and samples the mask at normalized coordinate
 ``u = 2 * ((x + 0.5) - x0) / (x1 - x0) - 1`` (same for ``y``), bilinearly with
 ``align_corners=False`` and zero padding, i.e. the mask's M cells exactly tile
 the continuous box ``[x0, x1] x [y0, y1]`` -- the geometry of
-``roi_align(..., aligned=True)`` used for the mask targets.  torchvision instead pads the mask
-by one zero cell, truncates the enlarged box to integers and uses the legacy
-``+1`` width, so its masks come out ~1 px larger per side (plus up to 1 px of
-truncation jitter).  Thresholded at 0.5 the two differ by <= 3 px along
-the border, which is IoU >= 0.98 only for boxes of roughly 150-250 px or more
-(IoU ~0.85-0.93 at 16-32 px).  ``torchvision_compat=True`` (the default, used by
-the models) re-expresses torchvision's geometry in this sampler (padded mask, integer
-box) and then matches it exactly after thresholding (see ``tests/test_paste.py``);
-the mask targets use the matching ``roi_align(..., aligned=False)`` geometry, as in
-torchvision, so masks trained here paste where torchvision would paste them.
+``roi_align(..., aligned=True)`` used for the exact mask targets (see ``geometry.py``).
+``geometry="torchvision"`` re-expresses torchvision's legacy geometry in this sampler
+(mask padded by one zero cell, box enlarged accordingly and truncated to integers,
+``+1`` width) and matches ``paste_masks_in_image`` exactly after thresholding (see
+``tests/test_paste.py``); its masks come out ~1 px larger per side plus up to 1 px of
+truncation jitter, which is what the legacy ``aligned=False`` targets were trained against.
 
 Paste path: the default path samples, per group of similarly sized boxes, only
 an integer window of size ``(max crop h, max crop w)`` around each box and
@@ -53,6 +49,8 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .geometry import check_geometry
 
 __all__ = ["paste_masks", "paste_masks_grouped"]
 
@@ -221,7 +219,7 @@ def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]
 
 
 def _paste_into(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, chunk_pixels: int, torchvision_compat: bool
+    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, chunk_pixels: int, geometry: str
 ) -> None:
     masks = _as_nchw(masks)
     _check(masks, boxes)
@@ -231,7 +229,7 @@ def _paste_into(
     if H == 0 or W == 0:
         return
     boxes = boxes.to(masks.device)
-    if torchvision_compat:
+    if check_geometry(geometry) == "torchvision":
         masks, boxes = _torchvision_geometry(masks, boxes)
     _paste_cropped(out, dest, masks, boxes, H, W, int(chunk_pixels))
 
@@ -242,7 +240,7 @@ def paste_masks(
     image_size: Sequence[int],
     chunk_pixels: int = 2**26,
     *,
-    torchvision_compat: bool = True,
+    geometry: str = "exact",
 ) -> Tensor:
     """Paste box-relative masks into full images, batched (no per-instance loop).
 
@@ -253,23 +251,22 @@ def paste_masks(
         image_size: ``(H, W)`` of the output.
         chunk_pixels: upper bound on sampled pixels per batched kernel call
             (peak scratch memory is ~12-16 bytes per sampled pixel).
-        torchvision_compat: reproduce torchvision's legacy geometry (1-cell
-            zero padding, integer-truncated enlarged box, ``+1`` width), the
-            default; ``False`` maps the mask exactly onto the continuous box.
+        geometry: ``"exact"`` maps the mask's cells exactly onto the continuous
+            box; ``"torchvision"`` reproduces torchvision's legacy geometry (1-cell
+            zero padding, integer-truncated enlarged box, ``+1`` width).
 
     Returns:
         ``[N,1,H,W]`` probabilities in ``masks.dtype`` on ``masks.device``.
-        With ``torchvision_compat=True``, thresholded at 0.5 they match
+        With ``geometry="torchvision"``, thresholded at 0.5 they match
         torchvision's ``paste_masks_in_image`` (IoU >= 0.98, in practice ~1).
-        The default exact-box convention differs from torchvision by a few
-        pixels at most along the border (torchvision's masks are ~1 px wider
-        per side), i.e. IoU >= 0.98 only for boxes of roughly 200 px or more.
+        The exact geometry differs from torchvision's by a few pixels at most
+        along the border (torchvision's masks are ~1 px wider per side).
     """
     masks = _as_nchw(masks)
     H, W = int(image_size[0]), int(image_size[1])
     out = masks.new_zeros((masks.shape[0], 1, H, W))
     dest = torch.arange(masks.shape[0], device=masks.device)
-    _paste_into(out, dest, masks, boxes, chunk_pixels, torchvision_compat)
+    _paste_into(out, dest, masks, boxes, chunk_pixels, geometry)
     return out
 
 
@@ -279,7 +276,7 @@ def paste_masks_grouped(
     image_size: Sequence[int],
     chunk_pixels: int = 2**26,
     *,
-    torchvision_compat: bool = True,
+    geometry: str = "exact",
 ) -> Tensor:
     """Paste instances whose masks come at different resolutions, in original order.
 
@@ -302,5 +299,5 @@ def paste_masks_grouped(
         if indices.numel() == 0:
             continue
         dest = indices.to(device=ref.device, dtype=torch.int64)
-        _paste_into(out, dest, masks.to(ref.device), boxes[dest], chunk_pixels, torchvision_compat)
+        _paste_into(out, dest, masks.to(ref.device), boxes[dest], chunk_pixels, geometry)
     return out

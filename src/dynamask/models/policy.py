@@ -46,12 +46,14 @@ def size_rule(boxes: Tensor, thresholds: tuple[float, ...] = SIZE_THRESHOLDS) ->
 
 def budget_multiplier(scores: Tensor, costs: Tensor, budget: float, iterations: int = 50) -> float:
     """Smallest λ ≥ 0 such that choosing argmax_k scores_rk − λ·c_k/c_max per RoI keeps the mean
-    cost at most ``budget``·max(costs) (bisection; mean cost falls as λ grows). ``inf`` when even
-    the cheapest stage for every RoI is over the budget."""
+    cost at most ``budget``·max(costs) (bisection; mean cost falls as λ grows). A budget below the
+    cheapest stage's share is met as closely as it can be: by that share, every RoI at the
+    cheapest stage (callers that take a budget from a user warn about it, see
+    :func:`smallest_budget`). A lower budget never gives a costlier mix."""
     if scores.shape[0] == 0:
         return 0.0
     frac = (costs / costs.max()).to(scores.dtype)
-    limit = budget * float(costs.max())
+    limit = max(budget * float(costs.max()), float(costs.min()))
 
     def mean_cost(lam: float) -> float:
         return float(costs[torch.argmax(scores - lam * frac, dim=1)].mean())
@@ -61,9 +63,8 @@ def budget_multiplier(scores: Tensor, costs: Tensor, budget: float, iterations: 
     finite = scores[torch.isfinite(scores)]
     spread = float(finite.max() - finite.min()) if finite.numel() else 1.0
     gaps = frac.diff().abs()
+    # at this price every RoI's cheapest stage wins by more than any score difference
     hi = (spread + 1.0) / float(gaps[gaps > 0].min()) if bool((gaps > 0).any()) else 1.0
-    if mean_cost(hi) > limit:
-        return float("inf")
     lo = 0.0
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
@@ -74,18 +75,21 @@ def budget_multiplier(scores: Tensor, costs: Tensor, budget: float, iterations: 
     return hi
 
 
+def smallest_budget(costs: Tensor) -> float:
+    """The lowest reachable budget: the cheapest stage's share of the most expensive one."""
+    return float(costs.min() / costs.max())
+
+
 def choose_under_budget(log_probs: Tensor, costs: Tensor, budget: float, iterations: int = 50) -> Tensor:
     """Stage per RoI so that the mean cost is at most ``budget``·max(costs), losing as little
     of the switch's score (log-probability or negative predicted cost) as possible.
 
     Lagrangian relaxation: choose argmax_k score_rk − λ·c_k/c_max with the smallest λ ≥ 0 that
-    meets the budget (:func:`budget_multiplier`). If even the cheapest stage for every RoI
-    exceeds the budget, every RoI gets the cheapest stage.
+    meets the budget (:func:`budget_multiplier`). Below the cheapest stage's share every RoI
+    gets the cheapest stage.
     """
     if log_probs.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=log_probs.device)
     lam = budget_multiplier(log_probs, costs, budget, iterations)
-    if lam == float("inf"):
-        return torch.full((log_probs.shape[0],), int(torch.argmin(costs)), dtype=torch.int64, device=log_probs.device)
     frac = (costs / costs.max()).to(log_probs.dtype)
     return torch.argmax(log_probs - lam * frac, dim=1)

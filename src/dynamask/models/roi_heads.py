@@ -77,7 +77,10 @@ class MaskBranchRoIHeads(RoIHeads):
 
 class BatchedPasteTransform(GeneralizedRCNNTransform):
     """GeneralizedRCNNTransform whose post-processing pastes each mask from its own resolution
-    with one batched ``grid_sample`` per resolution instead of torchvision's per-mask loop."""
+    with one batched ``grid_sample`` per resolution instead of torchvision's per-mask loop, in
+    the model's mask geometry (set through ``DynaMaskRCNN.mask_geometry``)."""
+
+    mask_geometry = "exact"
 
     @classmethod
     def from_transform(cls, t: GeneralizedRCNNTransform) -> "BatchedPasteTransform":
@@ -85,6 +88,7 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
                   size_divisible=t.size_divisible, fixed_size=t.fixed_size)
         if hasattr(t, "_skip_resize"):
             new._skip_resize = t._skip_resize
+        new.mask_geometry = getattr(t, "mask_geometry", cls.mask_geometry)
         return new
 
     def postprocess(self, result, image_shapes, original_image_sizes):
@@ -94,5 +98,6 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
             pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
             groups = pred.pop("mask_groups", None)
             if groups is not None:
-                pred["masks"] = paste_masks_grouped(groups, pred["boxes"], tuple(o_im_s))
+                pred["masks"] = paste_masks_grouped(groups, pred["boxes"], tuple(o_im_s),
+                                                    geometry=self.mask_geometry)
         return result
