@@ -218,3 +218,22 @@ def test_checkpoint_geometry_is_read_from_the_checkpoint_not_the_defaults():
     cfg = with_defaults({"model": {"mask_geometry": "exact"}})
     assert checkpoint_geometry({"hyper_parameters": hyper_parameters(cfg, 3)}) == "exact"
     assert checkpoint_geometry({"config": {"model": {"mask_geometry": "exact"}}}) == "exact"
+
+
+def test_predictor_uses_the_checkpoints_geometry_whatever_the_config_default():
+    from dynamask.predictor import Predictor
+
+    predictor = Predictor(ROOT / "checkpoints" / "shapes_dynamask_r18.pt",
+                          config=ROOT / "configs" / "shapes_dynamask_r18.yaml")  # the config's default is "exact"
+    assert predictor.model.mask_geometry == "torchvision"
+
+
+def test_config_key_is_checked_and_reaches_the_model():
+    from dynamask.config import load_config
+    from dynamask.engine.build import build_model
+    from dynamask.errors import ConfigError
+
+    cfg = load_config(ROOT / "configs" / "shapes_maskrcnn_r18.yaml", {"model.mask_geometry": "torchvision"})
+    assert build_model(cfg, 3).mask_geometry == "torchvision"
+    with pytest.raises(ConfigError, match="model.mask_geometry"):
+        load_config(ROOT / "configs" / "shapes_maskrcnn_r18.yaml", {"model.mask_geometry": "aligned"})

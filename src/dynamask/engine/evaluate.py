@@ -66,7 +66,7 @@ AP_KEYS: Tuple[str, ...] = tuple(
 #: keys always present in the metrics dict returned by :func:`evaluate` / ``metrics.json``
 METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
     "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
-    "num_images", "num_detections", "policy", "mask_budget", "complexity_spearman",
+    "num_images", "num_detections", "policy", "mask_budget", "mask_geometry", "complexity_spearman",
     "complexity_pairs", "max_dets", "score_thresh",
 )
 
@@ -643,6 +643,7 @@ def evaluate(
         num_detections=n_det,
         policy=used_policy,
         mask_budget=used_budget,
+        mask_geometry=getattr(model, "mask_geometry", None),
         complexity_spearman=rho,
         complexity_pairs=pairs,
         max_dets=max_dets,
@@ -685,7 +686,8 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         vals = [metrics.get(f"{kind}_{k}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
         rows.append((kind, "  ".join(f"{_fmt(v):<6}" for v in vals).rstrip()))
     rows.append(("", ""))
-    rows.append(("policy", f"{metrics.get('policy')} (mask budget {_fmt(metrics.get('mask_budget'))})"))
+    rows.append(("policy", f"{metrics.get('policy')} (mask budget {_fmt(metrics.get('mask_budget'))}, "
+                           f"mask geometry {metrics.get('mask_geometry')})"))
     rows.append(("mask GFLOPs / instance", _fmt(metrics.get("mask_gflops_per_instance"), 4)))
     rows.append(("mask GFLOPs / image", _fmt(metrics.get("mask_gflops_per_image"), 4)))
     rows.append(("resolutions", "  ".join(f"{r}: {pct(r)}" for r in RESOLUTIONS)))
