@@ -93,6 +93,7 @@ def test_expected_configs_are_shipped():
         "shapes_maskrcnn_r18.yaml",
         "coco_dynamask_r50_1x.yaml",
         "coco_maskrcnn_r50_1x.yaml",
+        "coco_dynamask_r50_1x_paper.yaml",
         "cityscapes_dynamask_r50.yaml",
     }
     assert expected <= names

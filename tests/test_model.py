@@ -370,16 +370,29 @@ def test_unreachable_budgets_are_clamped_with_one_warning_naming_the_key():
 def test_switch_learns_lambda_and_old_checkpoints_keep_their_choices():
     torch.manual_seed(0)
     m = dynamask_resnet18_fpn(3, min_size=64, max_size=64)
-    head = m.mask_branch
-    assert float(head.switch_lambda) == 0.0
-    head._update_lambda(2.0)
-    head._update_lambda(4.0)
-    assert float(head.switch_lambda) == pytest.approx(2.04) and int(head.switch_lambda_updates) == 2
-    # a state dict without the λ buffers (switch outputs were logits): loads with negated outputs
-    state = {k: v for k, v in m.state_dict().items() if "switch_lambda" not in k}
+    switch = m.mask_branch.switch
+    assert float(switch.price) == 0.0
+    switch.update_price(2.0)
+    switch.update_price(4.0)
+    assert float(switch.price) == pytest.approx(2.04) and int(switch.price_updates) == 2
+    prefix = "roi_heads.mask_branch."
+    state = m.state_dict()
+    # a checkpoint that kept λ in the head (before it moved into the cost switch) loads it there
+    moved = {k: v for k, v in state.items() if ".switch.price" not in k}
+    moved[prefix + "switch_lambda"] = torch.tensor(3.0)
+    moved[prefix + "switch_lambda_updates"] = torch.tensor(7)
     fresh = dynamask_resnet18_fpn(3, min_size=64, max_size=64)
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.mask_branch.switch.fc2.weight, -head.switch.fc2.weight)
-    assert float(fresh.mask_branch.switch_lambda) == 0.0
+    fresh.load_state_dict(moved)
+    assert float(fresh.mask_branch.switch.price) == 3.0 and int(fresh.mask_branch.switch.price_updates) == 7
+    assert torch.equal(fresh.mask_branch.switch.fc2.weight, switch.fc2.weight)
+    # a state dict without any λ (switch outputs were logits): loads with negated outputs
+    oldest = {k: v for k, v in state.items() if ".switch.price" not in k}
+    fresh = dynamask_resnet18_fpn(3, min_size=64, max_size=64)
+    fresh.load_state_dict(oldest)
+    assert torch.equal(fresh.mask_branch.switch.fc2.weight, -switch.fc2.weight)
+    assert float(fresh.mask_branch.switch.price) == 0.0
+    # heads without a switch: old checkpoints carried λ buffers, new ones do not
     fixed = dynamask_resnet18_fpn(3, policy="fixed-112", min_size=64, max_size=64)
-    fixed.load_state_dict({k: v for k, v in fixed.state_dict().items() if "switch_lambda" not in k})
+    assert not any("price" in k or "lambda" in k for k in fixed.state_dict())
+    fixed.load_state_dict({**fixed.state_dict(), prefix + "switch_lambda": torch.zeros(()),
+                           prefix + "switch_lambda_updates": torch.zeros((), dtype=torch.int64)})

@@ -51,6 +51,8 @@ __all__ = [
     "HEADS",
     "FAMS",
     "MASK_GEOMETRIES",
+    "SWITCHES",
+    "WIDTH_PRESETS",
     "BACKBONES",
     "OPTIMIZERS",
     "AMP_MODES",
@@ -79,6 +81,10 @@ HEADS: Tuple[str, ...] = ("dynamask", "maskrcnn")
 FAMS: Tuple[str, ...] = ("deform", "conv")
 #: where a box's mask cells lie (models/geometry.py): continuous boxes, or Mask R-CNN's legacy geometry
 MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
+#: Mask Switch Module: this project's cost-regressing switch, or the authors' (models/mask_switch.py)
+SWITCHES: Tuple[str, ...] = ("cost", "paper")
+#: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
+WIDTH_PRESETS: Tuple[str, ...] = ("balanced", "paper")
 #: backbones accepted by torchvision's resnet_fpn_backbone
 BACKBONES: Tuple[str, ...] = (
     "resnet18",
@@ -145,10 +151,15 @@ DEFAULTS: Dict[str, Any] = {
         "fpn_channels": 256,
         # box head hidden width (torchvision: 1024)
         "box_representation_size": 1024,
-        # DynaMask region-feature widths at 14/28/56/112 (null = 96, 64, 48, 32)
+        # DynaMask region-feature widths at 14/28/56/112: "balanced" (96, 64, 48, 32; image
+        # features reduced to 32, 32, 16), "paper" (the authors': 256, 128, 64, 32; image features
+        # reduced to 256, 128, 64) or a list of four (null = "balanced")
         "head_widths": None,
-        # DynaMask reduced image-feature widths pooled at 14/28/56 (null = 32, 32, 16)
+        # DynaMask reduced image-feature widths pooled at 14/28/56 (null = those of head_widths)
         "head_reduced_channels": None,
+        # Mask Switch Module: "cost" (regresses each stage's selection cost, λ prices compute;
+        # the default) or "paper" (the authors' 56x56-P2 switch, Gumbel-softmax, hinge + balance)
+        "switch": "cost",
         # conv width of the Mask R-CNN baseline head (torchvision: 256)
         "maskrcnn_head_channels": 256,
         # local ImageNet checkpoint (.pth) for the backbone (null = random init; no download)
@@ -166,12 +177,13 @@ DEFAULTS: Dict[str, Any] = {
         "mask_budget_target": 0.5,
         # test-time budget dial in (0, 1]: 1.0 = as trained, lower = cheaper masks
         "mask_budget": 1.0,
-        # weight of the paper's budget hinge on Gumbel-softmax samples; 0 by default: the budget
-        # is met by the price of compute λ, and the hinge's gradient corrupted the switch's cost
-        # regression (README, "How it works")
-        "budget_weight": 0.0,
-        # weight of the loss that keeps the resolution choices balanced across instances (0: off)
-        "balance_weight": 0.0,
+        # weight of the paper's budget hinge on Gumbel-softmax samples (null = per switch: 0 for
+        # "cost", whose budget is met by the price of compute λ — the hinge's gradient corrupted
+        # its cost regression, README "How it works" —, the authors' 0.3 for "paper")
+        "budget_weight": None,
+        # weight of the term that keeps the resolution choices balanced across instances
+        # (null = per switch: 0, off, for "cost"; the authors' 0.8 for "paper")
+        "balance_weight": None,
         # weight of the switch's regression of each stage's selection cost
         "switch_cost_weight": 1.0,
         # mask-loss weight of each refinement stage (14, 28, 56, 112 px)
@@ -265,7 +277,7 @@ DEFAULTS: Dict[str, Any] = {
 # Schema (derived from DEFAULTS plus the entries below)
 # --------------------------------------------------------------------------
 
-# kinds: "int", "float", "str", "bool", "list_int", "list_float", "int_or_list_int"
+# kinds: "int", "float", "str", "bool", "list_int", "list_float", "int_or_list_int", "str_or_list_int"
 _KIND_OVERRIDES: Dict[str, Tuple[str, bool]] = {
     # key: (kind, nullable)
     "data.train_json": ("str", True),
@@ -274,7 +286,9 @@ _KIND_OVERRIDES: Dict[str, Tuple[str, bool]] = {
     "data.val_images": ("str", True),
     "model.num_classes": ("int", True),
     "model.mask_rois_per_image": ("int", True),
-    "model.head_widths": ("list_int", True),
+    "model.head_widths": ("str_or_list_int", True),
+    "model.budget_weight": ("float", True),
+    "model.balance_weight": ("float", True),
     "model.head_reduced_channels": ("list_int", True),
     "model.weights_backbone": ("str", True),
     "model.init_weights": ("str", True),
@@ -288,6 +302,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.policy": POLICIES,
     "model.fam": FAMS,
     "model.mask_geometry": MASK_GEOMETRIES,
+    "model.switch": SWITCHES,
     "model.backbone": BACKBONES,
     "solver.optimizer": OPTIMIZERS,
     "solver.amp": AMP_MODES,
@@ -341,7 +356,10 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "model.fpn_channels": (_gt0, "must be >= 1"),
     "model.box_representation_size": (_gt0, "must be >= 1"),
     "model.maskrcnn_head_channels": (_gt0, "must be >= 1"),
-    "model.head_widths": (lambda v: len(v) == 4 and all(x > 0 for x in v), "must be 4 positive widths (14, 28, 56, 112)"),
+    "model.head_widths": (
+        lambda v: v in WIDTH_PRESETS if isinstance(v, str) else len(v) == 4 and all(x > 0 for x in v),
+        f"must be {' or '.join(repr(p) for p in WIDTH_PRESETS)} or 4 positive widths (14, 28, 56, 112)",
+    ),
     "model.head_reduced_channels": (lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 positive widths (14, 28, 56)"),
     "model.box_detections_per_img": (_gt0, "must be >= 1"),
     "model.box_score_thresh": (_unit_closed, "must be in [0, 1]"),
@@ -383,6 +401,7 @@ _KIND_NAMES = {
     "list_int": "a list of integers",
     "list_float": "a list of numbers",
     "int_or_list_int": "an integer or a list of integers",
+    "str_or_list_int": "a name or a list of integers",
 }
 
 
@@ -631,7 +650,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         out = value if isinstance(value, str) else _MISSING
     elif kind == "bool":
         out = value if isinstance(value, bool) else _MISSING
-    elif kind in ("list_int", "list_float", "int_or_list_int"):
+    elif kind == "str_or_list_int" and isinstance(value, str):
+        out = value
+    elif kind in ("list_int", "list_float", "int_or_list_int", "str_or_list_int"):
         if kind == "int_or_list_int" and not isinstance(value, (list, tuple)):
             out = _as_int(value)
         elif isinstance(value, (list, tuple)):

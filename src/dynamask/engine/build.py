@@ -56,8 +56,10 @@ def build_model(cfg: dict, num_classes: int):
         switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],
         mask_budget=m["mask_budget"],
     )
+    kwargs["switch"] = m["switch"]
     if m.get("head_widths"):
-        kwargs["widths"] = tuple(m["head_widths"])
+        w = m["head_widths"]
+        kwargs["widths"] = w if isinstance(w, str) else tuple(w)
     if m.get("head_reduced_channels"):
         kwargs["reduced_channels"] = tuple(m["head_reduced_channels"])
     return detector._dynamask(backbone, num_classes, m["policy"], common["weights_backbone"],
@@ -91,16 +93,28 @@ def load_checkpoint(path: str) -> dict:
 
 #: model config keys that decide the shapes of the weights (and so whether a checkpoint fits)
 ARCHITECTURE_KEYS = ("head", "backbone", "fam", "fpn_channels", "box_representation_size", "head_widths",
-                     "head_reduced_channels", "maskrcnn_head_channels")
+                     "head_reduced_channels", "maskrcnn_head_channels", "switch")
 #: the subset the detector (all but the mask branch) depends on
 DETECTOR_ARCHITECTURE_KEYS = ("backbone", "fpn_channels", "box_representation_size")
 
 
 def hyper_parameters(cfg: dict, num_classes: int) -> dict:
-    """What a checkpoint records about the model it holds (num_classes counts the background)."""
-    m = cfg["model"]
-    return {**{k: m.get(k) for k in ARCHITECTURE_KEYS}, "policy": m.get("policy"),
-            "mask_geometry": m.get("mask_geometry"), "num_classes": int(num_classes)}
+    """What a checkpoint records about the model it holds (num_classes counts the background).
+    Head widths are recorded resolved (lists, never a preset name or null)."""
+    return _resolved({**{k: cfg["model"].get(k) for k in ARCHITECTURE_KEYS}, "policy": cfg["model"].get("policy"),
+                      "mask_geometry": cfg["model"].get("mask_geometry"), "num_classes": int(num_classes)})
+
+
+def _resolved(hp: dict) -> dict:
+    """Hyper-parameters with the DynaMask head widths resolved and the switch named ("cost" for
+    records that predate the choice), so that records of any age compare."""
+    from ..models.dynamask_head import resolve_widths
+
+    if hp.get("head") != "dynamask":
+        return hp
+    widths, reduced = resolve_widths(hp.get("head_widths"), hp.get("head_reduced_channels"))
+    return {**hp, "head_widths": list(widths), "head_reduced_channels": list(reduced),
+            "switch": hp.get("switch") or "cost"}
 
 
 #: the geometry of checkpoints that record none: they predate the key and were trained with it
@@ -133,6 +147,7 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
             return []
         have = hyper_parameters(with_defaults(ck_cfg),
                                 ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
+    have = _resolved(have)
     want = hyper_parameters(with_defaults(cfg), num_classes or have["num_classes"])
     keys = DETECTOR_ARCHITECTURE_KEYS if detector_only else ARCHITECTURE_KEYS
     out = []
@@ -140,6 +155,8 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
         keys = tuple(k for k in keys if k not in ("fam", "head_widths", "head_reduced_channels"))
     if have.get("head") == want.get("head") == "dynamask" and not detector_only:
         keys = tuple(k for k in keys if k != "maskrcnn_head_channels")
+    if have.get("policy") != "dynamic":  # only a dynamic model holds a switch
+        keys = tuple(k for k in keys if k != "switch")
     for k in keys:
         if _norm(have.get(k)) != _norm(want.get(k)):
             out.append(f"{k}: checkpoint {have.get(k)!r}, requested {want.get(k)!r}")

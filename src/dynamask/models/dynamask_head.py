@@ -19,17 +19,49 @@ from torchvision.ops import roi_align
 from . import losses as L
 from .flops import conv2d_flops, roi_align_flops
 from .geometry import MaskRoIPool, check_geometry
-from .mask_switch import MaskSwitch
+from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
 from .rfpn import FeatureAggregation, StagePredictor, _init_conv
 from .roi_utils import level_scale, rois_with_batch_index, split_groups
 
-# Widths of the region feature at 14, 28, 56, 112 and of the reduced image feature pooled at
-# 14, 28, 56. Chosen so that each further stage costs about as much as everything before it:
-# stopping early saves most of the work (see README, "Cost per stage").
-DEFAULT_WIDTHS = (96, 64, 48, 32)
-DEFAULT_REDUCED = (32, 32, 16)
+#: Named widths: (region feature at 14, 28, 56, 112; reduced image feature pooled at 14, 28, 56).
+#: "balanced" (default): each further stage costs about as much as everything before it, so
+#: stopping early saves most of the work (README, "Cost per stage"). "paper": the authors'
+#: release — two 3×3 convs of 256 at 14, then 128 / 64 / 32, each image feature reduced to its
+#: stage's own width.
+WIDTH_PRESETS = {
+    "balanced": ((96, 64, 48, 32), (32, 32, 16)),
+    "paper": ((256, 128, 64, 32), (256, 128, 64)),
+}
+DEFAULT_WIDTHS, DEFAULT_REDUCED = WIDTH_PRESETS["balanced"]
+
+#: per switch, the default weights of the paper's budget hinge and usage-balance term: the cost
+#: switch meets its budget through λ (README, "How it works"); the paper switch is trained with
+#: the authors' weights (hinge 0.3, balance 0.8)
+SWITCH_LOSS_DEFAULTS = {"cost": {"budget_weight": 0.0, "balance_weight": 0.0},
+                        "paper": {"budget_weight": 0.3, "balance_weight": 0.8}}
+
+
+def resolve_widths(widths: str | tuple[int, ...] | None = None,
+                   reduced_channels: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(stage widths, reduced image-feature widths) from a preset name or an explicit list of four
+    (reduced widths: as given, else the preset's, else the balanced default)."""
+    if widths is None:
+        widths = "balanced"
+    if isinstance(widths, str):
+        if widths not in WIDTH_PRESETS:
+            raise ValueError(f"widths must be one of {', '.join(WIDTH_PRESETS)} or a list of 4 integers; got {widths!r}")
+        widths, preset_reduced = WIDTH_PRESETS[widths]
+    else:
+        preset_reduced = DEFAULT_REDUCED
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 4 or min(widths) < 1:
+        raise ValueError(f"widths must be 4 positive integers (stages 14, 28, 56, 112); got {widths}")
+    reduced = tuple(int(c) for c in (reduced_channels if reduced_channels is not None else preset_reduced))
+    if len(reduced) != 3 or min(reduced) < 1:
+        raise ValueError(f"reduced_channels must be 3 positive integers (stages 14, 28, 56); got {reduced}")
+    return widths, reduced
 
 
 def warn_unreachable_budget(key: str, value: float, lowest: float) -> None:
@@ -45,8 +77,8 @@ class DynaMaskHead(nn.Module):
         num_classes: int,
         policy: str = "dynamic",
         in_channels: int = 256,
-        widths: tuple[int, ...] = DEFAULT_WIDTHS,
-        reduced_channels: tuple[int, ...] = DEFAULT_REDUCED,
+        widths: str | tuple[int, ...] = "balanced",
+        reduced_channels: tuple[int, ...] | None = None,
         fam: str = "deform",
         featmap_names: tuple[str, ...] = ("0", "1", "2", "3"),
         image_levels: tuple[str, ...] = ("2", "1", "0"),
@@ -54,16 +86,21 @@ class DynaMaskHead(nn.Module):
         edge_loss_weight: float = 1.0,
         select_loss_weight: float = 0.0,
         budget_target: float = 0.4,
-        budget_weight: float = 0.0,
-        balance_weight: float = 0.0,
+        budget_weight: float | None = None,
+        balance_weight: float | None = None,
         switch_cost_weight: float = 1.0,
         gumbel_tau: float = 0.5,
         size_thresholds: tuple[float, ...] = SIZE_THRESHOLDS,
         sampling_ratio: int = 2,
         mask_geometry: str = "exact",
+        switch: str = "cost",
     ):
         super().__init__()
         check_policy(policy)
+        self.switch_kind = check_switch(switch)
+        loss_defaults = SWITCH_LOSS_DEFAULTS[switch]
+        widths, reduced_channels = resolve_widths(widths, reduced_channels)
+        self.widths, self.reduced_channels = widths, reduced_channels
         self.num_stages = stages_needed(policy)
         self.resolutions = RESOLUTIONS[: self.num_stages]
         self.in_channels = in_channels
@@ -72,8 +109,8 @@ class DynaMaskHead(nn.Module):
         self.stage_loss_weights = tuple(stage_loss_weights)
         self.edge_loss_weight = edge_loss_weight
         self.select_loss_weight = select_loss_weight
-        self.budget_weight = budget_weight
-        self.balance_weight = balance_weight
+        self.budget_weight = loss_defaults["budget_weight"] if budget_weight is None else budget_weight
+        self.balance_weight = loss_defaults["balance_weight"] if balance_weight is None else balance_weight
         self.switch_cost_weight = switch_cost_weight
         self.gumbel_tau = gumbel_tau
         self.size_thresholds = tuple(size_thresholds)
@@ -93,44 +130,43 @@ class DynaMaskHead(nn.Module):
             FeatureAggregation(widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio)
             for k in range(self.num_stages - 1)
         )
-        self.switch = MaskSwitch(c0, num_choices=len(RESOLUTIONS)) if policy == "dynamic" else None
-        # The switch predicts each stage's selection cost; a RoI stops at argmin_k cost_k + λ·F_k/F_max.
-        # λ, the price of compute that met the budget target in training, is a running mean kept here.
-        self.register_buffer("switch_lambda", torch.zeros(()))
-        self.register_buffer("switch_lambda_updates", torch.zeros((), dtype=torch.int64))
+        if policy != "dynamic":
+            self.switch = None
+        elif switch == "cost":
+            self.switch = CostSwitch(c0, num_choices=len(RESOLUTIONS))
+        else:
+            self.switch = PaperSwitch(in_channels, num_choices=len(RESOLUTIONS), level=featmap_names[0],
+                                      sampling_ratio=sampling_ratio)
         self._policy = policy
         self.mask_budget = 1.0
         self.budget_target = budget_target  # checked against the stage costs, which exist now
 
-    #: scale from (predicted cost + λ·F) differences to the Gumbel-softmax logits in training
+    #: cost switch: scale from (predicted cost + λ·F) differences to Gumbel-softmax logits in training
     COST_TEMPERATURE = 0.05
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.switch is not None and f"{prefix}switch_lambda" not in state_dict:
-            # A checkpoint from before the switch predicted costs: its outputs were logits.
-            # Negated they rank the stages the same way, so with λ = 0 it chooses as it did.
-            for name in ("fc2.weight", "fc2.bias"):
-                key = f"{prefix}switch.{name}"
-                if key in state_dict:
-                    state_dict[key] = -state_dict[key]
-        # the λ buffers are newer than some checkpoints (with or without a switch)
-        state_dict.setdefault(f"{prefix}switch_lambda", torch.zeros(()))
-        state_dict.setdefault(f"{prefix}switch_lambda_updates", torch.zeros((), dtype=torch.int64))
+        # Older checkpoints kept λ in the head ("switch_lambda", also heads without a switch); it
+        # now lives in the cost switch ("switch.price"). Keyed on this head's own switch kind,
+        # which a checkpoint records: a paper switch (no λ) loads untouched.
+        lam = state_dict.pop(f"{prefix}switch_lambda", None)
+        updates = state_dict.pop(f"{prefix}switch_lambda_updates", None)
+        if isinstance(self.switch, CostSwitch) and f"{prefix}switch.price" not in state_dict:
+            if lam is None:
+                # A checkpoint from before the switch predicted costs: its outputs were logits.
+                # Negated they rank the stages the same way, so with λ = 0 it chooses as it did.
+                for name in ("fc2.weight", "fc2.bias"):
+                    key = f"{prefix}switch.{name}"
+                    if key in state_dict:
+                        state_dict[key] = -state_dict[key]
+            state_dict[f"{prefix}switch.price"] = torch.zeros(()) if lam is None else lam
+            state_dict[f"{prefix}switch.price_updates"] = (torch.zeros((), dtype=torch.int64) if updates is None
+                                                           else updates)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _update_lambda(self, lam: float) -> None:
-        with torch.no_grad():
-            if int(self.switch_lambda_updates) == 0:
-                self.switch_lambda.fill_(lam)
-            else:
-                self.switch_lambda.mul_(0.98).add_(0.02 * lam)
-            self.switch_lambda_updates.add_(1)
-
-    def switch_scores(self, predicted_costs: Tensor) -> Tensor:
-        """Higher is better: −(predicted cost + λ·F_k/F_max), N×K."""
-        fractions = self.stage_costs(with_switch=True).to(predicted_costs.device)
-        fractions = (fractions / fractions[-1]).to(predicted_costs.dtype)
-        return -(predicted_costs + self.switch_lambda.to(predicted_costs.dtype) * fractions)
+    def cost_fractions(self, device=None) -> Tensor:
+        """Cumulative cost of stopping at each stage (switch included) / the full path's, K."""
+        costs = self.stage_costs(with_switch=True)
+        return (costs / costs[-1]).float().to(device)
 
     # ----------------------------------------------------------------- geometry, policy, costs
     @property
@@ -220,7 +256,9 @@ class DynaMaskHead(nn.Module):
         zero = sum(p.sum() for p in self.parameters()) * 0.0 + reference.sum() * 0.0
         keys = [f"loss_mask_{r}" for r in self.resolutions] + ["loss_mask_edge"]
         if self._policy == "dynamic":
-            keys += ["loss_mask_select", "loss_mask_budget", "loss_mask_switch"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
+            keys += ["loss_mask_budget"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
+            if self.switch_kind == "cost":
+                keys += ["loss_mask_select", "loss_mask_switch"]
         return {k: zero for k in keys}
 
     # ---------------------------------------------------------------------------- training
@@ -237,53 +275,84 @@ class DynaMaskHead(nn.Module):
             L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry), RESOLUTIONS)
 
         losses: dict[str, Tensor] = {}
-        edge_loss = x.new_zeros(())
-        stage_logits = []
+        stage_logits, edge_losses = [], []  # per stage: mask logits, per-RoI edge BCE
         region0 = x
         for k, r in enumerate(self.resolutions):
             x, mask_logits, edge_logits = self.predictors[k](x, labels)
             if k == 0:
                 mask0, edge0 = mask_logits, edge_logits
             stage_logits.append(mask_logits)
-            w = self.stage_loss_weights[k]
-            losses[f"loss_mask_{r}"] = w * L.mask_bce(mask_logits, targets[r])
-            edge_loss = edge_loss + w * L.mask_bce(edge_logits, L.edge_map(targets[r]))
+            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * L.mask_bce(mask_logits, targets[r])
+            edge_losses.append(L.per_roi_bce(edge_logits, L.edge_map(targets[r])))
             if k + 1 < self.num_stages:
                 pooled = self._pool_image_feature(features, k, roi5, image_shapes, reduce_first=True)
                 x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
-        losses["loss_mask_edge"] = self.edge_loss_weight * edge_loss
+        edge_weights = torch.tensor(self.stage_loss_weights[:self.num_stages], device=x.device)
+        edge_losses = torch.stack(edge_losses, dim=1) * edge_weights  # N×K
 
-        if self._policy == "dynamic":
-            predicted = self.switch(region0.detach(), mask0.detach(), edge0.detach(), boxes).float()
-            costs = L.selection_costs(stage_logits, targets[finest], boxes)
-            fractions = self.stage_costs(with_switch=True).to(predicted.device)
-            fractions = (fractions / fractions[-1]).float()
-            # λ: the price at which the switch's *own* choices on this batch meet the budget target
-            # (priced on the true costs instead, its smoother predictions crossed to the fine
-            # stages too rarely and used half the budget)
-            self._update_lambda(L.selection_multiplier(predicted.detach(), fractions, self.budget_target))
-            switch_logits = self.switch_scores(predicted) / self.COST_TEMPERATURE
-            # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
-            # on the logits' own device (CPU and CUDA alike).
-            selection = F.gumbel_softmax(switch_logits, tau=self.gumbel_tau, hard=True)
-            losses["loss_mask_select"] = self.select_loss_weight * L.selection_loss(selection, costs)
-            losses["loss_mask_budget"] = self.budget_weight * L.budget_loss(selection, fractions, self.budget_target)
-            losses["loss_mask_switch"] = self.switch_cost_weight * L.switch_cost_loss(predicted, costs)
-            if self.balance_weight > 0:
-                losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
+        if self._policy != "dynamic":
+            losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
+            return losses
+        inp = SwitchInput(features, roi5, image_shapes, region0, mask0, edge0)
+        if self.switch_kind == "cost":
+            losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
+            losses.update(self._cost_switch_losses(inp, stage_logits, targets[finest], boxes))
+        else:
+            losses.update(self._paper_switch_losses(inp, edge_losses))
+        return losses
+
+    def _cost_switch_losses(self, inp: SwitchInput, stage_logits: list[Tensor], target: Tensor,
+                            boxes: Tensor) -> dict[str, Tensor]:
+        """The cost switch regresses each stage's selection cost; λ prices compute so that its
+        own choices meet the budget target. The paper's Gumbel selection loss, hinge and balance
+        term are there with their weights (0 by default)."""
+        predicted = self.switch(inp).float()
+        costs = L.selection_costs(stage_logits, target, boxes)
+        fractions = self.cost_fractions(predicted.device)
+        # λ: the price at which the switch's *own* choices on this batch meet the budget target
+        # (priced on the true costs instead, its smoother predictions crossed to the fine
+        # stages too rarely and used half the budget)
+        self.switch.update_price(L.selection_multiplier(predicted.detach(), fractions, self.budget_target))
+        switch_logits = self.switch.scores(predicted, fractions) / self.COST_TEMPERATURE
+        # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
+        # on the logits' own device (CPU and CUDA alike).
+        selection = F.gumbel_softmax(switch_logits, tau=self.gumbel_tau, hard=True)
+        losses = {
+            "loss_mask_select": self.select_loss_weight * L.selection_loss(selection, costs),
+            "loss_mask_budget": self.budget_weight * L.budget_loss(selection, fractions, self.budget_target),
+            "loss_mask_switch": self.switch_cost_weight * L.switch_cost_loss(predicted, costs),
+        }
+        if self.balance_weight > 0:
+            losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
+        return losses
+
+    def _paper_switch_losses(self, inp: SwitchInput, edge_losses: Tensor) -> dict[str, Tensor]:
+        """The authors' training of their switch: a straight-through Gumbel-softmax sample picks
+        one stage per RoI; that stage's edge loss counts for the RoI (the gradient reaching the
+        switch through the one-hot sample is what teaches it quality), the budget hinge on the
+        selected cost and the usage-balance term teach it cost. Every stage keeps its mask loss."""
+        logits = self.switch(inp).float()
+        selection = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
+        fractions = self.cost_fractions(logits.device)
+        losses = {
+            "loss_mask_edge": self.edge_loss_weight * (selection * edge_losses).sum(dim=1).mean(),
+            "loss_mask_budget": self.budget_weight * L.budget_loss(selection, fractions, self.budget_target),
+        }
+        if self.balance_weight > 0:
+            losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(logits.softmax(dim=1))
         return losses
 
     # --------------------------------------------------------------------------- inference
-    def choose_stages(self, region0: Tensor, mask0: Tensor, edge0: Tensor, boxes: Tensor,
-                      counts: list[int]) -> Tensor:
+    def choose_stages(self, inp: SwitchInput, counts: list[int]) -> Tensor:
         """Stage index per RoI under the current policy (and, for dynamic, the budget dial)."""
+        boxes = inp.boxes
         n = boxes.shape[0]
         k = fixed_stage(self._policy)
         if k is not None:
             return torch.full((n,), k, dtype=torch.int64, device=boxes.device)
         if self._policy == "size":
             return size_rule(boxes, self.size_thresholds).clamp(max=self.num_stages - 1)
-        scores = self.switch_scores(self.switch(region0, mask0, edge0, boxes).float())
+        scores = self.switch.scores(self.switch(inp).float(), self.cost_fractions(boxes.device))
         if self.mask_budget >= 1.0:
             return scores.argmax(dim=1)
         costs = self.stage_costs(with_switch=True).to(scores.device)
@@ -297,7 +366,7 @@ class DynaMaskHead(nn.Module):
         roi5 = rois_with_batch_index(boxes_per_image)
         x = self.shared(self.roi_pool(features, boxes_per_image, image_shapes))
         x, mask_logits, edge_logits = self.predictors[0](x, labels)
-        choice = self.choose_stages(x, mask_logits, edge_logits, boxes, counts)
+        choice = self.choose_stages(SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits), counts)
         flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
 
         groups = []

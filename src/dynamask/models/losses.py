@@ -50,6 +50,11 @@ def mask_bce(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits[:, 0], target)
 
 
+def per_roi_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE of N×1×R×R logits against N×R×R targets, averaged per RoI: N (its mean is ``mask_bce``)."""
+    return F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none").mean(dim=(1, 2))
+
+
 def _inner_band(mask: Tensor, width: int) -> Tensor:
     """Pixels of a binary mask (N×1×R×R) within ``width`` of its outline, inside the mask."""
     k = 2 * width + 1

@@ -1,22 +1,64 @@
-"""Mask Switch Module (MSM): picks, per RoI, the resolution at which its mask may stop.
+"""Mask Switch Modules: pick, per RoI, the resolution at which its mask may stop.
 
-It must cost next to nothing against the stages it saves, so it reads what stage 0 has already
-computed for every RoI — the 14×14 region feature and the 14×14 mask and edge probabilities
-(a direct view of how complicated the outline is) — plus the box size (small objects gain
-nothing from 112×112). All inputs are detached by the caller: the switch learns from the
-selection and budget losses only and never pulls on the mask head's features.
+Two switches, chosen with ``switch=``:
+
+- :class:`CostSwitch` (``"cost"``, the default, this project's design): reads what stage 0 has
+  already computed for every RoI — the 14×14 region feature, mask and edge probabilities — plus
+  the box size, and *regresses* the selection cost of stopping at each stage. A RoI stops at
+  argmin_k cost_k + λ·F_k/F_max, λ being the price of compute that met the budget target in
+  training, kept in the switch (``price``). Costs next to nothing (README, "How it works").
+- :class:`PaperSwitch` (``"paper"``): the module as the authors built it — a detached 56×56
+  RoIAlign of P2 through two small conv blocks and two FC layers to four logits, trained end to
+  end through straight-through Gumbel-softmax with the paper's losses. No price, no cost
+  regression. Its 56×56 pooling and 1×1 conv over 256 channels cost about as much as stopping at
+  28; that cost is counted in ``mask_flops`` and in the budget.
+
+Both read a :class:`SwitchInput` and take what they need from it, detached: a switch learns
+from its own losses only and never pulls on the mask head's features.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
-from .flops import conv2d_flops, linear_flops
+from .flops import conv2d_flops, linear_flops, roi_align_flops
+from .roi_utils import level_scale
+
+SWITCHES = ("cost", "paper")
 
 
-class MaskSwitch(nn.Module):
+def check_switch(kind: str) -> str:
+    if kind not in SWITCHES:
+        raise ValueError(f"switch must be one of {', '.join(SWITCHES)}; got {kind!r}")
+    return kind
+
+
+@dataclass
+class SwitchInput:
+    """What a switch may read for N RoIs."""
+
+    features: dict[str, Tensor]          # FPN maps
+    rois: Tensor                         # N×5 (batch index, x0, y0, x1, y1), network-input pixels
+    image_shapes: list[tuple[int, int]]
+    region: Tensor                       # N×C×14×14 stage-0 region feature
+    mask_logits: Tensor                  # N×1×14×14 stage-0 mask logits
+    edge_logits: Tensor                  # N×1×14×14 stage-0 edge logits
+
+    @property
+    def boxes(self) -> Tensor:
+        return self.rois[:, 1:]
+
+
+class CostSwitch(nn.Module):
+    """Predicts, per RoI, the selection cost of stopping at each stage (N×K, lower is better)."""
+
+    kind = "cost"
+
     def __init__(self, in_channels: int, num_choices: int = 4, resolution: int = 14,
                  reduced_channels: int = 32, hidden: int = 64):
         super().__init__()
@@ -28,12 +70,16 @@ class MaskSwitch(nn.Module):
         self.fc2 = nn.Linear(hidden, num_choices)
         nn.init.normal_(self.fc2.weight, std=0.01)
         nn.init.zeros_(self.fc2.bias)
-        # A linear path from four shape descriptors straight to the logits: size and outline
+        # A linear path from four shape descriptors straight to the outputs: size and outline
         # complexity decide most of the answer, and learning them through 785 mostly-noisy
         # inputs of fc1 was too slow (the switch stayed unsure and its argmax was one stage).
         self.prior = nn.Linear(len(self.DESCRIPTORS), num_choices)
         nn.init.zeros_(self.prior.weight)
         nn.init.zeros_(self.prior.bias)
+        # λ, the price of compute (selection-cost units per full-path cost) at which the switch's
+        # own choices met the budget target in training: a running mean over batches
+        self.register_buffer("price", torch.zeros(()))
+        self.register_buffer("price_updates", torch.zeros((), dtype=torch.int64))
 
     DESCRIPTORS = ("log2 box side", "its square", "log outline complexity", "mean edge probability")
 
@@ -42,6 +88,14 @@ class MaskSwitch(nn.Module):
         for name, param in (("weight", self.prior.weight), ("bias", self.prior.bias)):
             state_dict.setdefault(f"{prefix}prior.{name}", torch.zeros_like(param))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def update_price(self, lam: float) -> None:
+        with torch.no_grad():
+            if int(self.price_updates) == 0:
+                self.price.fill_(lam)
+            else:
+                self.price.mul_(0.98).add_(0.02 * lam)
+            self.price_updates.add_(1)
 
     @staticmethod
     def box_size_feature(boxes: Tensor) -> Tensor:
@@ -62,18 +116,69 @@ class MaskSwitch(nn.Module):
         return torch.cat([size, size.square(), complexity.clamp(min=1e-3).log()[:, None],
                           edge_prob.mean(dim=(1, 2, 3))[:, None]], dim=1)
 
-    def forward(self, region: Tensor, mask_logits: Tensor, edge_logits: Tensor,
-                boxes: Tensor) -> Tensor:
-        """Returns N×num_choices logits (one per resolution, coarse to fine)."""
-        mask_prob, edge_prob = mask_logits.sigmoid(), edge_logits.sigmoid()
-        size = self.box_size_feature(boxes).to(region.dtype)
+    def forward(self, inp: SwitchInput) -> Tensor:
+        """N×num_choices predicted selection costs (one per resolution, coarse to fine)."""
+        region = inp.region.detach()
+        mask_prob, edge_prob = inp.mask_logits.detach().sigmoid(), inp.edge_logits.detach().sigmoid()
+        size = self.box_size_feature(inp.boxes.detach()).to(region.dtype)
         x = torch.cat([region, mask_prob, edge_prob], dim=1)
         x = F.relu(self.reduce(x))
         x = F.relu(self.down(x)).flatten(1)
         x = torch.cat([x, size], dim=1)
         return self.fc2(F.relu(self.fc1(x))) + self.prior(self.shape_descriptors(mask_prob, edge_prob, size))
 
+    def scores(self, outputs: Tensor, cost_fractions: Tensor) -> Tensor:
+        """Higher is better: −(predicted cost + λ·F_k/F_max), N×K."""
+        fractions = cost_fractions.to(device=outputs.device, dtype=outputs.dtype)
+        return -(outputs + self.price.to(outputs.dtype) * fractions)
+
     def flops(self) -> int:
         r = self.resolution
         return (conv2d_flops(self.reduce, (r, r)) + conv2d_flops(self.down, (self.down_hw, self.down_hw))
                 + linear_flops(self.fc1) + linear_flops(self.fc2) + linear_flops(self.prior))
+
+
+class PaperSwitch(nn.Module):
+    """The authors' Mask Switch Module: detached RoIAlign 56×56 of P2 → 1×1 conv (FPN width → 128)
+    + BN + ReLU + max-pool → 3×3 conv 128 → 16 + BN + ReLU + max-pool → FC 3136 → 512 → FC 4.
+    Outputs logits over the resolutions; the choice is their argmax."""
+
+    kind = "paper"
+
+    def __init__(self, in_channels: int, num_choices: int = 4, level: str = "0", resolution: int = 56,
+                 sampling_ratio: int = 2):
+        super().__init__()
+        self.in_channels = in_channels
+        self.level = level
+        self.resolution = resolution
+        self.sampling_ratio = sampling_ratio
+        self.conv1 = nn.Conv2d(in_channels, 128, 1)
+        self.bn1 = nn.BatchNorm2d(128)
+        self.conv2 = nn.Conv2d(128, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.pooled_hw = (resolution + 1) // 2
+        self.out_hw = (self.pooled_hw + 1) // 2
+        self.fc1 = nn.Linear(16 * self.out_hw * self.out_hw, 512)
+        self.fc2 = nn.Linear(512, num_choices)
+
+    def forward(self, inp: SwitchInput) -> Tensor:
+        """N×num_choices logits (one per resolution, coarse to fine)."""
+        feature = inp.features[self.level].detach()
+        r = self.resolution
+        x = roi_align(feature, inp.rois.detach().to(feature.dtype), (r, r),
+                      spatial_scale=level_scale(feature, inp.image_shapes), sampling_ratio=self.sampling_ratio,
+                      aligned=True)
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+    @staticmethod
+    def scores(outputs: Tensor, cost_fractions: Tensor | None = None) -> Tensor:
+        """Higher is better: the log-probabilities, N×K (the cost plays no part)."""
+        return torch.log_softmax(outputs.float(), dim=1)
+
+    def flops(self) -> int:
+        r, h = self.resolution, self.pooled_hw
+        return (roi_align_flops(self.in_channels, (r, r), self.sampling_ratio) + conv2d_flops(self.conv1, (r, r))
+                + conv2d_flops(self.conv2, (h, h)) + linear_flops(self.fc1) + linear_flops(self.fc2))
