@@ -34,7 +34,6 @@ WIDTH_PRESETS = {
     "balanced": ((96, 64, 48, 32), (32, 32, 16)),
     "paper": ((256, 128, 64, 32), (256, 128, 64)),
 }
-DEFAULT_WIDTHS, DEFAULT_REDUCED = WIDTH_PRESETS["balanced"]
 
 #: per switch, the default weights of the paper's budget hinge and usage-balance term: the cost
 #: switch meets its budget through λ (README, "How it works"); the paper switch is trained with
@@ -54,7 +53,7 @@ def resolve_widths(widths: str | tuple[int, ...] | None = None,
             raise ValueError(f"widths must be one of {', '.join(WIDTH_PRESETS)} or a list of 4 integers; got {widths!r}")
         widths, preset_reduced = WIDTH_PRESETS[widths]
     else:
-        preset_reduced = DEFAULT_REDUCED
+        preset_reduced = WIDTH_PRESETS["balanced"][1]
     widths = tuple(int(w) for w in widths)
     if len(widths) != 4 or min(widths) < 1:
         raise ValueError(f"widths must be 4 positive integers (stages 14, 28, 56, 112); got {widths}")
