@@ -3,13 +3,13 @@
 from .detector import (DynaMaskRCNN, dynamask_resnet18_fpn, dynamask_resnet50_fpn, maskrcnn_resnet18_fpn,
                        maskrcnn_resnet50_fpn)
 from .dynamask_head import DynaMaskHead
-from .geometry import MASK_GEOMETRIES, MaskRoIPool, roi_mask_targets, round_trip_iou
+from .geometry import MASK_GEOMETRIES, MaskRoIPool, roi_mask_targets, round_trip_iou, round_trip_masks
 from .maskrcnn_head import MaskRCNNBranch
 from .paste import paste_masks, paste_masks_grouped
 from .policy import POLICIES, RESOLUTIONS
 
 __all__ = [
     "DynaMaskRCNN", "DynaMaskHead", "MaskRCNNBranch", "MaskRoIPool", "MASK_GEOMETRIES", "POLICIES", "RESOLUTIONS",
-    "paste_masks", "paste_masks_grouped", "roi_mask_targets", "round_trip_iou",
+    "paste_masks", "paste_masks_grouped", "roi_mask_targets", "round_trip_iou", "round_trip_masks",
     "dynamask_resnet18_fpn", "dynamask_resnet50_fpn", "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn",
 ]

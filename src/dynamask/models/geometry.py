@@ -117,14 +117,20 @@ def roi_mask_targets(masks: Tensor, boxes: Tensor, resolution: int, geometry: st
                      sampling_ratio=sampling_ratio, aligned=aligned)[:, 0]
 
 
-def round_trip_iou(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact") -> Tensor:
-    """Per instance, the IoU of a ground-truth mask (N×H×W) with itself cropped to its box at this
-    resolution and pasted back, both binarised at 0.5: the best mask any head can deliver
-    through this geometry — the ceiling a mask benchmark reports beside its results."""
+def round_trip_masks(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact") -> Tensor:
+    """Ground-truth masks (N×H×W) cropped to their boxes at this resolution (the targets a head of
+    that resolution is trained on) and pasted back, binarised at 0.5: N×H×W bool."""
     from .paste import paste_masks
 
     target = roi_mask_targets(masks, boxes, resolution, geometry)
-    pasted = paste_masks(target[:, None], boxes, masks.shape[-2:], geometry=geometry)[:, 0] >= 0.5
+    return paste_masks(target[:, None], boxes, masks.shape[-2:], geometry=geometry)[:, 0] >= 0.5
+
+
+def round_trip_iou(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact") -> Tensor:
+    """Per instance, the IoU of a ground-truth mask (N×H×W) with its :func:`round_trip_masks`:
+    the best mask any head of that resolution can deliver through this geometry — the ceiling a
+    mask benchmark reports beside its results."""
+    pasted = round_trip_masks(masks, boxes, resolution, geometry)
     gt = masks.bool()
     inter = (pasted & gt).flatten(1).sum(1).double()
     union = (pasted | gt).flatten(1).sum(1).double()
