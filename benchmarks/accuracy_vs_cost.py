@@ -54,7 +54,8 @@ GEOMETRIES = ("exact", "torchvision")
 RESOLUTIONS = (14, 28, 56, 112)
 METRIC_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl", "boundary_AP",
                "bbox_AP", "mask_gflops_per_instance", "resolution_histogram", "complexity_spearman",
-               "complexity_pairs", "num_detections")
+               "complexity_pairs", "complexity_spearman_within_size", "complexity_spearman_by_size",
+               "num_detections")
 
 
 def runs(detector: str, geometry: str) -> list[dict]:
@@ -188,6 +189,7 @@ def summary(m: dict) -> dict:
     out = {k: m.get(k) for k in METRIC_KEYS}
     out.update({short: m.get(f"segm_{short}") for short in ("AP50", "AP75", "APs", "APm", "APl")})
     out["rho"] = m.get("complexity_spearman")
+    out["rho_within_size"] = m.get("complexity_spearman_within_size")
     return out
 
 

@@ -150,6 +150,21 @@ def test_spearman_and_complexity_matching(gt):
     assert rho == pytest.approx(1.0)
 
 
+def test_spearman_within_size_bins_ignores_size_alone():
+    from dynamask.engine.evaluate import spearman_within_size_bins
+
+    g = np.random.default_rng(0)
+    sizes = g.uniform(10, 250, 400)
+    complexity = g.uniform(1, 5, 400) + sizes / 50.0  # bigger objects are a bit more complex
+    by_size = np.digitize(sizes, [48, 96, 160]) * 28.0  # a "switch" that follows size alone
+    rho, bins = spearman_within_size_bins(by_size, complexity, sizes)
+    assert rho is None and all(b["rho"] is None for b in bins.values())
+    assert sum(b["pairs"] for b in bins.values()) == 400
+    by_outline = np.where(complexity - sizes / 50.0 > 3, 112.0, 28.0)  # follows the outline within a size
+    rho, bins = spearman_within_size_bins(by_outline, complexity, sizes)
+    assert rho > 0.6 and list(bins) == ["0-48", "48-96", "96-160", "160-inf"]
+
+
 # ---------------------------------------------------------------- evaluate()
 def test_evaluate_end_to_end(checkpoint, tmp_path):
     out = tmp_path / "eval"

@@ -49,6 +49,8 @@ __all__ = [
     "masks_to_rles",
     "resolution_histogram",
     "resolution_complexity_spearman",
+    "resolution_complexity_pairs",
+    "spearman_within_size_bins",
     "spearman_correlation",
     "format_metrics_table",
     "write_json_atomic",
@@ -67,6 +69,7 @@ AP_KEYS: Tuple[str, ...] = tuple(
 METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
     "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
     "num_images", "num_detections", "policy", "mask_budget", "mask_geometry", "complexity_spearman",
+    "complexity_spearman_within_size", "complexity_spearman_by_size",
     "complexity_pairs", "max_dets", "score_thresh",
 )
 
@@ -385,16 +388,16 @@ def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> Optional[flo
     return _finite_or_none(rho)
 
 
-def resolution_complexity_spearman(
+def resolution_complexity_pairs(
     gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
-) -> Tuple[Optional[float], int]:
-    """(Spearman ρ between chosen ``mask_resolution`` and the ``complexity`` of the matched gt
-    instance, number of matched pairs).
+) -> Tuple[List[float], List[float], List[float]]:
+    """(chosen ``mask_resolution``, ``complexity`` of the matched gt instance, that instance's
+    size √(w·h) of its box) for every matched detection.
 
     Per image, detections (highest score first) are matched greedily to the unmatched non-crowd
     gt instance of highest mask IoU ≥ ``iou_thresh``, regardless of category (the question is
     whether harder outlines get finer masks, not whether the class is right). Only gt with a
-    ``complexity`` field take part; ρ is None when no gt has one or there are < 3 pairs.
+    ``complexity`` field take part.
     """
     from ..data import segmentation_to_rle
 
@@ -406,7 +409,7 @@ def resolution_complexity_spearman(
             continue
         by_image.setdefault(int(ann["image_id"]), []).append(ann)
     if not by_image:
-        return None, 0
+        return [], [], []
     dets: Dict[int, List[Mapping[str, Any]]] = {}
     for r in results:
         if r.get("mask_resolution") is None or "segmentation" not in r:
@@ -415,6 +418,7 @@ def resolution_complexity_spearman(
 
     xs: List[float] = []
     ys: List[float] = []
+    sizes: List[float] = []
     for image_id, ds in dets.items():
         gts = by_image.get(image_id)
         if not gts:
@@ -423,7 +427,7 @@ def resolution_complexity_spearman(
         h, w = (int(v) for v in ds[0]["segmentation"]["size"])
         info = imgs.get(image_id, {})
         h, w = int(info.get("height") or h), int(info.get("width") or w)
-        g_rles, g_cx = [], []
+        g_rles, g_cx, g_size = [], [], []
         for ann in gts:
             try:
                 rle = segmentation_to_rle(ann["segmentation"], h, w)
@@ -432,6 +436,8 @@ def resolution_complexity_spearman(
             if rle is not None:
                 g_rles.append(rle)
                 g_cx.append(float(ann["complexity"]))
+                bw, bh = (float(v) for v in (ann.get("bbox") or [0, 0, 0, 0])[2:4])
+                g_size.append(math.sqrt(max(bw, 0.0) * max(bh, 0.0)))
         if not g_rles:
             continue
         d_rles = [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]} for r in ds]
@@ -445,7 +451,46 @@ def resolution_complexity_spearman(
                 taken[j] = True
                 xs.append(float(r["mask_resolution"]))
                 ys.append(g_cx[j])
+                sizes.append(g_size[j])
+    return xs, ys, sizes
+
+
+def resolution_complexity_spearman(
+    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
+) -> Tuple[Optional[float], int]:
+    """(Spearman ρ between chosen ``mask_resolution`` and the ``complexity`` of the matched gt
+    instance, number of matched pairs) over :func:`resolution_complexity_pairs`; ρ is None when
+    no gt has a complexity or there are < 3 pairs."""
+    xs, ys, _ = resolution_complexity_pairs(gt, results, iou_thresh)
     return spearman_correlation(xs, ys), len(xs)
+
+
+#: ground-truth size bins (√(w·h), pixels) for the within-size ρ: < 48, 48–96, 96–160, ≥ 160
+SIZE_BINS: Tuple[float, ...] = (48.0, 96.0, 160.0)
+
+
+def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequence[float],
+                              sizes: Sequence[float], bins: Sequence[float] = SIZE_BINS,
+                              ) -> Tuple[Optional[float], Dict[str, dict]]:
+    """ρ between resolution and complexity *within* bins of object size, so that a switch that
+    only follows size cannot score: (the pair-weighted mean of the bins' ρ, per bin
+    ``{"pairs", "rho"}``). A bin where every instance got the same resolution (or with < 3 pairs)
+    has ρ None and is left out of the mean; None when every bin is."""
+    x = np.asarray(resolutions, dtype=np.float64)
+    y = np.asarray(complexities, dtype=np.float64)
+    which = np.digitize(np.asarray(sizes, dtype=np.float64), np.asarray(bins, dtype=np.float64))
+    edges = [0.0, *bins, float("inf")]
+    per_bin: Dict[str, dict] = {}
+    total, weight = 0.0, 0
+    for b in range(len(edges) - 1):
+        keep = which == b
+        rho = spearman_correlation(x[keep], y[keep])
+        name = f"{edges[b]:g}-{edges[b + 1]:g}"
+        per_bin[name] = {"pairs": int(keep.sum()), "rho": rho}
+        if rho is not None:
+            total += rho * int(keep.sum())
+            weight += int(keep.sum())
+    return (total / weight if weight else None), per_bin
 
 
 # --------------------------------------------------------------------------
@@ -517,6 +562,9 @@ def evaluate(
       (mask-head GFLOPs of the kept instances, from the model's per-instance ``mask_flops``);
     * ``complexity_spearman`` / ``complexity_pairs`` — see
       :func:`resolution_complexity_spearman` (None when the gt has no ``complexity``);
+    * ``complexity_spearman_within_size`` / ``complexity_spearman_by_size`` — the same ρ within
+      bins of gt size and their pair-weighted mean (:func:`spearman_within_size_bins`): a choice
+      that follows object size alone scores nothing here;
     * ``images_per_second``, ``num_images``, ``num_detections``, ``policy``, ``mask_budget``,
       ``max_dets``, ``score_thresh``.
 
@@ -633,7 +681,9 @@ def evaluate(
                                                         image_sizes=image_sizes, cpu_count=cpu))
     n_img, n_det = len(image_ids), len(results)
     flops = [float(r["mask_flops"]) for r in results if r.get("mask_flops") is not None]
-    rho, pairs = resolution_complexity_spearman(gt, results)
+    res_cx_size = resolution_complexity_pairs(gt, results)
+    rho, pairs = spearman_correlation(*res_cx_size[:2]), len(res_cx_size[0])
+    rho_within, rho_by_size = spearman_within_size_bins(*res_cx_size)
     metrics.update(
         mask_gflops_per_instance=(sum(flops) / len(flops) / 1e9) if flops else None,
         mask_gflops_per_image=sum(flops) / n_img / 1e9,
@@ -645,6 +695,8 @@ def evaluate(
         mask_budget=used_budget,
         mask_geometry=getattr(model, "mask_geometry", None),
         complexity_spearman=rho,
+        complexity_spearman_within_size=rho_within,
+        complexity_spearman_by_size=rho_by_size,
         complexity_pairs=pairs,
         max_dets=max_dets,
         score_thresh=score_thresh,
@@ -694,6 +746,7 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     rho = metrics.get("complexity_spearman")
     pairs = metrics.get("complexity_pairs")
     rows.append(("resolution~complexity rho", _fmt(rho, 3) + (f" ({pairs} matched)" if pairs is not None else "")))
+    rows.append(("  within size bins", _fmt(metrics.get("complexity_spearman_within_size"), 3)))
     rows.append(("images / s (forward)", _fmt(metrics.get("images_per_second"))))
     rows.append(("images, detections", f"{metrics.get('num_images')}, {metrics.get('num_detections')}"))
     width = max(len(k) for k, _ in rows)
