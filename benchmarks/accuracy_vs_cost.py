@@ -248,6 +248,10 @@ def plot(models: dict, dial: list, path: Path) -> None:
         dyn = [n for n in models if n.startswith("dynamic@")]
         ax.plot([models[n]["mask_gflops_per_instance"] for n in dyn], [models[n][key] for n in dyn], "*",
                 color="tab:red", markersize=12, label="dynamic, trained at budget 0.2/0.4/0.6")
+        paper = [n for n in models if n.startswith("paper@")]
+        if paper:
+            ax.plot([models[n]["mask_gflops_per_instance"] for n in paper], [models[n][key] for n in paper], "P",
+                    color="tab:purple", markersize=10, label="paper switch, trained at budget 0.4/0.6")
         for n in ("size", "maskrcnn"):
             if n in models:
                 ax.plot(models[n]["mask_gflops_per_instance"], models[n][key], "s" if n == "size" else "^",

@@ -1,0 +1,211 @@
+"""Where mask resolution pays: mask accuracy against mask cost on shapes with real-world outline
+detail (256 px, ``dynamask shapes --detail``), heads of equal size, both switches side by side.
+
+Protocol (issue 11; BENCHMARKS.md states the run's numbers):
+
+* data: ``--train`` + ``--val`` detailed shapes images at 256 px, seed 0 (made if missing);
+  its model-free yardstick (round-trip mask IoU at 14/28/56/112) goes into ``protocol.yardstick``;
+* one detector for all heads: ``configs/shapes_detail_detector_r18.yaml`` (ResNet-18-FPN, trained
+  with a 64-wide Mask R-CNN head beside it), trained first if its ``model_final.pt`` is missing
+  (hours on a CPU; resumed when interrupted), then frozen and shared;
+* heads, each trained ``--iters`` iterations on it with the same data, seed and optimiser:
+  Mask R-CNN 28×28 with 4×conv of width C; r-FPN fixed-14/28/56/112 whose stage-14 trunk has
+  width C, later stages in the balanced ratios (C, 2C/3, C/2, C/3); the size rule on fixed-112;
+  dynamic with the cost switch at budget targets 0.2 / 0.4 / 0.6; the paper switch at 0.4 / 0.6;
+* per model: segm AP (AP50/75/s/m/l), boundary AP, mask GFLOPs per instance, mask-branch
+  parameters, resolution histogram, ρ between chosen resolution and outline complexity over all
+  matched detections and within size bins; the test-time dial on dynamic@0.4.
+
+    python benchmarks/accuracy_vs_cost_256.py --quick     # plumbing only, minutes, numbers meaningless
+    python benchmarks/accuracy_vs_cost_256.py             # the run (detector: hours; heads: hours)
+
+Writes ``benchmarks/results/accuracy_vs_cost_256.json`` and ``.png`` (``--results`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(HERE))
+
+import accuracy_vs_cost as base  # noqa: E402  (its training / evaluation / plotting helpers)
+from dynamask.atomic import write_bytes_atomic  # noqa: E402
+
+DETECTOR_CONFIG = ROOT / "configs" / "shapes_detail_detector_r18.yaml"
+COST_TARGETS = (0.2, 0.4, 0.6)
+PAPER_TARGETS = (0.4, 0.6)  # the paper switch's own cost puts lower targets out of reach
+ORDER = (["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"]
+         + [f"dynamic@{t}" for t in COST_TARGETS] + [f"paper@{t}" for t in PAPER_TARGETS])
+
+
+def head_widths(c: int) -> list[int]:
+    """Stage widths with a stage-14 trunk of width C, later stages in the balanced ratios 3:2:1.5:1."""
+    return [c, round(2 * c / 3), round(c / 2), round(c / 3)]
+
+
+def runs(detector: str, width: int) -> list[dict]:
+    common = [f"model.detector_weights={detector}", "model.freeze_detector=true", "model.mask_geometry=exact",
+              f"model.head_widths=[{','.join(map(str, head_widths(width)))}]",
+              f"model.maskrcnn_head_channels={width}"]
+    cfg = str(DETECTOR_CONFIG)
+    out = [{"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
+            "evals": [("maskrcnn", None)]},
+           {"name": "fixed-112", "config": cfg, "overrides": common + ["model.head=dynamask", "model.policy=fixed-112"],
+            "evals": [("fixed-112", "fixed-112"), ("size", "size")]}]
+    for r in (56, 28, 14):
+        out.append({"name": f"fixed-{r}", "config": cfg,
+                    "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}"],
+                    "evals": [(f"fixed-{r}", f"fixed-{r}")]})
+    for switch, targets, prefix in (("cost", COST_TARGETS, "dynamic"), ("paper", PAPER_TARGETS, "paper")):
+        for t in targets:
+            out.append({"name": f"{prefix}@{t}", "config": cfg,
+                        "overrides": common + ["model.head=dynamask", "model.policy=dynamic", f"model.switch={switch}",
+                                               f"model.mask_budget_target={t}"],
+                        "evals": [(f"{prefix}@{t}", "dynamic")]})
+    return out
+
+
+def train_detector(args) -> Path:
+    """The shared detector's model_final.pt, trained (or resumed) here when missing."""
+    out = args.detector_dir
+    final = out / "model_final.pt"
+    if final.exists():
+        print(f"[detector] reusing {final}", flush=True)
+        return final
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "dynamask", "train", "--config", str(DETECTOR_CONFIG), "--out", str(out),
+           "--device", "cpu", "--no-progress", f"data.train_json={args.data / 'train.json'}",
+           f"data.train_images={args.data / 'train'}", f"data.val_json={args.data / 'val.json'}",
+           f"data.val_images={args.data / 'val'}"]
+    if args.quick:
+        cmd += ["solver.max_iter=4", "solver.steps=[]", "solver.warmup_iters=1", "solver.checkpoint_period=0",
+                "test.eval_period=0"]
+    if (out / "checkpoint_last.pt").exists():
+        cmd.append("--resume")
+    print(f"[detector] training: {' '.join(cmd[3:])} (log: {out / 'train.log'})", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(out / "train.log", "a") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if code != 0:
+        raise SystemExit(f"detector training failed (exit {code}); see {out / 'train.log'}")
+    return final
+
+
+def model_facts(weights: Path) -> dict:
+    """Mask-branch parameters, switch and resolved widths of a trained head."""
+    from dynamask.engine.build import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(str(weights))
+    hp = ckpt.get("hyper_parameters") or {}
+    return {"params": sum(p.numel() for p in model.mask_branch.parameters()),
+            "switch": hp.get("switch") if hp.get("policy") == "dynamic" else None,
+            "widths": hp.get("head_widths") if hp.get("head") == "dynamask" else [hp.get("maskrcnn_head_channels")] * 4}
+
+
+def judge(models: dict) -> dict:
+    """Issue 11's goals, judged on dynamic@0.4 (the default switch at the default target)."""
+    d, full, f28, mrcnn = models["dynamic@0.4"], models["fixed-112"], models["fixed-28"], models["maskrcnn"]
+    ratio = d["mask_gflops_per_instance"] / full["mask_gflops_per_instance"]
+    rho = d.get("rho_within_size")
+    return {
+        "fixed112_minus_fixed28_boundary": full["boundary_AP"] - f28["boundary_AP"],
+        "goal_fixed112_beats_fixed28_by_3_boundary": bool(full["boundary_AP"] >= f28["boundary_AP"] + 3),
+        "dynamic_flops_vs_fixed112": ratio,
+        "goal_dynamic_matches_fixed112_at_40pct": bool(ratio <= 0.4 and d["segm_AP"] >= full["segm_AP"] - 0.5
+                                                       and d["boundary_AP"] >= full["boundary_AP"] - 0.5),
+        "dynamic_minus_maskrcnn": {"segm_AP": d["segm_AP"] - mrcnn["segm_AP"],
+                                   "boundary_AP": d["boundary_AP"] - mrcnn["boundary_AP"]},
+        "goal_dynamic_beats_maskrcnn": bool(d["segm_AP"] >= mrcnn["segm_AP"] + 3
+                                            and d["boundary_AP"] >= mrcnn["boundary_AP"] + 5),
+        "rho_within_size": rho,
+        "goal_rho_within_size": bool(rho is not None and rho >= 0.5),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=None, help="detailed shapes dataset (made if missing; "
+                   "default runs/shapes_detail)")
+    p.add_argument("--train", type=int, default=2000, help="training images when the dataset is made")
+    p.add_argument("--val", type=int, default=400, help="validation images when the dataset is made")
+    p.add_argument("--detector-dir", type=Path, default=None,
+                   help="the shared detector's run folder (default runs/shapes_detail_detector_r18)")
+    p.add_argument("--iters", type=int, default=1500, help="training iterations per mask head")
+    p.add_argument("--width", type=int, default=64, help="C: Mask R-CNN conv width and r-FPN stage-14 width")
+    p.add_argument("--out", type=Path, default=None, help="head training runs (default runs/accuracy_vs_cost_256)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results JSON, plot beside it (default benchmarks/results/accuracy_vs_cost_256.json)")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run at once")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per training")
+    p.add_argument("--quick", action="store_true", help="tiny run to check the plumbing (numbers meaningless)")
+    args = p.parse_args(argv)
+    suffix = "_quick" if args.quick else ""
+    if args.quick:
+        args.iters, args.train, args.val = min(args.iters, 4), 8, 6
+    args.data = args.data or ROOT / "runs" / f"shapes_detail{suffix}"
+    args.detector_dir = args.detector_dir or ROOT / "runs" / f"shapes_detail_detector_r18{suffix}"
+    args.out = args.out or ROOT / "runs" / f"accuracy_vs_cost_256{suffix}"
+    args.results = args.results or (args.out / "accuracy_vs_cost_256.json" if args.quick
+                                    else HERE / "results" / "accuracy_vs_cost_256.json")
+
+    started = time.time()
+    if not (args.data / "train.json").exists():
+        from dynamask.data import generate_shapes_dataset
+
+        print(f"[data] making {args.data} ({args.train} train, {args.val} val, 256 px, seed 0, detail)", flush=True)
+        generate_shapes_dataset(args.data, args.train, args.val, image_size=256, seed=0, detail=True)
+    from dynamask.data import yardstick_from_coco
+
+    ys = yardstick_from_coco(args.data / "val.json")
+    print(f"[yardstick] val: {ys.format(3)}", flush=True)
+    detector = train_detector(args)
+    specs = runs(str(detector), args.width)
+    walls = base.train_all(specs, args, args.out)
+    models, dial = base.evaluate_all(specs, args, args.out)
+    models = {n: models[n] for n in ORDER}
+    for spec in specs:
+        facts = model_facts(args.out / spec["name"] / "model_final.pt")
+        for name, _ in spec["evals"]:
+            models[name].update(facts)
+    result = {
+        "protocol": {"detector": os.path.relpath(detector, ROOT), "detector_config": os.path.relpath(DETECTOR_CONFIG, ROOT),
+                     "detector_frozen": True, "detector_trained_with": "Mask R-CNN head (4x conv 64)",
+                     "iterations_per_head": args.iters, "head_width": args.width,
+                     "r_fpn_widths": head_widths(args.width), "dataset": os.path.relpath(args.data, ROOT),
+                     "val_images": args.val, "dial_model": base.DIAL_MODEL, "quick": args.quick,
+                     "schedule": base.schedule(args.iters), "mask_geometry": "exact",
+                     "yardstick": {str(r): round(v, 4) for r, v in ys.mean_mask_iou().items()},
+                     "yardstick_boundary": {str(r): round(v, 4) for r, v in ys.mean_boundary_iou().items()}},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
+        "date": datetime.date.today().isoformat(),
+        "wall_time_s": round(time.time() - started, 1),
+        "train_wall_s": {k: round(v, 1) for k, v in walls.items()},
+        "models": models,
+        "dial": dial,
+        "goals": judge(models),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
+    base.keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
+    base.plot(models, dial, args.results.with_suffix(".png"))
+    print(base.table(models))
+    for name, m in models.items():
+        print(f"{name:12s} params {m['params']:>9,d}  rho within size {m.get('rho_within_size')}")
+    print(json.dumps(result["goals"], indent=1))
+    print(f"wrote {args.results} and {args.results.with_suffix('.png')} in {result['wall_time_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
