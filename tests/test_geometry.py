@@ -237,3 +237,15 @@ def test_config_key_is_checked_and_reaches_the_model():
     assert build_model(cfg, 3).mask_geometry == "torchvision"
     with pytest.raises(ConfigError, match="model.mask_geometry"):
         load_config(ROOT / "configs" / "shapes_maskrcnn_r18.yaml", {"model.mask_geometry": "aligned"})
+
+
+def test_a_checkpoint_with_an_unknown_geometry_is_refused_by_name(tmp_path):
+    from dynamask.engine.build import load_checkpoint, model_from_checkpoint
+    from dynamask.errors import DynaMaskError
+
+    ckpt = load_checkpoint(str(ROOT / "checkpoints" / "shapes_maskrcnn_r18.pt"))
+    ckpt["config"]["model"]["mask_geometry"] = "half-pixel"
+    path = tmp_path / "odd.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(DynaMaskError, match=r"odd\.pt: the checkpoint's mask_geometry 'half-pixel'"):
+        model_from_checkpoint(str(path))

@@ -17,6 +17,7 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..errors import DynaMaskError
 from ..models import detector
+from ..models.geometry import MASK_GEOMETRIES
 
 DETECTOR_KEYS = {  # config key under model. → torchvision detector keyword
     "rpn_pre_nms_top_n_train": "rpn_pre_nms_top_n_train",
@@ -209,7 +210,11 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     build_cfg = {**cfg, "model": {**cfg["model"], "weights_backbone": None}}
     if isinstance(carried, dict) and carried.get("model", {}).get("policy"):
         build_cfg["model"]["policy"] = carried["model"]["policy"]
-    build_cfg["model"]["mask_geometry"] = checkpoint_geometry(ckpt)
+    geometry = checkpoint_geometry(ckpt)
+    if geometry not in MASK_GEOMETRIES:
+        raise DynaMaskError(f"{path}: the checkpoint's mask_geometry {geometry!r} is not one of "
+                            f"{', '.join(MASK_GEOMETRIES)}")
+    build_cfg["model"]["mask_geometry"] = geometry
     model = build_model(build_cfg, num_classes)
     try:
         model.load_state_dict(ckpt["model"])
