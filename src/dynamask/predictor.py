@@ -28,7 +28,8 @@ OUTPUT_KEYS = ("boxes", "labels", "scores", "masks", "mask_resolution", "mask_fl
 
 
 def load_image_file(path: Union[str, os.PathLike]) -> torch.Tensor:
-    """:func:`dynamask.data.load_image` with a :class:`DynaMaskError` naming the file on failure."""
+    """:func:`dynamask.data.load_image` of the photo as shown upright (its EXIF orientation applied),
+    with a :class:`DynaMaskError` naming the file on failure."""
     from .data import load_image
 
     p = os.fspath(path)
@@ -37,7 +38,7 @@ def load_image_file(path: Union[str, os.PathLike]) -> torch.Tensor:
     if os.path.isdir(p):
         raise DynaMaskError(f"{p}: is a folder, not an image file")
     try:
-        return load_image(p)
+        return load_image(p, exif_transpose=True)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DynaMaskError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from None
 
@@ -64,8 +65,8 @@ def _scale_to_unit(t: torch.Tensor, what: str) -> torch.Tensor:
 def image_to_tensor(image: Any) -> torch.Tensor:
     """Any supported image → float32 3×H×W tensor in [0, 1] (CPU).
 
-    Accepts a file path (str / Path), a PIL image (any mode; 16-bit scaled by 1/65535), a numpy
-    array H×W (gray) or H×W×C (C = 1, 3 or 4; alpha dropped; uint8 /255, uint16 /65535, float
+    Accepts a file path (str / Path; shown upright: its EXIF orientation is applied), a PIL image
+    (any mode, as given; 16-bit scaled by 1/65535), a numpy array H×W (gray) or H×W×C (C = 1, 3 or 4; alpha dropped; uint8 /255, uint16 /65535, float
     in [0, 1]), or a torch tensor C×H×W / H×W (float in [0, 1] or uint8). Raises
     :class:`DynaMaskError` for anything else or an unreadable file (naming the path).
     """

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
@@ -251,34 +251,61 @@ def _has_usable_shape(seg: Any) -> bool:
 # --------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------
-def load_image(path: Union[str, os.PathLike]) -> torch.Tensor:
+#: EXIF tag 0x0112 (Orientation); values 5-8 mean the upright picture is the stored one turned by
+#: 90 degrees (width and height swap), 2-4 a flip or a half turn (same size)
+EXIF_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(im: "Image.Image") -> int:
+    """The EXIF orientation (1..8) of an opened PIL image; 1 (as stored) when absent or unreadable."""
+    try:
+        value = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a broken EXIF block must not make the image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright_size(im: "Image.Image") -> Tuple[int, int]:
+    """``(width, height)`` of the image as shown upright per its EXIF orientation."""
+    w, h = im.size
+    return (h, w) if exif_orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def load_image(path: Union[str, os.PathLike], exif_transpose: bool = False) -> torch.Tensor:
     """Load an image file as a float32 3 x H x W tensor in [0, 1].
 
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK etc. are converted to RGB;
     16-bit grayscale (PIL modes ``I;16*`` and ``I``) is scaled by 1/65535,
-    32-bit float (``F``) is clipped to [0, 1]. EXIF orientation is *not*
-    applied (COCO annotations refer to the stored pixel grid).
+    32-bit float (``F``) is clipped to [0, 1]. The EXIF orientation is applied
+    only with ``exif_transpose=True`` (the photo as a viewer shows it upright);
+    by default the stored pixel grid is returned (see :class:`CocoInstanceDataset`
+    for how the training data chooses between the two).
     Raises the underlying ``OSError``/``PIL.UnidentifiedImageError``.
     """
     with Image.open(path) as im:
         im.load()
+        if exif_transpose and exif_orientation(im) != 1:
+            return pil_image_to_tensor(ImageOps.exif_transpose(im))
         return pil_image_to_tensor(im)
 
 
 def pil_image_to_tensor(im: "Image.Image") -> torch.Tensor:
     """A PIL image of any mode as a float32 3 x H x W tensor in [0, 1] (see :func:`load_image`)."""
+    # every array handed to torch is a fresh, writable copy (np.asarray of a PIL image is read-only,
+    # and torch warns "The given NumPy array is not writable" when given one)
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
-        arr = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
-        return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
+        arr = np.clip(np.array(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        return torch.from_numpy(np.repeat(arr[None], 3, axis=0))
     if mode == "F":
-        arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-        return torch.from_numpy(np.ascontiguousarray(np.repeat(arr[None], 3, axis=0)))
+        arr = np.clip(np.array(im, dtype=np.float32), 0.0, 1.0)
+        return torch.from_numpy(np.repeat(arr[None], 3, axis=0))
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode != "RGB":
         im = im.convert("RGB")
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8, copy=True)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
 
 
@@ -298,6 +325,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     Labels: categories sorted by id map to 1..K; ``cat_ids[label - 1]`` is the
     category id, ``cat_id_to_label`` the inverse, ``class_names[label - 1]``
     the name.
+
+    EXIF orientation: a photo is loaded as stored unless its json ``width``/``height`` give the
+    size it has upright per its EXIF orientation tag (annotation tools that show photos upright,
+    such as labelme or CVAT, write that size); then it is loaded upright (logged once per dataset,
+    ids in ``exif_rotated_ids``). When neither size fits, loading raises a :class:`DatasetError`
+    naming the file, both sizes and the json fields; :meth:`check_image_sizes` does this check
+    for all images up front.
 
     Args:
         ann_file: COCO json path.
@@ -348,6 +382,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.skip_counts: Dict[str, int] = {k: 0 for k in SKIP_REASONS}
         self.num_crowd = 0
         self.num_missing_files = 0
+        # ids of the images loaded upright (EXIF orientation applied; see _use_exif_orientation)
+        self.exif_rotated_ids: set = set()
+        self._exif_logged = False
 
         for idx, ann in enumerate(data["annotations"]):
             if ann.get("iscrowd", 0):
@@ -473,12 +510,77 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _use_exif_orientation(self, info: dict, im: "Image.Image") -> bool:
+        """Whether image ``info`` (opened as ``im``) is loaded upright (its EXIF orientation applied).
+
+        The json ``width``/``height`` decide: the stored pixel grid when they give the stored size
+        (also for a square photo, and for a half turn or a flip, which keep the size); upright when
+        they give the size the EXIF orientation turns it to (a tool that shows photos upright, e.g.
+        labelme or CVAT, annotated it so); a :class:`DatasetError` naming both sizes otherwise.
+        Only reads the header (and the EXIF block when the stored size does not fit).
+        """
+        image_id = int(info["id"])
+        exp_h, exp_w = self._image_hw(image_id)
+        w, h = im.size
+        if (w, h) == (exp_w, exp_h):
+            return False
+        uw, uh = upright_size(im)
+        if (uw, uh) == (exp_w, exp_h):
+            self.exif_rotated_ids.add(image_id)
+            return True
+        upright = f" ({uw}x{uh} upright per its EXIF orientation)" if (uw, uh) != (w, h) else ""
+        raise DatasetError(f"{self._describe_image(info)} is {w}x{h} pixels{upright} but its json fields "
+                           f"'width'/'height' say {exp_w}x{exp_h}")
+
+    def _log_exif(self, first: dict, count: Optional[int] = None) -> None:
+        if self._exif_logged:
+            return
+        self._exif_logged = True
+        what = f"{count} image(s)" if count is not None else "image(s)"
+        logger.info("%s: %s carry an EXIF orientation and the json 'width'/'height' give the upright size: "
+                    "loading them upright (EXIF rotation applied; first: %s)", self.ann_file, what,
+                    str(self._image_path(first)))
+
+    def check_image_sizes(self, indices: Optional[Sequence[int]] = None) -> int:
+        """Check the size of each image file (header only) against its json ``width``/``height``
+        up front, with the EXIF rule of :meth:`_use_exif_orientation`; raises the
+        :class:`DatasetError` that loading the image would raise. Missing or unreadable files
+        are left to loading. Returns the number of images that will be loaded upright."""
+        first = None
+        count = 0
+        for index in (range(len(self.ids)) if indices is None else indices):
+            info = self._images[self.ids[index]]
+            path = self._image_path(info)
+            if not path.is_file():
+                continue
+            try:
+                with Image.open(path) as im:
+                    rotated = self._use_exif_orientation(info, im)
+            except DatasetError:
+                raise
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+                continue
+            if rotated:
+                count += 1
+                first = first or info
+        if first is not None:
+            self._log_exif(first, count)
+        return count
+
     def _load_image(self, info: dict) -> torch.Tensor:
         path = self._image_path(info)
         if not path.is_file():
             raise DatasetError(f"{self._describe_image(info)} not found")
         try:
-            return load_image(path)
+            with Image.open(path) as im:
+                rotated = self._use_exif_orientation(info, im)
+                im.load()
+                if rotated:
+                    self._log_exif(info)
+                    return pil_image_to_tensor(ImageOps.exif_transpose(im))
+                return pil_image_to_tensor(im)
+        except DatasetError:
+            raise
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             raise DatasetError(f"cannot read {self._describe_image(info)}: {e}") from None
 

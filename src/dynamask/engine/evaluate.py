@@ -547,8 +547,12 @@ def evaluate(
     set, and a DDP-wrapped one is unwrapped). Dataset: ``dataset`` (a
     :class:`~dynamask.data.CocoInstanceDataset`) or one built from ``cfg`` ``data.val_json`` /
     ``data.val_images`` (a :class:`DynaMaskError` when they are not set); ``max_images`` limits it
-    to its first images. ``policy`` / ``budget`` set the model's resolution policy and test-time
-    mask budget for this run (the model's previous settings and train/eval mode are restored).
+    to its first images. Before the model runs, each image file's size is checked against its
+    json ``width``/``height`` (header only; the EXIF orientation rule of
+    :class:`~dynamask.data.CocoInstanceDataset`): a :class:`~dynamask.data.coco.DatasetError`
+    naming the file when they disagree, as loading in training gives. ``policy`` / ``budget``
+    set the model's resolution policy and test-time mask budget for this run (the model's
+    previous settings and train/eval mode are restored).
 
     The model runs in eval mode without gradients, ``batch_size`` images per forward;
     ``images_per_second`` counts the forward passes only (no data loading, no evaluation).
@@ -621,6 +625,8 @@ def evaluate(
         indices = indices[:max_images]
     if not indices:
         raise DynaMaskError("the validation set has no images")
+    if hasattr(dataset, "check_image_sizes"):  # image size vs json width/height (EXIF rule), as train's loading does
+        dataset.check_image_sizes(indices)
     subset = dataset if len(indices) == len(dataset) else torch.utils.data.Subset(dataset, indices)
     from ..data import collate_fn
 
