@@ -279,6 +279,23 @@ def table(models: dict) -> str:
     return "\n".join(lines)
 
 
+def run_record(args, started: float, walls: dict) -> dict:
+    """Machine, date and wall times of a run, for its results JSON."""
+    return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
+            "date": datetime.date.today().isoformat(),
+            "wall_time_s": round(time.time() - started, 1),
+            "train_wall_s": {k: round(v, 1) for k, v in walls.items()}}
+
+
+def write_outputs(result: dict, specs, args) -> None:
+    """The results JSON (atomically), the heads' training logs beside it and the plot."""
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
+    keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
+    plot(result["models"], result["dial"], args.results.with_suffix(".png"))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None,
@@ -332,19 +349,12 @@ def main(argv=None) -> None:
                      "val_images": args.val, "dial_model": DIAL_MODEL, "quick": args.quick,
                      "schedule": schedule(args.iters), "mask_geometry": args.mask_geometry},
         "ceiling": bounds,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
-        "date": datetime.date.today().isoformat(),
-        "wall_time_s": round(time.time() - started, 1),
-        "train_wall_s": {k: round(v, 1) for k, v in walls.items()},
+        **run_record(args, started, walls),
         "models": models,
         "dial": dial,
         "goals": judge(models),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
-    keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
-    plot(models, dial, args.results.with_suffix(".png"))
+    write_outputs(result, specs, args)
     print(table(models))
     for name, g in result["goals"].items():
         print(f"{name}: FLOPs {100 * g['flops_vs_fixed112']:.0f} % of fixed-112, segm {g['segm_AP_minus_fixed112']:+.1f} / "

@@ -25,10 +25,8 @@ Writes ``benchmarks/results/accuracy_vs_cost_256.json`` and ``.png`` (``--result
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,7 +38,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
 import accuracy_vs_cost as base  # noqa: E402  (its training / evaluation / plotting helpers)
-from dynamask.atomic import write_bytes_atomic  # noqa: E402
 
 DETECTOR_CONFIG = ROOT / "configs" / "shapes_detail_detector_r18.yaml"
 COST_TARGETS = (0.2, 0.4, 0.6)
@@ -187,19 +184,12 @@ def main(argv=None) -> None:
                      "schedule": base.schedule(args.iters), "mask_geometry": "exact",
                      "yardstick": {str(r): round(v, 4) for r, v in ys.mean_mask_iou().items()},
                      "yardstick_boundary": {str(r): round(v, 4) for r, v in ys.mean_boundary_iou().items()}},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
-        "date": datetime.date.today().isoformat(),
-        "wall_time_s": round(time.time() - started, 1),
-        "train_wall_s": {k: round(v, 1) for k, v in walls.items()},
+        **base.run_record(args, started, walls),
         "models": models,
         "dial": dial,
         "goals": judge(models),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
-    base.keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
-    base.plot(models, dial, args.results.with_suffix(".png"))
+    base.write_outputs(result, specs, args)
     print(base.table(models))
     for name, m in models.items():
         print(f"{name:12s} params {m['params']:>9,d}  rho within size {m.get('rho_within_size')}")
