@@ -4,7 +4,8 @@ in the same run; plus pasting 100 masks (ours vs torchvision's per-mask loop).
     python benchmarks/mask_branch.py [--device cpu|cuda] [--rois 100] [--repeats 10]
 
 Rows: torchvision's Mask R-CNN mask branch (RoIAlign + 4 convs + deconv + predictor), each
-fixed-k r-FPN path (FAM with deformable conv, and fixed-112 / dynamic with the plain-conv FAM),
+fixed-k r-FPN path (FAM with deformable conv, and fixed-112 / dynamic with torchvision's
+deformable kernel forced and with the plain-conv FAM),
 and the dynamic path with a forced 40/30/20/10 % mix of 14/28/56/112 (the switch still runs for
 every RoI; only its decision is replaced, so the mix is the one asked for). Inputs are random
 FPN features of a 512×512 (CPU) or 800×1216 (CUDA) image and random boxes; weights are random
@@ -96,7 +97,7 @@ def forced_mix(head, fractions, n):
 
     def choose(*args, **kwargs):
         original(*args, **kwargs)  # the switch still runs and costs what it costs
-        return forced.to(args[0].device)
+        return forced.to(args[0].rois.device)
 
     head.choose_stages = choose
 
@@ -122,9 +123,14 @@ def main(argv=None):
     tv_time = timed(lambda: tv(features, boxes, labels, shapes), args.repeats, device)
     rows.append({"path": "torchvision Mask R-CNN 28x28 head", "ms": tv_time * 1e3, "gflops": tv_flops / 1e9})
 
+    # "deform" runs the device's default deformable kernel ("auto": gather form on CPU,
+    # torchvision's op on CUDA); "deform-tv" forces torchvision's op; same weights.
     heads = {fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam).to(device).eval() for fam in ("deform", "conv")}
-    variants = [("deform", f"fixed-{r}") for r in RESOLUTIONS] + [("deform", "dynamic 40/30/20/10"),
-                                                                 ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")]
+    heads["deform-tv"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam="deform", deform_kernel="torchvision").to(device).eval()
+    heads["deform-tv"].load_state_dict(heads["deform"].state_dict())
+    variants = ([("deform", f"fixed-{r}") for r in RESOLUTIONS]
+                + [("deform", "dynamic 40/30/20/10"), ("deform-tv", "fixed-112"), ("deform-tv", "dynamic 40/30/20/10"),
+                   ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")])
     for fam, name in variants:
         head = heads[fam]
         if name.startswith("dynamic"):
@@ -157,6 +163,11 @@ def main(argv=None):
               "torch": torch.__version__, "image": [height, width], "rois": args.rois,
               "command": "python benchmarks/mask_branch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "mask_branch": rows, "paste": paste_rows}
+    by_path = {r["path"]: r["ms"] for r in rows}
+    mix = "dynamic 40/30/20/10"
+    result["deform_vs_conv_fam_dynamic"] = by_path[f"DynaMask {mix} (FAM deform)"] / by_path[f"DynaMask {mix} (FAM conv)"]
+    result["deform_tv_vs_conv_fam_dynamic"] = (by_path[f"DynaMask {mix} (FAM deform-tv)"]
+                                               / by_path[f"DynaMask {mix} (FAM conv)"])
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"mask_branch_{device.type}.json")
     write_bytes_atomic(path, json.dumps(result, indent=2).encode())
@@ -166,6 +177,8 @@ def main(argv=None):
     print(f"{'mask branch':44s} {'ms':>9s} {'time x':>7s} {'GFLOPs':>8s} {'FLOPs x':>8s}")
     for r in rows:
         print(f"{r['path']:44s} {r['ms']:9.1f} {r['time_ratio']:7.2f} {r['gflops']:8.2f} {r['flops_ratio']:8.2f}")
+    print(f"dynamic mix, deformable FAM / plain-conv FAM: {result['deform_vs_conv_fam_dynamic']:.2f} "
+          f"(torchvision's deform_conv2d: {result['deform_tv_vs_conv_fam_dynamic']:.2f})")
     print(f"{'paste 100 masks':44s} {'ours ms':>9s} {'tv ms':>9s} {'speedup':>8s}")
     for r in paste_rows:
         print(f"{'  at ' + str(r['mask_size']) + 'x' + str(r['mask_size']):44s} {r['ours_ms']:9.1f} "

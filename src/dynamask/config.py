@@ -79,6 +79,7 @@ POLICIES: Tuple[str, ...] = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fix
 HEADS: Tuple[str, ...] = ("dynamask", "maskrcnn")
 #: feature aggregation module of the DynaMask head
 FAMS: Tuple[str, ...] = ("deform", "conv")
+DEFORM_KERNELS: Tuple[str, ...] = ("auto", "gather", "torchvision")
 #: where a box's mask cells lie (models/geometry.py): continuous boxes, or Mask R-CNN's legacy geometry
 MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
 #: Mask Switch Module: this project's cost-regressing switch, or the authors' (models/mask_switch.py)
@@ -143,6 +144,10 @@ DEFAULTS: Dict[str, Any] = {
         "num_classes": None,
         # feature aggregation module of the DynaMask head: "deform" or "conv"
         "fam": "deform",
+        # who computes the deformable FAM conv: "auto" (torchvision's op on CUDA, the
+        # gather-and-GEMM form elsewhere: fast on CPU, exportable), "gather" or "torchvision";
+        # same weights and results either way
+        "deform_kernel": "auto",
         # mask geometry of RoI features, targets and paste: "exact" (a box is a continuous
         # rectangle its mask cells tile; RoIAlign aligned=True) or "torchvision" (Mask R-CNN's
         # legacy geometry; checkpoints that do not record a geometry were trained with it)
@@ -301,6 +306,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.head": HEADS,
     "model.policy": POLICIES,
     "model.fam": FAMS,
+    "model.deform_kernel": DEFORM_KERNELS,
     "model.mask_geometry": MASK_GEOMETRIES,
     "model.switch": SWITCHES,
     "model.backbone": BACKBONES,

@@ -51,7 +51,7 @@ def build_model(cfg: dict, num_classes: int):
         return detector._maskrcnn(backbone, num_classes, common["weights_backbone"],
                                   common["trainable_backbone_layers"], kwargs)
     kwargs.update(
-        fam=m["fam"], stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
+        fam=m["fam"], deform_kernel=m.get("deform_kernel", "auto"), stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
         select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
         budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
         switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],

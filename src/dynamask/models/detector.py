@@ -24,7 +24,7 @@ from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
 
 HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
                 "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "switch_cost_weight", "gumbel_tau",
-                "size_thresholds", "mask_geometry", "switch")
+                "size_thresholds", "mask_geometry", "switch", "deform_kernel")
 
 
 class DynaMaskRCNN(FasterRCNN):

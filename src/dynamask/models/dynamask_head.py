@@ -18,6 +18,7 @@ from torchvision.ops import roi_align
 
 from . import losses as L
 from .flops import conv2d_flops, roi_align_flops
+from .deform_conv import DEFORM_KERNELS
 from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
@@ -93,6 +94,7 @@ class DynaMaskHead(nn.Module):
         sampling_ratio: int = 2,
         mask_geometry: str = "exact",
         switch: str = "cost",
+        deform_kernel: str = "auto",
     ):
         super().__init__()
         check_policy(policy)
@@ -126,7 +128,8 @@ class DynaMaskHead(nn.Module):
             for k in range(self.num_stages)
         )
         self.aggregators = nn.ModuleList(
-            FeatureAggregation(widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio)
+            FeatureAggregation(widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio,
+                               deform_kernel)
             for k in range(self.num_stages - 1)
         )
         if policy != "dynamic":
@@ -177,6 +180,19 @@ class DynaMaskHead(nn.Module):
     @mask_geometry.setter
     def mask_geometry(self, geometry: str) -> None:
         self.roi_pool.geometry = check_geometry(geometry)
+
+    @property
+    def deform_kernel(self) -> str:
+        """Who computes the deformable FAM conv: ``"auto"``, ``"gather"`` or ``"torchvision"``
+        (see deform_conv.py); same weights and FLOPs either way."""
+        return self.aggregators[0].deform_kernel if len(self.aggregators) else "auto"
+
+    @deform_kernel.setter
+    def deform_kernel(self, kernel: str) -> None:
+        if kernel not in DEFORM_KERNELS:
+            raise ValueError(f"deform_kernel must be one of {DEFORM_KERNELS}, got {kernel!r}")
+        for fam in self.aggregators:
+            fam.deform_kernel = kernel
 
     @property
     def policy(self) -> str:

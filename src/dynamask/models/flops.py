@@ -3,7 +3,8 @@
 Why both: the per-instance ``mask_flops`` that the model reports and the budget loss uses come
 from formulas over layer shapes (cheap, known before running anything). ``count_flops`` runs
 code under ``torch.utils.flop_counter.FlopCounterMode`` extended with formulas for the two
-torchvision ops it does not know (``roi_align`` and ``deform_conv2d``), so tests can check the
+torchvision ops it does not know (``roi_align`` and ``deform_conv2d``) and with the sampling of the
+gather deformable conv (``embedding_bag``), so tests can check the
 formulas against what was really executed.
 
 Convention (same as FlopCounterMode): one multiply-add = 2 FLOPs; convolutions, transposed
@@ -71,14 +72,24 @@ def _deform_conv2d_formula(input_shape, weight_shape, offset_shape, mask_shape, 
     return batch * (conv + sampling)
 
 
+def _embedding_bag_formula(weight_shape, indices_shape, *args, **kwargs) -> int:
+    # Each index adds one (weighted) row: one multiply-add per channel. The gather form of the
+    # deformable conv (deform_conv.py) samples with it, 4 indices per tap — the table's
+    # BILINEAR_SAMPLE_FLOPS per tap and channel.
+    return 2 * prod(indices_shape) * weight_shape[-1]
+
+
 def torchvision_flop_formulas() -> dict:
-    """Formulas for torchvision ops, to pass as FlopCounterMode(custom_mapping=...)."""
+    """Formulas for torchvision ops (and the embedding-bag sampling of the gather deformable
+    conv), to pass as FlopCounterMode(custom_mapping=...)."""
     # Importing torchvision.ops registers the operators under torch.ops.torchvision.
     import torchvision.ops  # noqa: F401
 
     return {
         torch.ops.torchvision.roi_align: _roi_align_formula,
         torch.ops.torchvision.deform_conv2d: _deform_conv2d_formula,
+        torch.ops.aten._embedding_bag: _embedding_bag_formula,
+        torch.ops.aten._embedding_bag_forward_only: _embedding_bag_formula,
     }
 
 

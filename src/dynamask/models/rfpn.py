@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
+from .deform_conv import DEFORM_KERNELS, deform_conv2d
 from .flops import conv2d_flops, deform_conv2d_flops, roi_align_flops
 
 FAM_KINDS = ("deform", "conv")
@@ -74,15 +75,22 @@ class FeatureAggregation(nn.Module):
     whole map first and pools the few reduced channels, because on a CPU the backward of
     RoIAlign over 256 channels dominates the step. ``kind="deform"`` aligns with a 3×3
     deformable conv whose offsets are predicted from the fused input (zero-initialised, so it
-    starts as a plain conv); ``kind="conv"`` uses a plain 3×3 conv (far cheaper on CPU).
+    starts as a plain conv); ``kind="conv"`` uses a plain 3×3 conv.
+
+    ``deform_kernel`` chooses who computes the deformable conv — ``"auto"`` (torchvision's op on
+    CUDA, the gather-and-GEMM form of ``deform_conv.py`` elsewhere), ``"gather"`` or
+    ``"torchvision"``; the weights (a ``DeformConv2d``'s) and the FLOPs table are the same either way.
     """
 
     def __init__(self, in_channels: int, image_channels: int, reduced_channels: int,
-                 out_channels: int, kind: str = "deform", sampling_ratio: int = 2):
+                 out_channels: int, kind: str = "deform", sampling_ratio: int = 2, deform_kernel: str = "auto"):
         super().__init__()
         if kind not in FAM_KINDS:
             raise ValueError(f"fam must be one of {FAM_KINDS}, got {kind!r}")
+        if deform_kernel not in DEFORM_KERNELS:
+            raise ValueError(f"deform_kernel must be one of {DEFORM_KERNELS}, got {deform_kernel!r}")
         self.kind = kind
+        self.deform_kernel = deform_kernel
         self.image_channels = image_channels
         self.sampling_ratio = sampling_ratio
         self.reduce = _init_conv(nn.Conv2d(image_channels, reduced_channels, 1, bias=False))
@@ -112,7 +120,9 @@ class FeatureAggregation(nn.Module):
         x = torch.cat([region, reduced, mask_logits.sigmoid(), edge_logits.sigmoid()], dim=1)
         x = F.relu(self.fuse(x))
         if self.offset is not None:
-            x = F.relu(self.align(x, self.offset(x)))
+            a = self.align
+            x = F.relu(deform_conv2d(x, self.offset(x), a.weight, a.bias, stride=a.stride, padding=a.padding,
+                                     dilation=a.dilation, kernel=self.deform_kernel))
         else:
             x = F.relu(self.align(x))
         x = F.relu(self.project(x))
