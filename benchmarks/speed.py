@@ -14,8 +14,8 @@ benchmarks/accuracy_vs_cost.py; the switch still runs and is paid for. fixed-28 
 rows show the two ends.
 
 Training: images/s and peak memory of a few optimiser steps (``--train-steps``) of DynaMask and
-torchvision Mask R-CNN on the same synthetic batch, each in its own process (peak RSS on CPU,
-``torch.cuda.max_memory_allocated`` on CUDA).
+torchvision Mask R-CNN on the same synthetic batch, each in its own process (growth of peak RSS on
+CPU, ``torch.cuda.max_memory_allocated`` on CUDA), ``--train-runs`` processes per model, medians.
 
     python benchmarks/speed.py                      # CPU, 512×512, R50 — about 5 min on 2 cores
     python benchmarks/speed.py --device cuda        # 800×1216, R50 inference and training
@@ -50,16 +50,16 @@ from dynamask.models import dynamask_resnet50_fpn  # noqa: E402
 NUM_CLASSES = 91  # COCO-sized heads, as users run them
 
 
-def detection_settings(size: tuple[int, int]) -> dict:
-    """Identical for both models: every image gives exactly 100 detections (score 0 kept)."""
-    return dict(min_size=min(size), max_size=max(size), box_score_thresh=0.0, box_detections_per_img=100)
+def detection_settings(size: tuple[int, int], detections: int = 100) -> dict:
+    """Identical for both models: every image gives exactly ``detections`` detections (score 0 kept)."""
+    return dict(min_size=min(size), max_size=max(size), box_score_thresh=0.0, box_detections_per_img=detections)
 
 
-def build_pair(size, policy: str, mix, device, fam: str = "deform"):
+def build_pair(size, policy: str, mix, device, fam: str = "deform", detections: int = 100):
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
-                               **detection_settings(size))
-    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", fam=fam, **detection_settings(size))
+                               **detection_settings(size, detections))
+    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", fam=fam, **detection_settings(size, detections))
     detector = {k: v for k, v in tv.state_dict().items() if not k.startswith("roi_heads.mask_")}
     ours.load_detector_state(detector)
     ours.policy = policy
@@ -121,10 +121,11 @@ def force_mix(model, mix: tuple[float, ...], seed: int = 0) -> None:
     head = model.mask_branch
     choose = head.choose_stages
 
-    def mixed(region0, mask0, edge0, boxes, counts):
-        chosen = choose(region0, mask0, edge0, boxes, counts)  # the switch's work
+    def mixed(switch_input, counts):
+        chosen = choose(switch_input, counts)  # the switch's work
         if head.policy != "dynamic":
             return chosen
+        boxes = switch_input.boxes
         n = boxes.shape[0]
         edges = torch.tensor(mix, dtype=torch.float64).cumsum(0) / sum(mix)
         ranks = (torch.arange(n, dtype=torch.float64) + 0.5) / max(n, 1)
@@ -149,12 +150,13 @@ def inference(args, device) -> dict:
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, *size, generator=g).to(device) for _ in range(args.batch)]
     rows = {}
-    tv, ours = build_pair(size, "dynamic", args.mix, device, args.fam)
+    detections = getattr(args, "detections", 100)
+    tv, ours = build_pair(size, "dynamic", args.mix, device, args.fam, detections)
     variants = [("dynamic", 1.0), ("fixed-28", 1.0), ("fixed-112", 1.0)]
     with torch.no_grad():
         ref = tv(images)
-        if any(len(r["boxes"]) != 100 for r in ref):
-            print("warning: not every image has 100 detections:", [len(r["boxes"]) for r in ref])
+        if any(len(r["boxes"]) != detections for r in ref):
+            print(f"warning: not every image has {detections} detections:", [len(r["boxes"]) for r in ref])
         out = ours(images)
         same_boxes = all(torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
                          for a, b in zip(ref, out))
@@ -190,8 +192,9 @@ def _median_parts(model, images, device, runs: int) -> dict:
     return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
 
 
-def training_child(which: str, device_name: str, size: int, batch: int, steps: int) -> None:
-    """One process per model so that peak memory is its own."""
+def training_child(which: str, device_name: str, size: int, batch: int, steps: int, amp: str = "none") -> None:
+    """One process per model so that peak memory is its own. ``amp="bf16"`` runs the forward
+    pass under bfloat16 autocast."""
     from dynamask.data.shapes import make_shapes_tensors
     from dynamask.models import dynamask_resnet18_fpn, dynamask_resnet50_fpn
     from torchvision.models.detection import maskrcnn_resnet50_fpn as tv50
@@ -217,7 +220,8 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
         torch.cuda.reset_peak_memory_stats(device)
 
     def step():
-        losses = model(images, targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            losses = model(images, targets)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
@@ -234,7 +238,8 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
         # (the libraries alone hold ~2 GB in a CUDA build of torch)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     print(json.dumps({"images_per_s": batch / statistics.median(times), "peak_mib": peak,
-                      "backbone": "resnet50" if r50 else "resnet18", "image_size": list(hw), "batch": batch}))
+                      "backbone": "resnet50" if r50 else "resnet18", "image_size": list(hw), "batch": batch,
+                      "amp": amp}))
 
 
 def _rss_mib() -> float:
@@ -243,15 +248,25 @@ def _rss_mib() -> float:
 
 
 def training(args, device) -> dict:
+    """Images/s and peak memory of both models, each run ``args.train_runs`` times in a process of
+    its own, the two interleaved; medians over the runs (every run is kept under ``runs``)."""
+    runs = {"torchvision": [], "dynamask": []}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    for _ in range(args.train_runs):
+        for which in runs:
+            cmd = [sys.executable, __file__, "--train-child", which, "--device", str(device),
+                   "--train-size", str(args.train_size), "--train-batch", str(args.train_batch),
+                   "--train-steps", str(args.train_steps), "--train-amp", args.train_amp]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise SystemExit(f"training benchmark of {which} failed:\n{proc.stderr[-2000:]}")
+            runs[which].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     out = {}
-    for which in ("torchvision", "dynamask"):
-        cmd = [sys.executable, __file__, "--train-child", which, "--device", str(device),
-               "--train-size", str(args.train_size), "--train-batch", str(args.train_batch),
-               "--train-steps", str(args.train_steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-        if proc.returncode != 0:
-            raise SystemExit(f"training benchmark of {which} failed:\n{proc.stderr[-2000:]}")
-        out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for which, rs in runs.items():
+        out[which] = dict(rs[0], images_per_s=statistics.median(r["images_per_s"] for r in rs),
+                          peak_mib=statistics.median(r["peak_mib"] for r in rs), runs=rs)
     return out
 
 
@@ -311,13 +326,16 @@ def main(argv=None) -> None:
     p.add_argument("--train-size", type=int, default=256, help="CPU training image side (R18)")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--train-runs", type=int, default=3, help="processes per model (medians reported)")
+    p.add_argument("--train-amp", choices=("none", "bf16"), default="none", help="bfloat16 autocast in training")
     p.add_argument("--train-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/speed_<device>.json)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train_child:
-        training_child(args.train_child, args.device, args.train_size, args.train_batch, args.train_steps)
+        training_child(args.train_child, args.device, args.train_size, args.train_batch, args.train_steps,
+                       args.train_amp)
         return
     if args.mix is None:
         args.mix, args.mix_source = default_mix()

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pycocotools import mask as mask_utils
+from ..cocotools import mask_utils
 from torchvision import tv_tensors
 
 try:  # the project-wide user-facing error base class

@@ -56,7 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
+from ..cocotools import mask_utils
 
 __all__ = [
     "DETAIL_CATEGORIES",

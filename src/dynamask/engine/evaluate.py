@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from tqdm import tqdm
-from pycocotools import mask as mask_utils
+from ..cocotools import mask_utils
 
 from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError

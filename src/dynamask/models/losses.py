@@ -88,7 +88,7 @@ def selection_costs(stage_logits: list[Tensor], target: Tensor, boxes: Tensor | 
             side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1).values
             choices = torch.tensor([r for r in resolutions if r <= size], device=target.device)
             grid = choices[torch.searchsorted(choices.float(), side.float().contiguous()).clamp(max=len(choices) - 1)]
-        costs = target.new_zeros((target.shape[0], len(stage_logits)))
+        costs = torch.zeros((target.shape[0], len(stage_logits)), device=target.device)  # float32 under autocast too
         for r in grid.unique().tolist():
             idx = torch.nonzero(grid == r).squeeze(1)
             pool = size // int(r)
