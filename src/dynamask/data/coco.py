@@ -347,6 +347,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             masks that rasterise empty are dropped when the image is loaded
             (and counted in that process's ``skip_counts`` only, so not in the
             main process when a DataLoader uses workers).
+        categories: (category id, name) pairs that fix the label space instead of the file's
+            categories — label i + 1 is ``categories[i]`` — e.g. torchvision's COCO labels, where
+            label = COCO category id; annotations of other ids are skipped as ``unknown_category``.
     """
 
     def __init__(
@@ -357,6 +360,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         keep_empty: bool = True,
         min_box_size: float = 1.0,
         validate_masks: bool = True,
+        categories: Optional[Sequence[Tuple[int, str]]] = None,
     ) -> None:
         super().__init__()
         self.ann_file = str(ann_file)
@@ -370,7 +374,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._data = data
         self._coco = None
 
-        cats = sorted(data["categories"], key=lambda c: c["id"])
+        if categories is not None:  # a label space fixed from outside (e.g. torchvision's COCO labels)
+            cats = [{"id": int(i), "name": str(n)} for i, n in categories]
+        else:
+            cats = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids: List[int] = [int(c["id"]) for c in cats]
         self.class_names: List[str] = [str(c.get("name", c["id"])) for c in cats]
         self.cat_id_to_label: Dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
@@ -480,6 +487,20 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self._coco = coco
         return self._coco
 
+    def use_categories(self, categories: Sequence[Tuple[int, str]]) -> None:
+        """Switch to a label space fixed from outside (see the ``categories`` argument), after
+        construction; every category of the file must be among ``categories``."""
+        new_ids = [int(i) for i, _ in categories]
+        to_label = {cid: k + 1 for k, cid in enumerate(new_ids)}
+        outside = [cid for cid in self.cat_ids if cid not in to_label]
+        if outside:
+            raise ValueError(f"{self.ann_file}: categories {outside[:5]} are not in the requested label space")
+        old = self.cat_ids
+        self._records = {image_id: [(idx, to_label[old[label - 1]], box) for idx, label, box in recs]
+                         for image_id, recs in self._records.items()}
+        self.cat_ids = new_ids
+        self.class_names = [str(n) for _, n in categories]
+        self.cat_id_to_label = to_label
     @property
     def num_classes(self) -> int:
         """Number of object categories K (labels are 1..K; 0 is background)."""

@@ -186,6 +186,59 @@ def with_defaults(cfg: dict) -> dict:
     return out
 
 
+def torchvision_weights_plan(cfg: dict) -> dict | None:
+    """The torchvision detection file named by ``model.init_weights`` or ``model.detector_weights``
+    (read once), or ``None`` when neither names one: ``{"key", "path", "state", "num_classes"}``."""
+    from ..models.torchvision_weights import file_num_classes, read_torchvision_detection_file
+
+    for key in ("init_weights", "detector_weights"):
+        path = cfg["model"].get(key)
+        if path:
+            try:
+                state = read_torchvision_detection_file(path)
+            except DynaMaskError as exc:
+                raise DynaMaskError(f"model.{key}: {exc}") from None
+            if state is not None:
+                return {"key": key, "path": path, "state": state, "num_classes": file_num_classes(state)}
+    return None
+
+
+def fits_coco_label_space(cat_ids, class_names) -> bool:
+    """True when every category (id, name) is torchvision's COCO category of that id (names
+    compared case-insensitively): then labels can be the category ids, as in torchvision."""
+    from ..models.torchvision_weights import coco_label_space
+
+    coco = {i: n.lower() for i, n in coco_label_space()}
+    return bool(cat_ids) and all(coco.get(int(i)) == str(n).lower() and str(n) != "N/A"
+                                 for i, n in zip(cat_ids, class_names))
+
+
+def _torchvision_model(path: str, state: dict, cfg: dict | None):
+    """(model, checkpoint-like record) for a torchvision detection file: a Mask R-CNN head in the
+    ``"torchvision"`` mask geometry when the file has torchvision's mask head (else the config's
+    head, mask branch untrained), ResNet-50-FPN as torchvision builds it unless ``cfg`` says
+    otherwise, COCO label space for 91-class files."""
+    from ..models.torchvision_weights import coco_label_space, file_num_classes, has_mask_head, load_torchvision_detection
+
+    cfg = with_defaults(cfg or {"model": {"backbone": "resnet50", "head": "maskrcnn"}})
+    n = file_num_classes(state)
+    with_mask = has_mask_head(state) and cfg["model"]["head"] == "maskrcnn"
+    model_cfg = {**cfg["model"], "weights_backbone": None, "policy": cfg["model"].get("policy") or "dynamic"}
+    if with_mask:
+        model_cfg["mask_geometry"] = "torchvision"
+    build_cfg = {**cfg, "model": model_cfg}
+    model = build_model(build_cfg, n)
+    load_torchvision_detection(model, state, path, with_mask_head=with_mask)
+    if n == 91:
+        cats = coco_label_space()
+        record = {"class_names": [c for _, c in cats], "cat_ids": [i for i, _ in cats]}
+    else:
+        record = {"class_names": [f"class_{i}" for i in range(1, n)], "cat_ids": None}
+    record.update(num_classes=n, config=build_cfg, source="torchvision", mask_head_loaded=with_mask,
+                  hyper_parameters=hyper_parameters(build_cfg, n))
+    return model, record
+
+
 def model_from_checkpoint(path: str, cfg: dict | None = None):
     """(model, checkpoint) from a checkpoint; ``cfg`` overrides the config it carries.
 
@@ -194,7 +247,16 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     is applied after loading when the checkpoint's model supports it (e.g. a dynamic model
     evaluated as fixed-28). The mask geometry is always the checkpoint's
     (:func:`checkpoint_geometry`): its masks were trained to land where that geometry puts them.
+
+    A torchvision detection state-dict file (e.g. ``maskrcnn_resnet50_fpn_coco-*.pth``) loads too:
+    torchvision's Mask R-CNN as it is (its mask head in the ``"torchvision"`` geometry; labels =
+    COCO category ids for 91-class files), built as ``cfg`` says (default: ResNet-50-FPN).
     """
+    from ..models.torchvision_weights import read_torchvision_detection_file
+
+    state = read_torchvision_detection_file(path)
+    if state is not None:
+        return _torchvision_model(path, state, cfg)
     ckpt = load_checkpoint(path)
     carried = ckpt.get("config")
     if isinstance(carried, dict):  # keys added to dynamask after the checkpoint was written

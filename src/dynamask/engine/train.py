@@ -81,8 +81,8 @@ from . import distributed as du
 from ..data import collate_fn
 from ..data.coco import DatasetError
 from ..atomic import atomic_path
-from .build import (build_model, checkpoint_geometry, checkpoint_mismatches, hyper_parameters, load_checkpoint,
-                    save_checkpoint)
+from .build import (build_model, checkpoint_geometry, checkpoint_mismatches, fits_coco_label_space, hyper_parameters,
+                    load_checkpoint, save_checkpoint, torchvision_weights_plan)
 
 __all__ = [
     "train",
@@ -371,6 +371,30 @@ def _initialise_from(model, cfg: dict, key: str, num_classes: int, detector_only
         logger.warning("model.%s: %s was trained in the %r mask geometry; training goes on in %r "
                        "(model.mask_geometry), so its masks first land half a pixel off", key, path, trained_in,
                        model.mask_geometry)
+
+
+def _initialise_from_torchvision(model, cfg: dict, plan: dict, detector_only: bool) -> None:
+    """``model.init_weights`` / ``model.detector_weights`` from a torchvision detection file:
+    backbone, FPN, RPN and box head; torchvision's mask head too for ``init_weights`` with the
+    Mask R-CNN head. Logs what was loaded and what starts from its initialisation."""
+    from ..models.torchvision_weights import has_mask_head, load_torchvision_detection
+
+    key, path, state = plan["key"], plan["path"], plan["state"]
+    with_mask = not detector_only and cfg["model"]["head"] == "maskrcnn" and has_mask_head(state)
+    try:
+        done = load_torchvision_detection(model, state, path, with_mask_head=with_mask)
+    except DynaMaskError as exc:
+        raise DynaMaskError(f"model.{key}: {exc}") from None
+    parts = "backbone, FPN, RPN, box head" + (" and mask head" if done["mask_head_loaded"] else "")
+    logger.info("model.%s: loaded %s from torchvision file %s (%d classes)", key, parts, path, done["num_classes"])
+    if done["reinitialised"]:
+        logger.info("model.%s: the file has %d classes and the data %d: %s start from initialisation and train",
+                    key, done["num_classes"], model.roi_heads.box_predictor.cls_score.out_features,
+                    ", ".join(done["reinitialised"]))
+    if done["mask_head_loaded"] and model.mask_geometry != "torchvision":
+        logger.warning("model.%s: torchvision's mask head was trained in the 'torchvision' mask geometry; training "
+                       "goes on in %r (model.mask_geometry), so its masks first land half a pixel off",
+                       key, model.mask_geometry)
 
 
 def _check_free_space(out_dir: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -681,7 +705,14 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
 
     # ---------------------------------------------------------------- data, model, optimizer
     seed_everything(cfg["seed"])
+    tv_plan = torchvision_weights_plan(cfg)
     dataset = _load_train_dataset(cfg)
+    if tv_plan and tv_plan["num_classes"] == 91 and fits_coco_label_space(dataset.cat_ids, dataset.class_names):
+        from ..models.torchvision_weights import coco_label_space
+
+        dataset.use_categories(coco_label_space())
+        info("model.%s: %s is torchvision's 91-class COCO model and the data's categories are COCO's: "
+             "labels keep torchvision's label space (label = COCO category id)", tv_plan["key"], tv_plan["path"])
     n_classes = len(dataset.class_names)
     if cfg["model"]["num_classes"] is not None and cfg["model"]["num_classes"] != n_classes:
         raise ConfigError(f"model.num_classes is {cfg['model']['num_classes']} but the training set "
@@ -698,8 +729,14 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
                 warn("--resume: the config differs from the checkpoint's in: %s", ", ".join(diff))
 
     model = build_model(cfg, n_classes + 1)
+    retrain_box_predictor = tv_plan is not None and tv_plan["num_classes"] != n_classes + 1
     if cfg["model"].get("freeze_detector"):
         model.freeze_detector()
+        if retrain_box_predictor:  # the file's classes are not the data's: a new box predictor must learn
+            for parameter in model.roi_heads.box_predictor.parameters():
+                parameter.requires_grad_(True)
+            info("model.freeze_detector: the box predictor trains (new classes); backbone, FPN, RPN and box "
+                 "head stay frozen")
     model.to(dev)
     model.train()
     optimizer = _build_optimizer(cfg, model)
@@ -714,7 +751,9 @@ def _train(cfg: dict, out_dir: str, resume: bool, progress: bool, dev: torch.dev
     seed_everything(cfg["seed"] + rank)  # per-process stream for the model's own randomness
     if ckpt is None:
         for key, detector_only in (("init_weights", False), ("detector_weights", True)):
-            if cfg["model"].get(key):
+            if tv_plan is not None and tv_plan["key"] == key:
+                _initialise_from_torchvision(model, cfg, tv_plan, detector_only)
+            elif cfg["model"].get(key):
                 _initialise_from(model, cfg, key, n_classes + 1, detector_only)
     if ckpt is not None:
         problems = checkpoint_mismatches(ckpt, cfg, n_classes + 1)
