@@ -170,3 +170,20 @@ def test_train_with_coco_categories_keeps_torchvision_labels(files, shapes, tmp_
     assert ckpt["cat_ids"] == list(range(1, 91)) and ckpt["num_classes"] == 91
     assert [ckpt["class_names"][i - 1] for i in remap.values()] == [names[i] for i in remap.values()]
     assert ds.cat_ids == sorted(remap.values())  # the file alone keeps its own contiguous labels
+
+
+def test_evaluate_and_predict_run_a_torchvision_file(files, shapes, tmp_path, capsys):
+    from dynamask import cli
+    from dynamask.predictor import Predictor
+
+    over = ["model.backbone=resnet18", "model.head=maskrcnn", f"data.val_json={shapes['val_json']}",
+            f"data.val_images={shapes['val_dir']}", f"input.min_size={SIZE}", f"input.max_size={SIZE}"]
+    rc = cli.main(["evaluate", "--weights", str(files[9]), *over, "--out", str(tmp_path / "ev")])
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["mask_geometry"] == "torchvision" and metrics["num_images"] == 2
+    cfg = load_config(None, {"model.backbone": "resnet18", "model.head": "maskrcnn", "input.min_size": SIZE,
+                             "input.max_size": SIZE})
+    predictor = Predictor(str(files[9]), config=cfg)
+    out = predictor.predict(torch.rand(3, SIZE, SIZE))
+    assert set(out) >= {"boxes", "labels", "scores", "masks"}

@@ -251,6 +251,10 @@ def _config_for_checkpoint(config: Optional[str], overrides: Sequence[str], weig
         raise DynaMaskError(f"{weights}: checkpoint file not found")
     base = _checkpoint_config(weights)
     if base is None:
+        from .models.torchvision_weights import read_torchvision_detection_file
+
+        if read_torchvision_detection_file(weights) is not None:  # torchvision's weights: defaults + overrides
+            return load_config(None, overrides)
         raise DynaMaskError(f"{weights}: the checkpoint carries no config; pass --config")
     with tempfile.TemporaryDirectory(prefix="dynamask-cfg-") as tmp:
         path = os.path.join(tmp, "checkpoint_config.yaml")
