@@ -144,14 +144,27 @@ class Predictor:
         if not 0.0 <= float(score_thresh) <= 1.0:
             raise DynaMaskError(f"score_thresh must be in [0, 1], got {score_thresh}")
         self.weights = os.fspath(weights)
+        self.score_thresh = float(score_thresh)
+        self.batch_size = max(1, int(batch_size))
+        from .export import ExportedRunner, is_exported_file
+
+        self.runner = None
+        if is_exported_file(self.weights):  # ONNX / TorchScript from `dynamask export`: runs on CPU as exported
+            if policy is not None or mask_budget is not None:
+                raise DynaMaskError(f"{self.weights}: an exported file holds its own policy "
+                                    f"({'policy' if policy is not None else 'mask_budget'} cannot be set)")
+            self.runner = ExportedRunner(self.weights)
+            self.model, self.config, self.device = None, config, torch.device("cpu")
+            self.class_names = [str(n) for n in self.runner.metadata.get("class_names") or []]
+            self.cat_ids = [int(c) for c in (self.runner.metadata.get("cat_ids")
+                                             or range(1, len(self.class_names) + 1))]
+            return
         self.model, ckpt = model_from_checkpoint(self.weights, config)
         self.config = config or ckpt.get("config")
         num_classes = int(ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
         names = ckpt.get("class_names") or [f"class {i}" for i in range(1, num_classes)]
         self.class_names: List[str] = [str(n) for n in names]
         self.cat_ids: List[int] = [int(c) for c in (ckpt.get("cat_ids") or range(1, len(self.class_names) + 1))]
-        self.score_thresh = float(score_thresh)
-        self.batch_size = max(1, int(batch_size))
         self.device = _resolve_device(device)
         _apply_policy(self.model, policy, mask_budget)
         self.model.to(self.device).eval()
@@ -159,23 +172,29 @@ class Predictor:
     # ------------------------------------------------------------ settings
     @property
     def policy(self) -> str:
-        return self.model.policy
+        return self.runner.metadata.get("policy", "") if self.runner else self.model.policy
 
     @policy.setter
     def policy(self, value: str) -> None:
         from .engine.evaluate import _apply_policy
 
+        self._settable("policy")
         _apply_policy(self.model, value, None)
 
     @property
     def mask_budget(self) -> float:
-        return float(self.model.mask_budget)
+        return 1.0 if self.runner else float(self.model.mask_budget)
 
     @mask_budget.setter
     def mask_budget(self, value: float) -> None:
         from .engine.evaluate import _apply_policy
 
+        self._settable("mask_budget")
         _apply_policy(self.model, None, value)
+
+    def _settable(self, name: str) -> None:
+        if self.runner is not None:
+            raise DynaMaskError(f"{self.weights}: an exported file holds its own policy ({name} cannot be set)")
 
     # ------------------------------------------------------------ inference
     def _postprocess(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -192,6 +211,8 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, tensors: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        if self.runner is not None:
+            return [self._postprocess(self.runner(t)) for t in tensors]
         outs = self.model([t.to(self.device) for t in tensors])
         return [self._postprocess(o) for o in outs]
 

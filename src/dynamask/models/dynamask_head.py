@@ -20,6 +20,7 @@ from . import losses as L
 from .flops import conv2d_flops, roi_align_flops
 from .deform_conv import DEFORM_KERNELS
 from .geometry import MaskRoIPool, check_geometry
+from .paste import exporting
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
@@ -384,22 +385,31 @@ class DynaMaskHead(nn.Module):
         choice = self.choose_stages(SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits), counts)
         flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
 
+        # While exporting (tracing) nothing may depend on the data: every stage the policy can reach
+        # is recorded and runs at inference on the RoIs that reach it, possibly none.
+        tracing = exporting()
+        last = fixed_stage(self._policy)
         groups = []
         active = torch.arange(boxes.shape[0], device=boxes.device)
-        for k in range(self.num_stages):
+        for k in range(self.num_stages if last is None else last + 1):
             if k > 0:
                 x, mask_logits, edge_logits = self.predictors[k](x, labels[active])
             stop = choice[active] == k
-            if bool(stop.any()):
+            if tracing or bool(stop.any()):
                 groups.append((k, active[stop], mask_logits[stop].sigmoid()))
+            if k == self.num_stages - 1 or k == last:
+                break
             go = choice[active] > k
-            if not bool(go.any()):
+            if not tracing and not bool(go.any()):
                 break
             x, mask_logits, edge_logits, active = x[go], mask_logits[go], edge_logits[go], active[go]
             pooled = self._pool_image_feature(features, k, roi5[active], image_shapes)
             x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
 
         resolution = torch.tensor(RESOLUTIONS, device=boxes.device)[choice]
+        if tracing and len(counts) == 1:  # one image: no split by Python counts
+            return [{"mask_groups": [(idx, masks) for _, idx, masks in groups], "mask_resolution": resolution,
+                     "mask_flops": flops.float()}]
         return [
             {"mask_groups": [(idx, masks) for _, idx, masks in image_groups],
              "mask_resolution": res, "mask_flops": fl.float()}

@@ -78,9 +78,10 @@ class MaskRoIPool(nn.Module):
                              + torch.tensor(1e-6, dtype=sides.dtype))
         levels = (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min))
         out = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], *self.output_size))
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # record every level
         for level, (feature, scale) in enumerate(zip(maps, scales)):
             idx = torch.where(levels == level)[0]
-            if idx.numel():
+            if tracing or idx.numel():
                 out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio,
                                      aligned).to(out.dtype)
         return out

@@ -12,6 +12,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from . import losses as L
 from .flops import conv2d_flops, conv_transpose2d_flops, roi_align_flops
 from .geometry import MaskRoIPool, check_geometry
+from .paste import exporting
 from .roi_utils import split_groups
 
 
@@ -65,6 +66,9 @@ class MaskRCNNBranch(nn.Module):
         probs = self._logits(features, boxes_per_image, image_shapes, labels).sigmoid()
         index = torch.arange(labels.shape[0], device=labels.device)
         cost = float(self.flops_table()["cumulative"][0])
+        if exporting() and len(counts) == 1:  # one traced image: no split by Python counts
+            return [{"mask_groups": [(index, probs)], "mask_resolution": torch.full_like(labels, self.resolution),
+                     "mask_flops": torch.full_like(labels, cost, dtype=torch.float32)}]
         return [
             {"mask_groups": [(idx, masks) for _, idx, masks in image_groups],
              "mask_resolution": torch.full((n,), self.resolution, dtype=torch.int64, device=labels.device),

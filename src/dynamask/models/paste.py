@@ -91,6 +91,27 @@ def _sample(masks32: Tensor, xs: Tensor, ys: Tensor, params: Tensor) -> Tensor:
     return F.grid_sample(masks32, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def exporting() -> bool:
+    """True while torch.jit.trace / torch.onnx.export records the model: shapes and box values
+    must then stay tensors (no Python ints, no data-dependent windows)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _paste_traceable(masks: Tensor, boxes: Tensor, H, W, geometry: str) -> Tensor:
+    """Export path: every image pixel sampled for every instance with the same float32 arithmetic
+    as :func:`_sample` (so the same values), the output size following the traced image size."""
+    masks = _as_nchw(masks)
+    if check_geometry(geometry) == "torchvision":
+        masks, boxes = _torchvision_geometry(masks, boxes)
+    params = _box_params(boxes)
+    x0, y0, sx, sy = params[:, 0:1], params[:, 1:2], params[:, 2:3], params[:, 3:4]
+    u = (torch.arange(W, device=masks.device).to(torch.float32)[None] + 0.5 - x0) * sx - 1.0  # [n, W]
+    v = (torch.arange(H, device=masks.device).to(torch.float32)[None] + 0.5 - y0) * sy - 1.0  # [n, H]
+    grid = torch.stack((u[:, None, :].expand(-1, v.shape[1], -1), v[:, :, None].expand(-1, -1, u.shape[1])), dim=-1)
+    out = F.grid_sample(masks.to(torch.float32), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(masks.dtype)
+
+
 def _box_params(boxes: Tensor) -> Tensor:
     """[N,4] float32 (x0, y0, 2/w, 2/h) with degenerate sizes clamped."""
     b = boxes.to(torch.float32)
@@ -263,6 +284,8 @@ def paste_masks(
         along the border (torchvision's masks are ~1 px wider per side).
     """
     masks = _as_nchw(masks)
+    if exporting():
+        return _paste_traceable(masks, boxes, image_size[0], image_size[1], geometry)
     H, W = int(image_size[0]), int(image_size[1])
     out = masks.new_zeros((masks.shape[0], 1, H, W))
     dest = torch.arange(masks.shape[0], device=masks.device)
@@ -287,6 +310,13 @@ def paste_masks_grouped(
     instances in no group stay all-zero.  Output dtype/device follow the first
     non-empty group (boxes' dtype/device if there is none).
     """
+    if exporting():
+        n = boxes.shape[0]
+        out = torch.zeros((n, 1, image_size[0], image_size[1]), dtype=torch.float32, device=boxes.device)
+        for indices, masks in groups:  # one group per resolution the exported policy can produce
+            dest = indices.to(dtype=torch.int64)
+            out[dest] = _paste_traceable(masks, boxes[dest], image_size[0], image_size[1], geometry).to(out.dtype)
+        return out
     H, W = int(image_size[0]), int(image_size[1])
     n = boxes.shape[0]
     ref = next((m for _, m in groups if m.numel() > 0), None)

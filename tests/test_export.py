@@ -1,0 +1,105 @@
+"""ONNX / TorchScript export: the file reproduces PyTorch on images it was not traced on, with
+different numbers of detections; `dynamask export` and Predictor on an exported file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynamask import cli
+from dynamask.config import load_config
+from dynamask.engine.build import build_model
+from dynamask.export import ExportedRunner, export_model, prepare_for_export, read_metadata, verify_export
+from dynamask.predictor import Predictor
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("one_thread")
+SIZE = 64
+# random init: detection scores sit around 0.34, so this threshold gives different counts per image
+SETTINGS = {"model.backbone": "resnet18", "model.fam": "deform", "model.policy": "dynamic", "input.min_size": SIZE,
+            "input.max_size": SIZE, "model.box_score_thresh": 0.345, "model.box_detections_per_img": 30,
+            "model.rpn_pre_nms_top_n_test": 200, "model.rpn_post_nms_top_n_test": 60}
+
+
+def _model(policy="dynamic"):
+    cfg = load_config(None, {**SETTINGS, "model.policy": policy})
+    torch.manual_seed(0)
+    model = build_model(cfg, 4)
+    with torch.no_grad():  # offsets away from zero: the deformable sampling is really fractional
+        for fam in model.mask_branch.aggregators:
+            fam.offset.bias.normal_(0, 0.8, generator=torch.Generator().manual_seed(1))
+    return model.eval(), cfg
+
+
+def _images(n, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, SIZE, SIZE, generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_file_reproduces_pytorch(fmt, tmp_path):
+    model, _ = _model()
+    prepare_for_export(model)
+    path = str(tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    export_model(model, fmt, path, ["a", "b", "c"], [1, 2, 3], example=_images(1, seed=99)[0])
+    runner = ExportedRunner(path)
+    assert read_metadata(path)["class_names"] == ["a", "b", "c"] and runner.metadata["policy"] == "dynamic"
+    images = _images(5)
+    report = verify_export(model, runner, images)
+    assert report["ok"], report
+    assert len(report["detection_counts"]) >= 2, report["detection_counts"]
+    for image in images:
+        with torch.no_grad():
+            ref = model([image])[0]
+        got = runner(image)
+        assert set(got) == {"boxes", "labels", "scores", "masks", "mask_resolution", "mask_flops"}
+        torch.testing.assert_close(got["boxes"], ref["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(got["masks"], ref["masks"], atol=1e-4, rtol=0)
+        assert torch.equal(got["mask_resolution"], ref["mask_resolution"])
+        torch.testing.assert_close(got["mask_flops"], ref["mask_flops"].float())
+    assert {14, 28, 56, 112} & set(torch.cat([runner(im)["mask_resolution"] for im in images]).tolist())
+
+
+def test_export_command_and_predictor_on_the_file(tmp_path, capsys):
+    model, cfg = _model()
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ["a", "b", "c"], "cat_ids": [1, 2, 3],
+                "num_classes": 4, "iteration": 0}, ckpt)
+    out = tmp_path / "size.onnx"
+    rc = cli.main(["export", "--weights", str(ckpt), "--format", "onnx", "--policy", "size", "--out", str(out),
+                   "--verify-images", "3"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file(), text
+    assert "policy size" in text and "-> OK" in text
+    exported = Predictor(str(out), score_thresh=0.0)
+    native = Predictor(str(ckpt), score_thresh=0.0, policy="size", device="cpu")
+    assert exported.class_names == native.class_names == ["a", "b", "c"] and exported.policy == "size"
+    image = _images(1, seed=7)[0]
+    a, b = exported.predict(image), native.predict(image)
+    assert set(a) == set(b)
+    torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(a["masks"], b["masks"], atol=1e-4, rtol=0)
+    with pytest.raises(Exception, match="holds its own policy"):
+        exported.policy = "fixed-28"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--budget", "0.5"], "budget dial (--budget 0.5) cannot be exported"),
+    (["--format", "tflite"], "invalid choice"),
+])
+def test_export_refusals(tmp_path, capsys, args, needle):
+    model, cfg = _model("fixed-28")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ["a", "b", "c"], "num_classes": 4}, ckpt)
+    argv = ["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]
+    if args[0] == "--format":
+        argv[4] = args[1]
+    else:
+        argv += args
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err, err
+    assert not (tmp_path / "x.onnx").exists()
