@@ -130,6 +130,57 @@ def judge(models: dict) -> dict:
     }
 
 
+PILOT_HEADS = ("maskrcnn", "fixed-112", "dynamic@0.4")
+
+
+def mask_loss(record: dict) -> float:
+    """The mask branch's part of a metrics.jsonl record (the detector is frozen)."""
+    return sum(v for k, v in record.items() if k.startswith("loss_mask") and isinstance(v, (int, float)))
+
+
+def pilot(args, detector: Path, started: float) -> None:
+    """Train three heads at constant LR for ``--pilot`` iterations and show their mask-loss curves
+    (means of 100-iteration windows), from which the benchmark's iteration count is chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = [s for s in runs(str(detector), args.width) if s["name"] in PILOT_HEADS]
+    out = args.out.parent / (args.out.name + "_pilot")
+    saved = base.schedule
+    base.schedule = lambda iters: [f"solver.max_iter={iters}", "solver.steps=[]", f"solver.warmup_iters={min(100, iters)}",
+                                   f"solver.checkpoint_period={max(50, iters // 8)}", "test.eval_period=0"]
+    try:
+        walls = base.train_all(specs, argparse.Namespace(**{**vars(args), "iters": args.pilot}), out)
+    finally:
+        base.schedule = saved
+    curves = {}
+    for spec in specs:
+        recs = [json.loads(line) for line in (out / spec["name"] / "metrics.jsonl").read_text().splitlines() if line]
+        recs = [r for r in recs if "event" not in r and "iteration" in r]
+        windows = {}
+        for r in recs:
+            windows.setdefault((r["iteration"] - 1) // 100, []).append(mask_loss(r))
+        curves[spec["name"]] = {str((w + 1) * 100): round(sum(v) / len(v), 4) for w, v in sorted(windows.items())}
+    result = {"iterations": args.pilot, "lr": "constant after 100 warm-up iterations",
+              "mask_loss_per_100_iterations": curves, "heads": list(PILOT_HEADS), **base.run_record(args, started, walls)}
+    path = args.results.with_name("accuracy_vs_cost_256_pilot.json")
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        ax.plot([int(k) for k in c], list(c.values()), label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mask loss (100-iteration mean)")
+    ax.set_title("pilot: head training on the frozen detector, constant LR")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+    for name, c in curves.items():
+        print(f"{name:12s} " + " ".join(f"{k}:{v:.3f}" for k, v in c.items()))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="detailed shapes dataset (made if missing; "
@@ -146,6 +197,9 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training")
     p.add_argument("--quick", action="store_true", help="tiny run to check the plumbing (numbers meaningless)")
+    p.add_argument("--pilot", type=int, default=0, metavar="N",
+                   help="instead of the benchmark: train maskrcnn, fixed-112 and dynamic@0.4 for N iterations at "
+                        "constant LR and plot their mask-loss curves (to choose --iters)")
     args = p.parse_args(argv)
     suffix = "_quick" if args.quick else ""
     if args.quick:
@@ -167,6 +221,9 @@ def main(argv=None) -> None:
     ys = yardstick_from_coco(args.data / "val.json")
     print(f"[yardstick] val: {ys.format(3)}", flush=True)
     detector = train_detector(args)
+    if args.pilot:
+        pilot(args, detector, started)
+        return
     specs = runs(str(detector), args.width)
     walls = base.train_all(specs, args, args.out)
     models, dial = base.evaluate_all(specs, args, args.out)
