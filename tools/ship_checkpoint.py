@@ -1,34 +1,71 @@
-"""Turn a training run into a small checkpoint to ship: model weights in float16 (loaded back
-into float32 parameters by load_state_dict), config, class names; no optimizer state.
+"""Turn a training run into a small checkpoint to ship: weights in float16 (loaded back into
+float32 parameters by load_state_dict), config, class names; no optimizer state.
 
-    python tools/ship_checkpoint.py RUN_DIR OUT.pt
+    python tools/ship_checkpoint.py RUN_DIR OUT.pt                          # the whole model
+    python tools/ship_checkpoint.py RUN_DIR DETECTOR.pt --detector-only     # all but the mask branch
+    python tools/ship_checkpoint.py RUN_DIR HEAD.pt --detector DETECTOR.pt  # the mask branch alone
 
-Also copies RUN_DIR's config.yaml and metrics.jsonl next to OUT.pt (as OUT.config.yaml and
-OUT.metrics.jsonl), so the shipped file can be traced to the run that made it.
+A head file names the shipped detector it was trained on (path relative to the head file, and its
+sha256); loading the head loads that detector too (dynamask.engine.build.load_checkpoint). It is
+refused when the run's detector weights are not the shipped detector's (in float16): heads trained
+with ``model.freeze_detector`` on that detector pass. Also copies RUN_DIR's config.yaml and
+metrics.jsonl next to OUT.pt (as OUT.config.yaml and OUT.metrics.jsonl), so the shipped file can be
+traced to the run that made it.
 """
 
+import argparse
+import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
-from dynamask.engine.build import load_checkpoint, save_checkpoint
+from dynamask.engine.build import MASK_BRANCH_PREFIX, file_sha256, load_checkpoint, save_checkpoint
+
+KEEP = ("model", "config", "class_names", "cat_ids", "num_classes", "iteration", "hyper_parameters")
+
+
+def half(state: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def ship(run: Path, out: Path, detector_only: bool = False, detector: Path | None = None) -> dict:
+    ckpt = load_checkpoint(str(run / "model_final.pt"))
+    state = half(ckpt["model"])
+    record = {k: ckpt[k] for k in KEEP if k in ckpt}
+    if detector_only:
+        record["model"] = {k: v for k, v in state.items() if not k.startswith(MASK_BRANCH_PREFIX)}
+        record["detector_only"] = True
+    elif detector is not None:
+        shipped = load_checkpoint(str(detector))["model"]
+        for k, v in state.items():
+            if not k.startswith(MASK_BRANCH_PREFIX) and (k not in shipped or not torch.equal(shipped[k].to(v.dtype), v)):
+                raise SystemExit(f"{run}: its detector differs from {detector} at {k!r}; a head file can only "
+                                 f"reference the detector it was trained on (model.freeze_detector)")
+        record["model"] = {k: v for k, v in state.items() if k.startswith(MASK_BRANCH_PREFIX)}
+        record["detector"] = os.path.relpath(os.path.abspath(detector), os.path.dirname(os.path.abspath(out)))
+        record["detector_sha256"] = file_sha256(str(detector))
+    else:
+        record["model"] = state
+    save_checkpoint(str(out), record)
+    stem = out.with_suffix("")
+    for name, suffix in (("config.yaml", "config.yaml"), ("metrics.jsonl", "metrics.jsonl")):
+        if (run / name).exists():
+            shutil.copyfile(run / name, f"{stem}.{suffix}")
+    return record
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        sys.exit(__doc__)
-    run, out = Path(argv[0]), Path(argv[1])
-    ckpt = load_checkpoint(str(run / "model_final.pt"))
-    ckpt["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    keep = ("model", "config", "class_names", "cat_ids", "num_classes", "iteration")
-    save_checkpoint(str(out), {k: ckpt[k] for k in keep if k in ckpt})
-    stem = out.with_suffix("")
-    shutil.copyfile(run / "config.yaml", f"{stem}.config.yaml")
-    shutil.copyfile(run / "metrics.jsonl", f"{stem}.metrics.jsonl")
-    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB, iteration {ckpt.get('iteration')}")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="training run folder (holds model_final.pt)")
+    p.add_argument("out", type=Path, help="file to write")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--detector-only", action="store_true", help="ship all but the mask branch")
+    group.add_argument("--detector", type=Path, help="ship the mask branch alone, referencing this shipped detector")
+    args = p.parse_args(argv)
+    record = ship(args.run, args.out, args.detector_only, args.detector)
+    print(f"{args.out}: {args.out.stat().st_size / 2**20:.1f} MiB, {len(record['model'])} tensors, "
+          f"iteration {record.get('iteration')}" + (f", detector {record['detector']}" if "detector" in record else ""))
 
 
 if __name__ == "__main__":

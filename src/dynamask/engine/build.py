@@ -89,7 +89,42 @@ def load_checkpoint(path: str) -> dict:
         raise DynaMaskError(f"{path}: not a readable dynamask checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DynaMaskError(f"{path}: not a dynamask checkpoint (no 'model' entry)")
+    if ckpt.get("detector"):
+        ckpt = _with_detector(path, ckpt)
     return ckpt
+
+
+#: state-dict prefix of the mask branch (everything else is the detector)
+MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _with_detector(path: str, ckpt: dict) -> dict:
+    """A head checkpoint holds only the mask branch and names the detector checkpoint it was
+    trained on (``detector``: a path relative to the head file, ``detector_sha256``): several
+    heads then ship with one detector. Returns the checkpoint with the detector's weights merged in."""
+    ref = str(ckpt["detector"])
+    det_path = ref if os.path.isabs(ref) else os.path.join(os.path.dirname(os.path.abspath(path)), ref)
+    if not os.path.isfile(det_path):
+        raise DynaMaskError(f"{path}: holds only a mask head; its detector {ref!r} was not found "
+                            f"(looked for {det_path})")
+    expected = ckpt.get("detector_sha256")
+    if expected and file_sha256(det_path) != expected:
+        raise DynaMaskError(f"{path}: the detector file {det_path} is not the one this head was trained on "
+                            f"(its sha256 differs from the head's 'detector_sha256')")
+    detector = load_checkpoint(det_path)
+    merged = {k: v for k, v in detector["model"].items() if not k.startswith(MASK_BRANCH_PREFIX)}
+    merged.update(ckpt["model"])
+    return {**ckpt, "model": merged, "detector_path": det_path}
 
 
 #: model config keys that decide the shapes of the weights (and so whether a checkpoint fits)
