@@ -103,3 +103,19 @@ def test_export_refusals(tmp_path, capsys, args, needle):
     err = capsys.readouterr().err
     assert rc == 2 and needle in err, err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_verifies_on_validation_images(tmp_path, capsys):
+    # a trained model: a random one's masks sit at 0.5, where binarised IoU says nothing
+    from pathlib import Path
+
+    from dynamask.data import generate_shapes_dataset
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_dynamask_r18.pt"
+    shapes = generate_shapes_dataset(tmp_path / "shapes", 1, 3, image_size=(96, 144))
+    rc = cli.main(["export", "--weights", str(shipped), "--format", "torchscript", "--policy", "size",
+                   "--out", str(tmp_path / "m.pt"), f"data.val_json={shapes['val_json']}",
+                   f"data.val_images={shapes['val_dir']}"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "verified on 3 validation image(s)" in text and "-> OK" in text
