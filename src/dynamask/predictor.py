@@ -150,10 +150,10 @@ class Predictor:
 
         self.runner = None
         if is_exported_file(self.weights):  # ONNX / TorchScript from `dynamask export`: runs on CPU as exported
-            if policy is not None or mask_budget is not None:
-                raise DynaMaskError(f"{self.weights}: an exported file holds its own policy "
-                                    f"({'policy' if policy is not None else 'mask_budget'} cannot be set)")
             self.runner = ExportedRunner(self.weights)
+            for name, value in (("policy", policy), ("mask_budget", mask_budget)):
+                if value is not None:
+                    self._settable(name)
             self.model, self.config, self.device = None, config, torch.device("cpu")
             self.class_names = [str(n) for n in self.runner.metadata.get("class_names") or []]
             self.cat_ids = [int(c) for c in (self.runner.metadata.get("cat_ids")

@@ -84,10 +84,9 @@ def _sample(masks32: Tensor, xs: Tensor, ys: Tensor, params: Tensor) -> Tensor:
     x0, y0, sx, sy = params[:, 0:1], params[:, 1:2], params[:, 2:3], params[:, 3:4]
     u = (xs.to(torch.float32) + 0.5 - x0) * sx - 1.0  # [n, Wc]
     v = (ys.to(torch.float32) + 0.5 - y0) * sy - 1.0  # [n, Hc]
-    n, hc, wc = params.shape[0], v.shape[1], u.shape[1]
-    grid = torch.empty((n, hc, wc, 2), dtype=torch.float32, device=params.device)
-    grid[..., 0] = u[:, None, :]
-    grid[..., 1] = v[:, :, None]
+    hc, wc = v.shape[1], u.shape[1]
+    # built from tensor shapes only, so that a traced graph (export) follows the image size
+    grid = torch.stack((u[:, None, :].expand(-1, hc, -1), v[:, :, None].expand(-1, -1, wc)), dim=-1)
     return F.grid_sample(masks32, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -98,18 +97,14 @@ def exporting() -> bool:
 
 
 def _paste_traceable(masks: Tensor, boxes: Tensor, H, W, geometry: str) -> Tensor:
-    """Export path: every image pixel sampled for every instance with the same float32 arithmetic
-    as :func:`_sample` (so the same values), the output size following the traced image size."""
+    """Export path: every image pixel sampled for every instance through :func:`_sample` (so the
+    same values as the windowed path), the output size following the traced image size."""
     masks = _as_nchw(masks)
     if check_geometry(geometry) == "torchvision":
         masks, boxes = _torchvision_geometry(masks, boxes)
-    params = _box_params(boxes)
-    x0, y0, sx, sy = params[:, 0:1], params[:, 1:2], params[:, 2:3], params[:, 3:4]
-    u = (torch.arange(W, device=masks.device).to(torch.float32)[None] + 0.5 - x0) * sx - 1.0  # [n, W]
-    v = (torch.arange(H, device=masks.device).to(torch.float32)[None] + 0.5 - y0) * sy - 1.0  # [n, H]
-    grid = torch.stack((u[:, None, :].expand(-1, v.shape[1], -1), v[:, :, None].expand(-1, -1, u.shape[1])), dim=-1)
-    out = F.grid_sample(masks.to(torch.float32), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.to(masks.dtype)
+    cols = torch.arange(W, device=masks.device)[None]
+    rows = torch.arange(H, device=masks.device)[None]
+    return _sample(masks.to(torch.float32), cols, rows, _box_params(boxes)).to(masks.dtype)
 
 
 def _box_params(boxes: Tensor) -> Tensor:
