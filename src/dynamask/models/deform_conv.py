@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .roi_utils import exporting
+
 DEFORM_KERNELS = ("auto", "gather", "torchvision")
 
 # Items are processed in chunks of about this many sampled values (taps × channels), so that the
@@ -42,8 +44,7 @@ def deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: Te
     """
     per_item = offset.shape[1] // 2 * offset.shape[-2] * offset.shape[-1] * input.shape[1]
     chunk = max(1, CHUNK_ELEMENTS // max(per_item, 1))
-    exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-    if exporting or input.shape[0] <= chunk:
+    if exporting() or torch.jit.is_scripting() or input.shape[0] <= chunk:
         return _deform_conv2d_gather(input, offset, weight, bias, stride, padding, dilation)
     return torch.cat([_deform_conv2d_gather(input[i:i + chunk], offset[i:i + chunk], weight, bias, stride, padding,
                                             dilation) for i in range(0, input.shape[0], chunk)])

@@ -20,12 +20,11 @@ from . import losses as L
 from .flops import conv2d_flops, roi_align_flops
 from .deform_conv import DEFORM_KERNELS
 from .geometry import MaskRoIPool, check_geometry
-from .paste import exporting
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
 from .rfpn import FeatureAggregation, StagePredictor, _init_conv
-from .roi_utils import level_scale, rois_with_batch_index, split_groups
+from .roi_utils import exporting, level_scale, rois_with_batch_index, split_groups
 
 #: Named widths: (region feature at 14, 28, 56, 112; reduced image feature pooled at 14, 28, 56).
 #: "balanced" (default): each further stage costs about as much as everything before it, so

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_area, roi_align
 
-from .roi_utils import level_scale, rois_with_batch_index
+from .roi_utils import exporting, level_scale, rois_with_batch_index
 
 MASK_GEOMETRIES = ("exact", "torchvision")
 
@@ -78,7 +78,7 @@ class MaskRoIPool(nn.Module):
                              + torch.tensor(1e-6, dtype=sides.dtype))
         levels = (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min))
         out = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], *self.output_size))
-        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # record every level
+        tracing = exporting()  # record every level
         for level, (feature, scale) in enumerate(zip(maps, scales)):
             idx = torch.where(levels == level)[0]
             if tracing or idx.numel():

@@ -12,8 +12,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from . import losses as L
 from .flops import conv2d_flops, conv_transpose2d_flops, roi_align_flops
 from .geometry import MaskRoIPool, check_geometry
-from .paste import exporting
-from .roi_utils import split_groups
+from .roi_utils import exporting, split_groups
 
 
 class MaskRCNNBranch(nn.Module):

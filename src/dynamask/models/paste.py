@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .geometry import check_geometry
+from .roi_utils import exporting
 
 __all__ = ["paste_masks", "paste_masks_grouped"]
 
@@ -88,12 +89,6 @@ def _sample(masks32: Tensor, xs: Tensor, ys: Tensor, params: Tensor) -> Tensor:
     # built from tensor shapes only, so that a traced graph (export) follows the image size
     grid = torch.stack((u[:, None, :].expand(-1, hc, -1), v[:, :, None].expand(-1, -1, wc)), dim=-1)
     return F.grid_sample(masks32, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def exporting() -> bool:
-    """True while torch.jit.trace / torch.onnx.export records the model: shapes and box values
-    must then stay tensors (no Python ints, no data-dependent windows)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _paste_traceable(masks: Tensor, boxes: Tensor, H, W, geometry: str) -> Tensor:

@@ -17,6 +17,12 @@ def rois_with_batch_index(boxes: list[Tensor]) -> Tensor:
     return torch.cat([index, torch.cat(boxes)], dim=1)
 
 
+def exporting() -> bool:
+    """True while torch.jit.trace / torch.onnx.export records the model: shapes and box values
+    must then stay tensors (no Python ints, no data-dependent windows)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def level_scale(feature: Tensor, image_shapes: list[tuple[int, int]]) -> float:
     """True scale of an FPN level (a power of two, e.g. 1/16 for P4), as MultiScaleRoIAlign infers it."""
     max_height = max(s[0] for s in image_shapes)
