@@ -101,7 +101,7 @@ def train_detector(args) -> Path:
 
 def model_facts(weights: Path) -> dict:
     """Mask-branch parameters, switch and resolved widths of a trained head."""
-    from dynamask.engine.build import model_from_checkpoint
+    from dynamask.inference import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(str(weights))
     hp = ckpt.get("hyper_parameters") or {}

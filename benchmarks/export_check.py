@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from dynamask.data import make_shapes_tensors  # noqa: E402
-from dynamask.engine.build import build_model, model_from_checkpoint, with_defaults  # noqa: E402
+from dynamask.inference import model_from_checkpoint, with_defaults  # noqa: E402
+from dynamask.models import build_model  # noqa: E402
 from dynamask.export import ExportedRunner, export_model, prepare_for_export, verify_export  # noqa: E402
 
 CHECKPOINT = ROOT / "checkpoints" / "shapes_dynamask_r18.pt"

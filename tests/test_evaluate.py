@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
-from dynamask.engine.build import build_model
+from dynamask.models import build_model
 from dynamask.engine.evaluate import (
     AP_KEYS,
     METRIC_KEYS,
@@ -200,7 +200,7 @@ def test_evaluate_end_to_end(checkpoint, tmp_path):
 def test_evaluate_policy_budget_and_max_images(checkpoint, shapes):
     cfg = _tiny_cfg(shapes)
     ds = CocoInstanceDataset(shapes["val_json"], shapes["val_dir"])
-    from dynamask.engine.build import model_from_checkpoint
+    from dynamask.inference import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
     m = evaluate(cfg=cfg, model=model, dataset=ds, policy="fixed-14", max_images=2, progress=False)

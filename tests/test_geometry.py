@@ -188,7 +188,7 @@ def test_shipped_checkpoints_keep_their_geometry_and_results(run):
     exactly what they predicted before it existed (tests/data/make_legacy_outputs.py)."""
     import hashlib
 
-    from dynamask.engine.build import checkpoint_geometry, load_checkpoint, model_from_checkpoint
+    from dynamask.inference import checkpoint_geometry, load_checkpoint, model_from_checkpoint
 
     name, policy = run.split("@")
     path = str(ROOT / "checkpoints" / f"{name}.pt")
@@ -211,7 +211,7 @@ def test_shipped_checkpoints_keep_their_geometry_and_results(run):
 
 
 def test_checkpoint_geometry_is_read_from_the_checkpoint_not_the_defaults():
-    from dynamask.engine.build import checkpoint_geometry, hyper_parameters, with_defaults
+    from dynamask.inference import checkpoint_geometry, hyper_parameters, with_defaults
 
     assert checkpoint_geometry({"model": {}, "config": {"model": {"policy": "dynamic"}}}) == "torchvision"
     assert with_defaults({"model": {}})["model"]["mask_geometry"] == "exact"  # the default for new models
@@ -230,7 +230,7 @@ def test_predictor_uses_the_checkpoints_geometry_whatever_the_config_default():
 
 def test_config_key_is_checked_and_reaches_the_model():
     from dynamask.config import load_config
-    from dynamask.engine.build import build_model
+    from dynamask.models import build_model
     from dynamask.errors import ConfigError
 
     cfg = load_config(ROOT / "configs" / "shapes_maskrcnn_r18.yaml", {"model.mask_geometry": "torchvision"})
@@ -240,7 +240,7 @@ def test_config_key_is_checked_and_reaches_the_model():
 
 
 def test_a_checkpoint_with_an_unknown_geometry_is_refused_by_name(tmp_path):
-    from dynamask.engine.build import load_checkpoint, model_from_checkpoint
+    from dynamask.inference import load_checkpoint, model_from_checkpoint
     from dynamask.errors import DynaMaskError
 
     ckpt = load_checkpoint(str(ROOT / "checkpoints" / "shapes_maskrcnn_r18.pt"))

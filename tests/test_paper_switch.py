@@ -182,7 +182,8 @@ def test_width_presets_and_lists():
 
 def test_config_keys_and_checkpoint_records():
     from dynamask.config import load_config
-    from dynamask.engine.build import build_model, checkpoint_mismatches, hyper_parameters
+    from dynamask.inference import checkpoint_mismatches, hyper_parameters
+    from dynamask.models import build_model
     from dynamask.errors import ConfigError
 
     cfg = load_config(None, {"model.backbone": "resnet18", "model.switch": "paper", "model.head_widths": "paper",

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset, load_image
-from dynamask.engine.build import build_model
+from dynamask.models import build_model
 from dynamask.engine.predict import find_images, predict_files
 from dynamask.errors import DynaMaskError
 from dynamask.predictor import Predictor, image_to_tensor

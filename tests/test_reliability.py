@@ -17,8 +17,9 @@ from dynamask import cli
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 from dynamask.engine import build as build_mod
+from dynamask.engine import checkpointing as checkpointing_mod
 from dynamask.engine import train as train_mod
-from dynamask.engine.build import load_checkpoint, model_from_checkpoint
+from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.engine.train import train
 from dynamask.errors import DynaMaskError
 
@@ -110,7 +111,7 @@ def test_kill9_then_resume_reaches_the_same_final_metrics(shapes, straight, tmp_
 
 def test_full_disk_is_reported_before_training(shapes, tmp_path, monkeypatch):
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda p: Usage(10 * 2**20, 10 * 2**20 - 2**20, 2**20))
+    monkeypatch.setattr(checkpointing_mod.shutil, "disk_usage", lambda p: Usage(10 * 2**20, 10 * 2**20 - 2**20, 2**20))
     called = []
     real_build = train_mod.build_model
     monkeypatch.setattr(train_mod, "build_model", lambda *a: called.append(1) or real_build(*a))
@@ -133,7 +134,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(shapes, tmp_path, monkey
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(path, state)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointing_mod, "save_checkpoint", save)
     with pytest.raises(DynaMaskError) as info:
         train(cfg_of(shapes), str(out), progress=False)
     msg = str(info.value)

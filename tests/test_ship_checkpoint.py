@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from dynamask.config import load_config
-from dynamask.engine.build import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from dynamask.engine.build import save_checkpoint
+from dynamask.inference import load_checkpoint, model_from_checkpoint
+from dynamask.models import build_model
 from dynamask.errors import DynaMaskError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
-from dynamask.engine.build import model_from_checkpoint
+from dynamask.inference import model_from_checkpoint
 from dynamask.engine.train import train
 from dynamask.errors import DynaMaskError
 from dynamask.models import maskrcnn_resnet18_fpn

@@ -13,7 +13,7 @@ import torch
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 from dynamask.engine import train as train_mod
-from dynamask.engine.build import load_checkpoint, model_from_checkpoint
+from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.engine.train import (
     InfiniteShardSampler,
     NonFiniteLossError,

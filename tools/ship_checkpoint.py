@@ -6,7 +6,7 @@ float32 parameters by load_state_dict), config, class names; no optimizer state.
     python tools/ship_checkpoint.py RUN_DIR HEAD.pt --detector DETECTOR.pt  # the mask branch alone
 
 A head file names the shipped detector it was trained on (path relative to the head file, and its
-sha256); loading the head loads that detector too (dynamask.engine.build.load_checkpoint). It is
+sha256); loading the head loads that detector too (dynamask.inference.load_checkpoint). It is
 refused when the run's detector weights are not the shipped detector's (in float16): heads trained
 with ``model.freeze_detector`` on that detector pass. Also copies RUN_DIR's config.yaml and
 metrics.jsonl next to OUT.pt (as OUT.config.yaml and OUT.metrics.jsonl), so the shipped file can be
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dynamask.engine.build import MASK_BRANCH_PREFIX, file_sha256, load_checkpoint, save_checkpoint
+from dynamask.engine.build import save_checkpoint
+from dynamask.inference import MASK_BRANCH_PREFIX, file_sha256, load_checkpoint
 
 KEEP = ("model", "config", "class_names", "cat_ids", "num_classes", "iteration", "hyper_parameters")
 

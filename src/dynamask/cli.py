@@ -246,7 +246,7 @@ def _checkpoint_config(path: str) -> Optional[dict]:
     """The config stored in a checkpoint (memory-mapped read; no weights are copied)."""
     import torch
 
-    from .engine.build import load_checkpoint
+    from .inference import load_checkpoint
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -306,7 +306,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .engine.build import model_from_checkpoint
+    from .inference import model_from_checkpoint
     from .export import ExportedRunner, export_model, prepare_for_export, verify_export
 
     cfg = _config_for_checkpoint(args.config, args.overrides, args.weights)

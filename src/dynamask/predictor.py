@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DynaMaskError
 from .data.coco import pil_image_to_tensor
+from .inference import apply_policy, model_from_checkpoint, resolve_device
 
 __all__ = ["Predictor", "image_to_tensor", "load_image_file"]
 
@@ -134,9 +135,6 @@ class Predictor:
     def __init__(self, weights: Union[str, os.PathLike], config: Union[None, str, os.PathLike, dict] = None,
                  device: Any = None, score_thresh: float = 0.5, policy: Optional[str] = None,
                  mask_budget: Optional[float] = None, batch_size: int = 4):
-        from .engine.build import model_from_checkpoint
-        from .engine.evaluate import _apply_policy, _resolve_device
-
         if isinstance(config, (str, os.PathLike)):
             from .config import load_config
 
@@ -165,8 +163,8 @@ class Predictor:
         names = ckpt.get("class_names") or [f"class {i}" for i in range(1, num_classes)]
         self.class_names: List[str] = [str(n) for n in names]
         self.cat_ids: List[int] = [int(c) for c in (ckpt.get("cat_ids") or range(1, len(self.class_names) + 1))]
-        self.device = _resolve_device(device)
-        _apply_policy(self.model, policy, mask_budget)
+        self.device = resolve_device(device)
+        apply_policy(self.model, policy, mask_budget)
         self.model.to(self.device).eval()
 
     # ------------------------------------------------------------ settings
@@ -176,10 +174,8 @@ class Predictor:
 
     @policy.setter
     def policy(self, value: str) -> None:
-        from .engine.evaluate import _apply_policy
-
         self._settable("policy")
-        _apply_policy(self.model, value, None)
+        apply_policy(self.model, value, None)
 
     @property
     def mask_budget(self) -> float:
@@ -187,10 +183,8 @@ class Predictor:
 
     @mask_budget.setter
     def mask_budget(self, value: float) -> None:
-        from .engine.evaluate import _apply_policy
-
         self._settable("mask_budget")
-        _apply_policy(self.model, None, value)
+        apply_policy(self.model, None, value)
 
     def _settable(self, name: str) -> None:
         if self.runner is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dynamask.data.shapes import make_shapes_tensors
-from dynamask.engine.build import model_from_checkpoint
+from dynamask.inference import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 #: (checkpoint, policy to evaluate it under; None = its own)

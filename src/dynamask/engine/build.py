@@ -1,9 +1,9 @@
-"""Build a model from a config dict; save and load checkpoints.
+"""Training's side of checkpoints: writing them, and reading the weights a config names.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``: ``model`` (state dict), ``config`` (the resolved config),
-``class_names``, ``cat_ids`` (label i+1 ↔ COCO category id cat_ids[i]), ``num_classes``,
-``iteration``, ``versions``, and for resuming ``optimizer``, ``scheduler``, ``rng``.
+Reading a checkpoint into a model (:func:`~dynamask.inference.load_checkpoint`,
+:func:`~dynamask.inference.model_from_checkpoint`, ...) lives in :mod:`dynamask.inference`, and
+building a model from a config in :func:`dynamask.models.build_model`, so that inference never
+imports the engine. The checkpoint format is described there.
 """
 
 from __future__ import annotations
@@ -16,58 +16,25 @@ import torchvision
 from .. import __version__
 from ..atomic import atomic_path
 from ..errors import DynaMaskError
-from ..models import detector
-from ..models.geometry import MASK_GEOMETRIES
+# Re-exported: training code (engine/train.py and its helpers) imports them from here.
+from ..inference import checkpoint_geometry, checkpoint_mismatches, hyper_parameters, load_checkpoint
+from ..models.detector import build_model
 
-DETECTOR_KEYS = {  # config key under model. → torchvision detector keyword
-    "rpn_pre_nms_top_n_train": "rpn_pre_nms_top_n_train",
-    "rpn_post_nms_top_n_train": "rpn_post_nms_top_n_train",
-    "rpn_pre_nms_top_n_test": "rpn_pre_nms_top_n_test",
-    "rpn_post_nms_top_n_test": "rpn_post_nms_top_n_test",
-    "box_batch_size_per_image": "box_batch_size_per_image",
-    "box_detections_per_img": "box_detections_per_img",
-    "box_score_thresh": "box_score_thresh",
-    "mask_rois_per_image": "mask_rois_per_image",
-    "fpn_channels": "fpn_channels",
-    "box_representation_size": "box_representation_size",
-}
-
-
-def build_model(cfg: dict, num_classes: int):
-    """num_classes counts the background (dataset classes + 1), as in torchvision."""
-    m, inp = cfg["model"], cfg["input"]
-    min_size = inp["min_size"]
-    kwargs = {v: m[k] for k, v in DETECTOR_KEYS.items() if m.get(k) is not None}
-    kwargs.update(min_size=tuple(min_size) if isinstance(min_size, list) else min_size, max_size=inp["max_size"])
-    common = dict(weights_backbone=m.get("weights_backbone"),
-                  trainable_backbone_layers=m.get("trainable_backbone_layers"))
-    backbone = m["backbone"]
-    if backbone not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                        "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"):
-        raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
-    kwargs["mask_geometry"] = m["mask_geometry"]
-    if m["head"] == "maskrcnn":
-        kwargs["mask_head_channels"] = m["maskrcnn_head_channels"]
-        return detector._maskrcnn(backbone, num_classes, common["weights_backbone"],
-                                  common["trainable_backbone_layers"], kwargs)
-    kwargs.update(
-        fam=m["fam"], deform_kernel=m.get("deform_kernel", "auto"), stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
-        select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
-        budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
-        switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],
-        mask_budget=m["mask_budget"],
-    )
-    kwargs["switch"] = m["switch"]
-    if m.get("head_widths"):
-        w = m["head_widths"]
-        kwargs["widths"] = w if isinstance(w, str) else tuple(w)
-    if m.get("head_reduced_channels"):
-        kwargs["reduced_channels"] = tuple(m["head_reduced_channels"])
-    return detector._dynamask(backbone, num_classes, m["policy"], common["weights_backbone"],
-                              common["trainable_backbone_layers"], kwargs)
+__all__ = [
+    "build_model",
+    "checkpoint_geometry",
+    "checkpoint_mismatches",
+    "fits_coco_label_space",
+    "hyper_parameters",
+    "library_versions",
+    "load_checkpoint",
+    "save_checkpoint",
+    "torchvision_weights_plan",
+]
 
 
 def library_versions() -> dict:
+    """The versions a checkpoint records, to tell later which code wrote it."""
     return {"dynamask": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
@@ -78,147 +45,6 @@ def save_checkpoint(path: str, state: dict) -> None:
             torch.save({**state, "versions": library_versions()}, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old or the new file
-
-
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DynaMaskError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise DynaMaskError(f"{path}: not a readable dynamask checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise DynaMaskError(f"{path}: not a dynamask checkpoint (no 'model' entry)")
-    if ckpt.get("detector"):
-        ckpt = _with_detector(path, ckpt)
-    return ckpt
-
-
-#: state-dict prefix of the mask branch (everything else is the detector)
-MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
-
-
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _with_detector(path: str, ckpt: dict) -> dict:
-    """A head checkpoint holds only the mask branch and names the detector checkpoint it was
-    trained on (``detector``: a path relative to the head file, ``detector_sha256``): several
-    heads then ship with one detector. Returns the checkpoint with the detector's weights merged in."""
-    ref = str(ckpt["detector"])
-    det_path = ref if os.path.isabs(ref) else os.path.join(os.path.dirname(os.path.abspath(path)), ref)
-    if not os.path.isfile(det_path):
-        raise DynaMaskError(f"{path}: holds only a mask head; its detector {ref!r} was not found "
-                            f"(looked for {det_path})")
-    expected = ckpt.get("detector_sha256")
-    if expected and file_sha256(det_path) != expected:
-        raise DynaMaskError(f"{path}: the detector file {det_path} is not the one this head was trained on "
-                            f"(its sha256 differs from the head's 'detector_sha256')")
-    detector = load_checkpoint(det_path)
-    merged = {k: v for k, v in detector["model"].items() if not k.startswith(MASK_BRANCH_PREFIX)}
-    merged.update(ckpt["model"])
-    return {**ckpt, "model": merged, "detector_path": det_path}
-
-
-#: model config keys that decide the shapes of the weights (and so whether a checkpoint fits)
-ARCHITECTURE_KEYS = ("head", "backbone", "fam", "fpn_channels", "box_representation_size", "head_widths",
-                     "head_reduced_channels", "maskrcnn_head_channels", "switch")
-#: the subset the detector (all but the mask branch) depends on
-DETECTOR_ARCHITECTURE_KEYS = ("backbone", "fpn_channels", "box_representation_size")
-
-
-def hyper_parameters(cfg: dict, num_classes: int) -> dict:
-    """What a checkpoint records about the model it holds (num_classes counts the background).
-    Head widths are recorded resolved (lists, never a preset name or null)."""
-    return _resolved({**{k: cfg["model"].get(k) for k in ARCHITECTURE_KEYS}, "policy": cfg["model"].get("policy"),
-                      "mask_geometry": cfg["model"].get("mask_geometry"), "num_classes": int(num_classes)})
-
-
-def _resolved(hp: dict) -> dict:
-    """Hyper-parameters with the DynaMask head widths resolved and the switch named ("cost" for
-    records that predate the choice), so that records of any age compare."""
-    from ..models.dynamask_head import resolve_widths
-
-    if hp.get("head") != "dynamask":
-        return hp
-    widths, reduced = resolve_widths(hp.get("head_widths"), hp.get("head_reduced_channels"))
-    return {**hp, "head_widths": list(widths), "head_reduced_channels": list(reduced),
-            "switch": hp.get("switch") or "cost"}
-
-
-#: the geometry of checkpoints that record none: they predate the key and were trained with it
-LEGACY_MASK_GEOMETRY = "torchvision"
-
-
-def checkpoint_geometry(ckpt: dict) -> str:
-    """The mask geometry a checkpoint's model was trained in (models/geometry.py). Read from the
-    checkpoint itself, never from defaults: one without the key is ``"torchvision"``."""
-    for source in (ckpt.get("hyper_parameters"), (ckpt.get("config") or {}).get("model")):
-        if isinstance(source, dict) and source.get("mask_geometry"):
-            return str(source["mask_geometry"])
-    return LEGACY_MASK_GEOMETRY
-
-
-def _norm(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
-
-
-def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None, detector_only: bool = False) -> list[str]:
-    """Human-readable differences between the model a checkpoint holds and the one ``cfg`` asks
-    for ("backbone: checkpoint resnet18, requested resnet50"); empty when it fits. A policy
-    differs harmlessly when the checkpoint's model has every stage the requested one needs."""
-    from ..models.policy import stages_needed
-
-    have = ckpt.get("hyper_parameters")
-    if not isinstance(have, dict):  # older checkpoints: derive from the config they carry
-        ck_cfg = ckpt.get("config")
-        if not isinstance(ck_cfg, dict) or "model" not in ck_cfg:
-            return []
-        have = hyper_parameters(with_defaults(ck_cfg),
-                                ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
-    have = _resolved(have)
-    want = hyper_parameters(with_defaults(cfg), num_classes or have["num_classes"])
-    keys = DETECTOR_ARCHITECTURE_KEYS if detector_only else ARCHITECTURE_KEYS
-    out = []
-    if (have.get("head") == want.get("head") == "maskrcnn") or detector_only:
-        keys = tuple(k for k in keys if k not in ("fam", "head_widths", "head_reduced_channels"))
-    if have.get("head") == want.get("head") == "dynamask" and not detector_only:
-        keys = tuple(k for k in keys if k != "maskrcnn_head_channels")
-    if have.get("policy") != "dynamic":  # only a dynamic model holds a switch
-        keys = tuple(k for k in keys if k != "switch")
-    for k in keys:
-        if _norm(have.get(k)) != _norm(want.get(k)):
-            out.append(f"{k}: checkpoint {have.get(k)!r}, requested {want.get(k)!r}")
-    if num_classes is not None and int(have["num_classes"]) != int(num_classes):
-        names = ckpt.get("class_names")
-        shown = f" ({', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''})" if names else ""
-        out.append(f"classes: checkpoint {int(have['num_classes']) - 1}{shown}, requested {int(num_classes) - 1}")
-    if not detector_only and have.get("head") == want.get("head") == "dynamask":
-        hp, wp = have.get("policy"), want.get("policy")
-        if hp and wp and hp != wp and (stages_needed(wp) > stages_needed(hp) or (wp == "dynamic" and hp != "dynamic")):
-            out.append(f"policy: checkpoint {hp!r} (a model with {stages_needed(hp)} stage(s)"
-                       f"{' and a switch' if hp == 'dynamic' else ''}), requested {wp!r}")
-    return out
-
-
-def with_defaults(cfg: dict) -> dict:
-    """``cfg`` with every section completed by the defaults (for configs saved by older versions)."""
-    from ..config import default_config
-
-    out = default_config()
-    for section, values in cfg.items():
-        if isinstance(values, dict) and isinstance(out.get(section), dict):
-            out[section] = {**out[section], **values}
-        else:
-            out[section] = values
-    return out
 
 
 def torchvision_weights_plan(cfg: dict) -> dict | None:
@@ -246,80 +72,3 @@ def fits_coco_label_space(cat_ids, class_names) -> bool:
     coco = {i: n.lower() for i, n in coco_label_space()}
     return bool(cat_ids) and all(coco.get(int(i)) == str(n).lower() and str(n) != "N/A"
                                  for i, n in zip(cat_ids, class_names))
-
-
-def _torchvision_model(path: str, state: dict, cfg: dict | None):
-    """(model, checkpoint-like record) for a torchvision detection file: a Mask R-CNN head in the
-    ``"torchvision"`` mask geometry when the file has torchvision's mask head (else the config's
-    head, mask branch untrained), ResNet-50-FPN as torchvision builds it unless ``cfg`` says
-    otherwise, COCO label space for 91-class files."""
-    from ..models.torchvision_weights import coco_label_space, file_num_classes, has_mask_head, load_torchvision_detection
-
-    cfg = with_defaults(cfg or {"model": {"backbone": "resnet50", "head": "maskrcnn"}})
-    n = file_num_classes(state)
-    with_mask = has_mask_head(state) and cfg["model"]["head"] == "maskrcnn"
-    model_cfg = {**cfg["model"], "weights_backbone": None, "policy": cfg["model"].get("policy") or "dynamic"}
-    if with_mask:
-        model_cfg["mask_geometry"] = "torchvision"
-    build_cfg = {**cfg, "model": model_cfg}
-    model = build_model(build_cfg, n)
-    load_torchvision_detection(model, state, path, with_mask_head=with_mask)
-    if n == 91:
-        cats = coco_label_space()
-        record = {"class_names": [c for _, c in cats], "cat_ids": [i for i, _ in cats]}
-    else:
-        record = {"class_names": [f"class_{i}" for i in range(1, n)], "cat_ids": None}
-    record.update(num_classes=n, config=build_cfg, source="torchvision", mask_head_loaded=with_mask,
-                  hyper_parameters=hyper_parameters(build_cfg, n))
-    return model, record
-
-
-def model_from_checkpoint(path: str, cfg: dict | None = None):
-    """(model, checkpoint) from a checkpoint; ``cfg`` overrides the config it carries.
-
-    The model is built as the checkpoint's hyper-parameters say; a ``cfg`` that asks for another
-    architecture or class count is refused with the differences named. A different *policy*
-    is applied after loading when the checkpoint's model supports it (e.g. a dynamic model
-    evaluated as fixed-28). The mask geometry is always the checkpoint's
-    (:func:`checkpoint_geometry`): its masks were trained to land where that geometry puts them.
-
-    A torchvision detection state-dict file (e.g. ``maskrcnn_resnet50_fpn_coco-*.pth``) loads too:
-    torchvision's Mask R-CNN as it is (its mask head in the ``"torchvision"`` geometry; labels =
-    COCO category ids for 91-class files), built as ``cfg`` says (default: ResNet-50-FPN).
-    """
-    from ..models.torchvision_weights import read_torchvision_detection_file
-
-    state = read_torchvision_detection_file(path)
-    if state is not None:
-        return _torchvision_model(path, state, cfg)
-    ckpt = load_checkpoint(path)
-    carried = ckpt.get("config")
-    if isinstance(carried, dict):  # keys added to dynamask after the checkpoint was written
-        carried = with_defaults(carried)
-    cfg = with_defaults(cfg) if cfg else carried
-    if cfg is None:
-        raise DynaMaskError(f"{path}: the checkpoint carries no config; pass --config")
-    num_classes = ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1
-    problems = checkpoint_mismatches(ckpt, cfg)
-    if problems:
-        raise DynaMaskError(f"{path}: checkpoint does not fit the requested model: {'; '.join(problems)}")
-    requested_policy = cfg["model"].get("policy")
-    build_cfg = {**cfg, "model": {**cfg["model"], "weights_backbone": None}}
-    if isinstance(carried, dict) and carried.get("model", {}).get("policy"):
-        build_cfg["model"]["policy"] = carried["model"]["policy"]
-    geometry = checkpoint_geometry(ckpt)
-    if geometry not in MASK_GEOMETRIES:
-        raise DynaMaskError(f"{path}: the checkpoint's mask_geometry {geometry!r} is not one of "
-                            f"{', '.join(MASK_GEOMETRIES)}")
-    build_cfg["model"]["mask_geometry"] = geometry
-    model = build_model(build_cfg, num_classes)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise DynaMaskError(f"{path}: checkpoint does not fit the requested model "
-                            f"(head={cfg['model']['head']}, policy={cfg['model']['policy']}, "
-                            f"backbone={cfg['model']['backbone']}, classes={num_classes - 1}): {' '.join(first)}") from None
-    if requested_policy and cfg["model"].get("head") != "maskrcnn" and requested_policy != model.policy:
-        model.policy = requested_policy
-    return model, ckpt

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..atomic import write_bytes_atomic
 from ..config import load_config
 from ..errors import DynaMaskError
-from .build import checkpoint_geometry, load_checkpoint
+from ..inference import checkpoint_geometry, load_checkpoint
 
 logger = logging.getLogger("dynamask.demo")
 

@@ -10,8 +10,11 @@ barriers and reductions are no-ops.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Dict, List, Mapping, Optional
+import re
+from datetime import timedelta
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -33,6 +36,8 @@ __all__ = [
     "all_gather_object",
     "broadcast_object",
     "reduce_dict",
+    "resolve_training_device",
+    "peer_failure_guard",
 ]
 
 
@@ -66,7 +71,8 @@ def launched_distributed() -> bool:
     return env_world_size() > 1
 
 
-def init_distributed(backend: Optional[str] = None, device: Optional[str] = None) -> bool:
+def init_distributed(backend: Optional[str] = None, device: Optional[str] = None,
+                     timeout: Optional[timedelta] = None) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
     Does nothing (returns False) when the process group already exists or the
@@ -83,7 +89,8 @@ def init_distributed(backend: Optional[str] = None, device: Optional[str] = None
         backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(env_local_rank())
-    dist.init_process_group(backend=backend, init_method="env://")
+    kwargs = {"timeout": timeout} if timeout is not None else {}
+    dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     return True
 
 
@@ -171,3 +178,51 @@ def reduce_dict(values: Mapping[str, float], average: bool = True) -> Dict[str, 
         total, count = sums[i], sums[n + i]
         out[k] = total / count if (average and count > 0) else total
     return out
+
+
+def resolve_training_device(device: Optional[str], distributed: bool) -> torch.device:
+    """The device of this training process: ``cuda:LOCAL_RANK`` under torchrun with CUDA."""
+    from ..errors import DynaMaskError
+
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DynaMaskError(f"--device: unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DynaMaskError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if distributed:
+            dev = torch.device("cuda", env_local_rank())
+        elif dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise DynaMaskError(f"--device {dev}: only {torch.cuda.device_count()} CUDA device(s) available")
+    elif dev.type != "cpu":
+        raise DynaMaskError(f"--device: unsupported device type {dev.type!r} (use cpu, cuda or cuda:N)")
+    return dev
+
+
+#: how a collective fails when a peer died (socket closed) or hangs (timeout), in Gloo and NCCL
+_PEER_FAILURE = re.compile(r"gloo|nccl|connection|peer|timed? ?out|socket|broken pipe|process group", re.I)
+
+
+@contextlib.contextmanager
+def peer_failure_guard(iteration: Callable[[], int], checkpoint: str) -> Iterator[None]:
+    """Turn a collective that failed because another process died or hangs into one clear error
+    naming the iteration and the last complete checkpoint (only rank 0 writes, atomically, so it
+    is intact), instead of a traceback from deep inside DDP. Single-process runs are untouched."""
+    from ..errors import DynaMaskError
+
+    try:
+        yield
+    except RuntimeError as exc:
+        distributed_error = isinstance(exc, getattr(dist, "DistError", ())) or _PEER_FAILURE.search(str(exc))
+        if not (is_dist() and distributed_error):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DynaMaskError(
+            f"rank {get_rank()}: a collective operation failed after iteration {iteration()} ({first[:200]}); "
+            f"another training process has probably died or stopped responding. The last complete checkpoint is "
+            f"{checkpoint} (if it exists): resume with --resume under the same launch") from None

@@ -39,6 +39,7 @@ from ..cocotools import mask_utils
 
 from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError
+from ..inference import apply_policy, model_from_checkpoint, resolve_device
 
 __all__ = [
     "METRIC_KEYS",
@@ -496,31 +497,6 @@ def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequen
 # --------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------
-def _resolve_device(device: Any) -> torch.device:
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DynaMaskError(f"device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DynaMaskError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def _apply_policy(model, policy: Optional[str], budget: Optional[float]) -> None:
-    if policy is not None:
-        try:
-            model.policy = policy
-        except ValueError as exc:
-            raise DynaMaskError(f"policy {policy!r} cannot be used with this model: {exc}") from None
-    if budget is not None:
-        try:
-            model.mask_budget = float(budget)
-        except (ValueError, TypeError) as exc:
-            raise DynaMaskError(f"mask budget {budget!r}: {exc}") from None
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -583,8 +559,6 @@ def evaluate(
     if model is None:
         if weights is None:
             raise DynaMaskError("evaluate: give a checkpoint (weights) or a model")
-        from .build import model_from_checkpoint
-
         model, ckpt = model_from_checkpoint(os.fspath(weights), cfg)
         cfg = cfg or ckpt.get("config")
     if cfg is None:
@@ -637,9 +611,9 @@ def evaluate(
         model = model.module
     if device is None and model_given:  # keep a given model where it is (e.g. cuda:1 during training)
         param = next(iter(model.parameters()), None)
-        dev = param.device if param is not None else _resolve_device(None)
+        dev = param.device if param is not None else resolve_device(None)
     else:
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
     prev_policy, prev_budget, was_training = model.policy, model.mask_budget, model.training
     model.to(dev)
     results: List[dict] = []
@@ -647,7 +621,7 @@ def evaluate(
     image_sizes: Dict[int, Tuple[int, int]] = {}
     forward_s = 0.0
     try:
-        _apply_policy(model, policy, budget)
+        apply_policy(model, policy, budget)
         used_policy, used_budget = model.policy, float(model.mask_budget)
         model.eval()
         iterator: Iterable = loader

@@ -3,6 +3,8 @@
 The detector is torchvision's Faster R-CNN (backbone + FPN, RPN, box head) with RoI heads that
 carry a pluggable mask branch, and a transform that pastes masks in batches. Builders compose it
 explicitly; nothing is downloaded: ``weights_backbone`` is a local ResNet state-dict file.
+:func:`build_model` is the builder driven by a config dict; it lives here, below training and
+inference, so that both construct models the same way without importing each other.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..errors import DynaMaskError
 from .dynamask_head import DynaMaskHead, warn_unreachable_budget
 from .maskrcnn_head import MaskRCNNBranch
 from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
@@ -218,3 +221,58 @@ def maskrcnn_resnet50_fpn(num_classes: int, *, weights_backbone=None,
 def maskrcnn_resnet18_fpn(num_classes: int, *, weights_backbone=None,
                           trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
     return _maskrcnn("resnet18", num_classes, weights_backbone, trainable_backbone_layers, kwargs)
+
+
+#: config key under ``model.`` → detector keyword of the builders
+DETECTOR_KEYS = {
+    "rpn_pre_nms_top_n_train": "rpn_pre_nms_top_n_train",
+    "rpn_post_nms_top_n_train": "rpn_post_nms_top_n_train",
+    "rpn_pre_nms_top_n_test": "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_test": "rpn_post_nms_top_n_test",
+    "box_batch_size_per_image": "box_batch_size_per_image",
+    "box_detections_per_img": "box_detections_per_img",
+    "box_score_thresh": "box_score_thresh",
+    "mask_rois_per_image": "mask_rois_per_image",
+    "fpn_channels": "fpn_channels",
+    "box_representation_size": "box_representation_size",
+}
+
+#: ResNet variants :func:`build_model` accepts as ``model.backbone``
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+             "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
+    """The model a resolved config describes (``model`` and ``input`` sections), untrained.
+
+    num_classes counts the background (dataset classes + 1), as in torchvision. Training builds
+    from its config and inference from a checkpoint's, both through here, so the two agree."""
+    m, inp = cfg["model"], cfg["input"]
+    min_size = inp["min_size"]
+    kwargs = {v: m[k] for k, v in DETECTOR_KEYS.items() if m.get(k) is not None}
+    kwargs.update(min_size=tuple(min_size) if isinstance(min_size, list) else min_size, max_size=inp["max_size"])
+    common = dict(weights_backbone=m.get("weights_backbone"),
+                  trainable_backbone_layers=m.get("trainable_backbone_layers"))
+    backbone = m["backbone"]
+    if backbone not in BACKBONES:
+        raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
+    kwargs["mask_geometry"] = m["mask_geometry"]
+    if m["head"] == "maskrcnn":
+        kwargs["mask_head_channels"] = m["maskrcnn_head_channels"]
+        return _maskrcnn(backbone, num_classes, common["weights_backbone"],
+                         common["trainable_backbone_layers"], kwargs)
+    kwargs.update(
+        fam=m["fam"], deform_kernel=m.get("deform_kernel", "auto"), stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
+        select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
+        budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
+        switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],
+        mask_budget=m["mask_budget"],
+    )
+    kwargs["switch"] = m["switch"]
+    if m.get("head_widths"):
+        w = m["head_widths"]
+        kwargs["widths"] = w if isinstance(w, str) else tuple(w)
+    if m.get("head_reduced_channels"):
+        kwargs["reduced_channels"] = tuple(m["head_reduced_channels"])
+    return _dynamask(backbone, num_classes, m["policy"], common["weights_backbone"],
+                     common["trainable_backbone_layers"], kwargs)

@@ -23,7 +23,7 @@ from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
-from .rfpn import FeatureAggregation, StagePredictor, _init_conv
+from .rfpn import FeatureAggregation, StagePredictor, init_conv
 from .roi_utils import exporting, level_scale, rois_with_batch_index, split_groups
 
 #: Named widths: (region feature at 14, 28, 56, 112; reduced image feature pooled at 14, 28, 56).
@@ -119,8 +119,8 @@ class DynaMaskHead(nn.Module):
         c0 = widths[0]
         self.roi_pool = MaskRoIPool(list(featmap_names), RESOLUTIONS[0], sampling_ratio, mask_geometry)
         self.shared = nn.Sequential(
-            _init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)), nn.ReLU(inplace=True),
-            _init_conv(nn.Conv2d(c0, c0, 3, padding=1)), nn.ReLU(inplace=True),
+            init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)), nn.ReLU(inplace=True),
+            init_conv(nn.Conv2d(c0, c0, 3, padding=1)), nn.ReLU(inplace=True),
         )
         last = len(RESOLUTIONS) - 1
         self.predictors = nn.ModuleList(

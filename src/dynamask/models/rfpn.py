@@ -21,7 +21,9 @@ from .flops import conv2d_flops, deform_conv2d_flops, roi_align_flops
 FAM_KINDS = ("deform", "conv")
 
 
-def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
+def init_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """Kaiming (fan-out, ReLU) weights and zero bias, in place; shared by every conv of the
+    DynaMask head (here and in dynamask_head.py) so all stages start alike."""
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
@@ -40,7 +42,7 @@ class StagePredictor(nn.Module):
     def __init__(self, in_channels: int, num_mask_channels: int, refine: bool):
         super().__init__()
         self.num_mask_channels = num_mask_channels
-        self.refine = _init_conv(nn.Conv2d(in_channels, in_channels, 3, padding=1)) if refine else None
+        self.refine = init_conv(nn.Conv2d(in_channels, in_channels, 3, padding=1)) if refine else None
         self.logits = nn.Conv2d(in_channels, num_mask_channels + 1, 1)
         nn.init.normal_(self.logits.weight, std=0.001)
         nn.init.zeros_(self.logits.bias)
@@ -93,9 +95,9 @@ class FeatureAggregation(nn.Module):
         self.deform_kernel = deform_kernel
         self.image_channels = image_channels
         self.sampling_ratio = sampling_ratio
-        self.reduce = _init_conv(nn.Conv2d(image_channels, reduced_channels, 1, bias=False))
+        self.reduce = init_conv(nn.Conv2d(image_channels, reduced_channels, 1, bias=False))
         self.reduce_bias = nn.Parameter(torch.zeros(reduced_channels))
-        self.fuse = _init_conv(nn.Conv2d(in_channels + reduced_channels + 2, in_channels, 1))
+        self.fuse = init_conv(nn.Conv2d(in_channels + reduced_channels + 2, in_channels, 1))
         if kind == "deform":
             self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, padding=1)
             nn.init.zeros_(self.offset.weight)
@@ -104,8 +106,8 @@ class FeatureAggregation(nn.Module):
             nn.init.kaiming_normal_(self.align.weight, mode="fan_out", nonlinearity="relu")
         else:
             self.offset = None
-            self.align = _init_conv(nn.Conv2d(in_channels, in_channels, 3, padding=1))
-        self.project = _init_conv(nn.Conv2d(in_channels, out_channels, 1))
+            self.align = init_conv(nn.Conv2d(in_channels, in_channels, 3, padding=1))
+        self.project = init_conv(nn.Conv2d(in_channels, out_channels, 1))
 
     def reduce_image_feature(self, feature: Tensor) -> Tensor:
         """The linear part of the reduction (no bias): apply to a whole map or to pooled RoIs."""
