@@ -464,3 +464,101 @@ def test_validate_rejects_bad_dicts():
     del cfg["seed"]
     with pytest.raises(ConfigError, match="seed"):
         C.validate(cfg)
+
+
+# ---------------------------------------------------------------- schema and `dynamask config`
+
+
+@pytest.fixture
+def cli_main(capsys):
+    """cli.main(argv) -> (status, stdout, stderr), the 'dynamask' logger put back afterwards."""
+    import logging
+
+    from dynamask import cli
+
+    log = logging.getLogger("dynamask")
+    saved = (list(log.handlers), log.level, log.propagate)
+
+    def run(*argv):
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as e:  # --help
+            rc = e.code
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    yield run
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]
+
+
+def test_every_key_has_a_one_line_doc():
+    docs = C.key_docs()
+    assert list(docs) == C.valid_keys()
+    for key, text in docs.items():
+        assert text.strip() and "\n" not in text, key
+
+
+def test_defaults_come_from_the_schema():
+    from dynamask.config.schema import Config
+
+    assert Config().model_dump() == C.DEFAULTS
+    assert list(C.DEFAULTS) == ["data", "model", "input", "solver", "test", "seed", "output_dir"]
+
+
+def test_head_widths_takes_a_preset_name_or_a_list():
+    assert C.load_config(None, ["model.head_widths=paper"])["model"]["head_widths"] == "paper"
+    assert C.load_config(None, ["model.head_widths=[64,43,32,21]"])["model"]["head_widths"] == [64, 43, 32, 21]
+    with pytest.raises(ConfigError, match=r"^command line: 'model\.head_widths' must be 'balanced' or 'paper' or 4"):
+        C.load_config(None, ["model.head_widths=wide"])
+    with pytest.raises(ConfigError, match=r"'model\.head_widths' must be a name or a list of integers or null, got 5"):
+        C.load_config(None, {"model.head_widths": 5})
+
+
+def test_bad_value_message_is_one_line_from_the_schema(tmp_path):
+    path = write(tmp_path / "b.yaml", "solver:\n  momentum: 1\n  steps: [3, 1]\n")
+    with pytest.raises(ConfigError) as ei:
+        C.load_config(path)
+    assert str(ei.value) == f"{path}: 'solver.momentum' must be in [0, 1); got 1.0"
+    with pytest.raises(ConfigError) as ei:
+        C.load_config(None, ["input.min_size=[800, 1400]"])
+    assert str(ei.value) == "command line: 'input.max_size' (1333) must be >= 'input.min_size' ([800, 1400])"
+    # a file may raise min_size when an override raises max_size: the check is on the final config
+    assert C.load_config(write(tmp_path / "m.yaml", "input:\n  min_size: 2000\n"), ["input.max_size=3000"])
+
+
+def test_config_command_help(cli_main):
+    rc, out, _ = cli_main("config", "--help")
+    assert rc == 0
+    assert "--config FILE" in out and "KEY=VALUE" in out and "description" in out
+    rc, out, _ = cli_main("--help")
+    assert rc == 0 and "config" in out
+
+
+def test_config_command_prints_documented_resolved_config(cli_main):
+    path = os.path.join(CONFIG_DIR, "shapes_dynamask_r18.yaml")
+    rc, out, err = cli_main("config", "--config", path, "solver.max_iter=100", "model.head_widths=paper")
+    assert rc == 0, err
+    assert yaml.safe_load(out) == C.load_config(path, ["solver.max_iter=100", "model.head_widths=paper"])
+    assert f"  max_iter: 100  # {C.key_docs()['solver.max_iter']}\n" in out
+    assert "  head_widths: paper  # " in out
+    docs = C.key_docs()
+    for key in C.valid_keys():  # every key appears once, with its doc as a comment
+        leaf = key.rsplit(".", 1)[-1]
+        indent = "  " if "." in key else ""
+        lines = [line for line in out.splitlines() if line.startswith(f"{indent}{leaf}: ")]
+        assert len(lines) == 1 and lines[0].endswith(f"  # {docs[key]}"), key
+    rc, out, _ = cli_main("config")
+    assert rc == 0 and yaml.safe_load(out) == C.DEFAULTS
+
+
+def test_config_command_bad_key_is_one_line_error(cli_main, tmp_path):
+    rc, out, err = cli_main("config", "solver.max_iters=100")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "error: command line: unknown config key 'solver.max_iters' (did you mean 'solver.max_iter'?)"]
+    path = write(tmp_path / "bad.yaml", "model:\n  polcy: size\n")
+    rc, _, err = cli_main("config", "--config", path)
+    assert rc == 2 and err.strip().splitlines() == [
+        f"error: {path}: unknown config key 'model.polcy' (did you mean 'model.policy'?)"]

@@ -1,6 +1,7 @@
 """Command line interface: ``dynamask <command>`` (also ``python -m dynamask``).
 
-Commands: ``shapes`` (synthetic dataset), ``train``, ``evaluate``, ``predict``, ``demo``.
+Commands: ``shapes`` (synthetic dataset), ``train``, ``evaluate``, ``predict``, ``export``, ``demo``,
+``config`` (the resolved configuration with each key's doc).
 ``dynamask <command> --help`` lists each command's options.
 
 Errors in the user's input (config, paths, data) are reported as one line
@@ -194,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a very short run (smoke test)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", parents=[common], help="print the resolved config, every key documented",
+                       description="Print the config that train would use (defaults <- --config FILE <- KEY=VALUE "
+                                   "overrides) as YAML, each key followed by its one-line description. A bad key or "
+                                   "value is a one-line error.")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (default: the defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=cmd_config)
     return parser
 
 
@@ -370,6 +379,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, args.quick, progress=not getattr(args, "no_progress", False))
     print(f"report written to {report}")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import config_to_documented_yaml, load_config
+
+    print(config_to_documented_yaml(load_config(args.config, args.overrides)), end="")
     return EXIT_OK
 
 

@@ -257,24 +257,55 @@ def save_gallery(overlays: Sequence[np.ndarray], path: str | os.PathLike, cols: 
 # --------------------------------------------------------------------------
 # AP vs FLOPs plot
 # --------------------------------------------------------------------------
+def _place_labels(ax, fig, xs, ys, names, fontsize=8) -> None:
+    """Label each point without overlapping earlier labels or points: the first free spot among
+    eight around the point (greedy, in display coordinates)."""
+    renderer = fig.canvas.get_renderer()
+    offsets = [(6, 5, "left", "bottom"), (6, -5, "left", "top"), (-6, 5, "right", "bottom"),
+               (-6, -5, "right", "top"), (0, 10, "center", "bottom"), (0, -10, "center", "top"),
+               (10, 0, "left", "center"), (-10, 0, "right", "center")]
+    points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    placed = []
+    for (x, y), name in zip(zip(xs, ys), names):
+        chosen = None
+        for dx, dy, ha, va in offsets:
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               fontsize=fontsize)
+            box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+            hits_point = any(box.contains(px, py) for px, py in points)
+            if not hits_point and not any(box.overlaps(other) for other in placed):
+                chosen = box
+                break
+            text.remove()
+        if chosen is None:  # crowded: keep the first spot
+            dx, dy, ha, va = offsets[0]
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               fontsize=fontsize)
+            chosen = text.get_window_extent(renderer)
+        placed.append(chosen)
+
+
 def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                     title: Optional[str] = None, xlabel: str = "mask-head GFLOPs per instance") -> str:
+                     title: Optional[str] = None, xlabel: str = "mask-head GFLOPs per instance",
+                     line_label: str = "test-time budget dial") -> str:
     """Plot accuracy against mask-head cost; two panels: segm AP and boundary AP (0–100) vs GFLOPs.
 
     ``points``: dicts with ``name``, ``gflops``, ``segm_AP`` and ``boundary_AP`` (a missing/None AP
-    leaves that point out of its panel). Each point is labelled with its name. The file format
-    follows the suffix of ``path`` (png, pdf, svg, ...); the file is written atomically.
+    leaves that point out of its panel), optionally ``line: True`` for the points joined by one
+    line in order of cost (the budget dial of one model). Labels are placed so that they do not
+    overlap each other or the points. The file format follows the suffix of ``path`` (png, pdf,
+    svg, ...); the file is written atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = os.fspath(path)
-    fig = Figure(figsize=(10, 4.2), dpi=120)
+    fig = Figure(figsize=(11, 4.6), dpi=120)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     panels = (("segm_AP", "mask AP"), ("boundary_AP", "boundary AP"))
     for ax, (key, label) in zip(axes, panels):
-        xs, ys, names = [], [], []
+        xs, ys, names, on_line = [], [], [], []
         for p in points:
             x, y = p.get("gflops"), p.get(key)
             if x is None or y is None:
@@ -285,10 +316,19 @@ def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLik
             xs.append(x)
             ys.append(y)
             names.append(str(p.get("name", "")))
+            on_line.append(bool(p.get("line")))
         if xs:
-            ax.scatter(xs, ys, s=36, zorder=3, color="tab:blue")
-            for x, y, name in zip(xs, ys, names):
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            line = sorted((x, y) for x, y, o in zip(xs, ys, on_line) if o)
+            if len(line) > 1:
+                ax.plot([x for x, _ in line], [y for _, y in line], "-", color="tab:orange", lw=1.5, zorder=2,
+                        label=line_label)
+                ax.legend(loc="lower right", fontsize=8)
+            ax.scatter(xs, ys, s=36, zorder=3, color=["tab:orange" if o else "tab:blue" for o in on_line])
+            pad_x = 0.12 * (max(xs) - min(xs) or max(abs(max(xs)), 1e-3))
+            pad_y = 0.12 * (max(ys) - min(ys) or 1.0)
+            ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+            ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
+            _place_labels(ax, fig, xs, ys, names)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set_xlabel(xlabel)

@@ -568,20 +568,53 @@ def evaluate(
     score_thresh = float(test_cfg["score_thresh"])
     if batch_size < 1:
         raise DynaMaskError(f"evaluate: batch_size must be >= 1, got {batch_size}")
-
     if dataset is None:
-        data_cfg = cfg.get("data") or {}
-        val_json, val_images = data_cfg.get("val_json"), data_cfg.get("val_images")
-        if not val_json or not val_images:
-            raise DynaMaskError("no validation set: set data.val_json and data.val_images "
-                                "(in the config or as data.val_json=... on the command line)")
-        if not os.path.isdir(val_images):
-            raise DynaMaskError(f"data.val_images: {val_images!r} is not a folder")
-        from ..data import CocoInstanceDataset
+        dataset = _validation_dataset(cfg)
+    cat_ids = _category_ids(cat_ids, ckpt, dataset)
+    indices = _image_indices(dataset, max_images)
+    subset = dataset if len(indices) == len(dataset) else torch.utils.data.Subset(dataset, indices)
+    from ..data import collate_fn
 
-        dataset = CocoInstanceDataset(val_json, val_images, transforms=None, keep_empty=True, validate_masks=False)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
+                                         num_workers=int((cfg.get("data") or {}).get("num_workers", 0) or 0),
+                                         collate_fn=collate_fn)
+    if not hasattr(model, "policy") and hasattr(model, "module"):  # DistributedDataParallel / DataParallel
+        model = model.module
+    if device is None and model_given:  # keep a given model where it is (e.g. cuda:1 during training)
+        param = next(iter(model.parameters()), None)
+        dev = param.device if param is not None else resolve_device(None)
+    else:
+        dev = resolve_device(device)
+    run = _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh, max_dets, len(indices), progress)
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        write_json_atomic(os.path.join(out_dir, "coco_results.json"), run["results"])
+    metrics = _metrics(dataset.coco.dataset, run, model, max_dets, score_thresh)
+    if out_dir is not None:
+        saved = dict(metrics)
+        saved["resolution_histogram"] = {str(k): v for k, v in metrics["resolution_histogram"].items()}
+        saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
+        write_json_atomic(os.path.join(out_dir, "metrics.json"), saved, indent=2)
+    return metrics
 
-    num_workers = int((cfg.get("data") or {}).get("num_workers", 0) or 0)
+
+def _validation_dataset(cfg: dict):
+    """``data.val_json`` / ``data.val_images`` as a dataset without transforms (images as stored)."""
+    data_cfg = cfg.get("data") or {}
+    val_json, val_images = data_cfg.get("val_json"), data_cfg.get("val_images")
+    if not val_json or not val_images:
+        raise DynaMaskError("no validation set: set data.val_json and data.val_images "
+                            "(in the config or as data.val_json=... on the command line)")
+    if not os.path.isdir(val_images):
+        raise DynaMaskError(f"data.val_images: {val_images!r} is not a folder")
+    from ..data import CocoInstanceDataset
+
+    return CocoInstanceDataset(val_json, val_images, transforms=None, keep_empty=True, validate_masks=False)
+
+
+def _category_ids(cat_ids, ckpt: dict, dataset) -> List[int]:
+    """Label → COCO category id: as given, else the checkpoint's, else the dataset's."""
     if cat_ids is None:
         cat_ids = ckpt.get("cat_ids") or getattr(dataset, "cat_ids", None)
     if cat_ids is None:
@@ -591,7 +624,11 @@ def evaluate(
     if ds_cat_ids is not None and list(ds_cat_ids) != cat_ids:
         logger.warning("the model's category ids %s differ from the validation set's %s; "
                        "labels are mapped with the model's", cat_ids, list(ds_cat_ids))
+    return cat_ids
 
+
+def _image_indices(dataset, max_images: Optional[int]) -> List[int]:
+    """The images evaluated (the first ``max_images``), their sizes checked against the json first."""
     indices = list(range(len(dataset)))
     if max_images is not None:
         if max_images < 1:
@@ -601,19 +638,13 @@ def evaluate(
         raise DynaMaskError("the validation set has no images")
     if hasattr(dataset, "check_image_sizes"):  # image size vs json width/height (EXIF rule), as train's loading does
         dataset.check_image_sizes(indices)
-    subset = dataset if len(indices) == len(dataset) else torch.utils.data.Subset(dataset, indices)
-    from ..data import collate_fn
+    return indices
 
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=collate_fn)
 
-    if not hasattr(model, "policy") and hasattr(model, "module"):  # DistributedDataParallel / DataParallel
-        model = model.module
-    if device is None and model_given:  # keep a given model where it is (e.g. cuda:1 during training)
-        param = next(iter(model.parameters()), None)
-        dev = param.device if param is not None else resolve_device(None)
-    else:
-        dev = resolve_device(device)
+def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float, max_dets: int, total: int,
+               progress: bool) -> Dict[str, Any]:
+    """Run the model under ``policy``/``budget`` in eval mode, then restore its settings and mode.
+    Returns the COCO results, image ids and sizes, the forward seconds and the settings used."""
     prev_policy, prev_budget, was_training = model.policy, model.mask_budget, model.training
     model.to(dev)
     results: List[dict] = []
@@ -624,11 +655,9 @@ def evaluate(
         apply_policy(model, policy, budget)
         used_policy, used_budget = model.policy, float(model.mask_budget)
         model.eval()
-        iterator: Iterable = loader
-        bar = tqdm(total=len(indices), desc="evaluate", unit="img", file=sys.stderr, leave=False,
-                   disable=not progress)
+        bar = tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, leave=False, disable=not progress)
         with torch.inference_mode():
-            for images, targets in iterator:
+            for images, targets in loader:
                 images = [torch.as_tensor(im).as_subclass(torch.Tensor).to(dev, non_blocking=True) for im in images]
                 _sync(dev)
                 t0 = time.perf_counter()
@@ -649,16 +678,16 @@ def evaluate(
             model.mask_budget = prev_budget
         except ValueError:  # pragma: no cover - restoring a value it had
             pass
+    return {"results": results, "image_ids": image_ids, "image_sizes": image_sizes, "forward_s": forward_s,
+            "policy": used_policy, "budget": used_budget}
 
-    if out_dir is not None:
-        out_dir = os.fspath(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        write_json_atomic(os.path.join(out_dir, "coco_results.json"), results)
 
-    gt = dataset.coco.dataset
+def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: float) -> Dict[str, Any]:
+    """COCO APs (bbox, segm, boundary), mask cost, resolution histogram and the complexity ρ."""
+    results, image_ids = run["results"], run["image_ids"]
     cpu = max(1, min(4, (os.cpu_count() or 1) // 2))
     metrics: Dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
-                                                        image_sizes=image_sizes, cpu_count=cpu))
+                                                        image_sizes=run["image_sizes"], cpu_count=cpu))
     n_img, n_det = len(image_ids), len(results)
     flops = [float(r["mask_flops"]) for r in results if r.get("mask_flops") is not None]
     res_cx_size = resolution_complexity_pairs(gt, results)
@@ -668,11 +697,11 @@ def evaluate(
         mask_gflops_per_instance=(sum(flops) / len(flops) / 1e9) if flops else None,
         mask_gflops_per_image=sum(flops) / n_img / 1e9,
         resolution_histogram=resolution_histogram(results),
-        images_per_second=(n_img / forward_s) if forward_s > 0 else None,
+        images_per_second=(n_img / run["forward_s"]) if run["forward_s"] > 0 else None,
         num_images=n_img,
         num_detections=n_det,
-        policy=used_policy,
-        mask_budget=used_budget,
+        policy=run["policy"],
+        mask_budget=run["budget"],
         mask_geometry=getattr(model, "mask_geometry", None),
         complexity_spearman=rho,
         complexity_spearman_within_size=rho_within,
@@ -681,11 +710,6 @@ def evaluate(
         max_dets=max_dets,
         score_thresh=score_thresh,
     )
-    if out_dir is not None:
-        saved = dict(metrics)
-        saved["resolution_histogram"] = {str(k): v for k, v in metrics["resolution_histogram"].items()}
-        saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
-        write_json_atomic(os.path.join(out_dir, "metrics.json"), saved, indent=2)
     return metrics
 
 

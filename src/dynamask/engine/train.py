@@ -153,7 +153,7 @@ def train(cfg: dict, out_dir: Optional[str] = None, resume: bool = False, progre
 
     distributed_env = du.launched_distributed()
     dev = du.resolve_training_device(device, distributed_env)
-    timeout = timedelta(seconds=cfg["solver"].get("dist_timeout_s", 1800))
+    timeout = timedelta(seconds=cfg["solver"]["dist_timeout_s"])
     created_pg = du.init_distributed(device=str(dev), timeout=timeout) if distributed_env else False
     try:
         t_start = time.perf_counter()
