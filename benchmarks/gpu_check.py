@@ -12,7 +12,10 @@ COCO files. Sections, each saved to the results JSON as soon as it ends:
 3. ``shapes_training`` — 500 iterations of DynaMask R18-FPN on 256×256 shapes with bf16 autocast;
    goal: the mean loss of the last 50 iterations below half that of the first 50.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --out $OUT        # on the GPU machine
+    bash tools/gpu_wheels.sh     # here, once: pydantic's wheels into .whl/ (the GPU machine has none)
+    # on the GPU machine (device call carrying ".whl"):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+        PYTHONPATH=/tmp/site:src python benchmarks/gpu_check.py --out $OUT
     PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --quick   # plumbing, about a minute
 
 Prints a short table last.
