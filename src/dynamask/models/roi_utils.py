@@ -24,9 +24,16 @@ def exporting() -> bool:
 
 
 def level_scale(feature: Tensor, image_shapes: list[tuple[int, int]]) -> float:
-    """True scale of an FPN level (a power of two, e.g. 1/16 for P4), as MultiScaleRoIAlign infers it."""
+    """True scale of an FPN level (a power of two, e.g. 1/16 for P4).
+
+    The map covers the padded batch, so feature size / image size overstates the scale by the
+    padding. torchvision's MultiScaleRoIAlign uses the height alone, which rounds to the wrong
+    power of two once padding adds more than 41 % (e.g. a 40-px-high image padded to 64); the
+    dimension with the least relative padding (the smaller ratio) is right whenever either is."""
     max_height = max(s[0] for s in image_shapes)
-    return 2.0 ** round(math.log2(feature.shape[-2] / max_height))
+    max_width = max(s[1] for s in image_shapes)
+    ratio = min(feature.shape[-2] / max_height, feature.shape[-1] / max_width)
+    return 2.0 ** round(math.log2(ratio))
 
 
 def split_groups(groups: list[tuple[int, Tensor, Tensor]], counts: list[int]):
