@@ -52,25 +52,29 @@ def head_widths(c: int) -> list[int]:
 
 
 def runs(detector: str, width: int) -> list[dict]:
+    """The head trainings, in the order they run: the two heads the demo ships (Mask R-CNN and
+    dynamic@0.4) first, so they are ready earliest; the order changes nothing in any run."""
     common = [f"model.detector_weights={detector}", "model.freeze_detector=true", "model.mask_geometry=exact",
               f"model.head_widths=[{','.join(map(str, head_widths(width)))}]",
               f"model.maskrcnn_head_channels={width}"]
     cfg = str(DETECTOR_CONFIG)
-    out = [{"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
-            "evals": [("maskrcnn", None)]},
-           {"name": "fixed-112", "config": cfg, "overrides": common + ["model.head=dynamask", "model.policy=fixed-112"],
-            "evals": [("fixed-112", "fixed-112"), ("size", "size")]}]
-    for r in (56, 28, 14):
-        out.append({"name": f"fixed-{r}", "config": cfg,
-                    "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}"],
-                    "evals": [(f"fixed-{r}", f"fixed-{r}")]})
-    for switch, targets, prefix in (("cost", COST_TARGETS, "dynamic"), ("paper", PAPER_TARGETS, "paper")):
-        for t in targets:
-            out.append({"name": f"{prefix}@{t}", "config": cfg,
-                        "overrides": common + ["model.head=dynamask", "model.policy=dynamic", f"model.switch={switch}",
-                                               f"model.mask_budget_target={t}"],
-                        "evals": [(f"{prefix}@{t}", "dynamic")]})
-    return out
+
+    def fixed(r: int) -> dict:
+        evals = [(f"fixed-{r}", f"fixed-{r}")] + ([("size", "size")] if r == 112 else [])
+        return {"name": f"fixed-{r}", "config": cfg, "evals": evals,
+                "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}"]}
+
+    def switched(switch: str, target: float) -> dict:
+        name = f"{'dynamic' if switch == 'cost' else 'paper'}@{target}"
+        return {"name": name, "config": cfg, "evals": [(name, "dynamic")],
+                "overrides": common + ["model.head=dynamask", "model.policy=dynamic", f"model.switch={switch}",
+                                       f"model.mask_budget_target={target}"]}
+
+    maskrcnn = {"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
+                "evals": [("maskrcnn", None)]}
+    return ([maskrcnn, switched("cost", 0.4), fixed(112), fixed(28)]
+            + [switched("cost", t) for t in COST_TARGETS if t != 0.4] + [fixed(56), fixed(14)]
+            + [switched("paper", t) for t in PAPER_TARGETS])
 
 
 def train_detector(args) -> Path:
