@@ -20,8 +20,8 @@ from ..data.coco import DatasetError
 from ..errors import ConfigError, DynaMaskError
 from .rng import sample_seed
 
-__all__ = ["InfiniteShardSampler", "SeededDataset", "SKIPPED_KEY", "load_train_dataset", "build_loader",
-           "to_device"]
+__all__ = ["InfiniteShardSampler", "SeededDataset", "SKIPPED_KEY", "SkippedImages", "load_train_dataset",
+           "build_loader", "to_device"]
 
 logger = logging.getLogger("dynamask.train")
 
@@ -168,3 +168,19 @@ def to_device(images, targets, device):
     targets = [{k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
                 for k, v in t.items()} for t in targets]
     return images, targets
+
+
+class SkippedImages:
+    """Unreadable images the stream skipped: logged (rank 0) and recorded as ``skipped_image``
+    events as they come; the loop sums ``count`` over processes at the end."""
+
+    def __init__(self, write_event, main: bool):
+        self.write_event, self.main, self.count = write_event, main, 0
+
+    def take(self, targets, step: int) -> None:
+        for target in targets:
+            for message in target.pop(SKIPPED_KEY, ()):
+                self.count += 1
+                if self.main:
+                    logger.warning("skipped an unreadable training image (%d so far): %s", self.count, message)
+                self.write_event({"iteration": step, "event": "skipped_image", "reason": message})

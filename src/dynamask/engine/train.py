@@ -53,7 +53,7 @@ from . import distributed as du
 from .build import build_model, fits_coco_label_space, torchvision_weights_plan
 from .checkpointing import (CHECKPOINT_LAST, MODEL_FINAL, Checkpointer, check_free_space, check_writable,
                             config_differences, load_resume_checkpoint, restore_training_state, weights_hash)
-from .data_stream import (SKIPPED_KEY, InfiniteShardSampler, SeededDataset, build_loader, load_train_dataset,
+from .data_stream import (InfiniteShardSampler, SeededDataset, SkippedImages, build_loader, load_train_dataset,
                           to_device)
 from .initialise import initialise_weights
 from .metrics import MetricsFile, MetricsLogger, fmt_duration, fmt_lr, open_tensorboard
@@ -326,22 +326,6 @@ def _autocast(run: TrainingRun):
 # ---------------------------------------------------------------------------------------- the loop
 
 
-class _SkippedImages:
-    """Unreadable images the data stream skipped: logged and recorded as they come, summed over
-    processes at the end."""
-
-    def __init__(self, metrics: MetricsFile, main: bool):
-        self.metrics, self.main, self.count = metrics, main, 0
-
-    def take(self, targets, step: int) -> None:
-        for target in targets:
-            for message in target.pop(SKIPPED_KEY, ()):
-                self.count += 1
-                if self.main:
-                    logger.warning("skipped an unreadable training image (%d so far): %s", self.count, message)
-                self.metrics.write({"iteration": step, "event": "skipped_image", "reason": message})
-
-
 def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[float] = None) -> dict:
     """Train ``run`` to ``solver.max_iter``; returns the summary :func:`train` describes."""
     import tqdm as _tqdm
@@ -365,7 +349,7 @@ def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[floa
     evaluator = PeriodicEvaluator(cfg, run.model, out_dir, run.device, run.class_info["cat_ids"], metrics, writer,
                                   main)
     guard = NonFiniteGuard(cfg["solver"]["max_nonfinite_steps"], metrics.write, main, checkpointer.last_path)
-    skipped = _SkippedImages(metrics, main)
+    skipped = SkippedImages(metrics.write, main)
     max_iter = cfg["solver"]["max_iter"]
     if main:
         logger.info("training %s (%s head, %s policy) on %d image(s), %d classes: iterations %d..%d, batch %d "
