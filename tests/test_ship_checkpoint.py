@@ -18,7 +18,7 @@ from dynamask.errors import DynaMaskError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from ship_checkpoint import ship  # noqa: E402
+from ship_checkpoint import repo_relative, ship  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,3 +80,11 @@ def test_head_refuses_other_detectors(tmp_path):
     ship(other, tmp_path / "detector.pt", detector_only=True)  # another detector under the same name
     with pytest.raises(DynaMaskError, match="is not the one this head was trained on"):
         load_checkpoint(str(tmp_path / "head.pt"))
+
+
+def test_shipped_files_name_no_absolute_repository_path(tmp_path):
+    inside = str(ROOT / "runs" / "data" / "train.json")
+    cfg = {"data": {"train_json": inside, "val_json": "/elsewhere/val.json"}, "steps": [str(ROOT / "a"), 3]}
+    assert repo_relative(cfg) == {"data": {"train_json": "runs/data/train.json", "val_json": "/elsewhere/val.json"},
+                                  "steps": ["a", 3]}
+    assert repo_relative(inside, ROOT / "checkpoints") == "../runs/data/train.json"

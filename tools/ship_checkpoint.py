@@ -8,14 +8,15 @@ float32 parameters by load_state_dict), config, class names; no optimizer state.
 A head file names the shipped detector it was trained on (path relative to the head file, and its
 sha256); loading the head loads that detector too (dynamask.inference.load_checkpoint). It is
 refused when the run's detector weights are not the shipped detector's (in float16): heads trained
-with ``model.freeze_detector`` on that detector pass. Also copies RUN_DIR's config.yaml and
-metrics.jsonl next to OUT.pt (as OUT.config.yaml and OUT.metrics.jsonl), so the shipped file can be
-traced to the run that made it.
+with ``model.freeze_detector`` on that detector pass. Also copies RUN_DIR's config.yaml,
+metrics.jsonl and train.log next to OUT.pt (as OUT.config.yaml, ...), so the shipped file can be
+traced to the run that made it. Absolute paths inside the repository are rewritten: relative to
+the repository in the file's config and the logs, relative to OUT's folder in OUT.config.yaml (so
+it loads from there).
 """
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,6 +25,25 @@ from dynamask.engine.build import save_checkpoint
 from dynamask.inference import MASK_BRANCH_PREFIX, file_sha256, load_checkpoint
 
 KEEP = ("model", "config", "class_names", "cat_ids", "num_classes", "iteration", "hyper_parameters")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(value, start: Path | None = None):
+    """Absolute paths inside this repository rewritten relative to it (or to ``start``), in
+    strings, lists and dicts: shipped files must not name the machine they were made on."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v, start) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v, start) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and Path(value).resolve().is_relative_to(ROOT):
+        return os.path.relpath(value, start or ROOT)
+    return value
+
+
+def copy_text(src: Path, dst: Path, prefix_to: str) -> None:
+    """A log or config beside the shipped file, the repository's absolute prefix replaced."""
+    text = src.read_text(encoding="utf-8")
+    dst.write_text(text.replace(str(ROOT) + os.sep, prefix_to), encoding="utf-8")
 
 
 def half(state: dict) -> dict:
@@ -34,6 +54,8 @@ def ship(run: Path, out: Path, detector_only: bool = False, detector: Path | Non
     ckpt = load_checkpoint(str(run / "model_final.pt"))
     state = half(ckpt["model"])
     record = {k: ckpt[k] for k in KEEP if k in ckpt}
+    if "config" in record:
+        record["config"] = repo_relative(record["config"])
     if detector_only:
         record["model"] = {k: v for k, v in state.items() if not k.startswith(MASK_BRANCH_PREFIX)}
         record["detector_only"] = True
@@ -50,9 +72,11 @@ def ship(run: Path, out: Path, detector_only: bool = False, detector: Path | Non
         record["model"] = state
     save_checkpoint(str(out), record)
     stem = out.with_suffix("")
-    for name, suffix in (("config.yaml", "config.yaml"), ("metrics.jsonl", "metrics.jsonl")):
+    # the config beside the file loads from there (paths relative to it); logs name repository paths
+    to_root = os.path.relpath(ROOT, out.resolve().parent) + os.sep
+    for name, prefix in (("config.yaml", to_root), ("metrics.jsonl", ""), ("train.log", "")):
         if (run / name).exists():
-            shutil.copyfile(run / name, f"{stem}.{suffix}")
+            copy_text(run / name, Path(f"{stem}.{name}"), prefix)
     return record
 
 
