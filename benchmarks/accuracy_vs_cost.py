@@ -32,6 +32,10 @@ Writes ``benchmarks/results/accuracy_vs_cost.json`` and ``.png`` (``--results`` 
 
 from __future__ import annotations
 
+# The 128-px detector of the published numbers was shipped in checkpoints/ until issue 13 retired
+# it (the detailed-shapes detector replaced it); git keeps it:
+RETIRED_DETECTOR = "git show 5bd680a:checkpoints/shapes_dynamask_r18.pt > runs/shapes_dynamask_r18_shipped.pt"
+
 import argparse
 import datetime
 import json
@@ -302,8 +306,9 @@ def main(argv=None) -> None:
                    help="shapes dataset (made if missing: 1000 train images, the shipped detector's "
                         "training set, and --val validation images; default runs/shapes_bench)")
     p.add_argument("--val", type=int, default=400, help="validation images when the dataset is made")
-    p.add_argument("--detector", default=str(ROOT / "checkpoints" / "shapes_dynamask_r18.pt"),
-                   help="checkpoint whose detector is frozen and shared by all mask heads")
+    p.add_argument("--detector", default=str(ROOT / "runs" / "shapes_dynamask_r18_shipped.pt"),
+                   help="checkpoint whose detector is frozen and shared by all mask heads (default: the "
+                        "128-px checkpoint once shipped, see RETIRED_DETECTOR)")
     p.add_argument("--iters", type=int, default=800, help="training iterations per mask head")
     p.add_argument("--out", type=Path, default=None, help="training runs (default runs/accuracy_vs_cost)")
     p.add_argument("--results", type=Path, default=None,
@@ -325,6 +330,11 @@ def main(argv=None) -> None:
     args.results = args.results or (args.out / f"{name}.json" if args.quick
                                      else ROOT / "benchmarks" / "results" / f"{name}.json")
 
+    if not os.path.isfile(args.detector):
+        raise SystemExit(f"{args.detector}: no detector. The published numbers used the 128-px checkpoint shipped until "
+                         f"it was retired; restore it with\n    {RETIRED_DETECTOR}\nor train one with "
+                         f"`dynamask train --config configs/shapes_dynamask_r18.yaml` (checkpoints/README.md) and "
+                         f"pass --detector runs/shapes_dynamask_r18/model_final.pt")
     started = time.time()
     if not (args.data / "train.json").exists():
         from dynamask.data.shapes import generate_shapes_dataset

@@ -36,7 +36,7 @@ from dynamask.inference import model_from_checkpoint, with_defaults  # noqa: E40
 from dynamask.models import build_model  # noqa: E402
 from dynamask.export import ExportedRunner, export_model, prepare_for_export, verify_export  # noqa: E402
 
-CHECKPOINT = ROOT / "checkpoints" / "shapes_dynamask_r18.pt"
+CHECKPOINT = ROOT / "checkpoints" / "shapes_detail_dynamask_c64.pt"
 POLICIES = ("fixed-14", "fixed-28", "fixed-56", "fixed-112", "size", "dynamic")
 
 
@@ -77,9 +77,11 @@ def main(argv=None) -> None:
     p.add_argument("--fams", nargs="+", default=["conv", "deform"])
     p.add_argument("--out", type=Path, default=HERE / "results" / "export_check.json")
     args = p.parse_args(argv)
-    images = make_shapes_tensors(6, 128, seed=321)[0] + make_shapes_tensors(1, (96, 160), seed=322)[0] \
-        + make_shapes_tensors(1, (160, 112), seed=323)[0]
-    example = make_shapes_tensors(1, 128, seed=987654)[0][0]
+    # the shipped model's data (detailed shapes, 256 px) and two other sizes and aspect ratios
+    images = make_shapes_tensors(6, 256, seed=321, detail=True)[0] \
+        + make_shapes_tensors(1, (192, 320), seed=322, detail=True)[0] \
+        + make_shapes_tensors(1, (320, 224), seed=323, detail=True)[0]
+    example = make_shapes_tensors(1, 256, seed=987654, detail=True)[0][0]
     rows, started = [], time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for fam in args.fams:

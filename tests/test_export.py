@@ -111,8 +111,8 @@ def test_export_verifies_on_validation_images(tmp_path, capsys):
 
     from dynamask.data import generate_shapes_dataset
 
-    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_dynamask_r18.pt"
-    shapes = generate_shapes_dataset(tmp_path / "shapes", 1, 3, image_size=(96, 144))
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_detail_dynamask_c64.pt"
+    shapes = generate_shapes_dataset(tmp_path / "shapes", 1, 3, image_size=(192, 288), detail=True)
     rc = cli.main(["export", "--weights", str(shipped), "--format", "torchscript", "--policy", "size",
                    "--out", str(tmp_path / "m.pt"), f"data.val_json={shapes['val_json']}",
                    f"data.val_images={shapes['val_dir']}"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up ./.venv and runs the offline end-to-end demo (writes runs/demo/report.md).
+# Sets up ./.venv and runs the offline demo: the shipped models evaluated (writes runs/demo/report.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh

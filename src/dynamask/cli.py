@@ -97,8 +97,6 @@ def _budget(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import POLICIES
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show full tracebacks on errors")
@@ -113,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
 
+    _add_shapes(sub, common)
+    _add_train(sub, common)
+    _add_evaluate(sub, common)
+    _add_predict(sub, common)
+    _add_export(sub, common)
+    _add_demo(sub, common)
+    _add_config(sub, common)
+    return parser
+
+
+def _add_shapes(sub, common) -> None:
     p = sub.add_parser("shapes", parents=[common], help="generate the synthetic shapes dataset (COCO format)",
                        description="Write a synthetic COCO-format shapes dataset: OUT/{train,val}/*.png and "
                                    "OUT/{train,val}.json, then print the yardstick of the validation split: "
@@ -129,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "strokes a few pixels wide) that a 28x28 mask cannot represent; try --size 256")
     p.set_defaults(func=cmd_shapes)
 
+
+def _add_train(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="train a model",
                        description="Train a model. Config values can be overridden with KEY=VALUE arguments, "
                                    "e.g. solver.max_iter=200 model.backbone=resnet18. Under "
@@ -141,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub, common) -> None:
+    from .config import POLICIES
 
     p = sub.add_parser("evaluate", parents=[common], help="evaluate a checkpoint on the validation set",
                        description="COCO box/mask/boundary AP, mask FLOPs and resolution statistics of a "
@@ -157,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub, common) -> None:
+    from .config import POLICIES
+
     p = sub.add_parser("predict", parents=[common], help="segment image files and write overlays",
                        description="Run a checkpoint on images (files or folders): OUT/<name>_overlay.png per "
                                    "image and OUT/predictions.json.")
@@ -171,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="D", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_export(sub, common) -> None:
+    from .config import POLICIES
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX or TorchScript",
                        description="Write a checkpoint as one ONNX or TorchScript file: input 'image' (float32 "
@@ -189,13 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", parents=[common], help="end-to-end demo on synthetic shapes",
-                       description="Generate shapes data, train, evaluate and predict, end to end.")
+
+def _add_demo(sub, common) -> None:
+    p = sub.add_parser("demo", parents=[common], help="the shipped models on detailed shapes, report and plots",
+                       description="Evaluate the shipped detector with its DynaMask and Mask R-CNN heads on the "
+                                   "detailed shapes validation images (no training): table, verdicts, AP-vs-FLOPs "
+                                   "plot with the budget dial, overlay gallery.")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a very short run (smoke test)")
+    p.add_argument("--quick", action="store_true", help="a few images only (smoke test, noisy numbers)")
+    p.add_argument("--val-images", type=_positive_int, default=None, metavar="N",
+                   help="validation images to evaluate (default 200; --quick: 4)")
+    p.add_argument("--checkpoints", default=None, metavar="DIR",
+                   help="folder with the shipped files (default: the repository's checkpoints/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_config(sub, common) -> None:
     p = sub.add_parser("config", parents=[common], help="print the resolved config, every key documented",
                        description="Print the config that train would use (defaults <- --config FILE <- KEY=VALUE "
                                    "overrides) as YAML, each key followed by its one-line description. A bad key or "
@@ -203,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML config file (default: the defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_config)
-    return parser
 
 
 # --------------------------------------------------------------------------
@@ -377,7 +409,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
-    report = run_demo(args.out, args.quick, progress=not getattr(args, "no_progress", False))
+    report = run_demo(args.out, args.quick, progress=not getattr(args, "no_progress", False),
+                      checkpoints=args.checkpoints, val_images=args.val_images)
     print(f"report written to {report}")
     return EXIT_OK
 

@@ -324,7 +324,7 @@ def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLik
                         label=line_label)
                 ax.legend(loc="lower right", fontsize=8)
             ax.scatter(xs, ys, s=36, zorder=3, color=["tab:orange" if o else "tab:blue" for o in on_line])
-            pad_x = 0.12 * (max(xs) - min(xs) or max(abs(max(xs)), 1e-3))
+            pad_x = 0.18 * (max(xs) - min(xs) or max(abs(max(xs)), 1e-3))
             pad_y = 0.12 * (max(ys) - min(ys) or 1.0)
             ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
             ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
