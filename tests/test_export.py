@@ -3,6 +3,7 @@ different numbers of detections; `dynamask export` and Predictor on an exported 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,31 @@ def test_export_verifies_on_validation_images(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "verified on 3 validation image(s)" in text and "-> OK" in text
+
+
+def test_multilevel_roi_pool_export_keeps_the_roi_count_per_level_dynamic(tmp_path):
+    """Traced with one RoI on a level, run with none or several there: recording ``out[idx] = ...``
+    baked the traced count into a Reshape and ONNX Runtime failed on other images."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from dynamask.export import ONNX_OPSET
+    from dynamask.models import MaskRoIPool
+
+    pool = MaskRoIPool(["0", "1", "2", "3"], 14, 2, geometry="exact")
+
+    class Wrapper(torch.nn.Module):
+        def forward(self, f0, f1, f2, f3, boxes):
+            return pool({"0": f0, "1": f1, "2": f2, "3": f3}, [boxes], [(256, 256)])
+
+    torch.manual_seed(0)
+    feats = [torch.rand(1, 8, 256 // s, 256 // s) for s in (4, 8, 16, 32)]
+    one_per_level = torch.tensor([[0, 0, 20, 20], [0, 0, 90, 90], [0, 0, 180, 180], [0, 0, 250, 250.]])
+    path = str(tmp_path / "pool.onnx")
+    names = ["f0", "f1", "f2", "f3", "boxes"]
+    torch.onnx.export(Wrapper(), (*feats, one_per_level), path, input_names=names, output_names=["out"],
+                      dynamic_axes={"boxes": {0: "n"}, "out": {0: "n"}}, opset_version=ONNX_OPSET, dynamo=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for boxes in (torch.tensor([[0, 0, 20, 20], [5, 5, 30, 30], [0, 0, 250, 250.]]),  # levels 0, 0, 3
+                  torch.tensor([[0, 0, 250, 250.]])):
+        got = session.run(None, {**{n: f.numpy() for n, f in zip(names, feats)}, "boxes": boxes.numpy()})[0]
+        want = Wrapper()(*feats, boxes)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)

@@ -81,7 +81,11 @@ class MaskRoIPool(nn.Module):
         tracing = exporting()  # record every level
         for level, (feature, scale) in enumerate(zip(maps, scales)):
             idx = torch.where(levels == level)[0]
-            if tracing or idx.numel():
+            if tracing:  # index_copy (ScatterND) keeps the RoI count dynamic; out[idx] = ... records a
+                # reshape of the traced count, which fails on images where a level gets another count
+                pooled = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio, aligned)
+                out = out.index_copy(0, idx, pooled.to(out.dtype))
+            elif idx.numel():
                 out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio,
                                      aligned).to(out.dtype)
         return out
