@@ -91,8 +91,16 @@ def schedule(iters: int) -> list[str]:
             "test.eval_period=0"]
 
 
-def train_all(specs, args, out_dir: Path) -> dict:
-    """Run the trainings ``args.jobs`` at a time; returns wall seconds per run (0 = reused)."""
+def train_all(specs, args, out_dir: Path, finished=None, on_done=None) -> dict:
+    """Run the trainings ``args.jobs`` at a time; returns wall seconds per run (0 = reused).
+
+    ``finished(spec)`` says a head needs no training (default: its ``model_final.pt`` exists);
+    ``on_done(spec)`` runs as each training ends. Each training evaluates on the validation split
+    at its end unless ``args.final_eval`` is false (a benchmark that evaluates every head itself
+    afterwards saves that time)."""
+    finished = finished or (lambda spec: (out_dir / spec["name"] / "model_final.pt").exists())
+    val = ([f"data.val_json={args.data / 'val.json'}", f"data.val_images={args.data / 'val'}"]
+           if getattr(args, "final_eval", True) else ["data.val_json=null", "data.val_images=null"])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     pending, running, walls = list(specs), [], {}
@@ -100,15 +108,14 @@ def train_all(specs, args, out_dir: Path) -> dict:
         while pending and len(running) < args.jobs:
             spec = pending.pop(0)
             run_dir = out_dir / spec["name"]
-            if (run_dir / "model_final.pt").exists():
-                print(f"[train] {spec['name']}: reusing {run_dir / 'model_final.pt'}", flush=True)
+            if finished(spec):
+                print(f"[train] {spec['name']}: trained before, reused", flush=True)
                 walls[spec["name"]] = 0.0
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "dynamask", "train", "--config", spec["config"], "--out", str(run_dir),
                    "--device", "cpu", "--no-progress", *spec["overrides"], *schedule(args.iters),
-                   f"data.train_json={args.data / 'train.json'}", f"data.train_images={args.data / 'train'}",
-                   f"data.val_json={args.data / 'val.json'}", f"data.val_images={args.data / 'val'}"]
+                   f"data.train_json={args.data / 'train.json'}", f"data.train_images={args.data / 'train'}", *val]
             if (run_dir / "checkpoint_last.pt").exists():
                 cmd.append("--resume")
             log = open(run_dir / "train.log", "a")
@@ -129,6 +136,8 @@ def train_all(specs, args, out_dir: Path) -> dict:
                                  f"see {out_dir / spec['name'] / 'train.log'}")
             walls[spec["name"]] = time.time() - started
             print(f"[train] {spec['name']}: done in {walls[spec['name']]:.0f} s", flush=True)
+            if on_done is not None:
+                on_done(spec)
     return walls
 
 
@@ -173,7 +182,7 @@ def evaluate_all(specs, args, out_dir: Path) -> tuple[dict, list]:
                                   keep_empty=True, validate_masks=False)
     models, dial = {}, []
     for spec in specs:
-        weights = str(out_dir / spec["name"] / "model_final.pt")
+        weights = str(spec.get("weights") or out_dir / spec["name"] / "model_final.pt")
         for name, policy in spec["evals"]:
             m = evaluate(weights=weights, dataset=dataset, policy=policy, device="cpu", progress=False)
             models[name] = summary(m) | {"trained_as": spec["name"]}
@@ -289,14 +298,15 @@ def run_record(args, started: float, walls: dict) -> dict:
                         "cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_job": args.threads},
             "date": datetime.date.today().isoformat(),
             "wall_time_s": round(time.time() - started, 1),
-            "train_wall_s": {k: round(v, 1) for k, v in walls.items()}}
+            "train_wall_s": {k: None if v is None else round(v, 1) for k, v in walls.items()}}
 
 
-def write_outputs(result: dict, specs, args) -> None:
-    """The results JSON (atomically), the heads' training logs beside it and the plot."""
+def write_outputs(result: dict, specs, args, logs: bool = True) -> None:
+    """The results JSON (atomically), the heads' training logs beside it (``logs``) and the plot."""
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
-    keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
+    if logs:
+        keep_logs(specs, args.out, args.results.parent / (args.results.stem + "_logs"))
     plot(result["models"], result["dial"], args.results.with_suffix(".png"))
 
 

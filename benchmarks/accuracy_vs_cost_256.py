@@ -6,8 +6,10 @@ Protocol (issue 11; BENCHMARKS.md states the run's numbers):
 * data: ``--train`` + ``--val`` detailed shapes images at 256 px, seed 0 (made if missing);
   its model-free yardstick (round-trip mask IoU at 14/28/56/112) goes into ``protocol.yardstick``;
 * one detector for all heads: ``configs/shapes_detail_detector_r18.yaml`` (ResNet-18-FPN, trained
-  with a 64-wide Mask R-CNN head beside it), trained first if its ``model_final.pt`` is missing
-  (hours on a CPU; resumed when interrupted), then frozen and shared;
+  with a 64-wide Mask R-CNN head beside it); by default the shipped float16 copy
+  ``checkpoints/shapes_detail_detector_r18.pt`` (so anyone can rerun the heads on the same
+  weights), or with ``--train-detector`` trained here (hours on a CPU; resumed when interrupted);
+  frozen and shared;
 * heads, each trained ``--iters`` iterations on it with the same data, seed and optimiser:
   Mask R-CNN 28×28 with 4×conv of width C; r-FPN fixed-14/28/56/112 whose stage-14 trunk has
   width C, later stages in the balanced ratios (C, 2C/3, C/2, C/3); the size rule on fixed-112;
@@ -17,8 +19,13 @@ Protocol (issue 11; BENCHMARKS.md states the run's numbers):
   matched detections and within size bins; the test-time dial on dynamic@0.4.
 
     python benchmarks/accuracy_vs_cost_256.py --quick     # plumbing only, minutes, numbers meaningless
-    python benchmarks/accuracy_vs_cost_256.py             # the run (detector: hours; heads: hours)
+    python benchmarks/accuracy_vs_cost_256.py             # the run (heads: hours on 2 cores)
+    python benchmarks/accuracy_vs_cost_256.py --eval-only # the table from the committed head files
 
+Every head, once trained, is kept as a small float16 head file (mask branch alone, referencing the
+detector) with its log in ``benchmarks/results/accuracy_vs_cost_256_heads/`` (``--heads``); a head
+whose file is there is not trained again, so a run split over several machines or sessions
+resumes from the repository, and the table is always computed from exactly those files.
 Writes ``benchmarks/results/accuracy_vs_cost_256.json`` and ``.png`` (``--results`` to change).
 """
 
@@ -40,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import accuracy_vs_cost as base  # noqa: E402  (its training / evaluation / plotting helpers)
 
 DETECTOR_CONFIG = ROOT / "configs" / "shapes_detail_detector_r18.yaml"
+SHIPPED_DETECTOR = ROOT / "checkpoints" / "shapes_detail_detector_r18.pt"
 COST_TARGETS = (0.2, 0.4, 0.6)
 PAPER_TARGETS = (0.4, 0.6)  # the paper switch's own cost puts lower targets out of reach
 ORDER = (["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"]
@@ -77,8 +85,40 @@ def runs(detector: str, width: int) -> list[dict]:
             + [switched("paper", t) for t in PAPER_TARGETS])
 
 
+def head_file(args, name: str) -> Path:
+    """Where a trained head is kept (float16 mask branch referencing the detector)."""
+    return args.heads / f"{name}.pt"
+
+
+def keep_head(args, detector: Path, spec: dict) -> None:
+    """Ship a finished training's mask branch (and its config, metrics and log) to ``args.heads``,
+    with its training wall time, so that it survives the run folder."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from ship_checkpoint import ship
+
+    run_dir = args.out / spec["name"]
+    args.heads.mkdir(parents=True, exist_ok=True)
+    ship(run_dir, head_file(args, spec["name"]), detector=detector)
+    # seconds spent training, summed over the logged windows (a resumed run's pieces included)
+    seconds, last = 0.0, 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if "time_per_iter" in record and "event" not in record and record["iteration"] > last:
+            seconds += record["time_per_iter"] * (record["iteration"] - last)
+            last = record["iteration"]
+    wall = {"train_wall_s": round(seconds, 1), "iterations": last}
+    (args.heads / f"{spec['name']}.wall.json").write_text(json.dumps(wall) + "\n")
+    print(f"[keep] {spec['name']}: {head_file(args, spec['name'])}", flush=True)
+
+
 def train_detector(args) -> Path:
-    """The shared detector's model_final.pt, trained (or resumed) here when missing."""
+    """The shared detector: the shipped file unless ``--train-detector``; then the run's
+    model_final.pt, trained (or resumed) here when missing."""
+    if not args.train_detector:
+        if not args.detector.exists():
+            raise SystemExit(f"detector {args.detector} is missing; pass --train-detector to train one here (hours)")
+        print(f"[detector] using {args.detector}", flush=True)
+        return args.detector
     out = args.detector_dir
     final = out / "model_final.pt"
     if final.exists():
@@ -191,8 +231,16 @@ def main(argv=None) -> None:
                    "default runs/shapes_detail)")
     p.add_argument("--train", type=int, default=2000, help="training images when the dataset is made")
     p.add_argument("--val", type=int, default=400, help="validation images when the dataset is made")
+    p.add_argument("--detector", type=Path, default=SHIPPED_DETECTOR,
+                   help="checkpoint whose detector all heads share, frozen (default: the shipped float16 one)")
+    p.add_argument("--train-detector", action="store_true",
+                   help="train the detector here instead (hours on a CPU; resumed when interrupted)")
     p.add_argument("--detector-dir", type=Path, default=None,
-                   help="the shared detector's run folder (default runs/shapes_detail_detector_r18)")
+                   help="with --train-detector: its run folder (default runs/shapes_detail_detector_r18)")
+    p.add_argument("--heads", type=Path, default=None,
+                   help="trained head files (default benchmarks/results/accuracy_vs_cost_256_heads)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="train nothing: evaluate the head files in --heads (all must be there)")
     p.add_argument("--iters", type=int, default=1500, help="training iterations per mask head")
     p.add_argument("--width", type=int, default=64, help="C: Mask R-CNN conv width and r-FPN stage-14 width")
     p.add_argument("--out", type=Path, default=None, help="head training runs (default runs/accuracy_vs_cost_256)")
@@ -213,6 +261,8 @@ def main(argv=None) -> None:
     args.out = args.out or ROOT / "runs" / f"accuracy_vs_cost_256{suffix}"
     args.results = args.results or (args.out / "accuracy_vs_cost_256.json" if args.quick
                                     else HERE / "results" / "accuracy_vs_cost_256.json")
+    args.heads = args.heads or (args.out / "heads" if args.quick else HERE / "results" / "accuracy_vs_cost_256_heads")
+    args.final_eval = False  # every head is evaluated below, on the same images; not twice
 
     started = time.time()
     if not (args.data / "train.json").exists():
@@ -229,11 +279,21 @@ def main(argv=None) -> None:
         pilot(args, detector, started)
         return
     specs = runs(str(detector), args.width)
-    walls = base.train_all(specs, args, args.out)
+    missing = [s["name"] for s in specs if not head_file(args, s["name"]).exists()]
+    if args.eval_only and missing:
+        raise SystemExit(f"--eval-only: no head file for {', '.join(missing)} in {args.heads}")
+    if not args.eval_only:
+        base.train_all(specs, args, args.out, finished=lambda spec: head_file(args, spec["name"]).exists(),
+                       on_done=lambda spec: keep_head(args, detector, spec))
+    walls = {}
+    for spec in specs:
+        spec["weights"] = head_file(args, spec["name"])
+        wall_file = args.heads / f"{spec['name']}.wall.json"
+        walls[spec["name"]] = json.loads(wall_file.read_text())["train_wall_s"] if wall_file.exists() else None
     models, dial = base.evaluate_all(specs, args, args.out)
     models = {n: models[n] for n in ORDER}
     for spec in specs:
-        facts = model_facts(args.out / spec["name"] / "model_final.pt")
+        facts = model_facts(spec["weights"])
         for name, _ in spec["evals"]:
             models[name].update(facts)
     result = {
@@ -244,13 +304,17 @@ def main(argv=None) -> None:
                      "val_images": args.val, "dial_model": base.DIAL_MODEL, "quick": args.quick,
                      "schedule": base.schedule(args.iters), "mask_geometry": "exact",
                      "yardstick": {str(r): round(v, 4) for r, v in ys.mean_mask_iou().items()},
-                     "yardstick_boundary": {str(r): round(v, 4) for r, v in ys.mean_boundary_iou().items()}},
+                     "yardstick_boundary": {str(r): round(v, 4) for r, v in ys.mean_boundary_iou().items()},
+                     "head_files": os.path.relpath(args.heads, ROOT)},
         **base.run_record(args, started, walls),
+        # wall_time_s above is this invocation's (evaluation, and any training it did); the heads'
+        # training seconds are summed from their metrics.jsonl, whichever invocation trained them
+        "train_wall_s_total": round(sum(w for w in walls.values() if w), 1),
         "models": models,
         "dial": dial,
         "goals": judge(models),
     }
-    base.write_outputs(result, specs, args)
+    base.write_outputs(result, specs, args, logs=False)  # each head's logs are beside its file in --heads
     print(base.table(models))
     for name, m in models.items():
         print(f"{name:12s} params {m['params']:>9,d}  rho within size {m.get('rho_within_size')}")
