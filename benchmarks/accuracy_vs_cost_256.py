@@ -108,7 +108,70 @@ def keep_head(args, detector: Path, spec: dict) -> None:
             last = record["iteration"]
     wall = {"train_wall_s": round(seconds, 1), "iterations": last}
     (args.heads / f"{spec['name']}.wall.json").write_text(json.dumps(wall) + "\n")
+    partial_file(args, spec["name"]).unlink(missing_ok=True)  # finished: its partial state is obsolete
     print(f"[keep] {spec['name']}: {head_file(args, spec['name'])}", flush=True)
+
+
+PARTIAL_TEXTS = ("config.yaml", "metrics.jsonl", "train.log")
+
+
+def partial_file(args, name: str) -> Path:
+    """An unfinished head's resumable state, kept in the repository between sessions."""
+    return args.heads / f"{name}.partial.pt"
+
+
+def save_partial(args, detector: Path, name: str) -> Path:
+    """``checkpoint_last.pt`` of an unfinished head without the frozen detector's weights (they are
+    the detector file's, restored exactly from it by :func:`restore_partial`), plus the run's
+    config, metrics and log: a few MiB instead of the whole model, so a run that outlasts a session
+    on a machine that forgets ``runs/`` can go on from the repository."""
+    import torch
+
+    from dynamask.engine.build import load_checkpoint, save_checkpoint
+    from dynamask.inference import MASK_BRANCH_PREFIX, file_sha256
+
+    run_dir = args.out / name
+    ckpt = load_checkpoint(str(run_dir / "checkpoint_last.pt"))
+    shipped = load_checkpoint(str(detector))["model"]
+    head, dtypes = {}, {}
+    for k, v in ckpt["model"].items():
+        if k.startswith(MASK_BRANCH_PREFIX) or k not in shipped:
+            head[k] = v
+        elif torch.equal(shipped[k].to(v.dtype), v):
+            dtypes[k] = str(v.dtype).removeprefix("torch.")
+        else:
+            raise SystemExit(f"{run_dir}: detector weight {k!r} differs from {detector}; cannot keep it as partial")
+    texts = {t: (run_dir / t).read_text() for t in PARTIAL_TEXTS if (run_dir / t).exists()}
+    out = partial_file(args, name)
+    args.heads.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(str(out), {**{k: v for k, v in ckpt.items() if k not in ("model", "versions")}, "model": head,
+                               "detector_dtypes": dtypes, "detector_sha256": file_sha256(str(detector)),
+                               "texts": texts})
+    print(f"[partial] {name}: iteration {ckpt['iteration']} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)", flush=True)
+    return out
+
+
+def restore_partial(args, detector: Path, name: str) -> None:
+    """Rebuild an unfinished head's run folder (``checkpoint_last.pt``, config, metrics, log) from
+    its partial file, bit for bit, so that ``--resume`` goes on as if the folder had stayed."""
+    import torch
+
+    from dynamask.engine.build import load_checkpoint, save_checkpoint
+    from dynamask.inference import file_sha256
+
+    pack = load_checkpoint(str(partial_file(args, name)))
+    if pack["detector_sha256"] != file_sha256(str(detector)):
+        raise SystemExit(f"{partial_file(args, name)} was saved with another detector than {detector}")
+    shipped = load_checkpoint(str(detector))["model"]
+    model = {k: shipped[k].to(getattr(torch, d)) for k, d in pack["detector_dtypes"].items()}
+    model.update(pack["model"])
+    run_dir = args.out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for t, text in pack["texts"].items():
+        (run_dir / t).write_text(text)
+    state = {k: v for k, v in pack.items() if k not in ("detector_dtypes", "detector_sha256", "texts", "versions")}
+    save_checkpoint(str(run_dir / "checkpoint_last.pt"), {**state, "model": model})
+    print(f"[partial] {name}: restored at iteration {pack['iteration']} into {run_dir}", flush=True)
 
 
 def train_detector(args) -> Path:
@@ -239,6 +302,9 @@ def main(argv=None) -> None:
                    help="with --train-detector: its run folder (default runs/shapes_detail_detector_r18)")
     p.add_argument("--heads", type=Path, default=None,
                    help="trained head files (default benchmarks/results/accuracy_vs_cost_256_heads)")
+    p.add_argument("--save-partial", action="store_true",
+                   help="train nothing: keep every unfinished head's last checkpoint in --heads (NAME.partial.pt, "
+                        "without the detector) so that another machine or session resumes it from the repository")
     p.add_argument("--eval-only", action="store_true",
                    help="train nothing: evaluate the head files in --heads (all must be there)")
     p.add_argument("--iters", type=int, default=1500, help="training iterations per mask head")
@@ -282,6 +348,16 @@ def main(argv=None) -> None:
     missing = [s["name"] for s in specs if not head_file(args, s["name"]).exists()]
     if args.eval_only and missing:
         raise SystemExit(f"--eval-only: no head file for {', '.join(missing)} in {args.heads}")
+    if args.save_partial:
+        for spec in specs:
+            if not head_file(args, spec["name"]).exists() and (args.out / spec["name"] / "checkpoint_last.pt").exists():
+                save_partial(args, detector, spec["name"])
+        return
+    for spec in specs:
+        name = spec["name"]
+        if (not head_file(args, name).exists() and partial_file(args, name).exists()
+                and not (args.out / name / "checkpoint_last.pt").exists()):
+            restore_partial(args, detector, name)
     if not args.eval_only:
         base.train_all(specs, args, args.out, finished=lambda spec: head_file(args, spec["name"]).exists(),
                        on_done=lambda spec: keep_head(args, detector, spec))
