@@ -1,0 +1,101 @@
+"""The 256-px benchmark's bookkeeping (partial head state kept in the repository between sessions)
+and the oracle switch's choice under a FLOPs target — pure functions, no training."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _same(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_partial_head_state_round_trip(tmp_path):
+    """An unfinished head's checkpoint is kept without the frozen detector and rebuilt bit for bit."""
+    bench = _load("accuracy_vs_cost_256")
+    from dynamask.engine.build import load_checkpoint, save_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    detector_state = {"backbone.w": torch.randn(8, 4, generator=g).half(), "rpn.b": torch.randn(3, generator=g).half()}
+    detector = tmp_path / "detector.pt"
+    save_checkpoint(str(detector), {"model": detector_state, "detector_only": True})
+    model = {k: v.float() for k, v in detector_state.items()}
+    model["roi_heads.mask_branch.conv.weight"] = torch.randn(5, 5, generator=g)
+    ckpt = {"model": model, "optimizer": {"state": {0: {"exp_avg": torch.randn(5, 5, generator=g)}}},
+            "scheduler": {"last_epoch": 375}, "iteration": 375, "config": {"seed": 0},
+            "rng": {"world_size": 1, "states": [{"torch": torch.get_rng_state()}]}}
+    run_dir = tmp_path / "runs" / "fixed-56"
+    run_dir.mkdir(parents=True)
+    save_checkpoint(str(run_dir / "checkpoint_last.pt"), ckpt)
+    (run_dir / "metrics.jsonl").write_text('{"iteration": 20}\n')
+    (run_dir / "train.log").write_text("log\n")
+
+    args = argparse.Namespace(out=tmp_path / "runs", heads=tmp_path / "heads")
+    packed = bench.save_partial(args, detector, "fixed-56")
+    kept = torch.load(packed, weights_only=True)
+    assert set(kept["model"]) == {"roi_heads.mask_branch.conv.weight"}  # the detector is not stored again
+
+    again = argparse.Namespace(out=tmp_path / "elsewhere", heads=tmp_path / "heads")
+    bench.restore_partial(again, detector, "fixed-56")
+    restored = load_checkpoint(str(tmp_path / "elsewhere" / "fixed-56" / "checkpoint_last.pt"))
+    original = load_checkpoint(str(run_dir / "checkpoint_last.pt"))
+    _same({k: v for k, v in original.items() if k != "versions"}, {k: v for k, v in restored.items() if k != "versions"})
+    assert (tmp_path / "elsewhere" / "fixed-56" / "metrics.jsonl").read_text() == '{"iteration": 20}\n'
+
+    # a run whose "frozen" detector moved cannot be kept this way
+    model["backbone.w"] = model["backbone.w"] + 1
+    save_checkpoint(str(run_dir / "checkpoint_last.pt"), {**ckpt, "model": model})
+    with pytest.raises(SystemExit, match="backbone.w"):
+        bench.save_partial(args, detector, "fixed-56")
+    # nor restored onto another detector
+    save_checkpoint(str(detector), {"model": {k: v + 1 for k, v in detector_state.items()}})
+    with pytest.raises(SystemExit, match="another detector"):
+        bench.restore_partial(again, detector, "fixed-56")
+
+
+def test_oracle_choices_meet_the_flops_target():
+    oracle = _load("oracle_switch")
+    stage_gflops = torch.tensor([0.05, 0.1, 0.2, 0.4])
+    # image 1: a detection best at 112, one equally good everywhere, one unmatched; image 2: best at 28
+    costs = [torch.tensor([[1.0, 0.6, 0.2, 0.0], [0.3, 0.3, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0]]),
+             torch.tensor([[0.9, 0.1, 0.1, 0.1]])]
+    matched = [torch.tensor([True, True, False]), torch.tensor([True])]
+    per_image = list(zip(costs, matched))
+
+    free, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=1.0)  # compute is no constraint
+    assert free[0].tolist() == [3, 0, 0] and free[1].tolist() == [1]  # best stage, cheapest among equals
+    for target in (0.06, 0.1, 0.15):
+        picks, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=target)
+        flat = torch.cat(picks)
+        assert float(stage_gflops[flat].mean()) <= target + 1e-9
+        assert flat[2] == 0  # an unmatched detection always stops at 14
+    tight, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=0.05)
+    assert torch.cat(tight).tolist() == [0, 0, 0, 0]
