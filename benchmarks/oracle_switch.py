@@ -5,8 +5,10 @@ but each detection's resolution chosen by an oracle that knows the ground truth 
 mask scores best on the switch's own training criterion (``selection_costs``: 1 − mask IoU plus
 1 − boundary IoU against the ground-truth mask, on the RoI's pixel grid), traded against FLOPs with
 one price λ set so that the mean mask GFLOPs per instance meets a target. Detections that match no
-ground truth (box IoU < 0.5 with every object of their class) stop at 14. The switch's FLOPs are
-counted as for the learnt switch, so the two compare at equal cost.
+ground truth (box IoU < 0.5 with every object of their class) keep the learnt switch's choice (no
+switch can know a detection is false; ``--unmatched 14`` stops them at 14 instead). The switch's
+FLOPs are counted as for the learnt switch, so the two compare at equal cost. Choosing the best of
+four masks per object is itself worth something: the oracle can beat fixed-112.
 
 If the oracle at the learnt switch's cost is far above it, the switch is what holds the head
 back; if it is not, the stages are — no switch could do better with them.
@@ -45,10 +47,19 @@ KEEP = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gfl
 
 def stage_costs_per_detection(model, dataset, max_images: int | None, resolution: int = 112):
     """Run every stage for every detection (policy fixed-112) and score each stage's mask against
-    the matched ground truth. Returns per image: (selection costs K-column tensor or None per
-    detection row, matched flag)."""
+    the matched ground truth. Returns per image: (N×K selection costs, zero where unmatched;
+    matched flags; the learnt switch's unconstrained choice)."""
     head = model.roi_heads.mask_branch
     captured: list = []
+    learnt: list = []
+    original = head.choose_stages
+
+    def recording(inp, counts):  # the switch's own choice (budget 1), then every stage (fixed-112)
+        scores = head.switch.scores(head.switch(inp).float(), head.cost_fractions(inp.rois.device))
+        learnt.append(scores.argmax(dim=1).cpu())
+        return original(inp, counts)
+
+    head.choose_stages = recording
     hooks = [p.register_forward_hook(lambda _m, _i, out: captured.append(out[1].detach()))
              for p in head.predictors]
     model.policy = "fixed-112"
@@ -61,6 +72,7 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
         with torch.inference_mode():
             for images, targets in loader:
                 captured.clear()
+                learnt.clear()
                 if max(images[0].shape[-2:]) > sizes[1] or min(images[0].shape[-2:]) != sizes[0]:
                     raise SystemExit(f"the oracle compares masks in image pixels: it needs images the model does "
                                      f"not resize (min side {sizes[0]}, max {sizes[1]}); got {tuple(images[0].shape)}")
@@ -82,23 +94,29 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
                         target = roi_mask_targets(gt_masks[idx[m]], boxes[m], resolution, model.mask_geometry)
                         stage_logits = [c[m] for c in captured]
                         costs[m] = selection_costs(stage_logits, target, boxes[m]).cpu()
-                per_image.append((costs, matched))
+                own = learnt[0] if learnt else torch.zeros(n, dtype=torch.int64)
+                per_image.append((costs, matched, own))
     finally:
+        del head.choose_stages
         for h in hooks:
             h.remove()
     return per_image
 
 
-def oracle_choices(per_image, stage_gflops: torch.Tensor, target_gflops: float, iterations: int = 60):
+def oracle_choices(per_image, stage_gflops: torch.Tensor, target_gflops: float, iterations: int = 60,
+                   unmatched: str = "learnt"):
     """Stage per detection minimising cost + λ·F_k/F_max, λ bisected so that the mean GFLOPs per
-    detection meets ``target_gflops`` (at most); unmatched detections stop at stage 0."""
-    costs = torch.cat([c for c, _ in per_image])
-    matched = torch.cat([m for _, m in per_image])
+    detection meets ``target_gflops`` (at most, where reachable); unmatched detections keep the
+    learnt switch's choice (``unmatched="learnt"``) or stop at stage 0 (``"14"``)."""
+    costs = torch.cat([item[0] for item in per_image])
+    matched = torch.cat([item[1] for item in per_image])
+    fallback = (torch.cat([item[2] for item in per_image]) if unmatched == "learnt"
+                else torch.zeros(costs.shape[0], dtype=torch.int64))
     frac = stage_gflops / stage_gflops[-1]
 
     def choose(lam: float) -> torch.Tensor:
         pick = (costs + lam * frac).argmin(dim=1)
-        return torch.where(matched, pick, torch.zeros_like(pick))
+        return torch.where(matched, pick, fallback)
 
     def mean_gflops(lam: float) -> float:
         return float(stage_gflops[choose(lam)].mean())
@@ -110,7 +128,7 @@ def oracle_choices(per_image, stage_gflops: torch.Tensor, target_gflops: float, 
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mean_gflops(mid) > target_gflops else (lo, mid)
     pick = choose(hi)
-    return list(pick.split([c.shape[0] for c, _ in per_image])), hi
+    return list(pick.split([item[0].shape[0] for item in per_image])), hi
 
 
 def evaluate_with_choices(model, dataset, choices_per_image: list, max_images: int | None) -> dict:
@@ -143,6 +161,8 @@ def main(argv=None) -> None:
                         "learnt switch's own cost")
     p.add_argument("--out", type=Path, default=HERE / "results" / "oracle_switch_256.json")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--unmatched", choices=("learnt", "14"), default="learnt",
+                   help="stage of detections that match no object: the learnt switch's choice, or 14")
     p.add_argument("--max-images", type=int, default=None, help="the first N validation images only (a quick check)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -162,16 +182,17 @@ def main(argv=None) -> None:
     targets = [("oracle at the learnt switch's cost", learnt["mask_gflops_per_instance"])]
     targets += [(f"oracle at {f:.0%} of fixed-112", f * full["mask_gflops_per_instance"]) for f in args.fractions]
     for name, gflops in targets:
-        choices, lam = oracle_choices(per_image, stage_gflops, gflops)
+        choices, lam = oracle_choices(per_image, stage_gflops, gflops, unmatched=args.unmatched)
         m = evaluate_with_choices(model, dataset, choices, n)
         rows[name] = {k: m.get(k) for k in KEEP} | {"price": lam, "target_gflops": gflops}
         print(f"[{name}] segm {m['segm_AP']:.1f} boundary {m['boundary_AP']:.1f} "
               f"GFLOPs {m['mask_gflops_per_instance']:.4f}", flush=True)
-    matched = int(sum(int(m.sum()) for _, m in per_image))
+    matched = int(sum(int(item[1].sum()) for item in per_image))
     result = {"head": str(args.head.relative_to(ROOT) if args.head.is_absolute() and args.head.is_relative_to(ROOT)
                           else args.head),
               "dataset": str(args.data), "val_images": n or len(dataset), "matched_detections": matched,
-              "detections": int(sum(m.shape[0] for _, m in per_image)), "rows": rows,
+              "detections": int(sum(item[1].shape[0] for item in per_image)), "unmatched_stage": args.unmatched,
+              "rows": rows,
               "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
               "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,14 +88,21 @@ def test_oracle_choices_meet_the_flops_target():
     costs = [torch.tensor([[1.0, 0.6, 0.2, 0.0], [0.3, 0.3, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0]]),
              torch.tensor([[0.9, 0.1, 0.1, 0.1]])]
     matched = [torch.tensor([True, True, False]), torch.tensor([True])]
-    per_image = list(zip(costs, matched))
+    learnt = [torch.tensor([1, 1, 2]), torch.tensor([3])]  # the switch's own choices
+    per_image = list(zip(costs, matched, learnt))
 
-    free, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=1.0)  # compute is no constraint
+    free, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=1.0, unmatched="14")
     assert free[0].tolist() == [3, 0, 0] and free[1].tolist() == [1]  # best stage, cheapest among equals
     for target in (0.06, 0.1, 0.15):
-        picks, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=target)
+        picks, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=target, unmatched="14")
         flat = torch.cat(picks)
         assert float(stage_gflops[flat].mean()) <= target + 1e-9
-        assert flat[2] == 0  # an unmatched detection always stops at 14
-    tight, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=0.05)
+        assert flat[2] == 0  # an unmatched detection stops at 14
+    tight, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=0.05, unmatched="14")
     assert torch.cat(tight).tolist() == [0, 0, 0, 0]
+    # by default an unmatched detection keeps the switch's choice (a switch cannot know it is false)
+    kept, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=1.0)
+    assert kept[0].tolist() == [3, 0, 2] and kept[1].tolist() == [1]
+    budget = float(stage_gflops[torch.tensor([0, 0, 2, 0])].mean())
+    cheap, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=budget)
+    assert torch.cat(cheap).tolist() == [0, 0, 2, 0]
