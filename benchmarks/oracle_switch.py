@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -54,9 +55,12 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
     learnt: list = []
     original = head.choose_stages
 
-    def recording(inp, counts):  # the switch's own choice (budget 1), then every stage (fixed-112)
-        scores = head.switch.scores(head.switch(inp).float(), head.cost_fractions(inp.rois.device))
-        learnt.append(scores.argmax(dim=1).cpu())
+    def recording(inp, counts):  # the switch's own choice (the head's dynamic policy), then every stage
+        head.policy = "dynamic"
+        try:
+            learnt.append(original(inp, counts).cpu())
+        finally:
+            head.policy = "fixed-112"
         return original(inp, counts)
 
     head.choose_stages = recording
@@ -193,7 +197,7 @@ def main(argv=None) -> None:
               "dataset": str(args.data), "val_images": n or len(dataset), "matched_detections": matched,
               "detections": int(sum(item[1].shape[0] for item in per_image)), "unmatched_stage": args.unmatched,
               "rows": rows,
-              "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=lambda o: {str(k): v for k, v in o.items()}
