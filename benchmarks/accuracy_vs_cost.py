@@ -171,29 +171,71 @@ def ceiling(data: Path) -> dict:
     return out
 
 
-def evaluate_all(specs, args, out_dir: Path) -> tuple[dict, list]:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file: what an evaluation's cached result is keyed on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluate_all(specs, args, out_dir: Path, cache=None, only_ready: bool = False) -> tuple[dict, list]:
+    """Evaluate every spec's policies (and the dial on ``DIAL_MODEL``) on the validation split.
+
+    ``cache(spec)`` may name a JSON file per head where its results are kept, keyed on the SHA-256
+    of the weights, of the validation annotations and on the policies and dial evaluated: a head
+    whose key matches is not evaluated again (evaluation is deterministic), so heads can be
+    evaluated as they finish. ``only_ready`` skips specs whose weights do not exist yet."""
     import torch
 
     from dynamask.data import CocoInstanceDataset
     from dynamask.engine.evaluate import evaluate
 
     torch.set_num_threads(args.jobs * args.threads)
-    dataset = CocoInstanceDataset(str(args.data / "val.json"), str(args.data / "val"), transforms=None,
-                                  keep_empty=True, validate_masks=False)
+    dataset = None
+    val_digest = file_digest(args.data / "val.json") if cache else None
     models, dial = {}, []
     for spec in specs:
-        weights = str(spec.get("weights") or out_dir / spec["name"] / "model_final.pt")
+        weights = Path(spec.get("weights") or out_dir / spec["name"] / "model_final.pt")
+        if only_ready and not weights.exists():
+            continue
+        cache_file = cache(spec) if cache else None
+        key = None
+        if cache_file is not None:
+            key = {"weights_sha256": file_digest(weights), "val_json_sha256": val_digest,
+                   "evals": [list(e) for e in spec["evals"]],
+                   "dial": list(DIAL) if spec["name"] == DIAL_MODEL else []}
+            if cache_file.exists():
+                cached = json.loads(cache_file.read_text())
+                if cached.get("key") == key:
+                    models.update(cached["models"])
+                    dial.extend(cached["dial"])
+                    print(f"[eval] {spec['name']}: results kept in {cache_file.name} (same weights and data)", flush=True)
+                    continue
+        if dataset is None:
+            dataset = CocoInstanceDataset(str(args.data / "val.json"), str(args.data / "val"), transforms=None,
+                                          keep_empty=True, validate_masks=False)
+        head_models, head_dial = {}, []
         for name, policy in spec["evals"]:
-            m = evaluate(weights=weights, dataset=dataset, policy=policy, device="cpu", progress=False)
-            models[name] = summary(m) | {"trained_as": spec["name"]}
+            m = evaluate(weights=str(weights), dataset=dataset, policy=policy, device="cpu", progress=False)
+            head_models[name] = summary(m) | {"trained_as": spec["name"]}
             print(f"[eval] {name:12s} segm AP {m['segm_AP']:.1f}  boundary AP {m['boundary_AP']:.1f}  "
                   f"mask GFLOPs/inst {m['mask_gflops_per_instance']:.4f}", flush=True)
         if spec["name"] == DIAL_MODEL:
             for b in DIAL:
-                m = evaluate(weights=weights, dataset=dataset, policy="dynamic", budget=b, device="cpu", progress=False)
-                dial.append({"mask_budget": b} | summary(m))
+                m = evaluate(weights=str(weights), dataset=dataset, policy="dynamic", budget=b, device="cpu", progress=False)
+                head_dial.append({"mask_budget": b} | summary(m))
                 print(f"[dial] budget {b:.1f}  segm AP {m['segm_AP']:.1f}  boundary AP {m['boundary_AP']:.1f}  "
                       f"mask GFLOPs/inst {m['mask_gflops_per_instance']:.4f}", flush=True)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(cache_file, (json.dumps({"key": key, "models": head_models, "dial": head_dial},
+                                                       indent=1) + "\n").encode())
+        models.update(head_models)
+        dial.extend(head_dial)
     return models, dial
 
 

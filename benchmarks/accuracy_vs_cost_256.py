@@ -25,7 +25,9 @@ Protocol (issue 11; BENCHMARKS.md states the run's numbers):
 Every head, once trained, is kept as a small float16 head file (mask branch alone, referencing the
 detector) with its log in ``benchmarks/results/accuracy_vs_cost_256_heads/`` (``--heads``); a head
 whose file is there is not trained again, so a run split over several machines or sessions
-resumes from the repository, and the table is always computed from exactly those files.
+resumes from the repository, and the table is always computed from exactly those files. Each
+head's evaluation is kept beside it (``NAME.eval.json``, keyed on the SHA-256 of its weights and of
+the validation annotations); ``--eval-ready --jobs 1`` evaluates the finished heads while others train.
 Writes ``benchmarks/results/accuracy_vs_cost_256.json`` and ``.png`` (``--results`` to change).
 """
 
@@ -307,6 +309,10 @@ def main(argv=None) -> None:
                         "without the detector) so that another machine or session resumes it from the repository")
     p.add_argument("--eval-only", action="store_true",
                    help="train nothing: evaluate the head files in --heads (all must be there)")
+    p.add_argument("--eval-ready", action="store_true",
+                   help="train nothing, write no table: evaluate the head files already in --heads and keep their "
+                        "results beside them (NAME.eval.json), e.g. beside trainings still running "
+                        "(with --jobs 1 for one thread)")
     p.add_argument("--iters", type=int, default=1500, help="training iterations per mask head")
     p.add_argument("--width", type=int, default=64, help="C: Mask R-CNN conv width and r-FPN stage-14 width")
     p.add_argument("--out", type=Path, default=None, help="head training runs (default runs/accuracy_vs_cost_256)")
@@ -358,7 +364,7 @@ def main(argv=None) -> None:
         if (not head_file(args, name).exists() and partial_file(args, name).exists()
                 and not (args.out / name / "checkpoint_last.pt").exists()):
             restore_partial(args, detector, name)
-    if not args.eval_only:
+    if not (args.eval_only or args.eval_ready):
         base.train_all(specs, args, args.out, finished=lambda spec: head_file(args, spec["name"]).exists(),
                        on_done=lambda spec: keep_head(args, detector, spec))
     walls = {}
@@ -366,7 +372,12 @@ def main(argv=None) -> None:
         spec["weights"] = head_file(args, spec["name"])
         wall_file = args.heads / f"{spec['name']}.wall.json"
         walls[spec["name"]] = json.loads(wall_file.read_text())["train_wall_s"] if wall_file.exists() else None
-    models, dial = base.evaluate_all(specs, args, args.out)
+    # each head's results are kept beside its file, keyed on its weights and the validation data
+    eval_cache = lambda spec: args.heads / f"{spec['name']}.eval.json"  # noqa: E731
+    if args.eval_ready:
+        base.evaluate_all(specs, args, args.out, cache=eval_cache, only_ready=True)
+        return
+    models, dial = base.evaluate_all(specs, args, args.out, cache=eval_cache)
     models = {n: models[n] for n in ORDER}
     for spec in specs:
         facts = model_facts(spec["weights"])

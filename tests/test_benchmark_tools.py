@@ -106,3 +106,46 @@ def test_oracle_choices_meet_the_flops_target():
     budget = float(stage_gflops[torch.tensor([0, 0, 2, 0])].mean())
     cheap, _ = oracle.oracle_choices(per_image, stage_gflops, target_gflops=budget)
     assert torch.cat(cheap).tolist() == [0, 0, 2, 0]
+
+
+def test_evaluation_results_are_kept_per_head_and_redone_when_anything_changes(tmp_path, monkeypatch):
+    """A head's evaluation is reused only for the same weights, validation data and policies."""
+    base = _load("accuracy_vs_cost")
+    import dynamask.data
+    import dynamask.engine.evaluate as evaluate_module
+
+    calls = []
+
+    def fake_evaluate(weights, dataset, policy, device, progress, budget=None):
+        calls.append((Path(weights).name, policy, budget))
+        return {"segm_AP": float(len(calls)), "boundary_AP": 1.0, "mask_gflops_per_instance": 0.1}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(dynamask.data, "CocoInstanceDataset", lambda *a, **k: "dataset")
+    (tmp_path / "val.json").write_text("{}")
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    for name in ("fixed-112", "dynamic@0.4"):
+        (heads / f"{name}.pt").write_bytes(name.encode())
+    specs = [{"name": "fixed-112", "evals": [("fixed-112", "fixed-112"), ("size", "size")], "weights": heads / "fixed-112.pt"},
+             {"name": "dynamic@0.4", "evals": [("dynamic@0.4", "dynamic")], "weights": heads / "dynamic@0.4.pt"},
+             {"name": "fixed-14", "evals": [("fixed-14", "fixed-14")], "weights": heads / "fixed-14.pt"}]
+    args = argparse.Namespace(data=tmp_path, jobs=1, threads=1)
+    cache = lambda spec: heads / f"{spec['name']}.eval.json"  # noqa: E731
+
+    models, dial = base.evaluate_all(specs, args, tmp_path, cache=cache, only_ready=True)  # fixed-14 not trained yet
+    assert set(models) == {"fixed-112", "size", "dynamic@0.4"} and len(dial) == len(base.DIAL)
+    assert len(calls) == 3 + len(base.DIAL)
+    first = (models, dial)
+
+    (heads / "fixed-14.pt").write_bytes(b"fixed-14")
+    models, dial = base.evaluate_all(specs, args, tmp_path, cache=cache)
+    assert calls[-1] == ("fixed-14.pt", "fixed-14", None) and len(calls) == 4 + len(base.DIAL)  # only the new head
+    assert {k: models[k] for k in first[0]} == first[0] and dial == first[1]
+
+    (heads / "fixed-112.pt").write_bytes(b"retrained")  # new weights: evaluated again
+    base.evaluate_all(specs, args, tmp_path, cache=cache)
+    assert len(calls) == 6 + len(base.DIAL) and calls[-1] == ("fixed-112.pt", "size", None)
+    (tmp_path / "val.json").write_text('{"images": []}')  # other validation data: everything again
+    base.evaluate_all(specs, args, tmp_path, cache=cache)
+    assert len(calls) == 2 * (6 + len(base.DIAL)) - 2
