@@ -239,6 +239,34 @@ def judge(models: dict) -> dict:
     }
 
 
+def markdown(result: dict) -> str:
+    """The results as the Markdown tables BENCHMARKS.md shows (so that no number is copied by hand)."""
+    models, full = result["models"], result["models"]["fixed-112"]["mask_gflops_per_instance"]
+    walls = result.get("train_wall_s") or {}
+
+    def num(v, fmt=".1f"):
+        return "—" if v is None else format(v, fmt)
+
+    rows = ["| model | switch | mask params | GFLOPs/inst (vs fixed-112) | segm AP | AP50 | AP75 | APs | APm | APl "
+            "| boundary AP | 14/28/56/112 | ρ | ρ within size | training s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for name, m in models.items():
+        hist = m.get("resolution_histogram") or {}
+        g = m["mask_gflops_per_instance"]
+        rows.append(f"| {name} | {m.get('switch') or '—'} | {m['params']:,} | {g:.3f} ({100 * g / full:.0f} %) "
+                    f"| {m['segm_AP']:.1f} | {num(m['AP50'])} | {num(m['AP75'])} | {num(m['APs'])} | {num(m['APm'])} "
+                    f"| {num(m['APl'])} | {m['boundary_AP']:.1f} | {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} "
+                    f"| {num(m.get('rho'), '.2f')} | {num(m.get('rho_within_size'), '.2f')} "
+                    f"| {num(walls.get(m.get('trained_as', name)), '.0f') if m.get('trained_as', name) == name else '(fixed-112)'} |")
+    dial = ["| mask_budget | GFLOPs/inst (vs fixed-112) | segm AP | boundary AP | 14/28/56/112 |", "|---:|---:|---:|---:|---|"]
+    for d in result.get("dial") or []:
+        hist = d.get("resolution_histogram") or {}
+        g = d["mask_gflops_per_instance"]
+        dial.append(f"| {d['mask_budget']:.1f} | {g:.3f} ({100 * g / full:.0f} %) | {d['segm_AP']:.1f} | {d['boundary_AP']:.1f} "
+                    f"| {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} |")
+    return "\n".join(rows) + "\n\n" + "\n".join(dial)
+
+
 PILOT_HEADS = ("maskrcnn", "fixed-112", "dynamic@0.4")
 
 
@@ -403,8 +431,7 @@ def main(argv=None) -> None:
     }
     base.write_outputs(result, specs, args, logs=False)  # each head's logs are beside its file in --heads
     print(base.table(models))
-    for name, m in models.items():
-        print(f"{name:12s} params {m['params']:>9,d}  rho within size {m.get('rho_within_size')}")
+    print(markdown(result))
     print(json.dumps(result["goals"], indent=1))
     print(f"wrote {args.results} and {args.results.with_suffix('.png')} in {result['wall_time_s']:.0f} s")
 

@@ -149,3 +149,24 @@ def test_evaluation_results_are_kept_per_head_and_redone_when_anything_changes(t
     (tmp_path / "val.json").write_text('{"images": []}')  # other validation data: everything again
     base.evaluate_all(specs, args, tmp_path, cache=cache)
     assert len(calls) == 2 * (6 + len(base.DIAL)) - 2
+
+
+def test_markdown_tables_show_the_results_numbers():
+    bench = _load("accuracy_vs_cost_256")
+
+    def model(ap, g, hist, **extra):
+        return {"segm_AP": ap, "AP50": 60.0, "AP75": 40.0, "APs": None, "APm": 41.0, "APl": 55.0, "boundary_AP": ap - 10,
+                "mask_gflops_per_instance": g, "resolution_histogram": hist, "params": 123456, **extra}
+
+    result = {"models": {"fixed-112": model(44.2, 0.4, {"112": 10}, trained_as="fixed-112"),
+                         "size": model(40.0, 0.2, {"28": 5, "112": 5}, trained_as="fixed-112", rho=0.1),
+                         "dynamic@0.4": model(42.3, 0.1, {"14": 1, "28": 2, "56": 3, "112": 4}, switch="cost",
+                                              trained_as="dynamic@0.4", rho=0.45, rho_within_size=0.29)},
+              "train_wall_s": {"fixed-112": 4134.2, "dynamic@0.4": 3807.0},
+              "dial": [{"mask_budget": 0.4, "segm_AP": 40.1, "boundary_AP": 26.7, "mask_gflops_per_instance": 0.2,
+                        "resolution_histogram": {"14": 3}}]}
+    text = bench.markdown(result)
+    lines = text.splitlines()
+    assert "| dynamic@0.4 | cost | 123,456 | 0.100 (25 %) | 42.3 | 60.0 | 40.0 | — | 41.0 | 55.0 | 32.3 | 1/2/3/4 | 0.45 | 0.29 | 3807 |" in lines
+    assert "| size | — | 123,456 | 0.200 (50 %) | 40.0 | 60.0 | 40.0 | — | 41.0 | 55.0 | 30.0 | 0/5/0/5 | 0.10 | — | (fixed-112) |" in lines
+    assert "| 0.4 | 0.200 (50 %) | 40.1 | 26.7 | 3/0/0/0 |" in lines
