@@ -215,7 +215,8 @@ def model_facts(weights: Path) -> dict:
     model, ckpt = model_from_checkpoint(str(weights))
     hp = ckpt.get("hyper_parameters") or {}
     return {"params": sum(p.numel() for p in model.mask_branch.parameters()),
-            "switch": hp.get("switch") if hp.get("policy") == "dynamic" else None,
+            "switch": (hp.get("switch") if hp.get("head") == "dynamask" and hp.get("policy") == "dynamic"
+                       else None),
             "widths": hp.get("head_widths") if hp.get("head") == "dynamask" else [hp.get("maskrcnn_head_channels")] * 4}
 
 

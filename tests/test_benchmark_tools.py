@@ -170,3 +170,20 @@ def test_markdown_tables_show_the_results_numbers():
     assert "| dynamic@0.4 | cost | 123,456 | 0.100 (25 %) | 42.3 | 60.0 | 40.0 | — | 41.0 | 55.0 | 32.3 | 1/2/3/4 | 0.45 | 0.29 | 3807 |" in lines
     assert "| size | — | 123,456 | 0.200 (50 %) | 40.0 | 60.0 | 40.0 | — | 41.0 | 55.0 | 30.0 | 0/5/0/5 | 0.10 | — | (fixed-112) |" in lines
     assert "| 0.4 | 0.200 (50 %) | 40.1 | 26.7 | 3/0/0/0 |" in lines
+
+
+@pytest.mark.parametrize("head, switch, widths", [("maskrcnn", None, [64, 64, 64, 64]),
+                                                   ("fixed-56", None, [64, 43, 32, 21]),
+                                                   ("dynamic@0.4", "cost", [64, 43, 32, 21]),
+                                                   ("paper@0.4", "paper", [64, 43, 32, 21])])
+def test_model_facts_of_the_shipped_heads(head, switch, widths):
+    """The table's switch / widths / params columns come from the head files themselves: a Mask R-CNN
+    head has no switch even though its config carries the default ``policy: dynamic``."""
+    weights = ROOT / "benchmarks" / "results" / "accuracy_vs_cost_256_heads" / f"{head}.pt"
+    if not weights.exists():
+        pytest.skip(f"{weights} not in this checkout")
+    facts = _load("accuracy_vs_cost_256").model_facts(weights)
+    assert facts["switch"] == switch and list(facts["widths"]) == widths
+    stored = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    tensors = sum(v.numel() for k, v in stored.items() if ".mask_branch." in k)  # parameters and buffers
+    assert 0 < facts["params"] <= tensors and facts["params"] >= 0.99 * tensors
