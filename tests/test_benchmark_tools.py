@@ -187,3 +187,32 @@ def test_model_facts_of_the_shipped_heads(head, switch, widths):
     stored = torch.load(weights, map_location="cpu", weights_only=True)["model"]
     tensors = sum(v.numel() for k, v in stored.items() if ".mask_branch." in k)  # parameters and buffers
     assert 0 < facts["params"] <= tensors and facts["params"] >= 0.99 * tensors
+
+
+def test_score_gate_stops_low_scoring_detections_at_14():
+    """benchmarks/score_gate.py: below the floor every detection gets 14×14, above it the policy's
+    own choice and the very same mask; the detections themselves do not change."""
+    from dynamask.config import load_config
+    from dynamask.models import build_model
+
+    gate = _load("score_gate")
+    cfg = load_config(None, {"model.backbone": "resnet18", "model.policy": "fixed-112", "input.min_size": 64,
+                             "input.max_size": 64, "model.box_score_thresh": 0.0,
+                             "model.box_detections_per_img": 20})
+    torch.manual_seed(0)
+    model = build_model(cfg, 3).eval()
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = model([image])[0]
+    assert plain["scores"].numel() >= 4 and bool((plain["mask_resolution"] == 112).all())
+    floor = float(plain["scores"].median())
+    gate.gate_by_score(model, floor)
+    with torch.no_grad():
+        gated = model([image])[0]
+    assert torch.equal(gated["boxes"], plain["boxes"]) and torch.equal(gated["scores"], plain["scores"])
+    low = plain["scores"] < floor
+    assert bool(low.any()) and bool((~low).any())
+    assert bool((gated["mask_resolution"][low] == 14).all())
+    assert bool((gated["mask_resolution"][~low] == 112).all())
+    torch.testing.assert_close(gated["masks"][~low], plain["masks"][~low])
+    assert float(gated["mask_flops"][low].max()) < float(plain["mask_flops"][low].min())
