@@ -28,18 +28,17 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from ..cocotools import mask_utils
 
 from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError
 from ..inference import apply_policy, model_from_checkpoint, resolve_device
+from ..progress import progress_bar
 
 __all__ = [
     "METRIC_KEYS",
@@ -655,7 +654,7 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
         apply_policy(model, policy, budget)
         used_policy, used_budget = model.policy, float(model.mask_budget)
         model.eval()
-        bar = tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, leave=False, disable=not progress)
+        bar = progress_bar(total, "evaluate", unit="img", enabled=progress)
         with torch.inference_mode():
             for images, targets in loader:
                 images = [torch.as_tensor(im).as_subclass(torch.Tensor).to(dev, non_blocking=True) for im in images]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import DynaMaskError
+from ..progress import progress_bar
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "predict_files"]
 
@@ -114,7 +114,7 @@ def predict_files(
                           policy=policy, mask_budget=mask_budget)
     out.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, leave=False, disable=not progress)
+    bar = progress_bar(len(files), "predict", unit="img", enabled=progress)
 
     results: List[Dict[str, Any]] = []
     used: set = set()
