@@ -10,6 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
+from dynamask.models.geometry import boxes_to_mask_frame
 
 from dynamask.data import (
     SKIP_REASONS,
@@ -334,10 +335,13 @@ def shapes_ds(tmp_path_factory):
 
 
 def _check_consistent(image, target, atol=1.0):
+    """Boxes, masks and the per-instance fields agree. Masks may keep another resolution than the
+    image (``resize_masks=False``): the boxes are then compared in the masks' pixel frame."""
     boxes = target["boxes"].as_subclass(torch.Tensor)
     masks = target["masks"]
     n = boxes.shape[0]
-    assert masks.shape == (n, image.shape[-2], image.shape[-1])
+    assert masks.shape[0] == n
+    boxes = boxes_to_mask_frame(boxes, tuple(image.shape[-2:]), masks.shape[-2:])
     assert target["labels"].shape == (n,) and target["iscrowd"].shape == (n,) and target["area"].shape == (n,)
     assert tuple(target["boxes"].canvas_size) == tuple(image.shape[-2:])
     nonempty = masks.flatten(1).sum(1) > 0
@@ -359,9 +363,10 @@ def test_train_transform_flip_keeps_boxes_and_masks_in_step(shapes_ds):
         _check_consistent(img1, t1)
 
 
-def test_train_transform_full_pipeline(shapes_ds):
+@pytest.mark.parametrize("resize_masks", [False, True])
+def test_train_transform_full_pipeline(shapes_ds, resize_masks):
     torch.manual_seed(0)
-    tf = build_transforms(True, min_size=(64, 80, 128), max_size=100)
+    tf = build_transforms(True, min_size=(64, 80, 128), max_size=100, resize_masks=resize_masks)
     ds = CocoInstanceDataset(shapes_ds / "train.json", shapes_ds / "train", transforms=tf)
     sizes = set()
     for _ in range(2):
@@ -370,9 +375,14 @@ def test_train_transform_full_pipeline(shapes_ds):
             assert isinstance(img, tv_tensors.Image) and img.dtype == torch.float32
             assert max(img.shape[-2:]) <= 100
             sizes.add(tuple(img.shape[-2:]))
-            # nearest-neighbour downscaling may drop a boundary row/column of a mask:
-            # allow one source pixel (<= 1.5 output px at these scales) on top of 1 px
-            _check_consistent(img, t, atol=2.5)
+            if resize_masks:
+                assert t["masks"].shape[-2:] == img.shape[-2:]
+                # nearest-neighbour downscaling may drop a boundary row/column of a mask:
+                # allow one source pixel (<= 1.5 output px at these scales) on top of 1 px
+                _check_consistent(img, t, atol=2.5)
+            else:  # the masks keep their 96×96 resolution and stay exactly under their boxes
+                assert t["masks"].shape[-2:] == (96, 96)
+                _check_consistent(img, t, atol=1.0 + 1e-4)
             assert t["image_id"] == ds.ids[i]
     assert len(sizes) > 1  # the shortest side is drawn from the choices
 

@@ -162,7 +162,8 @@ def hyper_parameters(cfg: dict, num_classes: int) -> dict:
     """What a checkpoint records about the model it holds (num_classes counts the background).
     Head widths are recorded resolved (lists, never a preset name or null)."""
     return _resolved({**{k: cfg["model"].get(k) for k in ARCHITECTURE_KEYS}, "policy": cfg["model"].get("policy"),
-                      "mask_geometry": cfg["model"].get("mask_geometry"), "num_classes": int(num_classes)})
+                      "mask_geometry": cfg["model"].get("mask_geometry"),
+                      "mask_targets": cfg["model"].get("mask_targets"), "num_classes": int(num_classes)})
 
 
 def _resolved(hp: dict) -> dict:

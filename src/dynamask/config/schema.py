@@ -30,6 +30,8 @@ FAMS: Tuple[str, ...] = ("deform", "conv")
 DEFORM_KERNELS: Tuple[str, ...] = ("auto", "gather", "torchvision")
 #: where a box's mask cells lie (models/geometry.py): continuous boxes, or Mask R-CNN's legacy geometry
 MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
+#: where training's mask targets come from (models/detector.py DynaMaskRCNN.mask_targets)
+MASK_TARGETS: Tuple[str, ...] = ("original", "resized")
 #: Mask Switch Module: this project's cost-regressing switch, or the authors' (models/mask_switch.py)
 SWITCHES: Tuple[str, ...] = ("cost", "paper")
 #: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
@@ -126,6 +128,10 @@ class ModelConfig(_Section):
         "auto", "deformable FAM conv: auto (torchvision's op on CUDA, gather elsewhere), gather or torchvision")
     mask_geometry: _choice(MASK_GEOMETRIES) = _doc(
         "exact", "mask cells of a box: exact (continuous box) or torchvision (Mask R-CNN's legacy geometry)")
+    mask_targets: _choice(MASK_TARGETS) = _doc(
+        "original", "training mask targets: original (ground truth at its own resolution, RoIs mapped back onto "
+                    "it) or resized (bitmaps resized with the image, torchvision's way); the torchvision geometry "
+                    "always uses resized")
     fpn_channels: Int = _doc(256, "FPN width (torchvision: 256); the CPU configs use less", ge=1)
     box_representation_size: Int = _doc(1024, "box head hidden width (torchvision: 1024)", ge=1)
     head_widths: Optional[Annotated[

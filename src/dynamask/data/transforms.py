@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = ["build_transforms", "target_fields_getter", "SANITIZED_FIELDS"]
+__all__ = ["build_transforms", "target_fields_getter", "KeepMaskResolution", "SANITIZED_FIELDS"]
 
 #: Per-instance target fields that are filtered together with the boxes.
 SANITIZED_FIELDS: Tuple[str, ...] = ("labels", "iscrowd", "area")
@@ -35,14 +36,35 @@ def _find_target(inputs: Any) -> Optional[dict]:
 
 def target_fields_getter(inputs: Any) -> Tuple[torch.Tensor, ...]:
     """``labels_getter`` for ``SanitizeBoundingBoxes``: the per-instance tensors
-    (``labels``, ``iscrowd``, ``area`` when present) of the sample's target dict.
-    Masks (``tv_tensors.Mask``) are filtered by torchvision itself."""
+    (``labels``, ``iscrowd``, ``area`` when present) of the sample's target dict, and the masks
+    when :class:`KeepMaskResolution` made them a plain tensor (a ``tv_tensors.Mask`` is filtered
+    by torchvision itself)."""
     target = _find_target(inputs)
     if target is None:
         raise ValueError("SanitizeBoundingBoxes: expected an (image, target dict) sample")
     if "labels" not in target:
         raise ValueError("SanitizeBoundingBoxes: the target dict has no 'labels'")
-    return tuple(target[k] for k in SANITIZED_FIELDS if isinstance(target.get(k), torch.Tensor))
+    fields = tuple(target[k] for k in SANITIZED_FIELDS if isinstance(target.get(k), torch.Tensor))
+    masks = target.get("masks")
+    if isinstance(masks, torch.Tensor) and not isinstance(masks, tv_tensors.Mask):
+        fields += (masks,)
+    return fields
+
+
+class KeepMaskResolution(v2.Transform):
+    """Takes the masks out of the geometric transforms that follow (a resize): they become a plain
+    tensor, which ``transforms.v2`` passes through untouched beside an image, while the image and
+    the boxes are resized. Resizing a mask bitmap (nearest) shifts it against its exactly scaled
+    box and, when it shrinks, erases thin parts; the mask branch instead samples its targets
+    from these full-resolution masks, mapping each RoI back by the size ratio
+    (``models.geometry.boxes_to_mask_frame``). Flips before it move the masks as usual (exactly)."""
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        target = _find_target(sample)
+        if target is not None and isinstance(target.get("masks"), tv_tensors.Mask):
+            target["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return sample
 
 
 def _choices(min_size: Union[int, Sequence[int]]) -> list:
@@ -59,6 +81,7 @@ def build_transforms(
     flip_prob: float = 0.5,
     color_jitter: bool = True,
     min_box_size: float = 1.0,
+    resize_masks: bool = False,
 ) -> v2.Compose:
     """Build the sample transform for training or evaluation.
 
@@ -74,6 +97,12 @@ def build_transforms(
     ``GeneralizedRCNNTransform`` resizes inside the model anyway.
 
     ``min_size=None`` (default) skips resizing in both modes.
+
+    ``resize_masks=False`` (default; ``model.mask_targets="original"``): in training the masks keep
+    their original resolution (:class:`KeepMaskResolution`) — flipped with the image, filtered
+    with their boxes, never resized; the model maps each RoI back onto them. ``True``: masks are
+    resized with the image as bitmaps (nearest), torchvision's way (``mask_targets="resized"``
+    and the legacy ``"torchvision"`` geometry).
     """
     ops = []
     if train:
@@ -81,6 +110,8 @@ def build_transforms(
             ops.append(v2.RandomHorizontalFlip(p=flip_prob))
         if color_jitter:
             ops.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+        if not resize_masks:
+            ops.append(KeepMaskResolution())
         if min_size is not None:
             ops.append(v2.RandomShortestSize(min_size=_choices(min_size), max_size=max_size, antialias=True))
         ops.append(v2.ClampBoundingBoxes())

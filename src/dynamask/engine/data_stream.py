@@ -111,6 +111,13 @@ class SeededDataset(torch.utils.data.Dataset):
         return image, target
 
 
+def mask_targets_in_use(model_cfg: dict) -> str:
+    """``model.mask_targets``, except that the legacy geometry always resizes its masks."""
+    if model_cfg.get("mask_geometry") == "torchvision":
+        return "resized"
+    return model_cfg.get("mask_targets", "original")
+
+
 def load_train_dataset(cfg: dict):
     """The training set of ``cfg["data"]`` with its transforms; every path checked up front (also the
     validation paths, so a typo fails now rather than at the first evaluation)."""
@@ -126,7 +133,8 @@ def load_train_dataset(cfg: dict):
     if not os.path.isdir(d["train_images"]):
         raise DynaMaskError(f"data.train_images: image folder not found: {d['train_images']}")
     transforms = build_transforms(True, min_size=inp["min_size"], max_size=inp["max_size"],
-                                  flip_prob=inp["flip_prob"], color_jitter=inp["color_jitter"] > 0)
+                                  flip_prob=inp["flip_prob"], color_jitter=inp["color_jitter"] > 0,
+                                  resize_masks=mask_targets_in_use(cfg["model"]) == "resized")
     ds = CocoInstanceDataset(d["train_json"], d["train_images"], transforms=transforms,
                              keep_empty=d["keep_empty"])
     if not ds.class_names:

@@ -40,7 +40,8 @@ class DynaMaskRCNN(FasterRCNN):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module,
-                 mask_rois_per_image: int | None = None, box_representation_size: int = 1024, **kwargs):
+                 mask_rois_per_image: int | None = None, box_representation_size: int = 1024,
+                 mask_targets: str = "original", **kwargs):
         if box_representation_size != 1024 and "box_head" not in kwargs:
             # A narrower box head (torchvision's is 12544→1024→1024, 14M parameters at FPN 256).
             resolution = 7
@@ -49,6 +50,7 @@ class DynaMaskRCNN(FasterRCNN):
         super().__init__(backbone, num_classes=None if "box_predictor" in kwargs else num_classes, **kwargs)
         self.roi_heads = MaskBranchRoIHeads.from_box_heads(self.roi_heads, mask_branch, mask_rois_per_image)
         self.transform = BatchedPasteTransform.from_transform(self.transform)
+        self._mask_targets = check_mask_targets(mask_targets)
         self.mask_geometry = mask_branch.mask_geometry
 
     @property
@@ -100,6 +102,26 @@ class DynaMaskRCNN(FasterRCNN):
     def mask_geometry(self, geometry: str) -> None:
         self.mask_branch.mask_geometry = geometry  # validates
         self.transform.mask_geometry = geometry
+        self.transform.resize_masks = self.mask_targets_in_use == "resized"
+
+    @property
+    def mask_targets(self) -> str:
+        """Where the mask branch's training targets come from: ``"original"`` (default) — the
+        ground truth at the resolution it was given in, each RoI mapped back onto it, so resizing
+        the image neither shifts the masks against their boxes nor erases their detail — or
+        ``"resized"`` — masks resized with the image as bitmaps (nearest), as torchvision does.
+        The legacy ``"torchvision"`` geometry always uses ``"resized"`` (:attr:`mask_targets_in_use`).
+        Training only: inference and evaluation do not depend on it."""
+        return self._mask_targets
+
+    @mask_targets.setter
+    def mask_targets(self, value: str) -> None:
+        self._mask_targets = check_mask_targets(value)
+        self.transform.resize_masks = self.mask_targets_in_use == "resized"
+
+    @property
+    def mask_targets_in_use(self) -> str:
+        return "resized" if self.mask_geometry == "torchvision" else self._mask_targets
 
     @property
     def policy(self) -> str:
@@ -131,6 +153,16 @@ class DynaMaskRCNN(FasterRCNN):
 
     def flops_table(self) -> dict:
         return self.mask_branch.flops_table()
+
+
+#: where the mask targets come from in training (DynaMaskRCNN.mask_targets)
+MASK_TARGETS = ("original", "resized")
+
+
+def check_mask_targets(value: str) -> str:
+    if value not in MASK_TARGETS:
+        raise ValueError(f"mask_targets must be one of {', '.join(MASK_TARGETS)}; got {value!r}")
+    return value
 
 
 def _backbone(name: str, weights_backbone: str | os.PathLike | None, trainable_layers: int | None,
@@ -257,6 +289,7 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
     if backbone not in BACKBONES:
         raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
     kwargs["mask_geometry"] = m["mask_geometry"]
+    kwargs["mask_targets"] = m.get("mask_targets", "original")
     if m["head"] == "maskrcnn":
         kwargs["mask_head_channels"] = m["maskrcnn_head_channels"]
         return _maskrcnn(backbone, num_classes, common["weights_backbone"],

@@ -287,7 +287,7 @@ class DynaMaskHead(nn.Module):
         roi5 = rois_with_batch_index(rois)
         finest = RESOLUTIONS[-1]
         targets = L.downsample_targets(
-            L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry), RESOLUTIONS)
+            L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry, image_shapes), RESOLUTIONS)
 
         losses: dict[str, Tensor] = {}
         stage_logits, edge_losses = [], []  # per stage: mask logits, per-RoI edge BCE

@@ -91,6 +91,23 @@ class MaskRoIPool(nn.Module):
         return out
 
 
+def boxes_to_mask_frame(boxes: Tensor, image_size: tuple[int, int] | None, mask_size) -> Tensor:
+    """Boxes (N×4, network-input pixels of an image of ``image_size`` = (h, w)) in the pixel frame
+    of masks of ``mask_size`` = (H, W) that cover the same image: x·W/w, y·H/h.
+
+    Both are pixel-edge coordinates of one continuous image, so the map is a pure scale — the
+    same ratio torchvision's ``resize_boxes`` applied to the boxes on the way in. Masks of the
+    input's own size (or ``image_size=None``) leave the boxes untouched, bit for bit."""
+    if image_size is None:
+        return boxes
+    h, w = int(image_size[0]), int(image_size[1])
+    mh, mw = int(mask_size[0]), int(mask_size[1])
+    if (mh, mw) == (h, w):
+        return boxes
+    scale = torch.tensor([mw / w, mh / h, mw / w, mh / h], dtype=boxes.dtype, device=boxes.device)
+    return boxes * scale
+
+
 def roi_mask_targets(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact",
                      batch_index: Tensor | None = None) -> Tensor:
     """Soft mask targets: each mask cropped to its box and resampled to resolution×resolution.

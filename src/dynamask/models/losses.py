@@ -18,15 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import roi_mask_targets
+from .geometry import boxes_to_mask_frame, roi_mask_targets
 
 
 def matched_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor],
-                         resolution: int, geometry: str) -> Tensor:
+                         resolution: int, geometry: str,
+                         image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
     """Targets of a batch's positive RoIs: per image, the ground-truth mask each RoI was matched
-    to, cropped to the RoI in the model's mask geometry (see :func:`geometry.roi_mask_targets`)."""
-    out = [roi_mask_targets(masks, boxes, resolution, geometry, batch_index=idx)
-           for masks, boxes, idx in zip(gt_masks, rois, matched_idxs)]
+    to, cropped to the RoI in the model's mask geometry (see :func:`geometry.roi_mask_targets`).
+
+    The masks may be at another resolution than the network input (``image_shapes``, the resized
+    images' sizes): with ``model.mask_targets="original"`` they stay at the image's original
+    resolution and each RoI is mapped back onto them (:func:`geometry.boxes_to_mask_frame`), so
+    no detail is lost to a bitmap resize. Masks of the input's size are used as they are."""
+    shapes = image_shapes if image_shapes is not None else [None] * len(rois)
+    out = [roi_mask_targets(masks, boxes_to_mask_frame(boxes, shape, masks.shape[-2:]), resolution, geometry,
+                            batch_index=idx)
+           for masks, boxes, idx, shape in zip(gt_masks, rois, matched_idxs, shapes)]
     return torch.cat(out, 0)
 
 

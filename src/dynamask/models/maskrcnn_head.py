@@ -56,7 +56,8 @@ class MaskRCNNBranch(nn.Module):
         logits = self._logits(features, rois, image_shapes, labels)
         if labels.numel() == 0:
             return {"loss_mask": logits.sum() * 0.0}
-        target = L.matched_mask_targets(gt_masks, rois, matched_idxs, self.resolution, self.mask_geometry)
+        target = L.matched_mask_targets(gt_masks, rois, matched_idxs, self.resolution, self.mask_geometry,
+                                        image_shapes)
         return {"loss_mask": L.mask_bce(logits, target)}
 
     def forward_infer(self, features, boxes_per_image, labels_per_image, image_shapes) -> list[dict]:

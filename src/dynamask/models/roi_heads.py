@@ -78,9 +78,16 @@ class MaskBranchRoIHeads(RoIHeads):
 class BatchedPasteTransform(GeneralizedRCNNTransform):
     """GeneralizedRCNNTransform whose post-processing pastes each mask from its own resolution
     with one batched ``grid_sample`` per resolution instead of torchvision's per-mask loop, in
-    the model's mask geometry (set through ``DynaMaskRCNN.mask_geometry``)."""
+    the model's mask geometry (set through ``DynaMaskRCNN.mask_geometry``).
+
+    In training it resizes images and boxes as torchvision does, but the ground-truth masks only
+    when ``resize_masks`` (``model.mask_targets="resized"`` or the legacy geometry): otherwise the
+    masks keep their resolution and the mask branch maps each RoI back onto them
+    (:func:`geometry.boxes_to_mask_frame`), so a resize neither shifts them against their boxes
+    nor erases the detail the fine stages are trained on."""
 
     mask_geometry = "exact"
+    resize_masks = False
 
     @classmethod
     def from_transform(cls, t: GeneralizedRCNNTransform) -> "BatchedPasteTransform":
@@ -89,7 +96,21 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
         if hasattr(t, "_skip_resize"):
             new._skip_resize = t._skip_resize
         new.mask_geometry = getattr(t, "mask_geometry", cls.mask_geometry)
+        new.resize_masks = getattr(t, "resize_masks", cls.resize_masks)
         return new
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        masks = None if target is None else target.get("masks")
+        if masks is None:
+            return super().resize(image, target)
+        if self.resize_masks and tuple(masks.shape[-2:]) == tuple(image.shape[-2:]):
+            return super().resize(image, target)  # torchvision's own resize, bit for bit
+        target = {k: v for k, v in target.items() if k != "masks"}
+        image, target = super().resize(image, target)
+        if self.resize_masks:  # masks of another size than their image: to the resized image's size
+            masks = torch.nn.functional.interpolate(masks[:, None].float(), size=tuple(image.shape[-2:]))[:, 0].byte()
+        target["masks"] = masks
+        return image, target
 
     def postprocess(self, result, image_shapes, original_image_sizes):
         if self.training:
