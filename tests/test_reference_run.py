@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.usefixtures("one_thread"),
+pytestmark = [pytest.mark.recorded, pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 
@@ -26,10 +26,22 @@ def _tool():
     return mod
 
 
-# Float kernels differ between CPU models (seen: grad_norm 28.93786 recorded, 28.93833 on another
-# Xeon; the gap grows over the 20 steps to ~2e-4): 2e-3 here and for the weights; a change of behaviour moves
-# these numbers by far more.
-def _close(a, b, rel=2e-3, abs_=1e-5):
+# Float kernels differ between CPU models and training amplifies the difference. Measured with
+# tools/recorded_spread.py (--only reference_run) on a 2-core AMD EPYC (AVX2) VM, 2026-12-06, against
+# the recorded run, over threads 1 and 2, ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=SSE41,
+# MKL_CBWR=COMPATIBLE and .ci/run's second pass (earlier, on another Xeon: grad_norm 28.93786 recorded,
+# 28.93833 there):
+# * schedule and counters (lr, iteration, epoch, events): identical everywhere -> compared exactly;
+# * float values of iterations 1-6: at most 5.8e-5 relative with one thread (3.3e-4 with two) ->
+#   rel 2e-3, ~6x the worst; later iterations drift apart (up to 32 % by step 20) and are not compared;
+# * final weights, per tensor norm: at most 1.8e-3 relative where the norm is >= 0.1 (1.1e-3 with one
+#   thread) and 5.5e-4 absolute below (biases, the switch's prior; 58 of 204 tensors) -> rel 1e-2,
+#   abs 3e-3, 5-6x the worst.
+FLOAT_REL, FLOAT_ABS = 2e-3, 1e-5
+WEIGHT_NORM_REL, WEIGHT_NORM_ABS = 1e-2, 3e-3
+
+
+def _close(a, b, rel=FLOAT_REL, abs_=FLOAT_ABS):
     if isinstance(a, float) or isinstance(b, float):
         return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
     return a == b
@@ -45,10 +57,11 @@ def test_training_run_matches_the_recorded_reference(tmp_path):
         for key, value in want.items():
             if key == "weights_sha256":
                 continue  # compared tensor by tensor below (bit-for-bit equality is not portable)
-            # float kernels differ between CPU models and training amplifies the difference (seen on
-            # another Xeon: 1.6e-5 at step 8, 0.5 % by step 12): values that do not depend on float
-            # rounding (schedule, counters, events) must match everywhere, losses over the first steps
-            if key in ("lr", "iteration", "epoch", "event") or not isinstance(value, float) or want.get("iteration", 0) <= 6:
+            # values that do not depend on float rounding (schedule, counters, events) match exactly,
+            # losses and gradient norms over the first steps within FLOAT_REL (see above)
+            if key in ("lr", "iteration", "epoch", "event") or not isinstance(value, float):
+                assert got[key] == value, (want.get("iteration"), key, got[key], value)
+            elif want.get("iteration", 0) <= 6:
                 assert _close(got[key], value), (want.get("iteration"), key, got[key], value)
 
     assert set(now["weights"]) == set(ref["weights"])
@@ -57,4 +70,4 @@ def test_training_run_matches_the_recorded_reference(tmp_path):
         if got["sha256"] == want["sha256"]:
             continue
         # (the sum cancels out to near zero in many tensors; the norm does not)
-        assert math.isclose(got["norm"], want["norm"], rel_tol=5e-2, abs_tol=1e-3), (name, got, want)
+        assert math.isclose(got["norm"], want["norm"], rel_tol=WEIGHT_NORM_REL, abs_tol=WEIGHT_NORM_ABS), (name, got, want)
