@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(sub, common)
     _add_train(sub, common)
     _add_evaluate(sub, common)
+    _add_calibrate(sub, common)
     _add_predict(sub, common)
     _add_export(sub, common)
     _add_demo(sub, common)
@@ -171,6 +172,25 @@ def _add_evaluate(sub, common) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_calibrate(sub, common) -> None:
+    p = sub.add_parser("calibrate", parents=[common], help="calibrate a dynamic head's switch on held-out data",
+                       description="Fit the cost switch's score map (P(real object) by detector score) and its "
+                                   "price of compute on held-out images, so that the mean mask cost over the "
+                                   "detections the model returns meets the budget target; writes a new "
+                                   "checkpoint. Use a split of its own (e.g. dynamask shapes --seed 1), never "
+                                   "the validation images.")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint of a dynamic DynaMask model")
+    p.add_argument("--data-json", required=True, metavar="FILE", help="held-out COCO-format annotations")
+    p.add_argument("--data-images", required=True, metavar="DIR", help="folder of the held-out images")
+    p.add_argument("--out", required=True, metavar="CKPT", help="the calibrated checkpoint to write")
+    p.add_argument("--target", type=_budget, metavar="F",
+                   help="mean mask cost per detection, fraction of the full path (default: the training target)")
+    p.add_argument("--max-images", type=_positive_int, metavar="N", help="use the first N images only")
+    p.add_argument("--device", metavar="D", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
 
 
 def _add_predict(sub, common) -> None:
@@ -343,6 +363,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_metrics(metrics)
     if args.out:
         print(f"metrics written to {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .data import CocoInstanceDataset
+    from .engine.build import save_checkpoint
+    from .engine.calibrate import CALIBRATION_KEYS, calibrate_switch
+    from .inference import MASK_BRANCH_PREFIX, model_from_checkpoint, resolve_device
+
+    if os.path.abspath(args.out) == os.path.abspath(args.weights):
+        raise DynaMaskError("--out: write the calibrated checkpoint to a new file, not over --weights")
+    model, _ = model_from_checkpoint(args.weights)
+    dataset = CocoInstanceDataset(args.data_json, args.data_images, transforms=None, keep_empty=True,
+                                  validate_masks=False)
+    report = calibrate_switch(model, dataset, target=args.target, device=resolve_device(args.device),
+                              max_images=args.max_images, progress=not args.no_progress)
+    raw = torch.load(args.weights, map_location="cpu", weights_only=True)  # as stored (a head file stays one)
+    state = model.state_dict()
+    for key in CALIBRATION_KEYS:
+        raw["model"][MASK_BRANCH_PREFIX + key] = state[MASK_BRANCH_PREFIX + key].cpu()
+    if raw.get("detector"):  # a head file names its detector relative to itself
+        detector = os.path.join(os.path.dirname(os.path.abspath(args.weights)), raw["detector"])
+        raw["detector"] = os.path.relpath(detector, os.path.dirname(os.path.abspath(args.out)))
+    raw["calibration"] = {**report, "data_json": os.path.abspath(args.data_json)}
+    save_checkpoint(args.out, raw)
+    print(json.dumps(report, indent=1))
+    print(f"calibrated checkpoint written to {os.path.abspath(args.out)}")
     return EXIT_OK
 
 

@@ -141,6 +141,8 @@ class DynaMaskHead(nn.Module):
                                       sampling_ratio=sampling_ratio)
         self._policy = policy
         self.mask_budget = 1.0
+        #: set to a list to record, per choose_stages call, (switch outputs, detection scores)
+        self.switch_log: list | None = None
         self.budget_target = budget_target  # checked against the stage costs, which exist now
 
     #: cost switch: scale from (predicted cost + λ·F) differences to Gumbel-softmax logits in training
@@ -367,21 +369,27 @@ class DynaMaskHead(nn.Module):
             return torch.full((n,), k, dtype=torch.int64, device=boxes.device)
         if self._policy == "size":
             return size_rule(boxes, self.size_thresholds).clamp(max=self.num_stages - 1)
-        scores = self.switch.scores(self.switch(inp).float(), self.cost_fractions(boxes.device))
+        outputs = self.switch(inp).float()
+        if self.switch_log is not None:  # public hook: what the switch saw and said (calibration)
+            self.switch_log.append((outputs.detach(), inp.detection_scores))
+        scores = self.switch.scores(outputs, self.cost_fractions(boxes.device), inp.detection_scores)
         if self.mask_budget >= 1.0:
             return scores.argmax(dim=1)
         costs = self.stage_costs(with_switch=True).to(scores.device)
         return torch.cat([choose_under_budget(s, costs, self.mask_budget) for s in scores.split(counts)])
 
     def forward_infer(self, features: dict[str, Tensor], boxes_per_image: list[Tensor],
-                      labels_per_image: list[Tensor], image_shapes) -> list[dict]:
+                      labels_per_image: list[Tensor], image_shapes,
+                      scores_per_image: list[Tensor] | None = None) -> list[dict]:
         counts = [b.shape[0] for b in boxes_per_image]
         boxes = torch.cat(boxes_per_image)
         labels = torch.cat(labels_per_image)
+        detection_scores = torch.cat(scores_per_image) if scores_per_image is not None else None
         roi5 = rois_with_batch_index(boxes_per_image)
         x = self.shared(self.roi_pool(features, boxes_per_image, image_shapes))
         x, mask_logits, edge_logits = self.predictors[0](x, labels)
-        choice = self.choose_stages(SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits), counts)
+        choice = self.choose_stages(SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits,
+                                                detection_scores), counts)
         flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
 
         # While exporting (tracing) nothing may depend on the data: every stage the policy can reach

@@ -48,6 +48,7 @@ class SwitchInput:
     region: Tensor                       # N×C×14×14 stage-0 region feature
     mask_logits: Tensor                  # N×1×14×14 stage-0 mask logits
     edge_logits: Tensor                  # N×1×14×14 stage-0 edge logits
+    detection_scores: Tensor | None = None  # N detector scores at inference (None in training)
 
     @property
     def boxes(self) -> Tensor:
@@ -80,6 +81,16 @@ class CostSwitch(nn.Module):
         # own choices met the budget target in training: a running mean over batches
         self.register_buffer("price", torch.zeros(()))
         self.register_buffer("price_updates", torch.zeros((), dtype=torch.int64))
+        # Confidence-aware choice (1 for new heads; 0 for checkpoints from before, which choose as
+        # they always did): at inference a detection's predicted costs are weighted by the
+        # probability that it is a real object, read off ``score_map`` at its detector score —
+        # a piecewise-linear map on SCORE_KNOTS, the identity until a held-out calibration
+        # (dynamask calibrate) fits it.
+        self.register_buffer("uses_score", torch.ones((), dtype=torch.uint8))
+        self.register_buffer("score_map", self.SCORE_KNOTS.clone())
+
+    #: detector scores at which ``score_map`` holds P(real object)
+    SCORE_KNOTS = torch.linspace(0.0, 1.0, 11)
 
     DESCRIPTORS = ("log2 box side", "its square", "log outline complexity", "mean edge probability")
 
@@ -87,7 +98,20 @@ class CostSwitch(nn.Module):
         # Checkpoints from before the descriptor path load as they were: a zero path adds nothing.
         for name, param in (("weight", self.prior.weight), ("bias", self.prior.bias)):
             state_dict.setdefault(f"{prefix}prior.{name}", torch.zeros_like(param))
+        # ... and from before the confidence-aware choice: they ignore the detector's score
+        state_dict.setdefault(f"{prefix}uses_score", torch.zeros((), dtype=torch.uint8))
+        state_dict.setdefault(f"{prefix}score_map", self.SCORE_KNOTS.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def real_probability(self, detection_scores: Tensor) -> Tensor:
+        """P(a detection is a real object) from its detector score: ``score_map`` interpolated
+        linearly between the knots (monotone when calibrated), N."""
+        s = detection_scores.float().clamp(0.0, 1.0)
+        knots = self.score_map.to(device=s.device, dtype=s.dtype)
+        position = s * (knots.numel() - 1)
+        low = position.floor().clamp(max=knots.numel() - 2).long()
+        t = position - low.to(s.dtype)
+        return knots[low] * (1 - t) + knots[low + 1] * t
 
     def update_price(self, lam: float) -> None:
         with torch.no_grad():
@@ -127,9 +151,15 @@ class CostSwitch(nn.Module):
         x = torch.cat([x, size], dim=1)
         return self.fc2(F.relu(self.fc1(x))) + self.prior(self.shape_descriptors(mask_prob, edge_prob, size))
 
-    def scores(self, outputs: Tensor, cost_fractions: Tensor) -> Tensor:
-        """Higher is better: −(predicted cost + λ·F_k/F_max), N×K."""
+    def scores(self, outputs: Tensor, cost_fractions: Tensor, detection_scores: Tensor | None = None) -> Tensor:
+        """Higher is better: −(p·predicted cost + λ·F_k/F_max), N×K, with p the probability that the
+        RoI is a real object (:meth:`real_probability` of its detector score) when the switch
+        uses scores and they are given, else 1. A detection unlikely to be an object gains little
+        from a finer mask, so as p → 0 it stops at the cheapest stage whatever λ > 0 is."""
         fractions = cost_fractions.to(device=outputs.device, dtype=outputs.dtype)
+        if detection_scores is not None:  # tensor ops only, so that an exported model keeps the rule
+            p = self.real_probability(detection_scores).to(outputs.dtype)
+            outputs = torch.where(self.uses_score.bool(), p, torch.ones_like(p))[:, None] * outputs
         return -(outputs + self.price.to(outputs.dtype) * fractions)
 
     def flops(self) -> int:
@@ -174,8 +204,9 @@ class PaperSwitch(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
     @staticmethod
-    def scores(outputs: Tensor, cost_fractions: Tensor | None = None) -> Tensor:
-        """Higher is better: the log-probabilities, N×K (the cost plays no part)."""
+    def scores(outputs: Tensor, cost_fractions: Tensor | None = None, detection_scores: Tensor | None = None) -> Tensor:
+        """Higher is better: the log-probabilities, N×K (neither the cost nor the detector's score
+        plays a part: the authors' design, kept for reproduction)."""
         return torch.log_softmax(outputs.float(), dim=1)
 
     def flops(self) -> int:

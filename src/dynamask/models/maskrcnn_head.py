@@ -60,7 +60,8 @@ class MaskRCNNBranch(nn.Module):
                                         image_shapes)
         return {"loss_mask": L.mask_bce(logits, target)}
 
-    def forward_infer(self, features, boxes_per_image, labels_per_image, image_shapes) -> list[dict]:
+    def forward_infer(self, features, boxes_per_image, labels_per_image, image_shapes,
+                      scores_per_image=None) -> list[dict]:
         counts = [b.shape[0] for b in boxes_per_image]
         labels = torch.cat(labels_per_image)
         probs = self._logits(features, boxes_per_image, image_shapes, labels).sigmoid()

@@ -63,7 +63,8 @@ class MaskBranchRoIHeads(RoIHeads):
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
-        for r, m in zip(result, self.mask_branch.forward_infer(features, boxes, labels, image_shapes)):
+        # the detector's scores travel with the boxes: a confidence-aware switch decides with them
+        for r, m in zip(result, self.mask_branch.forward_infer(features, boxes, labels, image_shapes, scores)):
             r.update(m)
         return result, {}
 
