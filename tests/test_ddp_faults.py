@@ -38,6 +38,9 @@ def ddp_config(tmp_path_factory):
     (Path(shapes["train_dir"]) / "000003.png").write_bytes(b"not a png")  # skipped wherever it comes up
     ov = {"data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"], "data.num_workers": 0,
           "model.backbone": "resnet18", "model.fam": "conv",
+          # a narrow model: the faults are under test, not the network's width
+          "model.fpn_channels": 32, "model.box_representation_size": 64, "model.head_widths": [16, 16, 8, 8],
+          "model.head_reduced_channels": [8, 8, 8],
           "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
           "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
           "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
