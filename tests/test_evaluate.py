@@ -197,13 +197,16 @@ def test_evaluate_end_to_end(checkpoint, tmp_path):
     assert "segm" in table and "boundary" in table and "112" in table
 
 
-def test_evaluate_policy_budget_and_max_images(checkpoint, shapes):
+def test_evaluate_policy_budget_and_max_images(checkpoint, shapes, capsys):
     cfg = _tiny_cfg(shapes)
     ds = CocoInstanceDataset(shapes["val_json"], shapes["val_dir"])
     from dynamask.inference import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
-    m = evaluate(cfg=cfg, model=model, dataset=ds, policy="fixed-14", max_images=2, progress=False)
+    m = evaluate(cfg=cfg, model=model, dataset=ds, policy="fixed-14", max_images=2, progress=True)
+    err = capsys.readouterr().err  # not a terminal: plain progress lines, no bar redraws
+    lines = [line for line in err.splitlines() if line.startswith("evaluate: ")]
+    assert "\r" not in err and 1 <= len(lines) <= 2 and lines[-1].startswith("evaluate: 2/2 img (100 %)"), err
     assert m["num_images"] == 2 and m["policy"] == "fixed-14"
     assert m["resolution_histogram"][14] == m["num_detections"] > 0
     assert model.policy == "dynamic"  # restored afterwards

@@ -122,7 +122,7 @@ def test_predictor_threshold_policy_and_errors(checkpoint, shapes, tmp_path):
 
 
 # ---------------------------------------------------------------- predict_files
-def test_predict_files_folder(checkpoint, shapes, tmp_path, caplog):
+def test_predict_files_folder(checkpoint, shapes, tmp_path, caplog, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
     images = sorted((p for p in __import__("pathlib").Path(shapes["val_dir"]).iterdir()), key=str)
@@ -135,8 +135,12 @@ def test_predict_files_folder(checkpoint, shapes, tmp_path, caplog):
 
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="dynamask.predict"):
-        json_path = predict_files(checkpoint, [src], out, score_thresh=0.0, device="cpu", progress=False)
+        json_path = predict_files(checkpoint, [src], out, score_thresh=0.0, device="cpu", progress=True)
     assert json_path == str(out / "predictions.json")
+    err = capsys.readouterr().err  # not a terminal: plain progress lines (5 files), then the summary
+    lines = [line for line in err.splitlines() if line.startswith("predict: ")]
+    assert "\r" not in err and 1 <= len(lines) <= 5 and lines[-1].startswith("predict: 5/5 img (100 %)"), err
+    assert "predicted 4 image(s)" in err
     overlays = sorted(p.name for p in out.glob("*_overlay.png"))
     assert len(overlays) == 4  # 2 top-level + 2 in sub; corrupt skipped, txt ignored
     assert len(set(overlays)) == 4 and f"{images[0].stem}-2_overlay.png" in overlays
