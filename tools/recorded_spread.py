@@ -145,14 +145,19 @@ def deviations(result: dict) -> dict:
                     early_abs = max(early_abs, abs(got[key] - value))
                 else:
                     late = max(late, _rel(got[key], value) if abs(value) > 1e-5 else 0.0)
-        norms = [_rel(now["weights"][k]["norm"], v["norm"]) for k, v in ref["weights"].items() if k in now["weights"]
-                 and abs(v["norm"]) > 1e-3]
+        shared = [k for k in ref["weights"] if k in now["weights"]]
+        big = [_rel(now["weights"][k]["norm"], ref["weights"][k]["norm"]) for k in shared
+               if abs(ref["weights"][k]["norm"]) >= 0.1]
+        small = [abs(now["weights"][k]["norm"] - ref["weights"][k]["norm"]) for k in shared
+                 if abs(ref["weights"][k]["norm"]) < 0.1]
         out["ref_run schedule/counters rel"] = exact
         out["ref_run mismatched fields"] = mismatched
         out["ref_run iter<=6 floats rel"] = early
         out["ref_run iter<=6 floats |d|"] = early_abs
         out["ref_run iter>6 floats rel (not checked)"] = late
-        out["ref_run weight norm rel"] = max(norms)
+        out["ref_run weight norm rel (norm >= 0.1)"] = max(big, default=0.0)
+        out["ref_run weight norm |d| (norm < 0.1)"] = max(small, default=0.0)
+        out["ref_run weight tensors added or missing"] = len(set(now["weights"]) ^ set(ref["weights"]))
         out["ref_run weights bit-equal"] = sum(now["weights"][k]["sha256"] == v["sha256"] for k, v in ref["weights"].items()
                                                if k in now["weights"]) / len(ref["weights"])
     if "shapes" in result:
