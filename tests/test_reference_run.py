@@ -65,7 +65,10 @@ def test_training_run_matches_the_recorded_reference(tmp_path):
             elif want.get("iteration", 0) <= 6:
                 assert _close(got[key], value), (want.get("iteration"), key, got[key], value)
 
-    assert set(now["weights"]) == set(ref["weights"])
+    # buffers added to the model after the reference was recorded: the confidence-aware switch's
+    # (constant in training; used at inference only), so they cannot move this run
+    added = {"roi_heads.mask_branch.switch.uses_score", "roi_heads.mask_branch.switch.score_map"}
+    assert set(now["weights"]) - added == set(ref["weights"])
     for name, want in ref["weights"].items():
         got = now["weights"][name]
         if got["sha256"] == want["sha256"]:
