@@ -67,7 +67,8 @@ def inference_section(args, device) -> dict:
 
 def training_section(args, device) -> dict:
     ns = argparse.Namespace(train_size=64 if args.quick else 256, train_batch=2, train_steps=1 if args.quick else 5,
-                            train_runs=1 if args.quick else 3, train_amp="bf16", threads=None)
+                            train_runs=1 if args.quick else 3, train_amp="bf16", threads=None,
+                            train_narrow=args.quick)
     t = speed.training(ns, device)
     a, b = t["torchvision"], t["dynamask"]
     t["summary"] = {"images_per_s_ratio": b["images_per_s"] / a["images_per_s"],
@@ -82,8 +83,11 @@ def shapes_training_section(args, device) -> dict:
 
     iters, size, batch, window = (4, 64, 1, 2) if args.quick else (500, 256, 8, 50)
     torch.manual_seed(0)
+    # --quick checks the plumbing: narrow models, since bf16 convolutions are emulated on most CPUs
+    narrow = dict(fpn_channels=64, box_representation_size=256, widths=(64, 32, 32, 16), box_batch_size_per_image=64,
+                  rpn_post_nms_top_n_train=100) if args.quick else {}
     model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", min_size=size, max_size=size,
-                                  mask_rois_per_image=16).to(device).train()
+                                  mask_rois_per_image=16, **narrow).to(device).train()
     pool_images, pool_targets = make_shapes_tensors(batch * 8, (size, size), seed=0)
     pool_images = [im.to(device) for im in pool_images]
     pool_targets = [{k: v.to(device) for k, v in t.items()} for t in pool_targets]

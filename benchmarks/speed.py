@@ -192,9 +192,11 @@ def _median_parts(model, images, device, runs: int) -> dict:
     return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
 
 
-def training_child(which: str, device_name: str, size: int, batch: int, steps: int, amp: str = "none") -> None:
+def training_child(which: str, device_name: str, size: int, batch: int, steps: int, amp: str = "none",
+                   narrow: bool = False) -> None:
     """One process per model so that peak memory is its own. ``amp="bf16"`` runs the forward
-    pass under bfloat16 autocast."""
+    pass under bfloat16 autocast. ``narrow`` builds both models 4x narrower with fewer sampled
+    RoIs (the plumbing check on CPU, where bf16 convolutions are emulated and slow)."""
     from dynamask.data.shapes import make_shapes_tensors
     from dynamask.models import dynamask_resnet18_fpn, dynamask_resnet50_fpn
     from torchvision.models.detection import maskrcnn_resnet50_fpn as tv50
@@ -205,11 +207,16 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
     torch.manual_seed(0)
     r50 = device.type == "cuda"
     settings = dict(min_size=size if not r50 else 800, max_size=size if not r50 else 1333)
-    if which == "torchvision":
+    if narrow:
+        settings.update(box_batch_size_per_image=64, rpn_post_nms_top_n_train=100)
+    if which == "torchvision" and narrow:
+        model = _narrow_torchvision_maskrcnn(settings, r50)
+    elif which == "torchvision":
         model = tv50(weights=None, weights_backbone=None, num_classes=9, **settings) if r50 else MaskRCNN(
             resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=9, **settings)
     else:
-        model = (dynamask_resnet50_fpn if r50 else dynamask_resnet18_fpn)(9, policy="dynamic", **settings)
+        extra = dict(fpn_channels=64, box_representation_size=256, widths=(64, 32, 32, 16)) if narrow else {}
+        model = (dynamask_resnet50_fpn if r50 else dynamask_resnet18_fpn)(9, policy="dynamic", **settings, **extra)
     model.to(device).train()
     hw = (800, 1216) if r50 else (size, size)
     images, targets = make_shapes_tensors(batch, hw, seed=0)
@@ -242,6 +249,24 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
                       "amp": amp}))
 
 
+def _narrow_torchvision_maskrcnn(settings: dict, r50: bool):
+    """torchvision's MaskRCNN on a 64-channel FPN with a 256-wide box head and a 64-wide mask head
+    (the narrow counterpart of the DynaMask model ``training_child`` builds with ``narrow``)."""
+    from torchvision.models import resnet18, resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    body = (resnet50 if r50 else resnet18)(weights=None)
+    stage = 256 if r50 else 64
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                               [stage * 2**i for i in range(4)], 64, extra_blocks=LastLevelMaxPool())
+    return MaskRCNN(backbone, box_head=TwoMLPHead(64 * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, 9),
+                    mask_head=MaskRCNNHeads(64, [64] * 4, 1), mask_predictor=MaskRCNNPredictor(64, 64, 9), **settings)
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -257,6 +282,8 @@ def training(args, device) -> dict:
             cmd = [sys.executable, __file__, "--train-child", which, "--device", str(device),
                    "--train-size", str(args.train_size), "--train-batch", str(args.train_batch),
                    "--train-steps", str(args.train_steps), "--train-amp", args.train_amp]
+            if getattr(args, "train_narrow", False):
+                cmd.append("--train-narrow")
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -328,6 +355,8 @@ def main(argv=None) -> None:
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--train-runs", type=int, default=3, help="processes per model (medians reported)")
     p.add_argument("--train-amp", choices=("none", "bf16"), default="none", help="bfloat16 autocast in training")
+    p.add_argument("--train-narrow", action="store_true",
+                   help="4x narrower models with fewer sampled RoIs (plumbing checks; ratios not comparable)")
     p.add_argument("--train-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/speed_<device>.json)")
     args = p.parse_args(argv)
@@ -335,7 +364,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.train_child:
         training_child(args.train_child, args.device, args.train_size, args.train_batch, args.train_steps,
-                       args.train_amp)
+                       args.train_amp, args.train_narrow)
         return
     if args.mix is None:
         args.mix, args.mix_source = default_mix()
