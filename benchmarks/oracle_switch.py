@@ -47,26 +47,23 @@ KEEP = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gfl
 
 
 def stage_costs_per_detection(model, dataset, max_images: int | None, resolution: int = 112):
-    """Run every stage for every detection (policy fixed-112) and score each stage's mask against
+    """Run every stage for every detection (the head's ``choice_hook`` records the switch's choice
+    and sends every RoI to the last stage) and score each stage's mask against
     the matched ground truth. Returns per image: (N×K selection costs, zero where unmatched;
     matched flags; the learnt switch's unconstrained choice)."""
     head = model.roi_heads.mask_branch
     captured: list = []
     learnt: list = []
-    original = head.choose_stages
+    last = len(head.predictors) - 1
 
-    def recording(inp, counts):  # the switch's own choice (the head's dynamic policy), then every stage
-        head.policy = "dynamic"
-        try:
-            learnt.append(original(inp, counts).cpu())
-        finally:
-            head.policy = "fixed-112"
-        return original(inp, counts)
+    def every_stage(choice, inp, counts):  # record the switch's own choice, then run every stage
+        learnt.append(choice.cpu())
+        return torch.full_like(choice, last)
 
-    head.choose_stages = recording
+    head.choice_hook = every_stage
     hooks = [p.register_forward_hook(lambda _m, _i, out: captured.append(out[1].detach()))
              for p in head.predictors]
-    model.policy = "fixed-112"
+    model.policy = "dynamic"
     model.eval()
     sizes = (model.transform.min_size[0], model.transform.max_size)
     per_image = []
@@ -101,7 +98,7 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
                 own = learnt[0] if learnt else torch.zeros(n, dtype=torch.int64)
                 per_image.append((costs, matched, own))
     finally:
-        del head.choose_stages
+        head.choice_hook = None
         for h in hooks:
             h.remove()
     return per_image
@@ -140,19 +137,19 @@ def evaluate_with_choices(model, dataset, choices_per_image: list, max_images: i
     head = model.roi_heads.mask_branch
     queue = list(choices_per_image)
 
-    def forced(inp, counts):
+    def forced(choice, inp, counts):
         assert len(counts) == 1, "one image per forward"
-        choice = queue.pop(0)
-        if choice.shape[0] != counts[0]:
+        wanted = queue.pop(0)
+        if wanted.shape[0] != choice.shape[0]:
             raise RuntimeError("the detections changed between the two passes")
-        return choice.to(inp.rois.device)
+        return wanted.to(choice.device)
 
-    head.choose_stages = forced
+    head.choice_hook = forced
     try:
         return evaluate(model=model, dataset=dataset, policy="dynamic", budget=1.0, device="cpu",
                         progress=False, batch_size=1, max_images=max_images)
     finally:
-        del head.choose_stages
+        head.choice_hook = None
 
 
 def main(argv=None) -> None:

@@ -8,9 +8,9 @@ the head's policy choose for the others — no retraining — and reports AP and
 same heads without the gate. ``fixed-112`` gated by score alone is the control: if it does as well as
 a gated switch, the switch adds nothing beyond the score.
 
-Scores are taken from the detector's post-processing of the same forward pass (one image per
-forward), so the gate sees exactly the detections the mask branch gets. Gated detections are still
-charged the switch's FLOPs under the dynamic policy (a built-in gate could skip the switch for them).
+The gate is the model's own option ``model.mask_score_floor``: the detector's scores reach the
+mask branch with its detections, and a gated detection skips the switch and is charged only the
+14×14 stage it runs.
 
     python benchmarks/score_gate.py                       # the default heads and floors, 400 images
     python benchmarks/score_gate.py --max-images 20 --floors 0.5   # a quick check
@@ -41,29 +41,6 @@ KEEP = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gfl
         "resolution_histogram", "complexity_spearman", "complexity_spearman_within_size", "num_detections")
 
 
-def gate_by_score(model, floor: float) -> None:
-    """Make ``model`` stop detections scoring below ``floor`` at stage 0 (14×14), whatever its policy."""
-    heads = model.roi_heads
-    branch = heads.mask_branch
-    postprocess, choose = heads.postprocess_detections, branch.choose_stages
-    last_scores: list = []
-
-    def recording_postprocess(*args, **kwargs):
-        boxes, scores, labels = postprocess(*args, **kwargs)
-        last_scores[:] = [torch.cat(scores)] if scores else []
-        return boxes, scores, labels
-
-    def gated_choose(inp, counts):
-        choice = choose(inp, counts)
-        scores = last_scores[0] if last_scores else None
-        if scores is None or scores.shape[0] != choice.shape[0]:
-            raise RuntimeError("the gate did not see the detections the mask branch got")
-        return torch.where(scores.to(choice.device) < floor, torch.zeros_like(choice), choice)
-
-    heads.postprocess_detections = recording_postprocess
-    branch.choose_stages = gated_choose
-
-
 def run_one(head: str, policy: str, floor: float, data: str, max_images: int | None) -> dict:
     """One evaluation on one thread (the process pool's unit of work)."""
     torch.set_num_threads(1)
@@ -74,8 +51,7 @@ def run_one(head: str, policy: str, floor: float, data: str, max_images: int | N
     dataset = CocoInstanceDataset(str(Path(data) / "val.json"), str(Path(data) / "val"), transforms=None,
                                   keep_empty=True, validate_masks=False)
     model, _ = model_from_checkpoint(str(HEADS / f"{head}.pt"))
-    if floor > 0:
-        gate_by_score(model, floor)
+    model.mask_score_floor = floor  # the model's own option (0 = off)
     m = evaluate(model=model, dataset=dataset, policy=policy, budget=1.0, device="cpu", progress=False,
                  batch_size=1, max_images=max_images)
     return {k: m.get(k) for k in KEEP} | {"head": head, "policy": policy, "score_floor": floor}

@@ -116,24 +116,22 @@ def staged(model, images, device) -> dict:
 
 def force_mix(model, mix: tuple[float, ...], seed: int = 0) -> None:
     """Make the dynamic policy stop instances at 14/28/56/112 in the proportions ``mix``
-    (a random, seeded assignment). The switch still runs and is paid for; only its choice is
-    replaced, so the stages computed are those a trained switch with this histogram would run."""
+    (a random, seeded assignment), through the head's ``choice_hook``. The switch still runs and
+    is paid for; only its choice is replaced, so the stages computed are those a trained switch
+    with this histogram would run."""
     head = model.mask_branch
-    choose = head.choose_stages
 
-    def mixed(switch_input, counts):
-        chosen = choose(switch_input, counts)  # the switch's work
+    def mixed(chosen, switch_input, counts):
         if head.policy != "dynamic":
             return chosen
-        boxes = switch_input.boxes
-        n = boxes.shape[0]
+        n = chosen.shape[0]
         edges = torch.tensor(mix, dtype=torch.float64).cumsum(0) / sum(mix)
         ranks = (torch.arange(n, dtype=torch.float64) + 0.5) / max(n, 1)
         stage = torch.bucketize(ranks, edges).clamp(max=3)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return stage[perm].to(boxes.device)
+        return stage[perm].to(chosen.device)
 
-    head.choose_stages = mixed
+    head.choice_hook = mixed
 
 
 def timed(fn, device) -> float:

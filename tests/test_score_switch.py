@@ -146,3 +146,66 @@ def test_calibrate_command_writes_a_calibrated_checkpoint(held_out, tmp_path, ca
     assert main(["calibrate", "--weights", str(out), "--data-json", str(data), "--data-images", str(root),
                  "--out", str(out)]) == 2
     assert "new file" in capsys.readouterr().err
+
+
+def test_score_floor_stops_detections_at_14_without_the_switch():
+    """model.mask_score_floor: a gated detection never reaches the switch and is charged only
+    stage 0; the rest choose as without the floor (the score-gated control of the benchmarks)."""
+    model = _small_model().eval()
+    head = model.mask_branch
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        free = model(images)
+    scores = torch.cat([o["scores"] for o in free])
+    floor = float(scores.median())
+    assert 0 < floor < 1
+    model.mask_score_floor = floor
+    head.switch_log = []
+    with torch.no_grad():
+        gated = model(images)
+    (outputs, seen), = head.switch_log
+    below = scores < floor
+    assert 0 < int(below.sum()) < scores.numel()
+    assert outputs.shape[0] == int((~below).sum()) and bool((seen >= floor).all())
+    res = torch.cat([o["mask_resolution"] for o in gated])
+    flops = torch.cat([o["mask_flops"] for o in gated])
+    assert bool((res[below] == 14).all())
+    assert torch.allclose(flops[below], head.stage_costs(with_switch=False)[0].float().expand(int(below.sum())))
+    assert torch.equal(res[~below], torch.cat([o["mask_resolution"] for o in free])[~below])
+    # a fixed policy gated the same way: 112 above the floor, 14 below
+    model.policy = "fixed-112"
+    with torch.no_grad():
+        fixed = torch.cat([o["mask_resolution"] for o in model(images)])
+    assert bool((fixed[below] == 14).all()) and bool((fixed[~below] == 112).all())
+    with pytest.raises(ValueError, match="mask_score_floor"):
+        model.mask_score_floor = 1.5
+
+
+def test_choice_hook_dictates_the_stages_and_they_are_charged():
+    model = _small_model().eval()
+    head = model.mask_branch
+    calls = []
+
+    def all_at_56(choice, inp, counts):
+        calls.append((choice.clone(), sum(counts)))
+        return torch.full_like(choice, 2)
+
+    head.choice_hook = all_at_56
+    with torch.no_grad():
+        out = model([torch.rand(3, 96, 96)])[0]
+    assert calls and calls[0][1] == out["boxes"].shape[0] > 0
+    assert bool((out["mask_resolution"] == 56).all())
+    assert torch.allclose(out["mask_flops"], head.stage_costs(with_switch=True)[2].float().expand_as(out["mask_flops"]))
+    head.choice_hook = None
+    with torch.no_grad():
+        again = model([torch.rand(3, 96, 96)])[0]
+    assert again["mask_resolution"].numel() > 0
+
+
+def test_score_floor_from_the_config():
+    from dynamask.config import load_config
+    from dynamask.models.detector import build_model
+
+    cfg = load_config(None, ["model.mask_score_floor=0.3", "model.backbone=resnet18", "model.fpn_channels=32"])
+    model = build_model(cfg, 3)
+    assert model.mask_score_floor == pytest.approx(0.3) and model.mask_branch.score_floor == pytest.approx(0.3)

@@ -153,6 +153,8 @@ class ModelConfig(_Section):
     mask_budget_target: Float = _doc(0.5, "training target of the mean mask cost, as a fraction of the largest mask",
                                      gt=0, le=1)
     mask_budget: Float = _doc(1.0, "test-time budget dial: 1.0 = as trained, lower = cheaper masks", gt=0, le=1)
+    mask_score_floor: Float = _doc(0.0, "detections scoring below this stop at 14x14 without the switch (a control "
+                                   "for experiments; 0 = off)", ge=0, le=1)
     budget_weight: Optional[Float] = _doc(None, "weight of the paper's budget hinge (null = 0 for cost, 0.3 for paper)",
                                           ge=0)
     balance_weight: Optional[Float] = _doc(None, "weight of the resolution-balance term (null = 0 for cost, 0.8 for "

@@ -68,7 +68,7 @@ AP_KEYS: Tuple[str, ...] = tuple(
 #: keys always present in the metrics dict returned by :func:`evaluate` / ``metrics.json``
 METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
     "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
-    "num_images", "num_detections", "policy", "mask_budget", "mask_geometry", "complexity_spearman",
+    "num_images", "num_detections", "policy", "mask_budget", "mask_score_floor", "mask_geometry", "complexity_spearman",
     "complexity_spearman_within_size", "complexity_spearman_by_size",
     "complexity_pairs", "max_dets", "score_thresh",
 )
@@ -701,6 +701,7 @@ def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: 
         num_detections=n_det,
         policy=run["policy"],
         mask_budget=run["budget"],
+        mask_score_floor=float(getattr(model, "mask_score_floor", 0.0)),
         mask_geometry=getattr(model, "mask_geometry", None),
         complexity_spearman=rho,
         complexity_spearman_within_size=rho_within,

@@ -151,6 +151,22 @@ class DynaMaskRCNN(FasterRCNN):
                 warn_unreachable_budget("model.mask_budget", value, lowest)
         self.mask_branch.mask_budget = value
 
+    @property
+    def mask_score_floor(self) -> float:
+        """Detections scoring below it stop at 14×14 without running the switch (0 = off)."""
+        return getattr(self.mask_branch, "score_floor", 0.0)
+
+    @mask_score_floor.setter
+    def mask_score_floor(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"mask_score_floor must be in [0, 1], got {value}")
+        if not isinstance(self.mask_branch, DynaMaskHead):
+            if value > 0:
+                raise ValueError("mask_score_floor needs a DynaMask head (the Mask R-CNN head has one resolution)")
+            return
+        self.mask_branch.score_floor = value
+
     def flops_table(self) -> dict:
         return self.mask_branch.flops_table()
 
@@ -215,10 +231,12 @@ def _split_head_kwargs(kwargs: dict) -> dict:
 def _dynamask(backbone_name, num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs):
     head_kwargs = _split_head_kwargs(kwargs)
     mask_budget = kwargs.pop("mask_budget", 1.0)
+    score_floor = kwargs.pop("mask_score_floor", 0.0)
     backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers, kwargs.pop("fpn_channels", 256))
     head = DynaMaskHead(num_classes, policy=policy, in_channels=backbone.out_channels, **head_kwargs)
     model = DynaMaskRCNN(backbone, num_classes, head, **kwargs)
     model.mask_budget = mask_budget
+    model.mask_score_floor = score_floor
     return model
 
 
@@ -299,7 +317,7 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
         select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
         budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
         switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],
-        mask_budget=m["mask_budget"],
+        mask_budget=m["mask_budget"], mask_score_floor=m.get("mask_score_floor", 0.0),
     )
     kwargs["switch"] = m["switch"]
     if m.get("head_widths"):

@@ -143,6 +143,14 @@ class DynaMaskHead(nn.Module):
         self.mask_budget = 1.0
         #: set to a list to record, per choose_stages call, (switch outputs, detection scores)
         self.switch_log: list | None = None
+        #: detections scoring below this stop at 14×14 without running the switch (and are charged
+        #: only stage 0); 0 = off. A control for experiments (the score-gated fixed-112 of the
+        #: benchmarks); the cost switch weighs scores itself and needs no floor.
+        self.score_floor = 0.0
+        #: a function (choice, SwitchInput, counts) → choice that replaces the policy's stage per
+        #: RoI at inference — for experiments that dictate resolutions (an oracle, a forced mix).
+        #: Its choices are charged as the policy's own (with the switch under ``dynamic``).
+        self.choice_hook = None
         self.budget_target = budget_target  # checked against the stage costs, which exist now
 
     #: cost switch: scale from (predicted cost + λ·F) differences to Gumbel-softmax logits in training
@@ -360,8 +368,28 @@ class DynaMaskHead(nn.Module):
         return losses
 
     # --------------------------------------------------------------------------- inference
+    def gated(self, detection_scores: Tensor | None) -> Tensor | None:
+        """RoIs the score floor stops at 14×14 (bool N), or None when no floor applies."""
+        if self.score_floor <= 0 or detection_scores is None:
+            return None
+        return detection_scores < self.score_floor
+
     def choose_stages(self, inp: SwitchInput, counts: list[int]) -> Tensor:
-        """Stage index per RoI under the current policy (and, for dynamic, the budget dial)."""
+        """Stage index per RoI under the current policy (and, for dynamic, the budget dial, the
+        score floor and the choice hook)."""
+        gated = self.gated(inp.detection_scores)
+        if gated is None:
+            choice = self._policy_choice(inp, counts)
+        else:  # only the RoIs above the floor reach the policy (and the switch)
+            keep = ~gated
+            kept_counts = [int(c.sum()) for c in keep.split(counts)] if len(counts) > 1 else [int(keep.sum())]
+            choice = torch.zeros(gated.shape[0], dtype=torch.int64, device=gated.device)
+            choice[keep] = self._policy_choice(inp.select(keep), kept_counts)
+        if self.choice_hook is not None:
+            choice = self.choice_hook(choice, inp, counts)
+        return choice
+
+    def _policy_choice(self, inp: SwitchInput, counts: list[int]) -> Tensor:
         boxes = inp.boxes
         n = boxes.shape[0]
         k = fixed_stage(self._policy)
@@ -391,6 +419,9 @@ class DynaMaskHead(nn.Module):
         choice = self.choose_stages(SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits,
                                                 detection_scores), counts)
         flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
+        gated = self.gated(detection_scores)
+        if gated is not None:  # a gated detection never ran the switch
+            flops = torch.where(gated, self.stage_costs(with_switch=False).to(flops)[0], flops)
 
         # While exporting (tracing) nothing may depend on the data: every stage the policy can reach
         # is recorded and runs at inference on the RoIs that reach it, possibly none.

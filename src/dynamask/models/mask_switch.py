@@ -54,6 +54,12 @@ class SwitchInput:
     def boxes(self) -> Tensor:
         return self.rois[:, 1:]
 
+    def select(self, index: Tensor) -> "SwitchInput":
+        """The same input for a subset of the RoIs (a bool mask or indices)."""
+        scores = None if self.detection_scores is None else self.detection_scores[index]
+        return SwitchInput(self.features, self.rois[index], self.image_shapes, self.region[index],
+                           self.mask_logits[index], self.edge_logits[index], scores)
+
 
 class CostSwitch(nn.Module):
     """Predicts, per RoI, the selection cost of stopping at each stage (N×K, lower is better)."""
