@@ -52,8 +52,11 @@ DETECTOR_CONFIG = ROOT / "configs" / "shapes_detail_detector_r18.yaml"
 SHIPPED_DETECTOR = ROOT / "checkpoints" / "shapes_detail_detector_r18.pt"
 COST_TARGETS = (0.2, 0.4, 0.6)
 PAPER_TARGETS = (0.4, 0.6)  # the paper switch's own cost puts lower targets out of reach
+#: the authors' switch taught by the comparable signal (issue #25, part 3): each stage's mask error
+#: against one 112×112 target instead of its own edge loss (model.paper_switch_signal)
+COMPARABLE_PAPER = "paper-selcost@0.4"
 ORDER = (["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"]
-         + [f"dynamic@{t}" for t in COST_TARGETS] + [f"paper@{t}" for t in PAPER_TARGETS])
+         + [f"dynamic@{t}" for t in COST_TARGETS] + [f"paper@{t}" for t in PAPER_TARGETS] + [COMPARABLE_PAPER])
 
 
 def head_widths(c: int) -> list[int]:
@@ -74,17 +77,18 @@ def runs(detector: str, width: int) -> list[dict]:
         return {"name": f"fixed-{r}", "config": cfg, "evals": evals,
                 "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}"]}
 
-    def switched(switch: str, target: float) -> dict:
-        name = f"{'dynamic' if switch == 'cost' else 'paper'}@{target}"
+    def switched(switch: str, target: float, signal: str = "edge") -> dict:
+        name = f"{'dynamic' if switch == 'cost' else 'paper'}@{target}" if signal == "edge" else COMPARABLE_PAPER
+        extra = [] if signal == "edge" else [f"model.paper_switch_signal={signal}"]
         return {"name": name, "config": cfg, "evals": [(name, "dynamic")],
                 "overrides": common + ["model.head=dynamask", "model.policy=dynamic", f"model.switch={switch}",
-                                       f"model.mask_budget_target={target}"]}
+                                       f"model.mask_budget_target={target}"] + extra}
 
     maskrcnn = {"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
                 "evals": [("maskrcnn", None)]}
     return ([maskrcnn, switched("cost", 0.4), fixed(112), fixed(28)]
             + [switched("cost", t) for t in COST_TARGETS if t != 0.4] + [fixed(56), fixed(14)]
-            + [switched("paper", t) for t in PAPER_TARGETS])
+            + [switched("paper", t) for t in PAPER_TARGETS] + [switched("paper", 0.4, "selection_cost")])
 
 
 def head_file(args, name: str) -> Path:

@@ -187,13 +187,13 @@ def test_model_facts_of_the_shipped_heads(head, switch, widths):
     assert 0 < facts["params"] <= tensors and facts["params"] >= 0.99 * tensors
 
 
-def test_score_gate_stops_low_scoring_detections_at_14():
-    """benchmarks/score_gate.py: below the floor every detection gets 14×14, above it the policy's
-    own choice and the very same mask; the detections themselves do not change."""
+def test_score_floor_stops_low_scoring_detections_at_14():
+    """model.mask_score_floor (what benchmarks/score_gate.py sets): below the floor every detection
+    gets 14×14, above it the policy's own choice and the very same mask; the detections themselves
+    do not change."""
     from dynamask.config import load_config
     from dynamask.models import build_model
 
-    gate = _load("score_gate")
     cfg = load_config(None, {"model.backbone": "resnet18", "model.policy": "fixed-112", "input.min_size": 64,
                              "input.max_size": 64, "model.box_score_thresh": 0.0,
                              "model.box_detections_per_img": 20})
@@ -204,7 +204,7 @@ def test_score_gate_stops_low_scoring_detections_at_14():
         plain = model([image])[0]
     assert plain["scores"].numel() >= 4 and bool((plain["mask_resolution"] == 112).all())
     floor = float(plain["scores"].median())
-    gate.gate_by_score(model, floor)
+    model.mask_score_floor = floor
     with torch.no_grad():
         gated = model([image])[0]
     assert torch.equal(gated["boxes"], plain["boxes"]) and torch.equal(gated["scores"], plain["scores"])

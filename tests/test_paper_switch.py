@@ -203,3 +203,33 @@ def test_config_keys_and_checkpoint_records():
         load_config(None, {"model.head_widths": "wide"})
     with pytest.raises(ConfigError, match="model.switch"):
         load_config(None, {"model.switch": "gumbel"})
+
+
+def test_comparable_signal_option_trains_the_paper_switch_on_selection_costs():
+    """paper_switch_signal=selection_cost: every stage keeps its edge loss (no selection weighting),
+    and the switch's quality term is the selected stage's mask error against one 112×112 target;
+    the authors' default is untouched."""
+    torch.manual_seed(0)
+    model = dynamask_resnet18_fpn(9, switch="paper", paper_signal="selection_cost", **SMALL).train()
+    head = model.mask_branch
+    inputs = mask_branch_inputs(model)
+    torch.manual_seed(1)
+    losses = head.forward_train(*inputs)
+    assert {"loss_mask_edge", "loss_mask_select", "loss_mask_budget", "loss_mask_balance"} <= set(losses)
+    head.zero_grad()
+    losses["loss_mask_select"].backward(retain_graph=True)
+    assert head.switch.fc2.weight.grad is not None and head.switch.fc2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in head.predictors.parameters())  # costs are detached
+    head.zero_grad()
+    losses["loss_mask_edge"].backward()
+    assert head.switch.fc2.weight.grad is None or head.switch.fc2.weight.grad.abs().sum() == 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (head.predictors[k].logits.weight for k in range(4)))
+    with pytest.raises(ValueError, match="paper_signal"):
+        DynaMaskHead(9, switch="paper", paper_signal="edges")
+    from dynamask.config import load_config
+    from dynamask.models.detector import build_model
+
+    cfg = load_config(None, ["model.switch=paper", "model.paper_switch_signal=selection_cost", "model.backbone=resnet18",
+                             "model.fpn_channels=32"])
+    assert build_model(cfg, 3).mask_branch.paper_signal == "selection_cost"
+    assert build_model(load_config(None, ["model.backbone=resnet18", "model.fpn_channels=32"]), 3).mask_branch.paper_signal == "edge"

@@ -34,6 +34,8 @@ MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
 MASK_TARGETS: Tuple[str, ...] = ("original", "resized")
 #: Mask Switch Module: this project's cost-regressing switch, or the authors' (models/mask_switch.py)
 SWITCHES: Tuple[str, ...] = ("cost", "paper")
+#: what trains the authors' switch (models/dynamask_head.py, DynaMaskHead.PAPER_SIGNALS)
+PAPER_SIGNALS: Tuple[str, ...] = ("edge", "selection_cost")
 #: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
 WIDTH_PRESETS: Tuple[str, ...] = ("balanced", "paper")
 #: backbones accepted by torchvision's resnet_fpn_backbone
@@ -143,6 +145,9 @@ class ModelConfig(_Section):
         IntList, _rule(lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 positive widths (14, 28, 56)")
     ]] = _doc(None, "DynaMask reduced image-feature widths at 14/28/56 (null = those of head_widths)")
     switch: _choice(SWITCHES) = _doc("cost", "Mask Switch Module: cost (regresses selection costs) or paper (authors')")
+    paper_switch_signal: _choice(PAPER_SIGNALS) = _doc(
+        "edge", "what teaches the paper switch quality: edge (the authors': each stage's edge loss against its own "
+        "target, stage-weighted) or selection_cost (each stage's mask error against one 112x112 target)")
     maskrcnn_head_channels: Int = _doc(256, "conv width of the Mask R-CNN baseline head (torchvision: 256)", ge=1)
     weights_backbone: Path = _doc(None, "local ImageNet checkpoint (.pth) for the backbone (null = random init)")
     init_weights: Path = _doc(None, "dynamask checkpoint whose weights initialise training (fine-tuning)")

@@ -27,7 +27,7 @@ from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
 
 HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
                 "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "switch_cost_weight", "gumbel_tau",
-                "size_thresholds", "mask_geometry", "switch", "deform_kernel")
+                "size_thresholds", "mask_geometry", "switch", "deform_kernel", "paper_signal")
 
 
 class DynaMaskRCNN(FasterRCNN):
@@ -320,6 +320,7 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
         mask_budget=m["mask_budget"], mask_score_floor=m.get("mask_score_floor", 0.0),
     )
     kwargs["switch"] = m["switch"]
+    kwargs["paper_signal"] = m.get("paper_switch_signal", "edge")
     if m.get("head_widths"):
         w = m["head_widths"]
         kwargs["widths"] = w if isinstance(w, str) else tuple(w)

@@ -95,10 +95,14 @@ class DynaMaskHead(nn.Module):
         mask_geometry: str = "exact",
         switch: str = "cost",
         deform_kernel: str = "auto",
+        paper_signal: str = "edge",
     ):
         super().__init__()
         check_policy(policy)
         self.switch_kind = check_switch(switch)
+        if paper_signal not in self.PAPER_SIGNALS:
+            raise ValueError(f"paper_signal must be one of {', '.join(self.PAPER_SIGNALS)}; got {paper_signal!r}")
+        self.paper_signal = paper_signal
         loss_defaults = SWITCH_LOSS_DEFAULTS[switch]
         widths, reduced_channels = resolve_widths(widths, reduced_channels)
         self.widths, self.reduced_channels = widths, reduced_channels
@@ -152,6 +156,11 @@ class DynaMaskHead(nn.Module):
         #: Its choices are charged as the policy's own (with the switch under ``dynamic``).
         self.choice_hook = None
         self.budget_target = budget_target  # checked against the stage costs, which exist now
+
+    #: what teaches the paper switch quality: "edge", the authors' signal (each stage's edge loss
+    #: against its own target, times the stage loss weight), or "selection_cost", each stage's mask
+    #: error against one 112×112 target (losses.selection_costs), comparable across stages
+    PAPER_SIGNALS = ("edge", "selection_cost")
 
     #: cost switch: scale from (predicted cost + λ·F) differences to Gumbel-softmax logits in training
     COST_TEMPERATURE = 0.05
@@ -284,6 +293,8 @@ class DynaMaskHead(nn.Module):
             keys += ["loss_mask_budget"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
             if self.switch_kind == "cost":
                 keys += ["loss_mask_select", "loss_mask_switch"]
+            elif self.paper_signal == "selection_cost":
+                keys += ["loss_mask_select"]
         return {k: zero for k in keys}
 
     # ---------------------------------------------------------------------------- training
@@ -300,20 +311,13 @@ class DynaMaskHead(nn.Module):
             L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry, image_shapes), RESOLUTIONS)
 
         losses: dict[str, Tensor] = {}
-        stage_logits, edge_losses = [], []  # per stage: mask logits, per-RoI edge BCE
         region0 = x
+        stages = self.all_stages(x, features, roi5, image_shapes, labels)
+        stage_logits = [mask_logits for mask_logits, _ in stages]
+        mask0, edge0 = stages[0]
         for k, r in enumerate(self.resolutions):
-            x, mask_logits, edge_logits = self.predictors[k](x, labels)
-            if k == 0:
-                mask0, edge0 = mask_logits, edge_logits
-            stage_logits.append(mask_logits)
-            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * L.mask_bce(mask_logits, targets[r])
-            edge_losses.append(L.per_roi_bce(edge_logits, L.edge_map(targets[r])))
-            if k + 1 < self.num_stages:
-                pooled = self._pool_image_feature(features, k, roi5, image_shapes, reduce_first=True)
-                x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
-        edge_weights = torch.tensor(self.stage_loss_weights[:self.num_stages], device=x.device)
-        edge_losses = torch.stack(edge_losses, dim=1) * edge_weights  # N×K
+            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * L.mask_bce(stage_logits[k], targets[r])
+        edge_losses = self.stage_edge_losses([e for _, e in stages], targets)  # N×K
 
         if self._policy != "dynamic":
             losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
@@ -322,9 +326,35 @@ class DynaMaskHead(nn.Module):
         if self.switch_kind == "cost":
             losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
             losses.update(self._cost_switch_losses(inp, stage_logits, targets[finest], boxes))
-        else:
+        elif self.paper_signal == "edge":
             losses.update(self._paper_switch_losses(inp, edge_losses))
+        else:  # every stage keeps its edge loss; the switch learns from the comparable signal
+            losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
+            signal = L.selection_costs(stage_logits, targets[finest], boxes)
+            losses.update(self._paper_switch_losses(inp, signal, key="loss_mask_select"))
         return losses
+
+    def all_stages(self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes,
+                   labels: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(mask logits, edge logits) of every stage for every RoI, from the stage-0 region
+        feature — the training pass (image features pooled from reduced maps)."""
+        out, x = [], region
+        for k in range(self.num_stages):
+            x, mask_logits, edge_logits = self.predictors[k](x, labels)
+            out.append((mask_logits, edge_logits))
+            if k + 1 < self.num_stages:
+                pooled = self._pool_image_feature(features, k, roi5, image_shapes, reduce_first=True)
+                x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
+        return out
+
+    def stage_edge_losses(self, edge_logits: list[Tensor], targets: dict[int, Tensor], weighted: bool = True) -> Tensor:
+        """Per RoI and stage, the edge BCE against that stage's own target (N×K) — the signal the
+        authors' switch is trained on — times the stage loss weights unless ``weighted=False``."""
+        raw = torch.stack([L.per_roi_bce(e, L.edge_map(targets[r])) for e, r in zip(edge_logits, self.resolutions)],
+                          dim=1)
+        if not weighted:
+            return raw
+        return raw * torch.tensor(self.stage_loss_weights[:self.num_stages], device=raw.device, dtype=raw.dtype)
 
     def _cost_switch_losses(self, inp: SwitchInput, stage_logits: list[Tensor], target: Tensor,
                             boxes: Tensor) -> dict[str, Tensor]:
@@ -351,16 +381,19 @@ class DynaMaskHead(nn.Module):
             losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
         return losses
 
-    def _paper_switch_losses(self, inp: SwitchInput, edge_losses: Tensor) -> dict[str, Tensor]:
+    def _paper_switch_losses(self, inp: SwitchInput, signal: Tensor, key: str = "loss_mask_edge") -> dict[str, Tensor]:
         """The authors' training of their switch: a straight-through Gumbel-softmax sample picks
-        one stage per RoI; that stage's edge loss counts for the RoI (the gradient reaching the
+        one stage per RoI; that stage's ``signal`` counts for the RoI (the gradient reaching the
         switch through the one-hot sample is what teaches it quality), the budget hinge on the
-        selected cost and the usage-balance term teach it cost. Every stage keeps its mask loss."""
+        selected cost and the usage-balance term teach it cost. Every stage keeps its mask loss.
+        The authors' signal is the stage-weighted edge loss (it also trains the selected stage's
+        edges, under ``key`` "loss_mask_edge"); ``paper_signal="selection_cost"`` passes the
+        detached selection costs instead, under "loss_mask_select"."""
         logits = self.switch(inp).float()
         selection = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
         fractions = self.cost_fractions(logits.device)
         losses = {
-            "loss_mask_edge": self.edge_loss_weight * (selection * edge_losses).sum(dim=1).mean(),
+            key: self.edge_loss_weight * (selection * signal).sum(dim=1).mean(),
             "loss_mask_budget": self.budget_weight * L.budget_loss(selection, fractions, self.budget_target),
         }
         if self.balance_weight > 0:
