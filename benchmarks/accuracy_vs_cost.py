@@ -204,6 +204,19 @@ def evaluate_all(specs, args, out_dir: Path, cache=None, only_ready: bool = Fals
             continue
         cache_file = cache(spec) if cache else None
         key = None
+        if not weights.exists() and cache_file is not None and cache_file.exists():
+            # a retired head (weights no longer kept, to save space): its results stay, for the
+            # same validation data and policies only
+            cached = json.loads(cache_file.read_text())
+            if (cached["key"].get("val_json_sha256") == val_digest
+                    and cached["key"].get("evals") == [list(e) for e in spec["evals"]]):
+                models.update(cached["models"])
+                dial.extend(cached["dial"])
+                print(f"[eval] {spec['name']}: head file not kept; results from {cache_file.name} "
+                      f"(weights SHA-256 {cached['key']['weights_sha256'][:12]}…)", flush=True)
+                continue
+            raise SystemExit(f"{spec['name']}: no head file and its kept results are for other data or policies; "
+                             f"delete {cache_file} to train it again")
         if cache_file is not None:
             key = {"weights_sha256": file_digest(weights), "val_json_sha256": val_digest,
                    "evals": [list(e) for e in spec["evals"]],

@@ -96,6 +96,16 @@ def head_file(args, name: str) -> Path:
     return args.heads / f"{name}.pt"
 
 
+#: heads whose weights the repository no longer keeps (space: the paper switch alone is 3.6 MiB);
+#: their evaluation, config, metrics and log stay in --heads, and the table reads the results
+#: from NAME.eval.json. Deleting that file too trains the head again.
+RETIRED = ("paper@0.6",)
+
+
+def retired(args, name: str) -> bool:
+    return name in RETIRED and not head_file(args, name).exists() and (args.heads / f"{name}.eval.json").exists()
+
+
 def keep_head(args, detector: Path, spec: dict) -> None:
     """Ship a finished training's mask branch (and its config, metrics and log) to ``args.heads``,
     with its training wall time, so that it survives the run folder."""
@@ -384,7 +394,7 @@ def main(argv=None) -> None:
         pilot(args, detector, started)
         return
     specs = runs(str(detector), args.width)
-    missing = [s["name"] for s in specs if not head_file(args, s["name"]).exists()]
+    missing = [s["name"] for s in specs if not head_file(args, s["name"]).exists() and not retired(args, s["name"])]
     if args.eval_only and missing:
         raise SystemExit(f"--eval-only: no head file for {', '.join(missing)} in {args.heads}")
     if args.save_partial:
@@ -398,7 +408,8 @@ def main(argv=None) -> None:
                 and not (args.out / name / "checkpoint_last.pt").exists()):
             restore_partial(args, detector, name)
     if not (args.eval_only or args.eval_ready):
-        base.train_all(specs, args, args.out, finished=lambda spec: head_file(args, spec["name"]).exists(),
+        base.train_all(specs, args, args.out,
+                       finished=lambda spec: head_file(args, spec["name"]).exists() or retired(args, spec["name"]),
                        on_done=lambda spec: keep_head(args, detector, spec))
     walls = {}
     for spec in specs:
@@ -413,7 +424,12 @@ def main(argv=None) -> None:
     models, dial = base.evaluate_all(specs, args, args.out, cache=eval_cache)
     models = {n: models[n] for n in ORDER}
     for spec in specs:
-        facts = model_facts(spec["weights"])
+        if retired(args, spec["name"]):  # the facts the last full run read off its file
+            previous = json.loads(args.results.read_text())["models"] if args.results.exists() else {}
+            facts = {k: previous.get(spec["name"], {}).get(k) for k in ("params", "switch", "widths")}
+            facts["weights_kept"] = False
+        else:
+            facts = model_facts(spec["weights"])
         for name, _ in spec["evals"]:
             models[name].update(facts)
     result = {

@@ -151,6 +151,33 @@ def test_evaluation_results_are_kept_per_head_and_redone_when_anything_changes(t
     assert len(calls) == 2 * (6 + len(base.DIAL)) - 2
 
 
+def test_a_retired_head_keeps_its_results_without_its_weights(tmp_path, monkeypatch):
+    """A head whose weights the repository no longer keeps is read from its evaluation file, for
+    the same validation data and policies only; it is never evaluated (there is nothing to run)."""
+    base = _load("accuracy_vs_cost")
+    import dynamask.data
+    import dynamask.engine.evaluate as evaluate_module
+
+    calls = []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda weights, **kw: calls.append(weights) or
+                        {"segm_AP": 1.0, "boundary_AP": 1.0, "mask_gflops_per_instance": 0.1})
+    monkeypatch.setattr(dynamask.data, "CocoInstanceDataset", lambda *a, **k: "dataset")
+    (tmp_path / "val.json").write_text("{}")
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    (heads / "paper@0.6.pt").write_bytes(b"weights")
+    specs = [{"name": "paper@0.6", "evals": [("paper@0.6", "dynamic")], "weights": heads / "paper@0.6.pt"}]
+    args = argparse.Namespace(data=tmp_path, jobs=1, threads=1)
+    cache = lambda spec: heads / f"{spec['name']}.eval.json"  # noqa: E731
+    first, _ = base.evaluate_all(specs, args, tmp_path, cache=cache)
+    (heads / "paper@0.6.pt").unlink()
+    again, _ = base.evaluate_all(specs, args, tmp_path, cache=cache)
+    assert again == first and len(calls) == 1
+    (tmp_path / "val.json").write_text('{"images": []}')
+    with pytest.raises(SystemExit, match="no head file"):
+        base.evaluate_all(specs, args, tmp_path, cache=cache)
+
+
 def test_markdown_tables_show_the_results_numbers():
     bench = _load("accuracy_vs_cost_256")
 
