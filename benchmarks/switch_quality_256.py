@@ -154,20 +154,14 @@ def size_thresholds_for(weights: Path, boxes, target_gflops: float) -> tuple[lis
 
 def floor_for(weights: Path, scores, target_gflops: float) -> tuple[float, float]:
     """The score floor at which a fixed-112 head, detections under it stopped at 14, costs
-    ``target_gflops`` per detection (the floor is a quantile of the scores)."""
-    import torch
-
+    ``target_gflops`` per detection (:func:`~dynamask.models.policy.score_floor_for_cost`)."""
     from dynamask.inference import model_from_checkpoint
+    from dynamask.models.policy import score_floor_for_cost
 
     model, _ = model_from_checkpoint(str(weights))
     g = model.mask_branch.stage_costs(with_switch=False).double() / 1e9
     g14, g112 = float(g[0]), float(g[-1])
-    share_gated = min(1.0, max(0.0, (g112 - target_gflops) / (g112 - g14)))
-    ordered = torch.sort(scores).values
-    k = int(round(share_gated * ordered.numel()))
-    if k <= 0:
-        return 0.0, g112
-    floor = float(ordered[min(k, ordered.numel() - 1)]) if k < ordered.numel() else 1.0
+    floor = score_floor_for_cost(scores, g14, g112, target_gflops)
     gated = float((scores < floor).float().mean())
     return floor, gated * g14 + (1 - gated) * g112
 

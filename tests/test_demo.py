@@ -7,7 +7,8 @@ import pytest
 
 from dynamask.cli import main
 from dynamask.data import generate_shapes_dataset
-from dynamask.engine.demo import dial_budgets, gallery_images, shipped_files, verdict_sentences
+from dynamask.engine.demo import (FIXED_28, FIXED_112, GATED_112, dial_budgets, gallery_images, shipped_files,
+                                  verdict_sentences)
 from dynamask.errors import DynaMaskError
 
 ROWS = [
@@ -17,8 +18,10 @@ ROWS = [
      "mask_gflops_per_instance": 0.15},
     {"name": "dynamic, budget 0.3", "segm_AP": 47.0, "boundary_AP": 35.0, "bbox_AP": 65.7,
      "mask_gflops_per_instance": 0.10},
-    {"name": "fixed-28", "segm_AP": 46.0, "boundary_AP": 33.0, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.09},
-    {"name": "fixed-112", "segm_AP": 50.5, "boundary_AP": 40.2, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.40},
+    {"name": FIXED_28, "segm_AP": 46.0, "boundary_AP": 33.0, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.09},
+    {"name": FIXED_112, "segm_AP": 50.5, "boundary_AP": 40.2, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.40},
+    {"name": GATED_112, "segm_AP": 48.0, "boundary_AP": 37.5, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.20,
+     "score_floor": 0.42},
     {"name": "Mask R-CNN", "segm_AP": 45.0, "boundary_AP": 32.0, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.08},
 ]
 
@@ -34,6 +37,8 @@ def test_verdicts_follow_the_numbers():
     assert "at 2.50× its mask-head FLOPs" in text
     assert "(fixed-112): behind by 0.5 segm AP (50.0 vs 50.5), behind by 0.2 boundary AP" in text
     assert "at 0.50× its mask-head FLOPs" in text
+    assert "(score-gated fixed-112): ahead by 2.0 segm AP (50.0 vs 48.0), ahead by 2.5 boundary AP" in text
+    assert "at 1.00× its mask-head FLOPs" in text
     assert "budget 0.5 costs 25 % less (0.150 GFLOPs) for -1.0 segm AP and -2.0 boundary AP" in text
     assert "budget 0.3 costs 50 % less" in text and "did not lower" not in text
     assert "ρ" in text and "0.61" in text and "within object-size bins 0.55" in text
@@ -45,7 +50,7 @@ def test_verdicts_change_when_the_numbers_are_swapped():
     # the baseline ahead, fixed-112 behind, the detector differing, the dial going the wrong way
     by["Mask R-CNN"]["segm_AP"], by["dynamic"]["segm_AP"] = by["dynamic"]["segm_AP"], by["Mask R-CNN"]["segm_AP"]
     by["Mask R-CNN"]["boundary_AP"] = by["dynamic"]["boundary_AP"]
-    by["fixed-112"]["segm_AP"] = 40.0
+    by[FIXED_112]["segm_AP"] = 40.0
     by["Mask R-CNN"]["bbox_AP"] = 59.7
     by["dynamic, budget 0.3"]["mask_gflops_per_instance"] = 0.25
     text = " ".join(verdict_sentences(rows))
@@ -101,7 +106,10 @@ def test_demo_quick_on_the_shipped_checkpoints(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
     names = [r["name"] for r in results["rows"]]
-    assert names[0] == "dynamic" and names[-3:] == ["fixed-28", "fixed-112", "Mask R-CNN"]
+    assert names[0] == "dynamic" and names[-4:] == [FIXED_28, FIXED_112, GATED_112, "Mask R-CNN"]
+    dyn, gated = results["rows"][0], results["rows"][-2]
+    assert 0 < gated["score_floor"] <= 1  # the control costs what dynamic costs, as near as a floor gets
+    assert abs(gated["mask_gflops_per_instance"] / dyn["mask_gflops_per_instance"] - 1) < 0.5
     budgets = [r["budget"] for r in results["rows"] if r["name"].startswith("dynamic, budget")]
     reach = results["dial_reachable_range"]
     assert all(reach["lowest"] < b < reach["unconstrained"] for b in budgets)

@@ -209,3 +209,16 @@ def test_score_floor_from_the_config():
     cfg = load_config(None, ["model.mask_score_floor=0.3", "model.backbone=resnet18", "model.fpn_channels=32"])
     model = build_model(cfg, 3)
     assert model.mask_score_floor == pytest.approx(0.3) and model.mask_branch.score_floor == pytest.approx(0.3)
+
+
+def test_score_floor_for_cost_meets_the_target():
+    from dynamask.models.policy import score_floor_for_cost
+
+    scores = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    for target in (0.2, 0.5, 0.9):
+        floor = score_floor_for_cost(scores, 0.1, 1.0, target)
+        gated = (scores < floor).float()
+        assert abs(float((gated * 0.1 + (1 - gated) * 1.0).mean()) - target) < 0.005
+    assert score_floor_for_cost(scores, 0.1, 1.0, 1.0) == 0.0  # no floor needed
+    assert score_floor_for_cost(scores, 0.1, 1.0, 0.05) == 1.0  # everything gated, as near as it gets
+    assert score_floor_for_cost(torch.zeros(0), 0.1, 1.0, 0.5) == 0.0

@@ -2,14 +2,17 @@
 
 It starts from the files shipped in ``checkpoints/`` (see ``checkpoints/README.md`` for how they
 were trained): one ResNet-18-FPN detector trained on the detailed shapes of the benchmark, and two
-mask heads trained on it while it stayed frozen — DynaMask (cost switch, budget target 0.4) and
-the Mask R-CNN 28×28 head of the same width. Every row of the report therefore has the same
-boxes: the table compares mask heads alone.
+mask heads trained on it while it stayed frozen — DynaMask (cost switch, calibrated on a held-out
+split) and the Mask R-CNN 28×28 head of the same width. Every row of the report therefore has the
+same boxes: the table compares mask heads alone.
 
 Rows: DynaMask ``dynamic`` with no budget and at two test-time budgets inside the reachable range
-(between the cheapest stage's share and the unconstrained cost, evenly spaced), the same head at
-``fixed-28`` and ``fixed-112``, and ``Mask R-CNN``. The verdict sentences are computed from the
-numbers. ``--quick`` evaluates a handful of images (a smoke run: its numbers are noisy).
+(between the cheapest stage's share and the unconstrained cost, evenly spaced); the same head at
+``fixed-28`` and ``fixed-112``; the same head at ``fixed-112`` with the detections scoring under a
+floor stopped at 14×14, the floor set so that it costs what ``dynamic`` costs (the control: does
+the switch beat spending the same FLOPs by detector score alone?); and ``Mask R-CNN``. The verdict
+sentences are computed from the numbers. ``--quick`` evaluates a handful of images (a smoke run:
+its numbers are noisy).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ FULL_VAL, QUICK_VAL = 200, 4
 FULL_GALLERY, QUICK_GALLERY = 8, 2
 #: a gap (points, or relative cost) below this is reported as level
 LEVEL = 0.05
+#: row names of the shipped DynaMask head run at one resolution, and score-gated at equal cost
+FIXED_28, FIXED_112, GATED_112 = "fixed-28 (same head)", "fixed-112 (same head)", "fixed-112 score-gated (same head)"
 
 
 def shipped_files(folder: Optional[os.PathLike] = None) -> Dict[str, Path]:
@@ -98,9 +103,11 @@ def verdict_sentences(rows: Sequence[dict]) -> List[str]:
                    if spread < LEVEL else
                    f"The rows' bbox AP differs by {spread:.1f} ({min(boxes):.1f}–{max(boxes):.1f}): part of each "
                    f"gap below comes from the boxes.")
-    dyn, mrcnn, full = by.get("dynamic"), by.get("Mask R-CNN"), by.get("fixed-112")
-    for other, label in ((mrcnn, "the Mask R-CNN head"), (full, "the same head at 112×112 for every instance "
-                                                                 "(fixed-112)")):
+    dyn, mrcnn, full, gated = by.get("dynamic"), by.get("Mask R-CNN"), by.get(FIXED_112), by.get(GATED_112)
+    for other, label in ((mrcnn, "the Mask R-CNN head"),
+                         (full, "the same head at 112×112 for every instance (fixed-112)"),
+                         (gated, "the same head at 112×112 above a detector-score floor and 14×14 below it, "
+                                 "at equal cost (score-gated fixed-112)")):
         if dyn is None or other is None or None in (dyn["segm_AP"], other["segm_AP"]):
             continue
         cost = dyn["mask_gflops_per_instance"] / other["mask_gflops_per_instance"]
@@ -134,6 +141,10 @@ def verdict_sentences(rows: Sequence[dict]) -> List[str]:
 # ---------------------------------------------------------------------------------------- the run
 
 
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name.lower()).strip("_")
+
+
 def _row(name: str, metrics: dict, budget: Optional[float] = None) -> dict:
     keys = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gflops_per_instance",
             "images_per_second", "complexity_spearman", "complexity_spearman_within_size")
@@ -144,7 +155,10 @@ def _row(name: str, metrics: dict, budget: Optional[float] = None) -> dict:
 
 def _evaluate_rows(files: Dict[str, Path], dataset, out: Path, progress: bool) -> tuple[list, dict]:
     """Every row of the table, and the dial's reachable range."""
+    import torch
+
     from ..inference import model_from_checkpoint
+    from ..models.policy import score_floor_for_cost
     from .evaluate import evaluate
 
     dyn_model, dyn_ckpt = model_from_checkpoint(str(files["dynamask"]))
@@ -152,8 +166,7 @@ def _evaluate_rows(files: Dict[str, Path], dataset, out: Path, progress: bool) -
 
     def run(name, policy, budget=None, model=dyn_model, cfg=dyn_ckpt["config"]):
         logger.info("demo: evaluating %s", name)
-        slug = name.lower().replace(", ", "_").replace(" ", "_")
-        metrics = evaluate(cfg, model=model, dataset=dataset, out_dir=str(out / "eval" / slug), policy=policy,
+        metrics = evaluate(cfg, model=model, dataset=dataset, out_dir=str(out / "eval" / _slug(name)), policy=policy,
                            budget=budget, progress=progress)
         return _row(name, metrics, budget)
 
@@ -163,7 +176,17 @@ def _evaluate_rows(files: Dict[str, Path], dataset, out: Path, progress: bool) -
     unconstrained = rows[0]["mask_gflops_per_instance"] * 1e9 / full_cost if rows[0]["mask_gflops_per_instance"] else 0.0
     for budget in dial_budgets(lowest, unconstrained):
         rows.append(run(f"dynamic, budget {budget:g}", "dynamic", budget))
-    rows += [run("fixed-28", "fixed-28"), run("fixed-112", "fixed-112")]
+    rows += [run(FIXED_28, "fixed-28"), run(FIXED_112, "fixed-112")]
+    # the control at the dynamic row's cost: its detections' scores decide who gets 112 or 14
+    costs = head.stage_costs(with_switch=False).double() / 1e9
+    scores = torch.tensor([float(r["score"]) for r in
+                           json.loads((out / "eval" / _slug("dynamic") / "coco_results.json").read_text())])
+    target = rows[0]["mask_gflops_per_instance"] or 0.0
+    dyn_model.mask_score_floor = score_floor_for_cost(scores, float(costs[0]), float(costs[-1]), target)
+    try:
+        rows.append(run(GATED_112, "fixed-112") | {"score_floor": dyn_model.mask_score_floor})
+    finally:
+        dyn_model.mask_score_floor = 0.0
     mrcnn_model, mrcnn_ckpt = model_from_checkpoint(str(files["maskrcnn"]))
     rows.append(run("Mask R-CNN", None, model=mrcnn_model, cfg=mrcnn_ckpt["config"]))
     return rows, {"lowest": lowest, "unconstrained": unconstrained}
@@ -250,7 +273,11 @@ def _report(results: dict) -> str:
                      f"{_fmt(r['boundary_AP'])} | {_fmt(r['bbox_AP'])} | {_fmt(r['mask_gflops_per_instance'], 3)} | "
                      f"{'/'.join(str(hist.get(str(k), 0)) for k in (14, 28, 56, 112))} |")
     reach = results["dial_reachable_range"]
+    floors = [r["score_floor"] for r in rows if r.get("score_floor") is not None]
     lines += ["", *[f"- {s}" for s in results["verdicts"]], "",
+              *([f"The score-gated row stops every detection scoring under {floors[0]:.3f} at 14×14 "
+                 f"(`model.mask_score_floor`, chosen so that the row costs what `dynamic` costs) and gives the rest "
+                 f"112×112.", ""] if floors else []),
               f"Budgets are the test-time dial (`model.mask_budget`: the mean mask cost as a fraction of the full "
               f"112×112 path, no retraining); this head reaches from {reach['lowest']:.3f} (every instance at 14×14) "
               f"to {reach['unconstrained']:.3f} (its own choices), and the two budgets are evenly spaced inside. "

@@ -93,3 +93,18 @@ def choose_under_budget(log_probs: Tensor, costs: Tensor, budget: float, iterati
     lam = budget_multiplier(log_probs, costs, budget, iterations)
     frac = (costs / costs.max()).to(log_probs.dtype)
     return torch.argmax(log_probs - lam * frac, dim=1)
+
+
+def score_floor_for_cost(scores: Tensor, gated_cost: float, open_cost: float, target: float) -> float:
+    """The score floor (``mask_score_floor``) at which these detections, those under it charged
+    ``gated_cost`` and the rest ``open_cost``, cost ``target`` on average — as near as a floor
+    placed at one of the scores gets. 0 (no floor) when even ungated they cost no more."""
+    n = scores.numel()
+    if n == 0 or open_cost <= target or open_cost <= gated_cost:
+        return 0.0
+    share = min(1.0, (open_cost - target) / (open_cost - gated_cost))
+    k = int(round(share * n))
+    if k <= 0:
+        return 0.0
+    ordered = torch.sort(scores.flatten().float()).values
+    return 1.0 if k >= n else float(ordered[k])
