@@ -248,7 +248,7 @@ def main(argv=None) -> None:
                          f"makes the data) or pass --data")
     if not (args.holdout / "val.json").exists():
         print(f"[data] making the held-out split {args.holdout} (seed 1)", flush=True)
-        subprocess.run([sys.executable, "-m", "dynamask", "shapes", "--out", str(args.holdout), "--train", "1",
+        subprocess.run([sys.executable, "-m", "dynamask", "shapes", "--out", str(args.holdout), "--train", "0",
                         "--val", str(args.holdout_images), "--size", "256", "--seed", "1", "--detail"], check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True)
     scratch = ROOT / "runs" / ("switch_quality_256_quick" if args.quick else "switch_quality_256")
