@@ -12,9 +12,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The longest modules first, so that with several workers (tools/test.sh: ``--dist loadfile``) they
 # start at once and the short ones fill in around them; serial runs only see another order of
-# modules (the order inside a module is kept). CPU seconds per module, 2-core AMD EPYC VM, 2026-12-06:
+# modules (the order inside a module is kept). CPU seconds per module, 2-core AMD EPYC VM, 2026-12-06
+# (test_gpu_check.py: 2026-12-07, after its --quick models were made narrow):
 RUN_FIRST = (
-    "test_gpu_check.py",  # 224: bf16 training steps (generic kernels on CPUs without native bf16)
+    "test_gpu_check.py",  # 84 (was 224): bf16 training steps (generic kernels on CPUs without native bf16)
     "test_ddp_faults.py",  # 78: four torchrun launches
     "test_export.py",  # 46
     "test_overfit.py",  # 35
