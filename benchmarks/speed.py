@@ -296,6 +296,17 @@ def training(args, device) -> dict:
 
 
 def default_mix() -> tuple[tuple[float, ...], str]:
+    """The stage mix the dynamic row forces: the 256-px benchmark's default calibrated head at 100
+    detections per image (``switch_quality_256.json``), else the 128-px benchmark's dynamic@0.4."""
+    path = ROOT / "benchmarks" / "results" / "switch_quality_256.json"
+    try:
+        result = json.loads(path.read_text())
+        hist = result["speed_mix_at_100_detections"]["histogram"]
+        mix = tuple(float(hist[str(r)]) for r in (14, 28, 56, 112))
+        if sum(mix) > 0:
+            return mix, f"{path.relative_to(ROOT)} ({result['default_head']} calibrated, 100 detections per image)"
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
     path = ROOT / "benchmarks" / "results" / "accuracy_vs_cost.json"
     try:
         hist = json.loads(path.read_text())["models"]["dynamic@0.4"]["resolution_histogram"]

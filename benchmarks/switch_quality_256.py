@@ -111,6 +111,29 @@ def run_eval(job: dict) -> dict:
     return metrics
 
 
+def mix_at_100_detections(weights: Path, data: Path, images: int) -> dict:
+    """The default head's stage histogram when the detector returns 100 detections per image (score
+    threshold 0, as ``speed.py`` times it): most are false, low-score ones — the mix a timing at
+    100 detections should force."""
+    import torch
+
+    from dynamask.data import CocoInstanceDataset
+    from dynamask.inference import model_from_checkpoint
+
+    dataset = CocoInstanceDataset(str(data / "val.json"), str(data / "val"), transforms=None, keep_empty=True,
+                                  validate_masks=False)
+    model, _ = model_from_checkpoint(str(weights))
+    model.roi_heads.score_thresh, model.roi_heads.detections_per_img = 0.0, 100
+    model.eval()
+    counts = torch.zeros(4, dtype=torch.int64)
+    with torch.inference_mode():
+        for i in range(min(images, len(dataset))):
+            image, _ = dataset[i]
+            res = model([torch.as_tensor(image).as_subclass(torch.Tensor).float()])[0]["mask_resolution"]
+            counts += torch.stack([(res == r).sum() for r in (14, 28, 56, 112)])
+    return {"images": min(images, len(dataset)), "histogram": {str(r): int(c) for r, c in zip((14, 28, 56, 112), counts)}}
+
+
 def reference(args, name: str, val_sha: str) -> dict:
     """A head's results from the 256-px benchmark's cache (``NAME.eval.json``), checked to be for
     these weights and validation data; evaluated here when it is not."""
@@ -332,11 +355,12 @@ def main(argv=None) -> None:
         if head and r["mask_gflops_per_instance"] is not None:
             r["cost_share_of_full_path"] = r["mask_gflops_per_instance"] / full_path[head]
     goals = judge(rows, calibration, smallest)
+    speed_mix = mix_at_100_detections(calibrated[DEFAULT_HEAD], args.data, 8 if args.quick else 50)
     result = {"default_head": DEFAULT_HEAD, "heads": list(DYNAMIC_HEADS), "calibration": calibration,
               "calibration_split": {"data": os.path.relpath(args.holdout, ROOT), "seed": 1,
                                     "images": args.max_images or args.holdout_images},
               "val": {"data": os.path.relpath(args.data, ROOT), "images": args.max_images or 400},
-              "rows": rows, "goals": goals, "cheapest_share": smallest,
+              "rows": rows, "goals": goals, "cheapest_share": smallest, "speed_mix_at_100_detections": speed_mix,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jobs": args.jobs,
                           "torch": torch.__version__},
               "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1),
