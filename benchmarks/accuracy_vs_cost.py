@@ -313,13 +313,21 @@ def plot(models: dict, dial: list, path: Path) -> None:
         if dial:
             ax.plot([d["mask_gflops_per_instance"] for d in dial], [d[key] for d in dial], ".--", color="tab:blue",
                     label=f"{DIAL_MODEL}, test-time dial 0.1…1.0")
-        dyn = [n for n in models if n.startswith("dynamic@")]
+        dyn = [n for n in models if n.startswith("dynamic@") and not n.endswith(" calibrated")]
         ax.plot([models[n]["mask_gflops_per_instance"] for n in dyn], [models[n][key] for n in dyn], "*",
                 color="tab:red", markersize=12, label="dynamic, trained at budget 0.2/0.4/0.6")
+        calibrated = [n for n in models if n.endswith(" calibrated")]
+        if calibrated:
+            ax.plot([models[n]["mask_gflops_per_instance"] for n in calibrated], [models[n][key] for n in calibrated],
+                    "D", color="tab:green", markersize=8, label="the same, calibrated on held-out detections")
         paper = [n for n in models if n.startswith("paper@")]
         if paper:
             ax.plot([models[n]["mask_gflops_per_instance"] for n in paper], [models[n][key] for n in paper], "P",
                     color="tab:purple", markersize=10, label="paper switch, trained at budget 0.4/0.6")
+        comparable = [n for n in models if n.startswith("paper-selcost")]
+        if comparable:
+            ax.plot([models[n]["mask_gflops_per_instance"] for n in comparable], [models[n][key] for n in comparable],
+                    "X", color="tab:pink", markersize=10, label="paper switch, comparable signal, 0.4")
         for n in ("size", "maskrcnn"):
             if n in models:
                 ax.plot(models[n]["mask_gflops_per_instance"], models[n][key], "s" if n == "size" else "^",

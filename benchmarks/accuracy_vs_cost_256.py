@@ -272,7 +272,7 @@ def markdown(result: dict) -> str:
                     f"| {m['segm_AP']:.1f} | {num(m['AP50'])} | {num(m['AP75'])} | {num(m['APs'])} | {num(m['APm'])} "
                     f"| {num(m['APl'])} | {m['boundary_AP']:.1f} | {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} "
                     f"| {num(m.get('rho'), '.2f')} | {num(m.get('rho_within_size'), '.2f')} "
-                    f"| {num(walls.get(m.get('trained_as', name)), '.0f') if m.get('trained_as', name) == name else '(fixed-112)'} |")
+                    f"| {num(walls.get(m.get('trained_as', name)), '.0f') if m.get('trained_as', name) == name else '(' + m['trained_as'] + ')'} |")
     dial = ["| mask_budget | GFLOPs/inst (vs fixed-112) | segm AP | boundary AP | 14/28/56/112 |", "|---:|---:|---:|---:|---|"]
     for d in result.get("dial") or []:
         hist = d.get("resolution_histogram") or {}
@@ -280,6 +280,29 @@ def markdown(result: dict) -> str:
         dial.append(f"| {d['mask_budget']:.1f} | {g:.3f} ({100 * g / full:.0f} %) | {d['segm_AP']:.1f} | {d['boundary_AP']:.1f} "
                     f"| {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} |")
     return "\n".join(rows) + "\n\n" + "\n".join(dial)
+
+
+def add_calibrated(result: dict, args) -> None:
+    """The dynamic heads calibrated on held-out detections and issue #25's goals, from
+    ``switch_quality_256.json`` (benchmarks/switch_quality_256.py) when it is there."""
+    path = HERE / "results" / "switch_quality_256.json"
+    if args.quick or not path.exists():
+        return
+    sq = json.loads(path.read_text())
+    for label, r in sq["rows"].items():
+        if not label.endswith(" calibrated") or ", dial" in label:
+            continue
+        head = label.removesuffix(" calibrated")
+        base_row = result["models"].get(head, {})
+        result["models"][label] = {
+            **{k: r.get(k) for k in ("segm_AP", "boundary_AP", "bbox_AP", "mask_gflops_per_instance", "resolution_histogram",
+                                     "num_detections")},
+            "AP50": r.get("segm_AP50"), "AP75": r.get("segm_AP75"), "APs": None, "APm": None, "APl": None,
+            "rho": r.get("complexity_spearman"), "rho_within_size": r.get("complexity_spearman_within_size"),
+            "params": base_row.get("params"), "switch": "cost", "widths": base_row.get("widths"), "trained_as": head,
+            "calibrated_on": sq["calibration_split"]["data"],
+        }
+    result["goals_issue25"] = {"default_head": sq["default_head"], "source": os.path.relpath(path, ROOT), **sq["goals"]}
 
 
 PILOT_HEADS = ("maskrcnn", "fixed-112", "dynamic@0.4")
@@ -450,6 +473,7 @@ def main(argv=None) -> None:
         "dial": dial,
         "goals": judge(models),
     }
+    add_calibrated(result, args)
     base.write_outputs(result, specs, args, logs=False)  # each head's logs are beside its file in --heads
     print(base.table(models))
     print(markdown(result))
