@@ -254,7 +254,10 @@ def check_training(args) -> dict:
     cfg["model"]["detector_weights"] = str(ROOT / "checkpoints" / "shapes_detail_detector_r18.pt")
     cfg["data"]["train_json"] = str(args.data / "train.json")
     cfg["data"]["train_images"] = str(args.data / "train")
-    out.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed one
+    out.mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "dynamask", "train", "--config", str(out / "config.yaml"), "--out",
