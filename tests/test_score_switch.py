@@ -16,6 +16,9 @@ from dynamask.models.mask_switch import CostSwitch
 from dynamask.models.policy import choose_under_budget
 
 ROOT = Path(__file__).resolve().parents[1]
+#: a dynamic head written before the confidence-aware switch (the 256-px benchmark's, uncalibrated)
+OLD_HEAD = ROOT / "benchmarks" / "results" / "accuracy_vs_cost_256_heads" / "dynamic@0.4.pt"
+#: the demo's head: the same, calibrated on held-out detections (benchmarks/switch_quality_256.py)
 SHIPPED_HEAD = ROOT / "checkpoints" / "shapes_detail_dynamask_c64.pt"
 
 
@@ -64,9 +67,12 @@ def test_checkpoints_from_before_choose_as_they_did():
     base = switch.scores(outputs, fractions).argmax(dim=1)
     for s in (torch.zeros(50), torch.rand(50), torch.ones(50)):
         assert torch.equal(switch.scores(outputs, fractions, s).argmax(dim=1), base)
-    # and the shipped head (written before) too
-    shipped, _ = model_from_checkpoint(str(SHIPPED_HEAD))
-    assert int(shipped.mask_branch.switch.uses_score) == 0
+    # and a head file written before too; the demo's head is that head calibrated
+    old_head, _ = model_from_checkpoint(str(OLD_HEAD))
+    assert int(old_head.mask_branch.switch.uses_score) == 0
+    shipped, ckpt = model_from_checkpoint(str(SHIPPED_HEAD))
+    assert int(shipped.mask_branch.switch.uses_score) == 1 and ckpt["calibration"]["reachable"]
+    assert torch.equal(shipped.mask_branch.switch.fc2.weight, old_head.mask_branch.switch.fc2.weight)
 
 
 def test_dial_stays_monotone_with_scores():
@@ -116,11 +122,11 @@ def _mean_cost_share(model, dataset) -> float:
 
 
 def test_calibration_makes_the_budget_hold_on_detections(held_out):
-    """The shipped dynamic head (trained at budget 0.4 on positive proposals), calibrated on a
+    """The 256-px benchmark's dynamic@0.4 head (trained at budget 0.4 on positive proposals), calibrated on a
     held-out split: the mean mask cost over the detections the model returns (its own
     ``mask_flops``) meets the target within 10 % on that split, and stays near it on another one
     (8 images, ~60 detections: sampling noise of about ±30 % measured, hence the wider bound)."""
-    model, _ = model_from_checkpoint(str(SHIPPED_HEAD))
+    model, _ = model_from_checkpoint(str(OLD_HEAD))
     model.eval()
     target = 0.3
     report = calibrate_switch(model, held_out[1], target=target, progress=False)
@@ -137,7 +143,7 @@ def test_calibrate_command_writes_a_calibrated_checkpoint(held_out, tmp_path, ca
 
     data, root = held_out[2].ann_file, held_out[2].image_dir
     out = tmp_path / "calibrated.pt"
-    code = main(["calibrate", "--weights", str(SHIPPED_HEAD), "--data-json", str(data), "--data-images", str(root),
+    code = main(["calibrate", "--weights", str(OLD_HEAD), "--data-json", str(data), "--data-images", str(root),
                  "--out", str(out), "--max-images", "3", "--target", "0.35", "--device", "cpu", "--no-progress"])
     assert code == 0
     model, ckpt = model_from_checkpoint(str(out))  # a head file: its detector is found from the new place
