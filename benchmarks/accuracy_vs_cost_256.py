@@ -297,7 +297,8 @@ def add_calibrated(result: dict, args) -> None:
         base_row = result["models"].get(head, {})
         result["models"][label] = {
             **{k: r.get(k) for k in ("segm_AP", "boundary_AP", "bbox_AP", "mask_gflops_per_instance", "resolution_histogram",
-                                     "num_detections")},
+                                     "num_detections", "complexity_spearman", "complexity_spearman_within_size")},
+            "segm_AP50": r.get("segm_AP50"), "segm_AP75": r.get("segm_AP75"),
             "AP50": r.get("segm_AP50"), "AP75": r.get("segm_AP75"), "APs": None, "APm": None, "APl": None,
             "rho": r.get("complexity_spearman"), "rho_within_size": r.get("complexity_spearman_within_size"),
             "params": base_row.get("params"), "switch": "cost", "widths": base_row.get("widths"), "trained_as": head,
