@@ -3,6 +3,8 @@ and the oracle switch's choice under a FLOPs target — pure functions, no train
 
 import argparse
 import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -241,3 +243,25 @@ def test_score_floor_stops_low_scoring_detections_at_14():
     assert bool((gated["mask_resolution"][~low] == 112).all())
     torch.testing.assert_close(gated["masks"][~low], plain["masks"][~low])
     assert float(gated["mask_flops"][low].max()) < float(plain["mask_flops"][low].min())
+
+
+def test_coco_scale_file_is_valid_coco(tmp_path):
+    """benchmarks/coco_scale.py's synthetic file: COCO's 80 category ids, polygons and crowd RLEs that
+    pycocotools decodes, image files of the size the json says (hard links to one PNG)."""
+    bench = _load("coco_scale")
+    from dynamask.data import CocoInstanceDataset
+    from pycocotools import mask as mask_utils
+
+    ann_file = bench.make_dataset(tmp_path, fraction=0.0005, seed=1)
+    data = json.loads(ann_file.read_text())
+    assert len(data["images"]) == round(bench.TRAIN2017_IMAGES * 0.0005)
+    assert len(data["annotations"]) == round(bench.TRAIN2017_ANNOTATIONS * 0.0005)
+    assert [c["id"] for c in data["categories"]] == bench.COCO_IDS and len(bench.COCO_IDS) == 80
+    crowd = [a for a in data["annotations"] if a["iscrowd"]]
+    for a in crowd:
+        rle = mask_utils.frPyObjects(a["segmentation"], bench.HEIGHT, bench.WIDTH)
+        assert int(mask_utils.area(rle)) == int(a["bbox"][2] * a["bbox"][3])
+    ds = CocoInstanceDataset(str(ann_file), str(tmp_path / "images"))
+    image, target = ds[0]
+    assert tuple(image.shape[-2:]) == (bench.HEIGHT, bench.WIDTH) and target["masks"].shape[0] == target["boxes"].shape[0]
+    assert os.stat(tmp_path / "images" / data["images"][0]["file_name"]).st_nlink > 1
