@@ -132,19 +132,24 @@ def oracle_choices(per_image, stage_gflops: torch.Tensor, target_gflops: float, 
     return list(pick.split([item[0].shape[0] for item in per_image])), hi
 
 
-def evaluate_with_choices(model, dataset, choices_per_image: list, max_images: int | None) -> dict:
-    """The standard evaluation with the head's choice replaced by the given per-image stages."""
-    head = model.roi_heads.mask_branch
+def forced_choices(choices_per_image: list):
+    """A ``choice_hook`` that gives, one image per forward and in order, the given stages."""
     queue = list(choices_per_image)
 
     def forced(choice, inp, counts):
         assert len(counts) == 1, "one image per forward"
         wanted = queue.pop(0)
         if wanted.shape[0] != choice.shape[0]:
-            raise RuntimeError("the detections changed between the two passes")
+            raise RuntimeError("the detections changed between the oracle's pass and the evaluation")
         return wanted.to(choice.device)
 
-    head.choice_hook = forced
+    return forced
+
+
+def evaluate_with_choices(model, dataset, choices_per_image: list, max_images: int | None) -> dict:
+    """The standard evaluation with the head's choice replaced by the given per-image stages."""
+    head = model.roi_heads.mask_branch
+    head.choice_hook = forced_choices(choices_per_image)
     try:
         return evaluate(model=model, dataset=dataset, policy="dynamic", budget=1.0, device="cpu",
                         progress=False, batch_size=1, max_images=max_images)

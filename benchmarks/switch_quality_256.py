@@ -95,7 +95,7 @@ def run_eval(job: dict) -> dict:
         per_image = oracle_switch.stage_costs_per_detection(model, dataset, job["max_images"])
         stage_gflops = model.mask_branch.stage_costs(with_switch=True).float() / 1e9
         choices, price = oracle_switch.oracle_choices(per_image, stage_gflops, job["oracle"], unmatched="learnt")
-        model.mask_branch.choice_hook = _queue_hook(choices)
+        model.mask_branch.choice_hook = oracle_switch.forced_choices(choices)
     metrics = evaluate(model=model, dataset=dataset, policy=job["policy"], budget=job["budget"], device="cpu",
                        progress=False, batch_size=1, max_images=job["max_images"], out_dir=out_dir)
     metrics = {k: metrics.get(k) for k in KEEP}
@@ -146,18 +146,6 @@ def reference(args, name: str, val_sha: str) -> dict:
                      "data": str(args.data), "policy": policy, "budget": 1.0, "floor": 0.0, "thresholds": None,
                      "oracle": None, "max_images": args.max_images, "cache": str(args.scratch / f"{name}.json"),
                      "results_dir": str(args.scratch / name), "need_results": False})
-
-
-def _queue_hook(choices: list):
-    queue = list(choices)
-
-    def forced(choice, inp, counts):
-        wanted = queue.pop(0)
-        if wanted.shape[0] != choice.shape[0]:
-            raise RuntimeError("the detections changed between the oracle's pass and the evaluation")
-        return wanted.to(choice.device)
-
-    return forced
 
 
 def detections(results_dir: Path):

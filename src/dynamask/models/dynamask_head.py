@@ -415,7 +415,7 @@ class DynaMaskHead(nn.Module):
             choice = self._policy_choice(inp, counts)
         else:  # only the RoIs above the floor reach the policy (and the switch)
             keep = ~gated
-            kept_counts = [int(c.sum()) for c in keep.split(counts)] if len(counts) > 1 else [int(keep.sum())]
+            kept_counts = [int(c.sum()) for c in keep.split(counts)]
             choice = torch.zeros(gated.shape[0], dtype=torch.int64, device=gated.device)
             choice[keep] = self._policy_choice(inp.select(keep), kept_counts)
         if self.choice_hook is not None:
