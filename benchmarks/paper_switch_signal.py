@@ -56,10 +56,11 @@ def collect(model, dataset: CocoInstanceDataset, images: int) -> dict[str, np.nd
     head = model.mask_branch
     model.eval()
     rows = {"raw_edge": [], "weighted_edge": [], "selection_cost": [], "complexity": [], "size": []}
-    anns = dataset._data["annotations"]
+    with open(dataset.ann_file) as f:
+        anns = json.load(f)["annotations"]
     for i in range(min(images, len(dataset))):
         image, target = dataset[i]
-        records = dataset._records[dataset.ids[i]]
+        ann_indices = dataset.annotation_indices(i).tolist()
         boxes = torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).float()
         if boxes.shape[0] == 0:
             continue
@@ -79,7 +80,7 @@ def collect(model, dataset: CocoInstanceDataset, images: int) -> dict[str, np.nd
         rows["raw_edge"].append(head.stage_edge_losses(edges, targets, weighted=False).float())
         rows["weighted_edge"].append(head.stage_edge_losses(edges, targets).float())
         rows["selection_cost"].append(L.selection_costs([m for m, _ in stages], targets[RESOLUTIONS[-1]], boxes).float())
-        rows["complexity"].append(torch.tensor([float(anns[idx].get("complexity") or np.nan) for idx, _, _ in records]))
+        rows["complexity"].append(torch.tensor([float(anns[idx].get("complexity") or np.nan) for idx in ann_indices]))
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
         rows["size"].append((wh[:, 0] * wh[:, 1]).sqrt())
     return {k: torch.cat(v).numpy() for k, v in rows.items()}

@@ -29,6 +29,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..cocotools import mask_utils
 from torchvision import tv_tensors
 
+from .records import MAX_ABS_COORDINATE, InstanceRecords, RecordsBuilder, polygons_rasterise_nonempty
+
 try:  # the project-wide user-facing error base class
     from dynamask.errors import DynaMaskError as _ErrorBase
 except ImportError:  # pragma: no cover - keeps this module usable on its own
@@ -75,12 +77,29 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+_PLAIN_NUMBERS = (int, float)
+
+
+def _four_finite_numbers(values: Sequence[Any]) -> bool:
+    a, b, c, d = values
+    if type(a) in _PLAIN_NUMBERS and type(b) in _PLAIN_NUMBERS and type(c) in _PLAIN_NUMBERS \
+            and type(d) in _PLAIN_NUMBERS:
+        try:
+            return math.isfinite(a) and math.isfinite(b) and math.isfinite(c) and math.isfinite(d)
+        except OverflowError:  # an integer beyond a float's range
+            return False
+    try:
+        return all(_is_number(v) and math.isfinite(v) for v in values)
+    except OverflowError:
+        return False
+
+
 def _ann_where(path: str, i: int, ann: dict) -> str:
     ident = f" (id={ann['id']!r})" if isinstance(ann, dict) and "id" in ann else ""
     return f"{path}: annotations[{i}]{ident}"
 
 
-def _validate_coco_dict(data: Any, path: str) -> None:
+def _validate_coco_dict(data: Any, path: str, annotations: bool = True) -> None:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level must be a JSON object with keys "
                            f"{list(_REQUIRED_TOP_LEVEL)}, got {type(data).__name__}")
@@ -124,42 +143,75 @@ def _validate_coco_dict(data: Any, path: str) -> None:
             if field in img and img[field] is not None and not (_is_int(img[field]) and img[field] > 0):
                 raise DatasetError(f"{where}: field '{field}' must be a positive integer, got {img[field]!r}")
 
-    for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            raise DatasetError(f"{path}: annotations[{i}]: must be an object, got {type(ann).__name__}")
-        for field in _REQUIRED_ANN_FIELDS:
-            if field not in ann:
-                raise DatasetError(f"{_ann_where(path, i, ann)}: missing field '{field}'")
-        if not _is_int(ann["image_id"]):
-            raise DatasetError(f"{_ann_where(path, i, ann)}: field 'image_id' must be an integer, got {ann['image_id']!r}")
-        if not _is_int(ann["category_id"]):
-            raise DatasetError(
-                f"{_ann_where(path, i, ann)}: field 'category_id' must be an integer, got {ann['category_id']!r}")
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-                and all(_is_number(v) and math.isfinite(v) for v in bbox)):
-            raise DatasetError(f"{_ann_where(path, i, ann)}: field 'bbox' must be [x, y, width, height] "
-                               f"with 4 finite numbers, got {bbox!r}")
-        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
-            raise DatasetError(f"{_ann_where(path, i, ann)}: field 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
-        if "area" in ann and ann["area"] is not None and not _is_number(ann["area"]):
-            raise DatasetError(f"{_ann_where(path, i, ann)}: field 'area' must be a number, got {ann['area']!r}")
-        seg = ann.get("segmentation")
-        if seg is None or isinstance(seg, list):
-            continue
-        if isinstance(seg, dict):
-            if "counts" not in seg or "size" not in seg:
-                raise DatasetError(f"{_ann_where(path, i, ann)}: RLE field 'segmentation' needs 'counts' and 'size'")
-            size = seg["size"]
-            if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
-                raise DatasetError(f"{_ann_where(path, i, ann)}: field 'segmentation.size' must be [height, width], "
-                                   f"got {size!r}")
-            if not isinstance(seg["counts"], (list, str, bytes)):
-                raise DatasetError(f"{_ann_where(path, i, ann)}: field 'segmentation.counts' must be a list "
-                                   f"(uncompressed RLE) or a string (compressed RLE), got {type(seg['counts']).__name__}")
-            continue
-        raise DatasetError(f"{_ann_where(path, i, ann)}: field 'segmentation' must be a list of polygons or an RLE "
-                           f"object, got {type(seg).__name__}")
+    if annotations:
+        for i, ann in enumerate(data["annotations"]):
+            _validate_annotation(path, i, ann)
+
+
+def _validate_header(data: Any, path: str) -> None:
+    """The top level, the categories and the images (everything but the annotations)."""
+    _validate_coco_dict(data, path, annotations=False)
+
+
+def _validate_annotation(path: str, i: int, ann: Any) -> None:
+    """Structure of one annotation (types and shapes of its fields; not its content's meaning)."""
+    if not isinstance(ann, dict):
+        raise DatasetError(f"{path}: annotations[{i}]: must be an object, got {type(ann).__name__}")
+    for field in _REQUIRED_ANN_FIELDS:
+        if field not in ann:
+            raise DatasetError(f"{_ann_where(path, i, ann)}: missing field '{field}'")
+    # type(v) is int / in _PLAIN_NUMBERS: the common case decided without a call (bool is not int here)
+    if type(ann["image_id"]) is not int and not _is_int(ann["image_id"]):
+        raise DatasetError(f"{_ann_where(path, i, ann)}: field 'image_id' must be an integer, got {ann['image_id']!r}")
+    if type(ann["category_id"]) is not int and not _is_int(ann["category_id"]):
+        raise DatasetError(
+            f"{_ann_where(path, i, ann)}: field 'category_id' must be an integer, got {ann['category_id']!r}")
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and _four_finite_numbers(bbox)):
+        raise DatasetError(f"{_ann_where(path, i, ann)}: field 'bbox' must be [x, y, width, height] "
+                           f"with 4 finite numbers, got {bbox!r}")
+    if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
+        raise DatasetError(f"{_ann_where(path, i, ann)}: field 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+    area = ann.get("area")
+    if area is not None and type(area) not in _PLAIN_NUMBERS and not _is_number(area):
+        raise DatasetError(f"{_ann_where(path, i, ann)}: field 'area' must be a number, got {ann['area']!r}")
+    seg = ann.get("segmentation")
+    if seg is None or isinstance(seg, list):
+        return
+    if isinstance(seg, dict):
+        if "counts" not in seg or "size" not in seg:
+            raise DatasetError(f"{_ann_where(path, i, ann)}: RLE field 'segmentation' needs 'counts' and 'size'")
+        size = seg["size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+            raise DatasetError(f"{_ann_where(path, i, ann)}: field 'segmentation.size' must be [height, width], "
+                               f"got {size!r}")
+        if not isinstance(seg["counts"], (list, str, bytes)):
+            raise DatasetError(f"{_ann_where(path, i, ann)}: field 'segmentation.counts' must be a list "
+                               f"(uncompressed RLE) or a string (compressed RLE), got {type(seg['counts']).__name__}")
+        return
+    raise DatasetError(f"{_ann_where(path, i, ann)}: field 'segmentation' must be a list of polygons or an RLE "
+                       f"object, got {type(seg).__name__}")
+
+
+def _read_json(path: str) -> Any:
+    """Parse a json file (UTF-8, -16 or -32, as ``json.loads`` of bytes detects), holding the
+    file's bytes and its decoded text one after the other rather than together."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read annotation file: {e}") from None
+    try:
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: annotation file is not UTF-8 text (byte {e.start}): {e.reason}") from None
+    del raw
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
 
 
 def load_coco_json(path: Union[str, os.PathLike]) -> dict:
@@ -173,19 +225,7 @@ def load_coco_json(path: Union[str, os.PathLike]) -> dict:
     *not* errors here; the dataset skips and counts them.
     """
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file not found") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read annotation file: {e}") from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: annotation file is not UTF-8 text (byte {e.start}): {e.reason}") from None
+    data = _read_json(path)
     _validate_coco_dict(data, path)
     return data
 
@@ -238,14 +278,26 @@ def _decode(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle)
 
 
-def _has_usable_shape(seg: Any) -> bool:
-    """Cheap check (no rasterisation): an RLE, or at least one polygon with >= 3 points."""
-    if isinstance(seg, dict):
-        return True
-    if isinstance(seg, list):
-        return any(isinstance(p, dict) or (isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0)
-                   for p in seg)
-    return False
+def _encoded_segmentation(seg: Any, height: int, width: int) -> Tuple[Optional[list], Optional[dict]]:
+    """A COCO ``segmentation`` as what the records keep: ``(polygons, None)`` — the parts of >= 3
+    points, the only ones :func:`segmentation_to_rle` rasterises — or ``(None, rle)``, one
+    compressed RLE (bytes counts); ``(None, None)`` when nothing usable remains. Raises like
+    :func:`segmentation_to_rle`; rasterises nothing for polygons."""
+    if type(seg) is list and len(seg) == 1 and type(seg[0]) is list:  # most objects: one polygon
+        p = seg[0]
+        return ([p] if len(p) >= 6 and not len(p) % 2 else None), None
+    if isinstance(seg, list) and not (seg and all(isinstance(p, dict) for p in seg)):
+        polys = []
+        for p in seg:
+            if not isinstance(p, (list, tuple)):
+                raise TypeError(f"polygon must be a list of coordinates, got {type(p).__name__}")
+            if len(p) >= 6 and len(p) % 2 == 0:
+                polys.append(p)
+        return (polys or None), None
+    rle = segmentation_to_rle(seg, height, width)
+    if rle is not None and not isinstance(rle["counts"], bytes):
+        rle = {"size": rle["size"], "counts": bytes(rle["counts"])}
+    return None, rle
 
 
 # --------------------------------------------------------------------------
@@ -361,6 +413,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         min_box_size: float = 1.0,
         validate_masks: bool = True,
         categories: Optional[Sequence[Tuple[int, str]]] = None,
+        workers: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.ann_file = str(ann_file)
@@ -369,10 +422,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.keep_empty = bool(keep_empty)
         self.min_box_size = float(min_box_size)
         self.validate_masks = bool(validate_masks)
-
-        data = load_coco_json(self.ann_file)
-        self._data = data
         self._coco = None
+
+        data = _read_json(self.ann_file)
+        _validate_header(data, self.ann_file)
 
         if categories is not None:  # a label space fixed from outside (e.g. torchvision's COCO labels)
             cats = [{"id": int(i), "name": str(n)} for i, n in categories]
@@ -382,10 +435,19 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.class_names: List[str] = [str(c.get("name", c["id"])) for c in cats]
         self.cat_id_to_label: Dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
 
-        self._images: Dict[int, dict] = {int(img["id"]): img for img in data["images"]}
-        self._hw: Dict[int, Tuple[int, int]] = {}
-        # per image: list of (annotation index, label, [x1, y1, x2, y2] clipped)
-        self._records: Dict[int, List[Tuple[int, int, List[float]]]] = {i: [] for i in self._images}
+        # the images, in file order, as flat arrays (see dynamask.data.records for why)
+        images = data["images"]
+        try:
+            self._image_ids = np.array([img["id"] for img in images], dtype=np.int64)
+            self._heights = np.array([img.get("height") or 0 for img in images], dtype=np.int64)
+            self._widths = np.array([img.get("width") or 0 for img in images], dtype=np.int64)
+        except OverflowError:
+            raise DatasetError(f"{self.ann_file}: field 'images[].id'/'width'/'height' out of the 64-bit range") from None
+        names = [img["file_name"].encode("utf-8", "surrogatepass") for img in images]
+        self._name_offsets = np.zeros(len(names) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in names], out=self._name_offsets[1:])
+        self._names = np.frombuffer(b"".join(names), dtype=np.uint8).copy()
+        del names
         self.skip_counts: Dict[str, int] = {k: 0 for k in SKIP_REASONS}
         self.num_crowd = 0
         self.num_missing_files = 0
@@ -393,99 +455,169 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.exif_rotated_ids: set = set()
         self._exif_logged = False
 
-        for idx, ann in enumerate(data["annotations"]):
-            if ann.get("iscrowd", 0):
-                self.num_crowd += 1
-                continue
-            reason = self._check_annotation(idx, ann)
-            if reason is not None:
-                self.skip_counts[reason] += 1
+        annotations = data["annotations"]
+        num_annotations = len(annotations)
+        del data, images  # each annotation is released once read (the parsed file is not kept alive)
+        self._records = self._parse_annotations(annotations, workers)
+        del annotations
 
-        all_ids = [int(img["id"]) for img in data["images"]]
-        self.ids: List[int] = all_ids if self.keep_empty else [i for i in all_ids if self._records[i]]
-        self.num_dropped_images = len(all_ids) - len(self.ids)
+        counts = np.diff(self._records.ann_offsets)
+        self._order = np.arange(len(self._image_ids), dtype=np.int64) if self.keep_empty \
+            else np.flatnonzero(counts > 0).astype(np.int64)
+        self.num_dropped_images = len(self._image_ids) - len(self._order)
 
         total = sum(self.skip_counts.values())
         if total:
             details = ", ".join(f"{k}={v}" for k, v in self.skip_counts.items() if v)
-            logger.warning("%s: skipped %d of %d annotations (%s)", self.ann_file, total,
-                           len(data["annotations"]), details)
+            logger.warning("%s: skipped %d of %d annotations (%s)", self.ann_file, total, num_annotations, details)
 
     # ---------------------------------------------------------------- setup
-    def _image_path(self, info: dict) -> Path:
-        return self.image_dir / info["file_name"]
-
-    def _describe_image(self, info: dict) -> str:
-        return (f"image file {str(self._image_path(info))!r} (field 'file_name' = {info['file_name']!r} "
-                f"of image id {info['id']} in {self.ann_file})")
-
-    def _image_hw(self, image_id: int) -> Tuple[int, int]:
-        hw = self._hw.get(image_id)
-        if hw is None:
-            info = self._images[image_id]
-            if info.get("height") and info.get("width"):
-                hw = (int(info["height"]), int(info["width"]))
-            else:  # read just the header
-                try:
-                    with Image.open(self._image_path(info)) as im:
-                        w, h = im.size
-                except FileNotFoundError:
-                    raise DatasetError(f"{self.ann_file}: image id {info['id']} has no 'width'/'height' fields and "
-                                       f"its {self._describe_image(info)} does not exist") from None
-                except (OSError, UnidentifiedImageError, ValueError) as e:
-                    raise DatasetError(f"{self.ann_file}: image id {info['id']} has no 'width'/'height' fields and "
-                                       f"its {self._describe_image(info)} cannot be read: {e}") from None
-                hw = (int(h), int(w))
-            self._hw[image_id] = hw
-        return hw
-
-    def _rle(self, idx: int, ann: dict, h: int, w: int) -> Optional[dict]:
-        try:
-            return segmentation_to_rle(ann["segmentation"], h, w)
-        except (ValueError, TypeError, KeyError) as e:
-            raise DatasetError(f"{_ann_where(self.ann_file, idx, ann)}: invalid field 'segmentation': {e}") from None
-
-    def _check_annotation(self, idx: int, ann: dict) -> Optional[str]:
-        image_id = int(ann["image_id"])
-        if image_id not in self._images:
-            return "unknown_image"
-        label = self.cat_id_to_label.get(int(ann["category_id"]))
-        if label is None:
-            return "unknown_category"
-        x, y, bw, bh = (float(v) for v in ann["bbox"])
-        if bw < self.min_box_size or bh < self.min_box_size:
-            return "degenerate_box"
-        h, w = self._image_hw(image_id)
-        x1, y1 = max(x, 0.0), max(y, 0.0)
-        x2, y2 = min(x + bw, float(w)), min(y + bh, float(h))
-        if x2 <= x1 or y2 <= y1:
-            return "outside_image"
-        if x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size:
-            return "degenerate_box"
-        if ann.get("segmentation") is None:
-            return "missing_segmentation"
+    def _parse_annotations(self, annotations: list, workers: Optional[int]) -> InstanceRecords:
+        """One pass over the annotations: validate each one's structure, skip and count the unusable
+        ones, keep the rest encoded in flat buffers; then (``validate_masks``) drop and count the
+        polygons that rasterise to nothing — in parallel where there are many."""
+        path = self.ann_file
+        pos_of_id = {int(i): p for p, i in enumerate(self._image_ids.tolist())}
+        heights, widths = self._heights.tolist(), self._widths.tolist()
+        builder = RecordsBuilder()
+        self._deferred_errors: Dict[int, str] = {}  # annotation index -> message (validate_masks=False)
+        min_size = self.min_box_size
+        for idx in range(len(annotations)):
+            ann = annotations[idx]
+            annotations[idx] = None
+            _validate_annotation(path, idx, ann)
+            if ann.get("iscrowd", 0):
+                self.num_crowd += 1
+                continue
+            pos = pos_of_id.get(int(ann["image_id"]))
+            if pos is None:
+                self.skip_counts["unknown_image"] += 1
+                continue
+            label = self.cat_id_to_label.get(int(ann["category_id"]))
+            if label is None:
+                self.skip_counts["unknown_category"] += 1
+                continue
+            x, y, bw, bh = ann["bbox"]
+            x, y, bw, bh = float(x), float(y), float(bw), float(bh)
+            if bw < min_size or bh < min_size:
+                self.skip_counts["degenerate_box"] += 1
+                continue
+            if not heights[pos] or not widths[pos]:
+                heights[pos], widths[pos] = self._image_hw_at(pos)
+            h, w = heights[pos], widths[pos]
+            x1, y1 = max(x, 0.0), max(y, 0.0)
+            x2, y2 = min(x + bw, float(w)), min(y + bh, float(h))
+            if x2 <= x1 or y2 <= y1:
+                self.skip_counts["outside_image"] += 1
+                continue
+            if x2 - x1 < min_size or y2 - y1 < min_size:
+                self.skip_counts["degenerate_box"] += 1
+                continue
+            seg = ann.get("segmentation")
+            if seg is None:
+                self.skip_counts["missing_segmentation"] += 1
+                continue
+            area = ann.get("area")
+            area = None if area is None else float(area)
+            try:
+                polygons, rle = _encoded_segmentation(seg, h, w)
+                if rle is not None and self.validate_masks and int(mask_utils.area(rle)) == 0:
+                    polygons, rle = None, None
+                if not polygons and rle is None:
+                    self.skip_counts["empty_segmentation"] += 1
+                    continue
+                builder.add(pos, idx, label, (x1, y1, x2, y2), area, polygons=polygons,
+                            rle_counts=None if rle is None else rle["counts"])
+            except (ValueError, TypeError, KeyError) as e:
+                message = f"{_ann_where(path, idx, ann)}: invalid field 'segmentation': {e}"
+                if self.validate_masks:
+                    raise DatasetError(message) from None
+                # as before this layout: without validation a broken mask is an error when its image is
+                # loaded (after the image's own checks, whose message says more when sizes disagree)
+                self._deferred_errors[idx] = message
+                builder.add(pos, idx, label, (x1, y1, x2, y2), area, rle_counts=b"")
+        bad = builder.first_bad_coordinate()
+        if bad is not None:
+            raise DatasetError(f"{path}: annotations[{builder.ann_index(bad)}]: invalid field 'segmentation': "
+                               f"coordinates must be finite numbers within ±{MAX_ABS_COORDINATE:g}")
+        self._heights[:] = heights
+        self._widths[:] = widths
+        records = builder.build()
+        del builder
+        keep = np.ones(len(records), dtype=bool)
         if self.validate_masks:
-            rle = self._rle(idx, ann, h, w)
-            if rle is None or int(mask_utils.area(rle)) == 0:
-                return "empty_segmentation"
-        elif not _has_usable_shape(ann["segmentation"]):
-            return "empty_segmentation"
-        self._records[image_id].append((idx, label, [x1, y1, x2, y2]))
-        return None
+            keep = polygons_rasterise_nonempty(records, self._heights[records.image_pos],
+                                               self._widths[records.image_pos], workers)
+            self.skip_counts["empty_segmentation"] += int((~keep).sum())
+        return records.select(keep, len(self._image_ids))
+
+    def _file_name_at(self, pos: int) -> str:
+        lo, hi = self._name_offsets[pos], self._name_offsets[pos + 1]
+        return self._names[lo:hi].tobytes().decode("utf-8", "surrogatepass")
+
+    def _image_path_at(self, pos: int) -> Path:
+        return self.image_dir / self._file_name_at(pos)
+
+    def _describe_image_at(self, pos: int) -> str:
+        return (f"image file {str(self._image_path_at(pos))!r} (field 'file_name' = {self._file_name_at(pos)!r} "
+                f"of image id {int(self._image_ids[pos])} in {self.ann_file})")
+
+    def _image_hw_at(self, pos: int) -> Tuple[int, int]:
+        """(height, width) from the json, else from the image file's header (read once, then kept)."""
+        h, w = int(self._heights[pos]), int(self._widths[pos])
+        if h and w:
+            return h, w
+        image_id = int(self._image_ids[pos])
+        try:
+            with Image.open(self._image_path_at(pos)) as im:
+                w, h = im.size
+        except FileNotFoundError:
+            raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
+                               f"its {self._describe_image_at(pos)} does not exist") from None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
+                               f"its {self._describe_image_at(pos)} cannot be read: {e}") from None
+        self._heights[pos], self._widths[pos] = h, w
+        return int(h), int(w)
 
     # ---------------------------------------------------------------- public
     @property
     def coco(self):
-        """A ``pycocotools.coco.COCO`` over the (unfiltered) json, built on first use."""
+        """A ``pycocotools.coco.COCO`` over the (unfiltered) json, read from the file on first use
+        (the dataset itself keeps only compact records; evaluation needs the ground truth on one
+        process, not in every DataLoader worker)."""
         if self._coco is None:
             from pycocotools.coco import COCO
 
             coco = COCO()
-            coco.dataset = self._data
+            coco.dataset = load_coco_json(self.ann_file)
             with contextlib.redirect_stdout(io.StringIO()):
                 coco.createIndex()
             self._coco = coco
         return self._coco
+
+    @property
+    def ids(self) -> List[int]:
+        """The image ids of the samples, in order (a new list each call)."""
+        return self._image_ids[self._order].tolist()
+
+    @property
+    def records(self) -> InstanceRecords:
+        """The usable annotations of every image of the file in flat buffers (see
+        :class:`~dynamask.data.records.InstanceRecords`); sample ``i`` is image position
+        ``sample_positions[i]``."""
+        return self._records
+
+    @property
+    def sample_positions(self) -> np.ndarray:
+        return self._order
+
+    def annotation_indices(self, index: int) -> np.ndarray:
+        """Positions in the file's ``annotations`` list of sample ``index``'s target instances, in
+        target order (e.g. to look up fields the target does not carry)."""
+        pos = int(self._order[index])
+        r = self._records
+        return r.ann_index[r.ann_offsets[pos]:r.ann_offsets[pos + 1]].copy()
 
     def use_categories(self, categories: Sequence[Tuple[int, str]]) -> None:
         """Switch to a label space fixed from outside (see the ``categories`` argument), after
@@ -495,12 +627,12 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         outside = [cid for cid in self.cat_ids if cid not in to_label]
         if outside:
             raise ValueError(f"{self.ann_file}: categories {outside[:5]} are not in the requested label space")
-        old = self.cat_ids
-        self._records = {image_id: [(idx, to_label[old[label - 1]], box) for idx, label, box in recs]
-                         for image_id, recs in self._records.items()}
+        lookup = np.array([0] + [to_label[cid] for cid in self.cat_ids], dtype=np.int64)
+        self._records.labels = lookup[self._records.labels]
         self.cat_ids = new_ids
         self.class_names = [str(n) for _, n in categories]
         self.cat_id_to_label = to_label
+
     @property
     def num_classes(self) -> int:
         """Number of object categories K (labels are 1..K; 0 is background)."""
@@ -517,22 +649,25 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         """Remove the images whose files do not exist (a cheap check before training, so that a
         missing file is a logged, counted skip up front and not a failure mid-epoch); returns
         their paths. Unreadable-but-present files are found only when decoded."""
-        missing = [i for i in self.ids if not self._image_path(self._images[i]).is_file()]
-        if missing:
-            gone = set(missing)
-            self.ids = [i for i in self.ids if i not in gone]
-            self.num_missing_files = len(missing)
-        return [str(self._image_path(self._images[i])) for i in missing]
+        present = np.array([self._image_path_at(int(p)).is_file() for p in self._order], dtype=bool)
+        missing = self._order[~present]
+        if missing.size:
+            self._order = self._order[present]
+            self.num_missing_files = int(missing.size)
+        return [str(self._image_path_at(int(p))) for p in missing]
 
     def image_info(self, index: int) -> dict:
-        """The json ``images`` entry of sample ``index``."""
-        return self._images[self.ids[index]]
+        """The json ``images`` fields of sample ``index`` that the dataset keeps: ``id``,
+        ``file_name``, ``height``, ``width`` (the last two read from the file when the json lacks them)."""
+        pos = int(self._order[index])
+        h, w = self._image_hw_at(pos)
+        return {"id": int(self._image_ids[pos]), "file_name": self._file_name_at(pos), "height": h, "width": w}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return int(self._order.shape[0])
 
-    def _use_exif_orientation(self, info: dict, im: "Image.Image") -> bool:
-        """Whether image ``info`` (opened as ``im``) is loaded upright (its EXIF orientation applied).
+    def _use_exif_orientation(self, pos: int, im: "Image.Image") -> bool:
+        """Whether image position ``pos`` (opened as ``im``) is loaded upright (its EXIF orientation applied).
 
         The json ``width``/``height`` decide: the stored pixel grid when they give the stored size
         (also for a square photo, and for a half turn or a flip, which keep the size); upright when
@@ -540,27 +675,26 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         labelme or CVAT, annotated it so); a :class:`DatasetError` naming both sizes otherwise.
         Only reads the header (and the EXIF block when the stored size does not fit).
         """
-        image_id = int(info["id"])
-        exp_h, exp_w = self._image_hw(image_id)
+        exp_h, exp_w = self._image_hw_at(pos)
         w, h = im.size
         if (w, h) == (exp_w, exp_h):
             return False
         uw, uh = upright_size(im)
         if (uw, uh) == (exp_w, exp_h):
-            self.exif_rotated_ids.add(image_id)
+            self.exif_rotated_ids.add(int(self._image_ids[pos]))
             return True
         upright = f" ({uw}x{uh} upright per its EXIF orientation)" if (uw, uh) != (w, h) else ""
-        raise DatasetError(f"{self._describe_image(info)} is {w}x{h} pixels{upright} but its json fields "
+        raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels{upright} but its json fields "
                            f"'width'/'height' say {exp_w}x{exp_h}")
 
-    def _log_exif(self, first: dict, count: Optional[int] = None) -> None:
+    def _log_exif(self, first: int, count: Optional[int] = None) -> None:
         if self._exif_logged:
             return
         self._exif_logged = True
         what = f"{count} image(s)" if count is not None else "image(s)"
         logger.info("%s: %s carry an EXIF orientation and the json 'width'/'height' give the upright size: "
                     "loading them upright (EXIF rotation applied; first: %s)", self.ann_file, what,
-                    str(self._image_path(first)))
+                    str(self._image_path_at(first)))
 
     def check_image_sizes(self, indices: Optional[Sequence[int]] = None) -> int:
         """Check the size of each image file (header only) against its json ``width``/``height``
@@ -569,75 +703,79 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         are left to loading. Returns the number of images that will be loaded upright."""
         first = None
         count = 0
-        for index in (range(len(self.ids)) if indices is None else indices):
-            info = self._images[self.ids[index]]
-            path = self._image_path(info)
+        for index in (range(len(self)) if indices is None else indices):
+            pos = int(self._order[index])
+            path = self._image_path_at(pos)
             if not path.is_file():
                 continue
             try:
                 with Image.open(path) as im:
-                    rotated = self._use_exif_orientation(info, im)
+                    rotated = self._use_exif_orientation(pos, im)
             except DatasetError:
                 raise
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
                 continue
             if rotated:
                 count += 1
-                first = first or info
+                first = pos if first is None else first
         if first is not None:
             self._log_exif(first, count)
         return count
 
-    def _load_image(self, info: dict) -> torch.Tensor:
-        path = self._image_path(info)
+    def _load_image(self, pos: int) -> torch.Tensor:
+        path = self._image_path_at(pos)
         if not path.is_file():
-            raise DatasetError(f"{self._describe_image(info)} not found")
+            raise DatasetError(f"{self._describe_image_at(pos)} not found")
         try:
             with Image.open(path) as im:
-                rotated = self._use_exif_orientation(info, im)
+                rotated = self._use_exif_orientation(pos, im)
                 im.load()
                 if rotated:
-                    self._log_exif(info)
+                    self._log_exif(pos)
                     return pil_image_to_tensor(ImageOps.exif_transpose(im))
                 return pil_image_to_tensor(im)
         except DatasetError:
             raise
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            raise DatasetError(f"cannot read {self._describe_image(info)}: {e}") from None
+            raise DatasetError(f"cannot read {self._describe_image_at(pos)}: {e}") from None
 
     def __getitem__(self, index: int):
-        image_id = self.ids[index]
-        info = self._images[image_id]
-        image = self._load_image(info)
+        pos = int(self._order[index])
+        image_id = int(self._image_ids[pos])
+        image = self._load_image(pos)
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        exp_h, exp_w = self._image_hw(image_id)
+        exp_h, exp_w = self._image_hw_at(pos)
         if (h, w) != (exp_h, exp_w):
-            raise DatasetError(f"{self._describe_image(info)} is {w}x{h} pixels but its json fields "
+            raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels but its json fields "
                                f"'width'/'height' say {exp_w}x{exp_h}")
 
-        anns = self._data["annotations"]
-        masks, boxes, labels, areas = [], [], [], []
-        for idx, label, box in self._records[image_id]:
-            ann = anns[idx]
-            rle = self._rle(idx, ann, h, w)
-            m = None if rle is None else _decode(rle)
-            if m is None or not m.any():  # only reachable with validate_masks=False
+        r = self._records
+        lo, hi = int(r.ann_offsets[pos]), int(r.ann_offsets[pos + 1])
+        masks, keep, areas = [], [], []
+        for k in range(lo, hi):
+            if self._deferred_errors and int(r.ann_index[k]) in self._deferred_errors:
+                raise DatasetError(self._deferred_errors[int(r.ann_index[k])])
+            try:
+                m = _decode(r.rle(k, h, w))
+            except (ValueError, TypeError) as e:  # a compressed RLE string that does not decode
+                raise DatasetError(f"{self.ann_file}: annotations[{int(r.ann_index[k])}]: invalid field "
+                                   f"'segmentation': {e}") from None
+            if not m.any():  # only reachable with validate_masks=False
                 self.skip_counts["empty_segmentation"] += 1
                 continue
             masks.append(m)
-            boxes.append(box)
-            labels.append(label)
-            a = ann.get("area")
-            areas.append(float(a) if a is not None else float(m.sum()))
+            keep.append(k)
+            areas.append(float(r.areas[k]) if r.has_area[k] else float(m.sum()))
 
-        n = len(labels)
+        n = len(keep)
         mask_t = torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, h, w), dtype=torch.uint8)
+        keep_idx = np.asarray(keep, dtype=np.int64)
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(r.boxes[keep_idx].reshape(n, 4)),
                                               format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w)),
-            "labels": torch.tensor(labels, dtype=torch.int64),
+            "labels": torch.from_numpy(r.labels[keep_idx]),
             "masks": tv_tensors.Mask(mask_t.to(torch.uint8)),
-            "image_id": int(image_id),
+            "image_id": image_id,
             "iscrowd": torch.zeros(n, dtype=torch.int64),
             "area": torch.tensor(areas, dtype=torch.float32),
         }
