@@ -1,20 +1,27 @@
-"""COCO scale on this machine: a synthetic COCO-format file of train2017's size, and what loading it costs.
-
-Issue #26, part 1 (in progress): so far the file and the construction measurement.
+"""COCO scale on this machine: a synthetic COCO-format file of train2017's size, and what loading,
+reading and evaluating it cost (issue #26, part 1).
 
 * ``--fraction F`` of COCO train2017's size (118,287 images, 860,001 instance annotations), 80
   categories with COCO's ids, polygons of 6–40 vertices (a second part for one in ten), about 1 % crowd
-  annotations as uncompressed RLE; every image 640×480, all of them hard links to one PNG (so a
-  worker that loads items can be measured later without gigabytes of images).
-* construction, each in a process of its own (peak RSS growth over the interpreter with the
-  libraries imported, and wall time): ``json.load`` + pycocotools' index (the baseline) against
-  ``dynamask.data.CocoInstanceDataset`` as training builds it (``validate_masks=True``).
+  annotations as uncompressed RLE; every image 640×480, all of them hard links to one PNG.
+* construction, each in a process of its own (wall time; peak and held RSS growth over the
+  interpreter with the libraries imported): ``json.load`` + pycocotools' index (the baseline),
+  ``dynamask.data.CocoInstanceDataset`` as training builds it (``validate_masks=True``), and the same
+  class at ``--reference`` (the implementation before the flat records, extracted with ``git archive``).
+* a DataLoader worker (``num_workers=1``) reading every item once (``--worker-items`` fewer): its
+  private memory (psutil ``memory_full_info().uss``) before the first item and after the last, for
+  this implementation and the reference one.
+* ``--metrics``: a val2017-sized result set (5,000 images × 100 detections with RLE masks against
+  36,781 ground-truth objects; scaled by ``--metrics-fraction``) scored by ``dynamask evaluate
+  --results FILE.json --gt FILE.json`` in a process of its own: wall time and the peak RSS of its
+  process tree (segm, bbox and boundary AP).
 
-    python benchmarks/coco_scale.py --fraction 0.1      # a tenth: ~12k images, minutes
-    python benchmarks/coco_scale.py                     # the full size
+    python benchmarks/coco_scale.py --fraction 0.1                  # a tenth: ~12k images, minutes
+    python benchmarks/coco_scale.py --fraction 1 --skip-reference   # the full size
+    python benchmarks/coco_scale.py --metrics-only                  # the val2017-sized result set
 
 Writes the data to ``runs/coco_scale_<fraction>/`` and the results to
-``benchmarks/results/coco_scale.json`` (``--results``).
+``benchmarks/results/coco_scale_<fraction>.json`` (``--results``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ TRAIN2017_IMAGES, TRAIN2017_ANNOTATIONS = 118_287, 860_001
 #: COCO's 80 category ids (1–90 with gaps)
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 WIDTH, HEIGHT = 640, 480
+LINKS_PER_FILE = 50_000
 
 
 def polygon(rng: np.random.Generator) -> tuple[list[list[float]], list[float]]:
@@ -86,10 +94,11 @@ def make_dataset(out: Path, fraction: float, seed: int = 0) -> Path:
     n_anns = max(1, round(TRAIN2017_ANNOTATIONS * fraction))
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    source = out / "one.png"
-    Image.fromarray(np.full((HEIGHT, WIDTH, 3), 127, np.uint8)).save(source)
     images = []
     for i in range(n_images):
+        source = out / f"one_{i // LINKS_PER_FILE}.png"  # a file system allows ~65,000 links to one file
+        if i % LINKS_PER_FILE == 0:
+            Image.fromarray(np.full((HEIGHT, WIDTH, 3), 127, np.uint8)).save(source)
         name = f"{i + 1:012d}.png"
         target = images_dir / name
         if not target.exists():
@@ -109,6 +118,9 @@ def make_dataset(out: Path, fraction: float, seed: int = 0) -> Path:
     os.replace(tmp, ann_file)
     return ann_file
 
+
+VAL2017_IMAGES, VAL2017_ANNOTATIONS, DETECTIONS_PER_IMAGE = 5_000, 36_781, 100
+REFERENCE = "c7f3185"  # the last commit before the flat records
 
 CHILD = r"""
 import json, resource, sys, time
@@ -134,42 +146,211 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"seconds": seconds, "peak_rss_growth_mib": peak - base, "held_rss_growth_mib": rss() - base}}))
 """
 
+WORKER = r"""
+import json, sys, time
+sys.path.insert(0, {src!r})
+import psutil, torch
+import dynamask.data
+ds = dynamask.data.CocoInstanceDataset({ann!r}, {images!r})
+n = min(len(ds), {items})
+def uss():
+    return psutil.Process().memory_full_info().uss / 2**20
+class Probe(torch.utils.data.Dataset):
+    def __len__(self):
+        return n
+    def __getitem__(self, i):
+        before = uss() if i == 0 else None
+        image, target = ds[i]
+        return before, (uss() if i == n - 1 else None), int(target["boxes"].shape[0])
+loader = torch.utils.data.DataLoader(Probe(), batch_size=None, num_workers=1, collate_fn=lambda x: x)
+t = time.perf_counter()
+before = after = None
+instances = 0
+for b, a, k in loader:
+    before = b if b is not None else before
+    after = a if a is not None else after
+    instances += k
+print(json.dumps({{"items": n, "instances": instances, "seconds": time.perf_counter() - t,
+                  "uss_before_mib": before, "uss_after_mib": after, "uss_growth_mib": after - before}}))
+"""
 
-def measure(which: str, ann_file: Path, images: Path) -> dict:
-    code = CHILD.format(src=str(ROOT / "src"), which=which, ann=str(ann_file), images=str(images))
+
+def _child(code: str, what: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{which} construction failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(which: str, ann_file: Path, images: Path, src: Path = ROOT / "src") -> dict:
+    code = CHILD.format(src=str(src), which=which, ann=str(ann_file), images=str(images))
+    return _child(code, f"{which} construction")
+
+
+def measure_worker(ann_file: Path, images: Path, items: int, src: Path = ROOT / "src") -> dict:
+    code = WORKER.format(src=str(src), ann=str(ann_file), images=str(images), items=int(items))
+    return _child(code, "worker pass")
+
+
+def reference_source(rev: str, out: Path) -> Path:
+    """``src/`` of the package at ``rev`` (``git archive``), for in-run comparisons."""
+    target = out / f"src_{rev}"
+    if not (target / "src" / "dynamask").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "src"
+
+
+# ---------------------------------------------------------------------------------------------
+# a val2017-sized result set
+# ---------------------------------------------------------------------------------------------
+def make_result_set(out: Path, fraction: float = 1.0, seed: int = 0) -> tuple[Path, Path]:
+    """``out/gt.json`` (val2017's image and object counts × ``fraction``) and ``out/results.json``
+    (100 detections an image, RLE masks): a third of them jittered copies of ground-truth objects,
+    so that the APs are neither 0 nor 100."""
+    from pycocotools import mask as mask_utils
+
+    gt_file, res_file = out / "gt.json", out / "results.json"
+    if gt_file.exists() and res_file.exists():
+        return gt_file, res_file
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_images = max(1, round(VAL2017_IMAGES * fraction))
+    n_anns = max(1, round(VAL2017_ANNOTATIONS * fraction))
+    images = [{"id": i + 1, "file_name": f"{i + 1:012d}.png", "width": WIDTH, "height": HEIGHT} for i in range(n_images)]
+    owners = np.sort(rng.integers(1, n_images + 1, n_anns))
+    annotations, by_image = [], {}
+    for j, image_id in enumerate(owners.tolist()):
+        crowd = rng.random() < 0.01
+        segmentation, bbox = crowd_rle(rng) if crowd else polygon(rng)
+        ann = {"id": j + 1, "image_id": image_id, "category_id": int(rng.choice(COCO_IDS)),
+               "segmentation": segmentation, "bbox": bbox, "area": round(bbox[2] * bbox[3] * 0.6, 2),
+               "iscrowd": int(crowd)}
+        annotations.append(ann)
+        if not crowd:
+            by_image.setdefault(image_id, []).append(ann)
+    categories = [{"id": c, "name": f"category_{c}", "supercategory": "thing"} for c in COCO_IDS]
+    gt_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    with open(res_file, "w") as f:
+        f.write("[")
+        first = True
+        for image_id in range(1, n_images + 1):
+            own = by_image.get(image_id, [])
+            dets = []
+            for d in range(DETECTIONS_PER_IMAGE):
+                if own and d < 3 * len(own):  # near a ground-truth object
+                    ann = own[d % len(own)]
+                    jitter = rng.normal(0, 1.0 + d // len(own), 2)
+                    parts = [(np.asarray(p).reshape(-1, 2) + jitter).reshape(-1).tolist() for p in ann["segmentation"]]
+                    category = ann["category_id"]
+                else:
+                    parts, _ = polygon(rng)
+                    category = int(rng.choice(COCO_IDS))
+                rle = mask_utils.merge(mask_utils.frPyObjects(parts, HEIGHT, WIDTH))
+                x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+                dets.append({"image_id": image_id, "category_id": category, "score": round(float(rng.uniform(0.05, 1)), 4),
+                             "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                             "segmentation": {"size": [HEIGHT, WIDTH], "counts": rle["counts"].decode("ascii")}})
+            for det in dets:
+                f.write(("" if first else ",") + json.dumps(det))
+                first = False
+        f.write("]")
+    return gt_file, res_file
+
+
+def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path) -> dict:
+    """``dynamask evaluate --results`` in a process of its own: wall time and the peak RSS summed
+    over its process tree (sampled every 0.1 s)."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "dynamask", "evaluate", "--results", str(res_file), "--gt", str(gt_file),
+           "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - t
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"dynamask evaluate --results failed:\n{stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"seconds": seconds, "peak_rss_mib": peak, "command": " ".join(cmd[1:]),
+            "metrics": {k: metrics.get(k) for k in ("segm_AP", "bbox_AP", "boundary_AP", "num_detections")}}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fraction", type=float, default=1.0, help="of COCO train2017's size")
-    p.add_argument("--runs", type=int, default=1, help="processes per measurement (medians)")
+    p.add_argument("--runs", type=int, default=1, help="processes per construction measurement (medians)")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--results", type=Path, default=HERE / "results" / "coco_scale.json")
+    p.add_argument("--reference", default=REFERENCE, help="the commit whose dataset is compared (git archive)")
+    p.add_argument("--skip-reference", action="store_true", help="measure this implementation only")
+    p.add_argument("--worker-items", type=int, default=None, help="items the worker reads (default: all)")
+    p.add_argument("--skip-worker", action="store_true")
+    p.add_argument("--metrics", action="store_true", help="also score a val2017-sized result set")
+    p.add_argument("--metrics-only", action="store_true")
+    p.add_argument("--metrics-fraction", type=float, default=1.0, help="of val2017's size")
+    p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
-    out = args.out or ROOT / "runs" / f"coco_scale_{args.fraction:g}"
     started = time.time()
-    ann_file = make_dataset(out, args.fraction)
-    print(f"[data] {ann_file} ({ann_file.stat().st_size / 2**20:.0f} MB)", flush=True)
-    rows = {}
-    for which in ("pycocotools", "dynamask"):
-        runs = [measure(which, ann_file, out / "images") for _ in range(args.runs)]
-        rows[which] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]} | {"runs": runs}
-        print(f"[{which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
-              f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB", flush=True)
-    result = {"fraction": args.fraction, "annotation_file_mb": ann_file.stat().st_size / 2**20,
-              "construction": rows,
-              "time_ratio": rows["dynamask"]["seconds"] / rows["pycocotools"]["seconds"],
-              "goal_time_within_1.5x": rows["dynamask"]["seconds"] <= 1.5 * rows["pycocotools"]["seconds"],
-              "goal_memory_no_more": rows["dynamask"]["peak_rss_growth_mib"] <= rows["pycocotools"]["peak_rss_growth_mib"],
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1)}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"dynamask / pycocotools construction time: {result['time_ratio']:.2f}x; wrote {args.results}")
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "date": datetime.date.today().isoformat()}
+    if not args.metrics_only:
+        out = args.out or ROOT / "runs" / f"coco_scale_{args.fraction:g}"
+        ann_file = make_dataset(out, args.fraction)
+        images = out / "images"
+        print(f"[data] {ann_file} ({ann_file.stat().st_size / 2**20:.0f} MB)", flush=True)
+        sources = {"dynamask": ROOT / "src"}
+        if not args.skip_reference:
+            sources[f"dynamask@{args.reference}"] = reference_source(args.reference, ROOT / "runs" / "coco_scale_reference")
+        rows = {}
+        for which in ["pycocotools", *sources]:
+            runs = [measure("pycocotools" if which == "pycocotools" else "dynamask", ann_file, images,
+                            sources.get(which, ROOT / "src")) for _ in range(args.runs)]
+            rows[which] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]} | {"runs": runs}
+            print(f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
+                  f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB", flush=True)
+        base, ours = rows["pycocotools"], rows["dynamask"]
+        result.update({"fraction": args.fraction, "annotation_file_mb": ann_file.stat().st_size / 2**20,
+                       "construction": rows, "time_ratio": ours["seconds"] / base["seconds"],
+                       "goal_time_within_1.5x": ours["seconds"] <= 1.5 * base["seconds"],
+                       "goal_memory_no_more": ours["peak_rss_growth_mib"] <= base["peak_rss_growth_mib"]})
+        if not args.skip_worker:
+            items = args.worker_items or 10**9
+            workers = {name: measure_worker(ann_file, images, items, src) for name, src in sources.items()}
+            for name, w in workers.items():
+                print(f"[worker {name}] {w['items']} items in {w['seconds']:.0f} s: USS {w['uss_before_mib']:.0f} -> "
+                      f"{w['uss_after_mib']:.0f} MiB (+{w['uss_growth_mib']:.0f})", flush=True)
+            result["worker"] = workers
+            ref = next((w for n, w in workers.items() if n != "dynamask"), None)
+            if ref is not None and ref["uss_growth_mib"] > 0:
+                result["worker_growth_ratio"] = workers["dynamask"]["uss_growth_mib"] / ref["uss_growth_mib"]
+                result["goal_worker_within_10pct"] = result["worker_growth_ratio"] <= 0.10
+    if args.metrics or args.metrics_only:
+        mout = ROOT / "runs" / f"coco_scale_val_{args.metrics_fraction:g}"
+        gt_file, res_file = make_result_set(mout, args.metrics_fraction)
+        print(f"[results] {res_file} ({res_file.stat().st_size / 2**20:.0f} MB)", flush=True)
+        m = measure_evaluate_results(gt_file, res_file, mout / "eval")
+        m.update(metrics_fraction=args.metrics_fraction, results_file_mb=res_file.stat().st_size / 2**20)
+        print(f"[evaluate --results] {m['seconds']:.0f} s, peak RSS {m['peak_rss_mib']:.0f} MiB: {m['metrics']}", flush=True)
+        result["evaluate_results"] = m
+    result["wall_time_s"] = round(time.time() - started, 1)
+    name = f"coco_scale_{args.fraction:g}.json" if not args.metrics_only else f"coco_scale_metrics_{args.metrics_fraction:g}.json"
+    path = args.results or HERE / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    if "time_ratio" in result:
+        print(f"dynamask / pycocotools construction time: {result['time_ratio']:.2f}x")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
