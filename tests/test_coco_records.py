@@ -154,3 +154,35 @@ def test_use_categories_relabels_the_records(shapes):
     after = [ds[i][1]["labels"].tolist() for i in range(3)]
     offset = len(ds.cat_ids) // 2
     assert after == [[v + offset for v in row] for row in before]
+
+
+def test_records_cache_round_trip(shapes, tmp_path, caplog):
+    """A second construction with the same file and arguments maps the cached records: the same
+    samples, skip counts and labels; another file, or other arguments, miss the cache; a broken
+    entry is parsed again."""
+    data = json.loads(open(shapes["train_json"]).read())
+    data["annotations"][0]["bbox"] = [0, 0, 0.2, 0.2]  # one counted skip
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    cache = tmp_path / "cache"
+    first = CocoInstanceDataset(path, shapes["train_dir"], cache_dir=cache)
+    assert not first.cache_hit and len(list(cache.glob("records-*"))) == 1
+    with caplog.at_level("WARNING", logger="dynamask.data"):
+        second = CocoInstanceDataset(path, shapes["train_dir"], cache_dir=cache)
+    assert second.cache_hit and "degenerate_box=1" in caplog.text
+    assert second.skip_counts == first.skip_counts and second.cat_ids == first.cat_ids
+    assert second.class_names == first.class_names and second.ids == first.ids
+    for (ia, ta), (ib, tb) in zip(_samples(first), _samples(second)):
+        assert torch.equal(ia, ib)
+        for key in ("boxes", "labels", "masks", "area"):
+            assert torch.equal(ta[key], tb[key])
+    assert isinstance(second.records.coords, np.memmap)
+    assert not CocoInstanceDataset(path, shapes["train_dir"], cache_dir=cache, min_box_size=2).cache_hit
+    data["annotations"][1]["bbox"][2] += 1
+    path.write_text(json.dumps(data))
+    assert not CocoInstanceDataset(path, shapes["train_dir"], cache_dir=cache).cache_hit
+    for entry in cache.glob("records-*"):
+        (entry / "labels.npy").write_bytes(b"broken")
+    again = CocoInstanceDataset(path, shapes["train_dir"], cache_dir=cache)
+    assert not again.cache_hit and again.skip_counts == first.skip_counts
+    assert CocoInstanceDataset(path, shapes["train_dir"], cache_dir=cache).cache_hit  # the broken entry replaced

@@ -115,6 +115,8 @@ class DataConfig(_Section):
     val_images: Path = _doc(None, "folder of the validation images")
     keep_empty: bool = _doc(False, "keep training images that have no usable instance (as negatives)")
     num_workers: Int = _doc(2, "DataLoader worker processes (0 = load in the main process)", ge=0)
+    cache_records: bool = _doc(True, "keep the training set's parsed records in OUTPUT/cache (keyed on the "
+                                     "file's hash) and map them from there on the next start, in every rank")
 
 
 class ModelConfig(_Section):

@@ -14,11 +14,13 @@ the training target (they matter only to COCO evaluation, which reads the json).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,7 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..cocotools import mask_utils
 from torchvision import tv_tensors
 
-from .records import MAX_ABS_COORDINATE, InstanceRecords, RecordsBuilder, polygons_rasterise_nonempty
+from .records import (CACHE_FORMAT, MAX_ABS_COORDINATE, RECORD_FIELDS, InstanceRecords, RecordsBuilder, load_cache,
+                      polygons_rasterise_nonempty, save_cache)
 
 try:  # the project-wide user-facing error base class
     from dynamask.errors import DynaMaskError as _ErrorBase
@@ -59,6 +62,8 @@ SKIP_REASONS: Tuple[str, ...] = (
 )
 
 _REQUIRED_TOP_LEVEL = ("images", "annotations", "categories")
+#: the dataset's per-image buffers (the cache holds them beside the records')
+_IMAGE_FIELDS = ("_image_ids", "_heights", "_widths", "_name_offsets", "_names")
 _REQUIRED_ANN_FIELDS = ("image_id", "category_id", "bbox")
 
 
@@ -193,25 +198,40 @@ def _validate_annotation(path: str, i: int, ann: Any) -> None:
                        f"object, got {type(seg).__name__}")
 
 
-def _read_json(path: str) -> Any:
-    """Parse a json file (UTF-8, -16 or -32, as ``json.loads`` of bytes detects), holding the
-    file's bytes and its decoded text one after the other rather than together."""
+def _read_bytes(path: str) -> bytearray:
+    """The file's bytes, in a buffer that :func:`_parse_json` can empty as soon as it has decoded them."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            got = f.readinto(buf)
+            del buf[got:]
+            rest = f.read()  # a file that grew, or one whose size the file system does not know
+            if rest:
+                buf += rest
+            return buf
     except FileNotFoundError:
         raise DatasetError(f"{path}: annotation file not found") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read annotation file: {e}") from None
+
+
+def _parse_json(raw: bytearray, path: str) -> Any:
+    """Parse json bytes (UTF-8, -16 or -32, as ``json.loads`` of bytes detects), holding the bytes
+    and the decoded text one after the other rather than together: ``raw`` is emptied."""
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: annotation file is not UTF-8 text (byte {e.start}): {e.reason}") from None
-    del raw
+    finally:
+        del raw[:]
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
+
+
+def _read_json(path: str) -> Any:
+    return _parse_json(_read_bytes(path), path)
 
 
 def load_coco_json(path: Union[str, os.PathLike]) -> dict:
@@ -411,6 +431,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             label = COCO category id; annotations of other ids are skipped as ``unknown_category``.
         workers: processes for the emptiness check (default: this process's cores, shared among
             the local ranks of a torchrun job; 1 = no fork).
+        cache_dir: keep the parsed records here (``records-<key>/``, one ``.npy`` file per buffer,
+            keyed on the file's SHA-256 and these arguments) and load them from there next time,
+            memory-mapped: every process that maps them shares the pages. ``cache_hit`` says
+            whether this construction was served from it.
     """
 
     def __init__(
@@ -423,6 +447,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         validate_masks: bool = True,
         categories: Optional[Sequence[Tuple[int, str]]] = None,
         workers: Optional[int] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         super().__init__()
         self.ann_file = str(ann_file)
@@ -431,9 +456,26 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.keep_empty = bool(keep_empty)
         self.min_box_size = float(min_box_size)
         self.validate_masks = bool(validate_masks)
+        self.cache_hit = False
         self._coco = None
+        self.num_missing_files = 0
+        # ids of the images loaded upright (EXIF orientation applied; see _use_exif_orientation)
+        self.exif_rotated_ids: set = set()
+        self._exif_logged = False
 
-        data = _read_json(self.ann_file)
+        raw = _read_bytes(self.ann_file)
+        cache_entry = None
+        if cache_dir is not None:
+            cache_entry = Path(cache_dir) / f"records-{self._cache_key(raw, categories)}"
+            cached = load_cache(cache_entry, RECORD_FIELDS + _IMAGE_FIELDS)
+            self.cache_hit = cached is not None
+            if cached is not None:
+                del raw
+                self._restore(*cached)
+                self._finish()
+                return
+        data = _parse_json(raw, self.ann_file)
+        del raw
         _validate_header(data, self.ann_file)
 
         if categories is not None:  # a label space fixed from outside (e.g. torchvision's COCO labels)
@@ -459,26 +501,59 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         del names
         self.skip_counts: Dict[str, int] = {k: 0 for k in SKIP_REASONS}
         self.num_crowd = 0
-        self.num_missing_files = 0
-        # ids of the images loaded upright (EXIF orientation applied; see _use_exif_orientation)
-        self.exif_rotated_ids: set = set()
-        self._exif_logged = False
 
         annotations = data["annotations"]
-        num_annotations = len(annotations)
+        self._num_annotations = len(annotations)
         del data, images  # each annotation is released once read (the parsed file is not kept alive)
         self._records = self._parse_annotations(annotations, workers)
         del annotations
+        if cache_entry is not None:
+            self._save(cache_entry)
+        self._finish()
 
+    def _finish(self) -> None:
         counts = np.diff(self._records.ann_offsets)
         self._order = np.arange(len(self._image_ids), dtype=np.int64) if self.keep_empty \
             else np.flatnonzero(counts > 0).astype(np.int64)
         self.num_dropped_images = len(self._image_ids) - len(self._order)
-
         total = sum(self.skip_counts.values())
         if total:
             details = ", ".join(f"{k}={v}" for k, v in self.skip_counts.items() if v)
-            logger.warning("%s: skipped %d of %d annotations (%s)", self.ann_file, total, num_annotations, details)
+            logger.warning("%s: skipped %d of %d annotations (%s)", self.ann_file, total, self._num_annotations,
+                           details)
+
+    # ---------------------------------------------------------------- cache
+    def _cache_key(self, raw: bytes, categories) -> str:
+        """The file's SHA-256 and every argument the records depend on (the image folder too: image
+        sizes missing from the json are read from the files)."""
+        h = hashlib.sha256(raw)
+        h.update(json.dumps([CACHE_FORMAT, self.min_box_size, self.validate_masks,
+                             None if categories is None else [[int(i), str(n)] for i, n in categories],
+                             os.path.abspath(self.image_dir)]).encode())
+        return h.hexdigest()[:24]
+
+    def _save(self, entry: Path) -> None:
+        arrays = {name: getattr(self._records, name) for name in RECORD_FIELDS}
+        arrays.update({name: getattr(self, name) for name in _IMAGE_FIELDS})
+        meta = {"cat_ids": self.cat_ids, "class_names": self.class_names, "skip_counts": self.skip_counts,
+                "num_crowd": self.num_crowd, "num_annotations": self._num_annotations,
+                "deferred_errors": {str(k): v for k, v in self._deferred_errors.items()}}
+        if entry.exists() and load_cache(entry, tuple(arrays)) is None:  # a broken entry: replace it
+            shutil.rmtree(entry, ignore_errors=True)
+        if save_cache(entry, arrays, meta):
+            logger.info("%s: parsed records cached in %s", self.ann_file, entry)
+
+    def _restore(self, arrays: dict, meta: dict) -> None:
+        self._records = InstanceRecords(**{name: arrays[name] for name in RECORD_FIELDS})
+        for name in _IMAGE_FIELDS:
+            setattr(self, name, arrays[name])
+        self.cat_ids = [int(c) for c in meta["cat_ids"]]
+        self.class_names = [str(n) for n in meta["class_names"]]
+        self.cat_id_to_label = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        self.skip_counts = {k: int(meta["skip_counts"].get(k, 0)) for k in SKIP_REASONS}
+        self.num_crowd = int(meta["num_crowd"])
+        self._num_annotations = int(meta["num_annotations"])
+        self._deferred_errors = {int(k): str(v) for k, v in meta["deferred_errors"].items()}
 
     # ---------------------------------------------------------------- setup
     def _parse_annotations(self, annotations: list, workers: Optional[int]) -> InstanceRecords:

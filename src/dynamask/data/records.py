@@ -14,10 +14,13 @@ image is loaded (the mask branch samples its per-RoI targets from those masks, s
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -25,7 +28,7 @@ import numpy as np
 from ..cocotools import mask_utils
 
 __all__ = ["InstanceRecords", "RecordsBuilder", "polygons_rasterise_nonempty", "polygons_surely_nonempty",
-           "PARALLEL_MIN_POLYGONS"]
+           "PARALLEL_MIN_POLYGONS", "save_cache", "load_cache", "RECORD_FIELDS"]
 
 #: below this many polygon annotations the emptiness check runs in this process (forking costs more)
 PARALLEL_MIN_POLYGONS = 20_000
@@ -93,6 +96,9 @@ class InstanceRecords:
             part_hi=self.part_hi[idx], rle_lo=self.rle_lo[idx], rle_hi=self.rle_hi[idx],
             coord_offsets=self.coord_offsets, coords=self.coords, rle_bytes=self.rle_bytes,
             ann_offsets=np.searchsorted(pos, np.arange(num_images + 1), side="left").astype(np.int64))
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(InstanceRecords))
 
 
 class RecordsBuilder:
@@ -320,3 +326,42 @@ def polygons_rasterise_nonempty(records: InstanceRecords, heights: np.ndarray, w
     finally:
         _JOB.clear()
     return out
+
+
+# --------------------------------------------------------------------------
+# a cache of parsed records
+# --------------------------------------------------------------------------
+#: bump when what the cache holds, or how it is computed, changes
+CACHE_FORMAT = 1
+
+
+def save_cache(directory: Path, arrays: dict, meta: dict) -> bool:
+    """Write ``arrays`` (name -> ndarray, one ``.npy`` each) and ``meta`` (json) to ``directory``
+    atomically (a temporary folder renamed into place; a concurrent writer's copy wins). Returns
+    whether this call wrote it; failing to write a cache is never an error."""
+    directory = Path(directory)
+    tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, value in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(dict(meta, format=CACHE_FORMAT)))
+        os.rename(tmp, directory)
+        return True
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+
+
+def load_cache(directory: Path, names: Sequence[str]) -> Optional[tuple]:
+    """``(arrays, meta)`` from :func:`save_cache`, memory-mapped copy-on-write (pages shared by
+    every process that maps them, ranks and workers alike); None when absent or unreadable."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in names}
+    except (OSError, ValueError):
+        return None
+    return arrays, meta

@@ -135,8 +135,9 @@ def load_train_dataset(cfg: dict):
     transforms = build_transforms(True, min_size=inp["min_size"], max_size=inp["max_size"],
                                   flip_prob=inp["flip_prob"], color_jitter=inp["color_jitter"] > 0,
                                   resize_masks=mask_targets_in_use(cfg["model"]) == "resized")
+    cache = os.path.join(cfg["output_dir"], "cache") if d.get("cache_records", True) and cfg.get("output_dir") else None
     ds = CocoInstanceDataset(d["train_json"], d["train_images"], transforms=transforms,
-                             keep_empty=d["keep_empty"])
+                             keep_empty=d["keep_empty"], cache_dir=cache)
     if not ds.class_names:
         raise DynaMaskError(f"data.train_json: {d['train_json']} lists no categories")
     if len(ds) == 0:
