@@ -92,11 +92,39 @@ def _shift_and_erode(m):
 # ---------------------------------------------------------------- results → metrics
 def test_ground_truth_as_detections_scores_100(gt):
     before = copy.deepcopy(gt)
-    m = compute_coco_metrics(gt, _gt_as_results(gt), max_dets=100)
+    results = _gt_as_results(gt)
+    results_before = copy.deepcopy(results)
+    m = compute_coco_metrics(gt, results, max_dets=100)
     assert set(m) == set(AP_KEYS)
     for key in ("bbox_AP", "segm_AP", "segm_AP50", "segm_AP75", "boundary_AP"):
         assert m[key] == pytest.approx(100.0, abs=1e-6), key
-    assert gt == before  # the gt dict is not modified by the evaluators
+    # neither the gt nor the results are modified by the evaluators (they get new dicts, not deep copies)
+    assert gt == before and results == results_before
+
+
+def test_polygon_ground_truth_is_not_modified(gt):
+    """pycocotools turns gt polygons into RLEs on its own dicts: the caller's polygons stay."""
+    import cv2
+
+    gt = copy.deepcopy(gt)
+    for ann in gt["annotations"][::2]:
+        seg = ann["segmentation"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        ann["segmentation"] = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+    before = copy.deepcopy(gt)
+    assert not any(a.get("iscrowd") for a in gt["annotations"])  # one result per annotation, in order
+    results = _gt_as_results(before)  # polygons as detections would not do: rasterise them the gt's way
+    for r, ann in zip(results, before["annotations"]):
+        if isinstance(ann["segmentation"], list):
+            img = next(i for i in gt["images"] if i["id"] == ann["image_id"])
+            rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], img["height"], img["width"]))
+            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+    m = compute_coco_metrics(gt, results, max_dets=100)
+    assert m["segm_AP"] == pytest.approx(100.0) and m["boundary_AP"] == pytest.approx(100.0)
+    assert gt == before
 
 
 def test_degraded_masks_score_clearly_lower(gt):

@@ -191,8 +191,11 @@ def _gt_dict(gt: Any) -> dict:
 
 def _prepare_gt(gt: dict, img_ids: Optional[Iterable[int]],
                 image_sizes: Optional[Mapping[int, Tuple[int, int]]]) -> dict:
-    """Deep copy of the gt restricted to ``img_ids`` (the evaluators mutate annotations), with
-    missing image ``height``/``width`` filled from ``image_sizes`` and annotation ids ensured."""
+    """The gt restricted to ``img_ids``, in new image, annotation and category dicts (the
+    caller's are never touched), with missing image ``height``/``width`` filled from
+    ``image_sizes`` and annotation ids ensured. The values inside (polygons, RLEs, boxes) are
+    shared with ``gt``: the evaluators only set or replace keys of the dicts (see
+    :func:`_own_dicts`)."""
     keep = None if img_ids is None else {int(i) for i in img_ids}
     images = []
     for img in gt.get("images", []):
@@ -207,7 +210,7 @@ def _prepare_gt(gt: dict, img_ids: Optional[Iterable[int]],
     for k, ann in enumerate(gt.get("annotations", [])):
         if int(ann["image_id"]) not in image_ids:
             continue
-        ann = copy.deepcopy(ann)
+        ann = dict(ann)
         ann.setdefault("id", k + 1)
         ann.setdefault("iscrowd", 0)
         anns.append(ann)
@@ -215,7 +218,22 @@ def _prepare_gt(gt: dict, img_ids: Optional[Iterable[int]],
         for k, a in enumerate(anns):
             a["id"] = k + 1
     return {"info": gt.get("info", {}), "images": images, "annotations": anns,
-            "categories": copy.deepcopy(gt.get("categories", []))}
+            "categories": [dict(c) for c in gt.get("categories", [])]}
+
+
+def _own_dicts(gt_data: dict) -> dict:
+    """``gt_data`` with new top-level dicts for its images, annotations and categories, the values
+    inside shared. That is all the copying the evaluators need: pycocotools' ``loadRes`` sets
+    ``area``/``id``/``iscrowd``/``bbox`` (and a box polygon as ``segmentation``) on each result
+    entry, ``COCOeval`` sets ``ignore`` on gt annotations and replaces each one's ``segmentation``
+    by its RLE (``annToRLE`` builds a new object, leaving the polygon list as it was), and
+    faster-coco-eval sets ``ignore``/``rle``/``boundary`` and match keys -- keys of the dicts, never
+    the lists and dicts they hold (``tests/test_evaluate.py`` checks that neither the gt nor the
+    results are changed). Each evaluator gets its own so that no key one sets is seen by the next
+    (a ``bbox`` that ``loadRes`` added would send faster-coco-eval's ``loadRes`` down its box path)."""
+    return {"info": gt_data.get("info", {}), "images": [dict(i) for i in gt_data["images"]],
+            "annotations": [dict(a) for a in gt_data["annotations"]],
+            "categories": [dict(c) for c in gt_data["categories"]]}
 
 
 def _max_dets_list(max_dets: int) -> List[int]:
@@ -274,8 +292,8 @@ def _boundary_eval(gt: dict, results: List[dict], img_ids: List[int], max_dets: 
     from faster_coco_eval import COCOeval_faster
 
     quiet = logging.getLogger("faster_coco_eval").debug
-    gt_coco = FCOCO(gt, use_deepcopy=True, print_function=quiet)
-    dt = gt_coco.loadRes(copy.deepcopy(results))
+    gt_coco = FCOCO(_own_dicts(gt), use_deepcopy=False, print_function=quiet)
+    dt = gt_coco.loadRes(results)  # new entry dicts from the caller (see _own_dicts)
     E = COCOeval_faster(gt_coco, dt, iouType="boundary", print_function=quiet,
                         boundary_dilation_ratio=dilation_ratio, boundary_cpu_count=max(1, cpu_count),
                         rle_iou_max_workers=max(1, cpu_count))
@@ -318,25 +336,26 @@ def compute_coco_metrics(
     has_boxes = (not results) or all("bbox" in r for r in results)
     has_segm = (not results) or all("segmentation" in r for r in results)
 
-    gt_coco = COCO()
-    gt_coco.dataset = gt_data
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt_coco.createIndex()
+    def gt_coco():  # each evaluator its own annotation dicts (it sets keys on them; see _own_dicts)
+        coco = COCO()
+        coco.dataset = _own_dicts(gt_data)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
 
+    # the result entries each evaluator gets are new dicts, the values in them shared (_own_dicts)
     if has_boxes:
         box_res = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-        E = _pycoco_eval(gt_coco, copy.deepcopy(box_res), "bbox", ids, max_dets)
+        E = _pycoco_eval(gt_coco(), box_res, "bbox", ids, max_dets)
         out.update(_ap_set("bbox", E, max_dets))
+        del box_res, E
     if has_segm:
         segm_res = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        # pycocotools converts gt polygons to RLE in place: give each evaluator its own copy
-        gt_coco_segm = COCO()
-        gt_coco_segm.dataset = copy.deepcopy(gt_data)
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt_coco_segm.createIndex()
-        E = _pycoco_eval(gt_coco_segm, copy.deepcopy(segm_res), "segm", ids, max_dets)
+        E = _pycoco_eval(gt_coco(), segm_res, "segm", ids, max_dets)
         out.update(_ap_set("segm", E, max_dets))
+        del segm_res, E
         if boundary:
+            segm_res = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
             E = _boundary_eval(gt_data, segm_res, ids, max_dets, boundary_dilation_ratio, cpu_count)
             out.update(_ap_set("boundary", E, max_dets))
     return out
