@@ -13,6 +13,7 @@ status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -161,7 +162,9 @@ def _add_evaluate(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="evaluate a checkpoint on the validation set",
                        description="COCO box/mask/boundary AP, mask FLOPs and resolution statistics of a "
                                    "checkpoint on data.val_json. The config defaults to the one stored in the "
-                                   "checkpoint; KEY=VALUE arguments override it.")
+                                   "checkpoint; KEY=VALUE arguments override it. Under 'torchrun "
+                                   "--nproc_per_node=N -m dynamask evaluate ...' the images are shared out "
+                                   "among the processes and rank 0 computes and writes the metrics.")
     p.add_argument("--config", metavar="FILE", help="YAML config file (default: the checkpoint's config)")
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint (model_final.pt)")
     p.add_argument("--out", metavar="DIR", help="write metrics.json and coco_results.json here")
@@ -198,7 +201,9 @@ def _add_predict(sub, common) -> None:
 
     p = sub.add_parser("predict", parents=[common], help="segment image files and write overlays",
                        description="Run a checkpoint on images (files or folders): OUT/<name>_overlay.png per "
-                                   "image and OUT/predictions.json.")
+                                   "image and OUT/predictions.json. Under 'torchrun --nproc_per_node=N -m "
+                                   "dynamask predict ...' the files are shared out among the processes; rank 0 "
+                                   "writes predictions.json.")
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint (model_final.pt)")
     p.add_argument("--config", metavar="FILE", help="YAML config file (default: the checkpoint's config)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -354,15 +359,47 @@ def _print_metrics(metrics: dict) -> None:
         print(f"{k:<28} {v}")
 
 
+@contextlib.contextmanager
+def _process_group(device: Optional[str], cfg: Optional[dict]):
+    """Under torchrun (WORLD_SIZE > 1): this process's device (``cuda:LOCAL_RANK`` with CUDA) and
+    the process group, destroyed at the end; otherwise ``device`` as given and nothing else.
+    Collectives time out after ``solver.dist_timeout_s`` (rank 0 computes the metrics while the
+    others wait)."""
+    from .engine import distributed as du
+
+    if not du.launched_distributed():
+        yield device
+        return
+    from datetime import timedelta
+
+    from .config import default_config
+
+    dev = du.resolve_training_device(device, True)
+    seconds = ((cfg or {}).get("solver") or {}).get("dist_timeout_s") or default_config()["solver"]["dist_timeout_s"]
+    timeout = timedelta(seconds=float(seconds))
+    created = du.init_distributed(device=str(dev), timeout=timeout)
+    try:
+        yield str(dev)
+    finally:
+        if created:
+            du.cleanup_distributed()
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
     cfg = _config_for_checkpoint(args.config, args.overrides, args.weights)
-    metrics = evaluate(cfg, weights=args.weights, out_dir=args.out, policy=args.policy, budget=args.budget,
-                       max_images=args.max_images, device=args.device, progress=not args.no_progress)
-    _print_metrics(metrics)
-    if args.out:
-        print(f"metrics written to {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    with _process_group(args.device, cfg) as device:
+        metrics = evaluate(cfg, weights=args.weights, out_dir=args.out, policy=args.policy, budget=args.budget,
+                           max_images=args.max_images, device=device, progress=not args.no_progress)
+    if _is_rank0():
+        _print_metrics(metrics)
+        if args.out:
+            print(f"metrics written to {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
     return EXIT_OK
 
 
@@ -450,10 +487,12 @@ def _verification_images(cfg: dict, n: int, model):
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
 
-    result = predict_files(args.weights, args.inputs, args.out, config=args.config, score_thresh=args.score_thresh,
-                           device=args.device, progress=not args.no_progress, policy=args.policy,
-                           mask_budget=args.budget)
-    print(f"predictions written to {result}")
+    with _process_group(args.device, None) as device:
+        result = predict_files(args.weights, args.inputs, args.out, config=args.config,
+                               score_thresh=args.score_thresh, device=device, progress=not args.no_progress,
+                               policy=args.policy, mask_budget=args.budget)
+    if _is_rank0():
+        print(f"predictions written to {result}")
     return EXIT_OK
 
 

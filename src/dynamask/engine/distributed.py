@@ -34,7 +34,11 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "all_gather_object",
+    "gather_object",
     "broadcast_object",
+    "agree_on_failure",
+    "shard_positions",
+    "process_device",
     "reduce_dict",
     "resolve_training_device",
     "peer_failure_guard",
@@ -151,6 +155,17 @@ def all_gather_object(obj: Any) -> List[Any]:
     return out
 
 
+def gather_object(obj: Any, dst: int = 0) -> Optional[List[Any]]:
+    """List of ``obj`` from every rank on rank ``dst``, None on the others (``[obj]`` when
+    single-process). Only ``dst`` holds everyone's objects (all_gather_object would hold them on
+    every rank)."""
+    if not is_dist():
+        return [obj]
+    out: Optional[List[Any]] = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """``obj`` of rank ``src`` on every rank."""
     if not is_dist():
@@ -158,6 +173,47 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _failure_text(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def agree_on_failure(exc: Optional[BaseException], what: str) -> None:
+    """Collective: every process passes the exception its part of a sharded job raised (or None).
+    When any process had one, every process raises -- its own exception, or a
+    :class:`~dynamask.errors.DynaMaskError` naming the first rank that failed and why -- so that
+    none is left waiting in the next collective. Single-process: raises ``exc`` when given."""
+    from ..errors import DynaMaskError
+
+    if not is_dist():
+        if exc is not None:
+            raise exc
+        return
+    texts = all_gather_object(None if exc is None else _failure_text(exc)[:500])
+    if exc is not None:
+        raise exc
+    failed = [(r, t) for r, t in enumerate(texts) if t is not None]
+    if failed:
+        rank, text = failed[0]
+        raise DynaMaskError(f"{what}: rank {rank} of {len(texts)} failed ({text})")
+
+
+def shard_positions(n: int, rank: int, world: int, block: int = 1) -> List[int]:
+    """The positions ``0..n-1`` that process ``rank`` of ``world`` takes: blocks of ``block``
+    consecutive positions dealt out in turn (block k to rank k mod world). With ``block`` the
+    batch size, every batch holds the images it holds in a single-process run."""
+    block = max(1, int(block))
+    return [p for k in range(rank, (n + block - 1) // block, world) for p in range(k * block, min(n, (k + 1) * block))]
+
+
+def process_device(device: Optional[torch.device]) -> Optional[torch.device]:
+    """A CUDA device without an index is this process's own, ``cuda:LOCAL_RANK``, inside a
+    multi-process group; anything else is returned as given."""
+    if device is not None and device.type == "cuda" and device.index is None and is_dist():
+        return torch.device("cuda", env_local_rank())
+    return device
 
 
 def reduce_dict(values: Mapping[str, float], average: bool = True) -> Dict[str, float]:

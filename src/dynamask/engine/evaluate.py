@@ -39,6 +39,7 @@ from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError
 from ..inference import apply_policy, model_from_checkpoint, resolve_device
 from ..progress import progress_bar
+from . import distributed as du
 
 __all__ = [
     "METRIC_KEYS",
@@ -54,6 +55,7 @@ __all__ = [
     "spearman_correlation",
     "format_metrics_table",
     "write_json_atomic",
+    "write_metrics_json",
 ]
 
 logger = logging.getLogger("dynamask.evaluate")
@@ -533,6 +535,7 @@ def evaluate(
     progress: bool = True,
     batch_size: int = 2,
     cat_ids: Optional[Sequence[int]] = None,
+    shard: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Evaluate a model on a COCO-format validation set; AP values are on the 0–100 scale.
 
@@ -569,7 +572,33 @@ def evaluate(
     With ``out_dir``, writes ``coco_results.json`` (COCO results with extra fields
     ``mask_resolution`` and ``mask_flops``) and ``metrics.json``, both atomically; without it
     nothing is written. Returns the metrics dict (resolution histogram keyed by int).
+
+    Sharded (``shard``: default True inside an initialised process group of more than one
+    process, e.g. under ``torchrun``; every process must call this then): each process runs the
+    model on its share of the images -- whole batches of ``batch_size`` dealt out in turn, so every
+    forward pass sees the images it sees in one process -- on its own device (``cuda:LOCAL_RANK``
+    for ``cuda``, a given model where it is) and checks only its images' sizes. Rank 0 gathers the
+    detections, puts them in the single-process order (``coco_results.json`` is byte for byte a
+    one-process run's, and so are the metrics), computes the metrics once and writes both files;
+    every process returns rank 0's metrics. ``images_per_second`` is then all images over the
+    slowest process's forward seconds (the group's throughput) and the metrics carry
+    ``eval_processes``. A failure on any process raises on every process. ``shard=False`` runs
+    the whole set in this process alone, whatever the process group.
     """
+    if shard is None:
+        shard = du.is_dist()
+    if not (shard and du.is_dist()):
+        job = _prepare(cfg, weights, model, dataset, max_images, device, batch_size, cat_ids)
+        _check_sizes(job["dataset"], job["indices"])
+        run = _run_model(job["model"], _loader(job, job["indices"]), job["dev"], policy, budget, job["cat_ids"],
+                         job["score_thresh"], job["max_dets"], len(job["indices"]), progress)
+        return _measure_and_write(job, run, out_dir)
+    return _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
+                             batch_size, cat_ids)
+
+
+def _prepare(cfg, weights, model, dataset, max_images, device, batch_size: int, cat_ids) -> Dict[str, Any]:
+    """Model, config, dataset, category ids, the images evaluated (not yet checked) and the device."""
     from ..config import default_config
 
     ckpt: dict = {}
@@ -582,39 +611,127 @@ def evaluate(
     if cfg is None:
         cfg = default_config()
     test_cfg = {**default_config()["test"], **(cfg.get("test") or {})}
-    max_dets = int(test_cfg["max_dets"])
-    score_thresh = float(test_cfg["score_thresh"])
     if batch_size < 1:
         raise DynaMaskError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     if dataset is None:
         dataset = _validation_dataset(cfg)
     cat_ids = _category_ids(cat_ids, ckpt, dataset)
     indices = _image_indices(dataset, max_images)
-    subset = dataset if len(indices) == len(dataset) else torch.utils.data.Subset(dataset, indices)
-    from ..data import collate_fn
-
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
-                                         num_workers=int((cfg.get("data") or {}).get("num_workers", 0) or 0),
-                                         collate_fn=collate_fn)
     if not hasattr(model, "policy") and hasattr(model, "module"):  # DistributedDataParallel / DataParallel
         model = model.module
     if device is None and model_given:  # keep a given model where it is (e.g. cuda:1 during training)
         param = next(iter(model.parameters()), None)
-        dev = param.device if param is not None else resolve_device(None)
+        dev = param.device if param is not None else du.process_device(resolve_device(None))
     else:
-        dev = resolve_device(device)
-    run = _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh, max_dets, len(indices), progress)
+        dev = du.process_device(resolve_device(device))  # cuda: this process's own GPU under torchrun
+    return {"model": model, "cfg": cfg, "dataset": dataset, "cat_ids": cat_ids, "indices": indices, "dev": dev,
+            "max_dets": int(test_cfg["max_dets"]), "score_thresh": float(test_cfg["score_thresh"]),
+            "batch_size": int(batch_size), "num_workers": int((cfg.get("data") or {}).get("num_workers", 0) or 0)}
+
+
+def _loader(job: Dict[str, Any], indices: List[int]):
+    from ..data import collate_fn
+
+    dataset = job["dataset"]
+    subset = dataset if indices == list(range(len(dataset))) else torch.utils.data.Subset(dataset, indices)
+    return torch.utils.data.DataLoader(subset, batch_size=job["batch_size"], shuffle=False,
+                                       num_workers=job["num_workers"], collate_fn=collate_fn)
+
+
+def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, processes: int = 1) -> Dict[str, Any]:
+    """coco_results.json, the metrics, metrics.json."""
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         os.makedirs(out_dir, exist_ok=True)
         write_json_atomic(os.path.join(out_dir, "coco_results.json"), run["results"])
-    metrics = _metrics(dataset.coco.dataset, run, model, max_dets, score_thresh)
+    metrics = _metrics(job["dataset"].coco.dataset, run, job["model"], job["max_dets"], job["score_thresh"])
+    if processes > 1:
+        metrics["eval_processes"] = processes
     if out_dir is not None:
-        saved = dict(metrics)
-        saved["resolution_histogram"] = {str(k): v for k, v in metrics["resolution_histogram"].items()}
-        saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
-        write_json_atomic(os.path.join(out_dir, "metrics.json"), saved, indent=2)
+        write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
+
+
+def write_metrics_json(path: str | os.PathLike, metrics: Mapping[str, Any]) -> str:
+    """``metrics.json``: the resolution histogram keyed by str, non-finite floats as null; atomic."""
+    saved = dict(metrics)
+    saved["resolution_histogram"] = {str(k): v for k, v in (metrics.get("resolution_histogram") or {}).items()}
+    saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
+    return write_json_atomic(path, saved, indent=2)
+
+
+def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
+                      batch_size, cat_ids) -> Dict[str, Any]:
+    """:func:`evaluate` inside a process group: this process runs the model on its shard (whole
+    batches dealt out in turn, :func:`~dynamask.engine.distributed.shard_positions`), rank 0
+    gathers the detections, puts them in the single-process order, computes the metrics and
+    writes the files, and every process returns rank 0's metrics. A failure on any process
+    raises on every process (at the same step, so none waits for the others)."""
+    rank, world = du.get_rank(), du.get_world_size()
+    failure: Optional[BaseException] = None
+    job: Dict[str, Any] = {}
+    mine: List[int] = []
+    try:
+        job = _prepare(cfg, weights, model, dataset, max_images, device, batch_size, cat_ids)
+        mine = [job["indices"][p] for p in du.shard_positions(len(job["indices"]), rank, world, batch_size)]
+        _check_sizes(job["dataset"], mine)  # every image checked once, by the process that loads it
+    except Exception as exc:  # noqa: BLE001 - agreed on below, then raised on every process
+        failure = exc
+    du.agree_on_failure(failure, "evaluate")
+
+    payload: Tuple[Optional[str], Optional[dict]]
+    try:
+        run = _run_model(job["model"], _loader(job, mine), job["dev"], policy, budget, job["cat_ids"],
+                         job["score_thresh"], job["max_dets"], len(mine), progress and rank == 0)
+        payload = (None, run)
+    except Exception as exc:  # noqa: BLE001
+        failure, payload = exc, (f"{type(exc).__name__}: {exc}", None)
+    gathered = du.gather_object(payload)
+    del payload
+    status: Tuple[str, Any, Any] = ("ok", None, None)
+    if rank == 0:
+        try:
+            failed = [(r, text) for r, (text, _) in enumerate(gathered) if text is not None]
+            if failed:
+                status = ("failed", *failed[0])
+            else:
+                n = len(job["indices"])
+                shards = [du.shard_positions(n, r, world, batch_size) for r in range(world)]
+                run = _merge_runs([part for _, part in gathered], shards, n)
+                del gathered
+                metrics = _measure_and_write(job, run, out_dir, processes=world)
+                logger.info("evaluated %d image(s) on %d processes (%s image(s) each); images_per_second: all "
+                            "images over the slowest process's forward time", n, world,
+                            "/".join(str(len(s)) for s in shards))
+                status = ("ok", None, metrics)
+        except Exception as exc:  # noqa: BLE001
+            failure = failure or exc
+            status = ("failed", 0, f"{type(exc).__name__}: {exc}")
+    status = du.broadcast_object(status)
+    if status[0] != "ok":
+        if failure is not None:
+            raise failure
+        raise DynaMaskError(f"evaluate: rank {status[1]} of {world} failed ({str(status[2])[:500]})")
+    return status[2]
+
+
+def _merge_runs(runs: Sequence[Dict[str, Any]], shards: Sequence[Sequence[int]], n: int) -> Dict[str, Any]:
+    """The processes' runs as one, images (and their detections) in the single-process order;
+    ``forward_s`` is the slowest process's."""
+    per_position: List[Any] = [None] * n
+    for run, shard in zip(runs, shards):
+        k = 0
+        for position, image_id, count in zip(shard, run["image_ids"], run["counts"]):
+            per_position[position] = (image_id, run["results"][k:k + count])
+            k += count
+    results = [r for _, rs in per_position for r in rs]
+    image_ids = [image_id for image_id, _ in per_position]
+    sizes: Dict[int, Tuple[int, int]] = {}
+    for run in runs:
+        sizes.update(run["image_sizes"])
+    return {"results": results, "image_ids": image_ids, "image_sizes": {i: sizes[i] for i in image_ids},
+            "counts": [len(rs) for _, rs in per_position], "forward_s": max(run["forward_s"] for run in runs),
+            "policy": runs[0]["policy"], "budget": runs[0]["budget"]}
 
 
 def _validation_dataset(cfg: dict):
@@ -646,7 +763,7 @@ def _category_ids(cat_ids, ckpt: dict, dataset) -> List[int]:
 
 
 def _image_indices(dataset, max_images: Optional[int]) -> List[int]:
-    """The images evaluated (the first ``max_images``), their sizes checked against the json first."""
+    """The images evaluated (the first ``max_images``)."""
     indices = list(range(len(dataset)))
     if max_images is not None:
         if max_images < 1:
@@ -654,9 +771,13 @@ def _image_indices(dataset, max_images: Optional[int]) -> List[int]:
         indices = indices[:max_images]
     if not indices:
         raise DynaMaskError("the validation set has no images")
-    if hasattr(dataset, "check_image_sizes"):  # image size vs json width/height (EXIF rule), as train's loading does
-        dataset.check_image_sizes(indices)
     return indices
+
+
+def _check_sizes(dataset, indices: List[int]) -> None:
+    """Image size vs json width/height (EXIF rule), as train's loading does, before the model runs."""
+    if indices and hasattr(dataset, "check_image_sizes"):
+        dataset.check_image_sizes(indices)
 
 
 def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float, max_dets: int, total: int,
@@ -668,6 +789,7 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
     results: List[dict] = []
     image_ids: List[int] = []
     image_sizes: Dict[int, Tuple[int, int]] = {}
+    counts: List[int] = []  # detections per image
     forward_s = 0.0
     try:
         apply_policy(model, policy, budget)
@@ -686,7 +808,9 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
                     image_id = int(tgt["image_id"])
                     image_ids.append(image_id)
                     image_sizes[image_id] = (int(im.shape[-2]), int(im.shape[-1]))
-                    results.extend(predictions_to_coco_results(out, image_id, cat_ids, score_thresh, max_dets))
+                    entries = predictions_to_coco_results(out, image_id, cat_ids, score_thresh, max_dets)
+                    counts.append(len(entries))
+                    results.extend(entries)
                 bar.update(len(images))
         bar.close()
     finally:
@@ -696,8 +820,8 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
             model.mask_budget = prev_budget
         except ValueError:  # pragma: no cover - restoring a value it had
             pass
-    return {"results": results, "image_ids": image_ids, "image_sizes": image_sizes, "forward_s": forward_s,
-            "policy": used_policy, "budget": used_budget}
+    return {"results": results, "image_ids": image_ids, "image_sizes": image_sizes, "counts": counts,
+            "forward_s": forward_s, "policy": used_policy, "budget": used_budget}
 
 
 def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: float) -> Dict[str, Any]:
@@ -707,14 +831,8 @@ def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: 
     metrics: Dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
                                                         image_sizes=run["image_sizes"], cpu_count=cpu))
     n_img, n_det = len(image_ids), len(results)
-    flops = [float(r["mask_flops"]) for r in results if r.get("mask_flops") is not None]
-    res_cx_size = resolution_complexity_pairs(gt, results)
-    rho, pairs = spearman_correlation(*res_cx_size[:2]), len(res_cx_size[0])
-    rho_within, rho_by_size = spearman_within_size_bins(*res_cx_size)
+    metrics.update(_result_statistics(gt, results, n_img))
     metrics.update(
-        mask_gflops_per_instance=(sum(flops) / len(flops) / 1e9) if flops else None,
-        mask_gflops_per_image=sum(flops) / n_img / 1e9,
-        resolution_histogram=resolution_histogram(results),
         images_per_second=(n_img / run["forward_s"]) if run["forward_s"] > 0 else None,
         num_images=n_img,
         num_detections=n_det,
@@ -722,14 +840,27 @@ def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: 
         mask_budget=run["budget"],
         mask_score_floor=float(getattr(model, "mask_score_floor", 0.0)),
         mask_geometry=getattr(model, "mask_geometry", None),
+        max_dets=max_dets,
+        score_thresh=score_thresh,
+    )
+    return {k: metrics[k] for k in METRIC_KEYS}
+
+
+def _result_statistics(gt: dict, results: Sequence[Mapping[str, Any]], n_img: int) -> Dict[str, Any]:
+    """Mask cost, resolution histogram and complexity ρ from the results entries' own fields."""
+    flops = [float(r["mask_flops"]) for r in results if r.get("mask_flops") is not None]
+    res_cx_size = resolution_complexity_pairs(gt, results)
+    rho, pairs = spearman_correlation(*res_cx_size[:2]), len(res_cx_size[0])
+    rho_within, rho_by_size = spearman_within_size_bins(*res_cx_size)
+    return dict(
+        mask_gflops_per_instance=(sum(flops) / len(flops) / 1e9) if flops else None,
+        mask_gflops_per_image=sum(flops) / n_img / 1e9,
+        resolution_histogram=resolution_histogram(results),
         complexity_spearman=rho,
         complexity_spearman_within_size=rho_within,
         complexity_spearman_by_size=rho_by_size,
         complexity_pairs=pairs,
-        max_dets=max_dets,
-        score_thresh=score_thresh,
     )
-    return metrics
 
 
 # --------------------------------------------------------------------------

@@ -1,8 +1,16 @@
-"""Evaluation during training: every ``test.eval_period`` steps and at the end, on rank 0.
+"""Evaluation during training: every ``test.eval_period`` steps and at the end.
+
+Under DDP every process evaluates its shard of the validation images (no process idles at a
+barrier while rank 0 runs the model over all of them); rank 0 gathers the detections, computes the
+metrics once, writes ``eval/`` and logs them (see :func:`dynamask.engine.evaluate.evaluate`). Before
+that, rank 0's buffers (BatchNorm statistics, which DDP broadcasts from rank 0 at each forward)
+are copied to every process, so the shards are evaluated with one model, the one
+``checkpoint_last.pt`` holds.
 
 It runs under a forked RNG (evaluation must not shift the training stream, so a run with and
 without evaluation trains the same weights) and a failure is logged and recorded, never fatal:
-hours of training are not lost to a broken validation file.
+hours of training are not lost to a broken validation file. A failure on one process is raised
+on every process at the same step (the evaluation agrees on it), so none is left waiting.
 """
 
 from __future__ import annotations
@@ -46,26 +54,32 @@ class PeriodicEvaluator:
             self.run(step)
 
     def run(self, iteration: int) -> Optional[dict]:
-        """Evaluate now (collective: the other processes wait at a barrier)."""
+        """Evaluate now (collective: every process takes part, each on its shard); the metrics on
+        every process, None when disabled or failed."""
         result = None
-        if self.main and self.evaluate_fn is not None:
+        if self.evaluate_fn is None:
+            return None
+        if self.main:
             logger.info("evaluating at iteration %d", iteration)
-            devices = [self.device.index] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                try:
-                    result = self.evaluate_fn(self.cfg, model=self.model, out_dir=self.out_dir, device=self.device,
-                                              progress=False, cat_ids=self.cat_ids)
-                except Exception as e:  # keep training (and keep the other processes from waiting forever)
-                    logger.error("evaluation at iteration %d failed: %s: %s", iteration, type(e).__name__, e)
-                    self.metrics.write({"iteration": iteration, "event": "eval_failed",
-                                        "error": f"{type(e).__name__}: {e}"})
-                    result = None
-                finally:
-                    self.model.train()
-            if result is not None:
-                self.metrics.write({"iteration": iteration, "event": "eval", "metrics": result})
-            if self.writer is not None and isinstance(result, dict):
-                for k, v in flat_numbers(result).items():
-                    self.writer.add_scalar(f"eval/{k}", v, iteration)
-        du.barrier()
+        if du.is_dist():
+            with torch.no_grad():
+                for buf in self.model.buffers():
+                    torch.distributed.broadcast(buf, src=0)
+        devices = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                result = self.evaluate_fn(self.cfg, model=self.model, out_dir=self.out_dir, device=self.device,
+                                          progress=False, cat_ids=self.cat_ids)
+            except Exception as e:  # keep training (every process gets here at the same step)
+                logger.error("evaluation at iteration %d failed: %s: %s", iteration, type(e).__name__, e)
+                self.metrics.write({"iteration": iteration, "event": "eval_failed",
+                                    "error": f"{type(e).__name__}: {e}"})
+                result = None
+            finally:
+                self.model.train()
+        if result is not None:
+            self.metrics.write({"iteration": iteration, "event": "eval", "metrics": result})
+        if self.writer is not None and isinstance(result, dict):
+            for k, v in flat_numbers(result).items():
+                self.writer.add_scalar(f"eval/{k}", v, iteration)
         return result

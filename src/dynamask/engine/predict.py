@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -82,6 +82,32 @@ def _unique_name(stem: str, used: set) -> str:
     return name
 
 
+def _name_group(path: Path) -> str:
+    """The stem with every trailing ``-<digits>`` removed, lower-cased: every overlay name that
+    :func:`_unique_name` can give this file (``stem``, ``stem-2``, ``stem-2-2`` ...) has this
+    group, so files of different groups never compete for a name."""
+    stem = path.stem.lower()
+    while True:
+        head, sep, tail = stem.rpartition("-")
+        if not sep or not tail.isdigit() or not head:
+            return stem
+        stem = head
+
+
+def shard_files(files: Sequence[Path], rank: int, world: int) -> List[int]:
+    """The positions in ``files`` that process ``rank`` of ``world`` predicts: files whose
+    overlay names could collide (:func:`_name_group`) stay together on one process, in the
+    single-process order, so they get the names a single-process run gives them; the groups
+    are dealt out in turn by their first file."""
+    groups: Dict[str, int] = {}
+    mine = []
+    for position, path in enumerate(files):
+        group = groups.setdefault(_name_group(path), len(groups))
+        if group % world == rank:
+            mine.append(position)
+    return mine
+
+
 def predict_files(
     weights: Union[str, os.PathLike],
     inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
@@ -92,6 +118,7 @@ def predict_files(
     progress: bool = True,
     policy: Optional[str] = None,
     mask_budget: Optional[float] = None,
+    shard: Optional[bool] = None,
 ) -> str:
     """Run a checkpoint on image files and/or folders; returns the path of ``predictions.json``.
 
@@ -99,38 +126,107 @@ def predict_files(
     collide) and ``out_dir/predictions.json`` (see the module docstring). An unreadable image is
     skipped with a warning naming it and counted; the summary (logged, and printed to stderr
     when ``progress``) gives the number skipped. No image found → :class:`DynaMaskError`.
+
+    Sharded (``shard``: default True inside an initialised process group of more than one
+    process, e.g. under ``torchrun``; every process must call this then): rank 0 lists the files
+    and sends the list to every process; each process predicts its share (:func:`shard_files`)
+    on its own device (``cuda:LOCAL_RANK`` for ``cuda``) and writes those overlays; rank 0
+    gathers the entries and writes ``predictions.json`` once, in the single-process order. The
+    files written are those of a one-process run. A failure on any process raises on every one.
     """
-    from ..predictor import Predictor, load_image_file
-    from ..visualize import draw_overlay, write_png
-    from .evaluate import predictions_to_coco_results, write_json_atomic
+    from ..inference import resolve_device
+    from ..predictor import Predictor
+    from . import distributed as du
+    from .evaluate import write_json_atomic
 
     out = Path(out_dir)
+    if shard is None:
+        shard = du.is_dist()
+    sharded = bool(shard) and du.is_dist()
+    rank, world = (du.get_rank(), du.get_world_size()) if sharded else (0, 1)
+    failure: Optional[BaseException] = None
+    files: List[Path] = []
+    try:
+        if rank == 0:  # one listing: the others could see rank 0's first overlays appear in a listed folder
+            files = _list_inputs(inputs, out)
+    except Exception as exc:  # noqa: BLE001 - agreed on below
+        failure = exc
+    if sharded:
+        du.agree_on_failure(failure, "predict")
+        files = [Path(f) for f in du.broadcast_object([os.fspath(f) for f in files])]
+    elif failure is not None:
+        raise failure
+
+    mine = shard_files(files, rank, world) if sharded else list(range(len(files)))
+    part: Optional[Dict[str, Any]] = None
+    try:
+        dev = du.process_device(resolve_device(device)) if sharded else device
+        predictor = Predictor(weights, config=config, device=dev, score_thresh=score_thresh,
+                              policy=policy, mask_budget=mask_budget)
+        out.mkdir(parents=True, exist_ok=True)
+        part = _predict_part(predictor, files, mine, out, score_thresh, progress and rank == 0)
+    except Exception as exc:  # noqa: BLE001
+        if not sharded:
+            raise
+        failure = exc
+    json_path = os.fspath(out / "predictions.json")
+    if not sharded:
+        return _write_predictions(json_path, [part], len(files), progress, write_json_atomic)
+
+    gathered = du.gather_object(part if failure is None else f"{type(failure).__name__}: {failure}"[:500])
+    status: Tuple[str, Any, Any] = ("ok", None, None)
+    if rank == 0:
+        try:
+            failed = [(r, g) for r, g in enumerate(gathered) if isinstance(g, str)]
+            if failed:
+                status = ("failed", *failed[0])
+            else:
+                _write_predictions(json_path, gathered, len(files), progress, write_json_atomic, world)
+        except Exception as exc:  # noqa: BLE001
+            failure = failure or exc
+            status = ("failed", 0, f"{type(exc).__name__}: {exc}")
+    status = du.broadcast_object(status)
+    if status[0] != "ok":
+        if failure is not None:
+            raise failure
+        raise DynaMaskError(f"predict: rank {status[1]} of {world} failed ({str(status[2])[:500]})")
+    return json_path
+
+
+def _list_inputs(inputs, out: Path) -> List[Path]:
     files = find_images(inputs, exclude_dir=out if out.exists() else None)
     if not files:
         shown = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
         raise DynaMaskError(f"no images found in {', '.join(shown) or '(no inputs)'} "
                             f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
-    predictor = Predictor(weights, config=config, device=device, score_thresh=score_thresh,
-                          policy=policy, mask_budget=mask_budget)
-    out.mkdir(parents=True, exist_ok=True)
+    return files
 
-    bar = progress_bar(len(files), "predict", unit="img", enabled=progress)
 
-    results: List[Dict[str, Any]] = []
+def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], out: Path, score_thresh: float,
+                  progress: bool) -> Dict[str, Any]:
+    """Predict ``files[p]`` for ``p`` in ``positions`` (image id ``p + 1``) and write their overlays;
+    the entries per position, the skipped files and the counts."""
+    from ..predictor import load_image_file
+    from ..visualize import draw_overlay, write_png
+    from .evaluate import predictions_to_coco_results
+
+    bar = progress_bar(len(positions), "predict", unit="img", enabled=progress)
+    entries_at: Dict[int, List[Dict[str, Any]]] = {}
     used: set = set()
-    skipped: List[str] = []
+    skipped: List[Tuple[int, str]] = []
     written = 0
     hist = {14: 0, 28: 0, 56: 0, 112: 0}
-    for image_id, path in enumerate(files, start=1):
+    for position in positions:
+        path = files[position]
         try:
             tensor = load_image_file(path)
         except DynaMaskError as exc:
             logger.warning("skipping unreadable image %s: %s", os.fspath(path), exc)
-            skipped.append(os.fspath(path))
+            skipped.append((position, os.fspath(path)))
             bar.update(1)
             continue
         pred = predictor.predict(tensor)
-        entries = predictions_to_coco_results(pred, image_id, predictor.cat_ids,
+        entries = predictions_to_coco_results(pred, position + 1, predictor.cat_ids,
                                               extra={"file_name": os.fspath(path)})
         for e in entries:
             label = predictor.cat_ids.index(e["category_id"]) + 1
@@ -138,25 +234,42 @@ def predict_files(
             r = e.get("mask_resolution")
             if r in hist:
                 hist[r] += 1
-        results.extend(entries)
+        entries_at[position] = entries
         image = (tensor.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         overlay = draw_overlay(image, pred, predictor.class_names, score_thresh, min_display_size=OVERLAY_MIN_SIZE)
         write_png(out / _unique_name(path.stem, used), overlay)
         written += 1
         bar.update(1)
     bar.close()
+    return {"entries": entries_at, "skipped": skipped, "written": written, "hist": hist, "count": len(positions)}
 
+
+def _write_predictions(json_path: str, parts: Sequence[Dict[str, Any]], total: int, progress: bool, write_json,
+                       processes: int = 1) -> str:
+    """``predictions.json`` from the parts of every process, in file order; the summary."""
+    entries_at: Dict[int, List[Dict[str, Any]]] = {}
+    hist = {14: 0, 28: 0, 56: 0, 112: 0}
+    skipped: List[Tuple[int, str]] = []
+    written = 0
+    for part in parts:
+        entries_at.update(part["entries"])
+        skipped.extend(part["skipped"])
+        written += part["written"]
+        for r, n in part["hist"].items():
+            hist[r] += n
+    results = [e for position in sorted(entries_at) for e in entries_at[position]]
     # key order: file_name first, then the COCO fields
     ordered = [{"file_name": e["file_name"], **{k: v for k, v in e.items() if k != "file_name"}} for e in results]
-    json_path = os.fspath(out / "predictions.json")
-    write_json_atomic(json_path, ordered)
+    write_json(json_path, ordered)
 
-    summary = (f"predicted {written} image(s), {len(results)} instance(s) "
+    shared = f" on {processes} processes ({'/'.join(str(p['count']) for p in parts)} image(s) each)" \
+        if processes > 1 else ""
+    summary = (f"predicted {written} image(s){shared}, {len(results)} instance(s) "
                f"(resolutions: {', '.join(f'{r}: {n}' for r, n in hist.items())}); "
                f"skipped {len(skipped)} unreadable image(s); wrote {json_path}")
     logger.info(summary)
     if progress:
         print(summary, file=sys.stderr)
     if skipped and written == 0:
-        logger.warning("none of the %d image(s) could be read", len(files))
+        logger.warning("none of the %d image(s) could be read", total)
     return json_path
