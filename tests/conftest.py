@@ -17,6 +17,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 RUN_FIRST = (
     "test_gpu_check.py",  # 84 (was 224): bf16 training steps (generic kernels on CPUs without native bf16)
     "test_ddp_faults.py",  # 78: four torchrun launches
+    "test_sharded_eval.py",  # 50 (2026-12-07): two 2-process torchrun launches on the shipped 256-px model
+    "test_multinode.py",  # 48 (2026-12-07): two launches of two one-process "nodes" (c10d rendezvous)
     "test_export.py",  # 46
     "test_overfit.py",  # 35
     "test_train.py",  # 29
