@@ -123,7 +123,8 @@ def main() -> None:
         with open(old, "w") as f:
             f.write(text)
         new = os.path.join(ROOT, "src", "dynamask", "engine", "evaluate.py")
-        common = ["--images", str(args.images), "--gt", str(args.gt), "--dets", str(args.dets), "--size", str(args.size)]
+        common = ["--images", str(args.images), "--gt", str(args.gt), "--dets", str(args.dets),
+                  "--size", str(args.size)]
         runs = {}
         for name, path in (("before", old), ("after", new)):
             proc = subprocess.run([sys.executable, __file__, "--_measure", path, *common], capture_output=True,

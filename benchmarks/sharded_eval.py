@@ -104,9 +104,10 @@ def main() -> None:
     startup = {name: dict(min(t, key=lambda r: r["cpu_s"]), tries=t) for name, t in startup_tries.items()}
     for name in launchers:
         shown = [str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]]
-        runs[name]["command"] = " ".join(["OMP_NUM_THREADS=1", "torchrun --standalone --nproc_per_node=2 -m dynamask"
-                                          if name == "two_processes" else "dynamask", *shown,
-                                          "data.val_json=... data.val_images=...", "--out", f"runs/sharded_eval/{name}"])
+        launcher = "torchrun --standalone --nproc_per_node=2 -m dynamask" if name == "two_processes" else "dynamask"
+        runs[name]["command"] = " ".join(["OMP_NUM_THREADS=1", launcher, *shown,
+                                          "data.val_json=... data.val_images=...",
+                                          "--out", f"runs/sharded_eval/{name}"])
     one, two = args.work / "one_process", args.work / "two_processes"
     same_results = (one / "coco_results.json").read_bytes() == (two / "coco_results.json").read_bytes()
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
@@ -115,8 +116,9 @@ def main() -> None:
     ratio = runs["two_processes"]["cpu_s"] / runs["one_process"]["cpu_s"]
     marginal = ((runs["two_processes"]["cpu_s"] - startup["two_processes"]["cpu_s"])
                 / (runs["one_process"]["cpu_s"] - startup["one_process"]["cpu_s"]))
-    print(f"CPU time, 2 processes / 1 process: {ratio:.3f} (wall {runs['two_processes']['wall_s'] / runs['one_process']['wall_s']:.3f}); "
-          f"a launch on 2 images costs {startup['one_process']['cpu_s']:.1f} / {startup['two_processes']['cpu_s']:.1f} CPU-s, "
+    wall = runs["two_processes"]["wall_s"] / runs["one_process"]["wall_s"]
+    print(f"CPU time, 2 processes / 1 process: {ratio:.3f} (wall {wall:.3f}); a launch on 2 images costs "
+          f"{startup['one_process']['cpu_s']:.1f} / {startup['two_processes']['cpu_s']:.1f} CPU-s, "
           f"beyond it: {marginal:.3f}")
     print(f"coco_results.json identical: {same_results}; metrics identical: {same_metrics} "
           f"(segm AP {m1['segm_AP']:.4f} / {m2['segm_AP']:.4f}, boundary AP {m1['boundary_AP']:.4f} / "
@@ -128,7 +130,7 @@ def main() -> None:
         "runs": runs, "cpu_ratio_two_over_one": round(ratio, 4),
         "startup_runs_2_images": startup,
         "cpu_ratio_beyond_startup": round(marginal, 4),
-        "wall_ratio_two_over_one": round(runs["two_processes"]["wall_s"] / runs["one_process"]["wall_s"], 4),
+        "wall_ratio_two_over_one": round(wall, 4),
         "coco_results_identical": same_results, "metrics_identical": same_metrics,
         "metrics": {k: m1[k] for k in ("bbox_AP", "segm_AP", "boundary_AP", "num_images", "num_detections")},
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
