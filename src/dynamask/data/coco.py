@@ -680,6 +680,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self._coco = coco
         return self._coco
 
+    def release_ground_truth(self) -> None:
+        """Drop the parsed json behind :attr:`coco` (read again on the next use): evaluation during
+        training needs it for a moment, and DataLoader workers forked later would inherit it."""
+        self._coco = None
+
     @property
     def ids(self) -> List[int]:
         """The image ids of the samples, in order (a new list each call)."""

@@ -646,7 +646,10 @@ def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, proces
         out_dir = os.fspath(out_dir)
         os.makedirs(out_dir, exist_ok=True)
         write_json_atomic(os.path.join(out_dir, "coco_results.json"), run["results"])
-    metrics = _metrics(job["dataset"].coco.dataset, run, job["model"], job["max_dets"], job["score_thresh"])
+    dataset = job["dataset"]
+    metrics = _metrics(dataset.coco.dataset, run, job["model"], job["max_dets"], job["score_thresh"])
+    if hasattr(dataset, "release_ground_truth"):  # not kept alive for the next fork of the training workers
+        dataset.release_ground_truth()
     if processes > 1:
         metrics["eval_processes"] = processes
     if out_dir is not None:
