@@ -31,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -139,6 +140,8 @@ if {which!r} == "pycocotools":
     coco = COCO()
     coco.dataset = data
     coco.createIndex()
+elif {which!r} == "dynamask-cache":
+    ds = dynamask.data.CocoInstanceDataset({ann!r}, {images!r}, cache_dir={cache!r})
 else:
     ds = dynamask.data.CocoInstanceDataset({ann!r}, {images!r})
 seconds = time.perf_counter() - t
@@ -190,8 +193,8 @@ def _child(code: str, what: str, env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(which: str, ann_file: Path, images: Path, src: Path = ROOT / "src") -> dict:
-    code = CHILD.format(src=str(src), which=which, ann=str(ann_file), images=str(images))
+def measure(which: str, ann_file: Path, images: Path, src: Path = ROOT / "src", cache: Path | None = None) -> dict:
+    code = CHILD.format(src=str(src), which=which, ann=str(ann_file), images=str(images), cache=str(cache))
     return _child(code, f"{which} construction")
 
 
@@ -304,6 +307,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-reference", action="store_true", help="measure this implementation only")
     p.add_argument("--worker-items", type=int, default=None, help="items the worker reads (default: all)")
     p.add_argument("--skip-worker", action="store_true")
+    p.add_argument("--cache", action="store_true", help="also the records cache: its first start and the next")
     p.add_argument("--metrics", action="store_true", help="also score a val2017-sized result set")
     p.add_argument("--metrics-only", action="store_true")
     p.add_argument("--metrics-fraction", type=float, default=1.0, help="of val2017's size")
@@ -327,6 +331,16 @@ def main(argv=None) -> None:
             rows[which] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]} | {"runs": runs}
             print(f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
                   f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB", flush=True)
+        if args.cache:  # data.cache_records: the first start writes the records, the next ones map them
+            cache = out / "records_cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            fill = measure("dynamask-cache", ann_file, images, cache=cache)
+            hits = [measure("dynamask-cache", ann_file, images, cache=cache) for _ in range(args.runs)]
+            rows["dynamask (cache: first start)"] = {k: float(v) for k, v in fill.items()}
+            rows["dynamask (cache: next starts)"] = {k: float(np.median([r[k] for r in hits])) for k in hits[0]} | {"runs": hits}
+            for which in ("dynamask (cache: first start)", "dynamask (cache: next starts)"):
+                print(f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
+                      f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB", flush=True)
         base, ours = rows["pycocotools"], rows["dynamask"]
         result.update({"fraction": args.fraction, "annotation_file_mb": ann_file.stat().st_size / 2**20,
                        "construction": rows, "time_ratio": ours["seconds"] / base["seconds"],

@@ -265,3 +265,25 @@ def test_coco_scale_file_is_valid_coco(tmp_path):
     image, target = ds[0]
     assert tuple(image.shape[-2:]) == (bench.HEIGHT, bench.WIDTH) and target["masks"].shape[0] == target["boxes"].shape[0]
     assert os.stat(tmp_path / "images" / data["images"][0]["file_name"]).st_nlink > 1
+
+
+def test_coco_scale_measures_worker_cache_and_results(tmp_path):
+    """The other measurements of benchmarks/coco_scale.py on a tiny file: a worker's USS over a full
+    pass, the records cache (a hit after the first start), and a val2017-like result set scored by
+    `dynamask evaluate --results` (APs strictly between 0 and 100)."""
+    bench = _load("coco_scale")
+    ann_file = bench.make_dataset(tmp_path / "train", fraction=0.0002, seed=2)
+    images = tmp_path / "train" / "images"
+    w = bench.measure_worker(ann_file, images, items=10**9)
+    assert w["items"] == round(bench.TRAIN2017_IMAGES * 0.0002) and w["instances"] > 0
+    assert w["uss_after_mib"] >= w["uss_after_first_mib"] > 0 and w["uss_before_mib"] > 0
+    first = bench.measure("dynamask-cache", ann_file, images, cache=tmp_path / "cache")
+    again = bench.measure("dynamask-cache", ann_file, images, cache=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("records-*"))) == 1 and first["seconds"] > 0 and again["seconds"] > 0
+    gt, res = bench.make_result_set(tmp_path / "val", fraction=0.0004, seed=1)
+    results = json.loads(res.read_text())
+    assert len(results) == 2 * bench.DETECTIONS_PER_IMAGE
+    m = bench.measure_evaluate_results(gt, res, tmp_path / "val" / "eval")
+    assert m["peak_rss_mib"] > 0 and m["metrics"]["num_detections"] == len(results)
+    for key in ("segm_AP", "bbox_AP", "boundary_AP"):
+        assert 0 < m["metrics"][key] < 100

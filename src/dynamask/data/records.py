@@ -34,6 +34,7 @@ __all__ = ["InstanceRecords", "RecordsBuilder", "polygons_rasterise_nonempty", "
 PARALLEL_MIN_POLYGONS = 20_000
 #: pycocotools' ``area`` of a list fails beyond 255 RLEs (a uint8 length under NumPy 2); ask in chunks
 _AREA_CHUNK = 255
+_NAN = float("nan")
 #: coordinates beyond this many pixels overflow pycocotools' integer rasteriser
 MAX_ABS_COORDINATE = 1e8
 
@@ -142,15 +143,31 @@ class RecordsBuilder:
                           area is not None))
         self.floats.extend((box[0], box[1], box[2], box[3], float("nan") if area is None else area))
 
+    def add_polygon(self, image_pos: int, ann_index: int, label: int, x1: float, y1: float, x2: float, y2: float,
+                    area: Optional[float], polygon: Sequence[float]) -> None:
+        """:meth:`add` for the common case, one polygon part (fewer calls per annotation)."""
+        coords, offsets = self.coords, self.coord_offsets
+        first = len(coords)
+        try:
+            coords.extend(polygon)
+        except TypeError:
+            del coords[first:]
+            raise
+        offsets.append(len(coords))
+        n = len(offsets) - 1
+        rle = len(self.rle_bytes)
+        self.ints.extend((image_pos, ann_index, label, n - 1, n, rle, rle, area is not None))
+        self.floats.extend((x1, y1, x2, y2, _NAN if area is None else area))
+
     def ann_index(self, k: int) -> int:
         return self.ints[k * self._INTS + 1]
 
     def first_bad_coordinate(self) -> Optional[int]:
         """The index of the first annotation with a non-finite or absurdly large coordinate, or None."""
-        coords = np.frombuffer(self.coords, dtype=np.float64)
-        bad = ~(np.abs(coords) <= MAX_ABS_COORDINATE)  # also catches NaN
-        if not bad.any():
-            return None
+        coords = np.frombuffer(self.coords, dtype=np.float64) if len(self.coords) else np.zeros(0)
+        if coords.size == 0 or (coords.min() >= -MAX_ABS_COORDINATE and coords.max() <= MAX_ABS_COORDINATE):
+            return None  # (a NaN makes both comparisons False)
+        bad = ~(np.abs(coords) <= MAX_ABS_COORDINATE)
         part = int(np.searchsorted(np.frombuffer(self.coord_offsets, dtype=np.int64), np.argmax(bad), side="right")) - 1
         part_hi = np.frombuffer(self.ints, dtype=np.int64).reshape(-1, self._INTS)[:, 4]
         return int(np.searchsorted(part_hi, part, side="right"))
@@ -180,15 +197,143 @@ _JOB: dict = {}  # what forked workers read (set before the fork; copy-on-write,
 
 def _nonempty_range(bounds: tuple) -> np.ndarray:
     """For annotations ``bounds[0]:bounds[1]`` of ``_JOB``: whether any polygon part covers a pixel
-    (the union of the parts is empty exactly when every part is)."""
+    (the union of the parts is empty exactly when every part is). The vectorised test first; the
+    polygons it cannot vouch for are rasterised."""
     lo, hi = bounds
     job = _JOB
     part_lo, part_hi, offs, coords = job["part_lo"], job["part_hi"], job["coord_offsets"], job["coords"]
-    heights, widths = job["heights"][lo:hi], job["widths"][lo:hi]
-    out = np.zeros(hi - lo, dtype=bool)
-    keys = heights.astype(np.int64) * (1 << 32) + widths
+    heights, widths = job["heights"], job["widths"]
+    out = _surely_nonempty(part_lo[lo:hi], part_hi[lo:hi], offs, coords, heights[lo:hi], widths[lo:hi])
+    todo = np.flatnonzero(~out) + lo
+    if todo.size == 0:
+        return out
+    keys = heights[todo].astype(np.int64) * (1 << 32) + widths[todo]
     for key in np.unique(keys):  # one pycocotools call per image size
-        members = np.flatnonzero(keys == key) + lo
+        members = todo[keys == key]
+        h, w = int(key >> 32), int(key & 0xFFFFFFFF)
+        parts, owner = [], []
+        for k in members.tolist():
+            for j in range(int(part_lo[k]), int(part_hi[k])):
+                parts.append(coords[offs[j]:offs[j + 1]])
+                owner.append(k - lo)
+        if not parts:
+            continue
+        rles = mask_utils.frPyObjects(parts, h, w)
+        areas = np.concatenate([np.asarray(mask_utils.area(rles[i:i + _AREA_CHUNK]), dtype=np.int64).reshape(-1)
+                                for i in range(0, len(rles), _AREA_CHUNK)])
+        np.logical_or.at(out, np.asarray(owner), areas > 0)
+    return out
+
+
+def default_workers() -> int:
+    """CPU cores for this process: its affinity set shared among the local ranks of a torchrun job."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(8, cores // max(1, local)))
+
+
+def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple:
+    """(which range, position within it) for every element of the ranges laid end to end."""
+    which = np.repeat(np.arange(lengths.size), lengths)
+    first = np.cumsum(lengths) - lengths
+    return which, np.arange(int(lengths.sum())) - first[which], first
+
+
+def _centre_is_clear(cx, cy, x, y, dx, dy, seg2, vpart, starts, heights, widths, margin) -> np.ndarray:
+    """Per part: candidate centre (cx, cy) inside (odd crossings of a ray to +x), at least ``margin``
+    from every edge and in the image. Edge e runs from (x, y) by (dx, dy); ``vpart`` is its part."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        px, py = cx[vpart], cy[vpart]
+        straddles = (y > py) != (y + dy > py)
+        crossing = straddles & (px < x + (py - y) * dx / np.where(straddles, dy, 1.0))
+        odd = (np.add.reduceat(crossing.astype(np.int64), starts) & 1).astype(bool)
+        t = np.clip(((px - x) * dx + (py - y) * dy) / np.where(seg2 > 0, seg2, 1.0), 0.0, 1.0)
+        d2 = (x + t * dx - px) ** 2 + (y + t * dy - py) ** 2
+        clear = np.minimum.reduceat(d2, starts) >= margin * margin
+    inside_image = (cx > 0) & (cx < widths) & (cy > 0) & (cy < heights)
+    return odd & clear & inside_image
+
+
+def _parts_surely_cover_a_pixel(coords: np.ndarray, lo: np.ndarray, hi: np.ndarray, heights: np.ndarray,
+                                widths: np.ndarray, margin: float) -> np.ndarray:
+    """For polygon parts ``coords[lo:hi]``: True where a pixel centre lies inside the part (even-odd
+    rule) at least ``margin`` pixels from every edge, in the image. pycocotools sets pixel (i, j)
+    when its centre (i + 0.5, j + 0.5) falls inside the polygon after each vertex moved by at most
+    0.1 px (its 5x grid), so a centre 0.25 px inside is set, under either fill rule (an odd
+    crossing count means a nonzero winding number too): True means the mask has a pixel. False
+    decides nothing (the caller rasterises). Two candidate centres per part: the ones nearest the
+    middle of its box and the mean of its vertices."""
+    nverts = (hi - lo) // 2
+    vpart, local, first = _concat_ranges(lo, nverts)
+    xi = lo[vpart] + 2 * local
+    x, y = coords[xi], coords[xi + 1]
+    nxt = np.arange(x.size) + 1
+    last = local == nverts[vpart] - 1
+    nxt[last] = first[vpart[last]]
+    x1, y1 = x[nxt], y[nxt]
+    dx, dy = x1 - x, y1 - y
+    seg2 = dx * dx + dy * dy
+    starts = first
+    mid = (np.floor((np.minimum.reduceat(x, starts) + np.maximum.reduceat(x, starts)) / 2) + 0.5,
+           np.floor((np.minimum.reduceat(y, starts) + np.maximum.reduceat(y, starts)) / 2) + 0.5)
+    ok = _centre_is_clear(mid[0], mid[1], x, y, dx, dy, seg2, vpart, starts, heights, widths, margin)
+    if not ok.all():  # a second candidate, the vertex mean, for the parts the first failed
+        retry = np.flatnonzero(~ok)
+        keep = ~ok[vpart]
+        sub_starts = (np.cumsum(nverts[retry]) - nverts[retry])
+        mean = (np.floor(np.add.reduceat(x, starts)[retry] / nverts[retry]) + 0.5,
+                np.floor(np.add.reduceat(y, starts)[retry] / nverts[retry]) + 0.5)
+        sub_vpart = np.repeat(np.arange(retry.size), nverts[retry])
+        ok[retry] = _centre_is_clear(mean[0], mean[1], x[keep], y[keep], dx[keep], dy[keep], seg2[keep], sub_vpart,
+                                     sub_starts, heights[retry], widths[retry], margin)
+    return ok
+
+
+def polygons_surely_nonempty(records: InstanceRecords, heights: np.ndarray, widths: np.ndarray,
+                             margin: float = 0.25) -> np.ndarray:
+    """Per annotation: True where one of its polygon parts surely rasterises to at least a pixel
+    (see :func:`_parts_surely_cover_a_pixel`) — a vectorised test, ~100x cheaper than rasterising."""
+    return _surely_nonempty(records.part_lo, records.part_hi, records.coord_offsets, records.coords,
+                            np.asarray(heights), np.asarray(widths), margin)
+
+
+def _surely_nonempty(part_lo, part_hi, coord_offsets, coords, heights, widths, margin: float = 0.25,
+                     chunk_vertices: int = 1 << 20) -> np.ndarray:
+    out = np.zeros(part_lo.size, dtype=bool)
+    nparts = part_hi - part_lo
+    ann_of_part, local, _ = _concat_ranges(part_lo, nparts)
+    part = part_lo[ann_of_part] + local
+    lo, hi = coord_offsets[part], coord_offsets[part + 1]
+    part_h, part_w = heights[ann_of_part], widths[ann_of_part]
+    ends = np.cumsum((hi - lo) // 2)
+    begin = 0
+    while begin < part.size:  # in pieces of about a million vertices: bounded temporaries
+        end = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0) + chunk_vertices)))
+        sl = slice(begin, end)
+        ok = _parts_surely_cover_a_pixel(coords, lo[sl], hi[sl], part_h[sl], part_w[sl], margin)
+        out[ann_of_part[sl][ok]] = True
+        begin = end
+    return out
+
+
+def _nonempty_range(bounds: tuple) -> np.ndarray:
+    """For annotations ``bounds[0]:bounds[1]`` of ``_JOB``: whether any polygon part covers a pixel
+    (the union of the parts is empty exactly when every part is). The vectorised test first; the
+    polygons it cannot vouch for are rasterised."""
+    lo, hi = bounds
+    job = _JOB
+    part_lo, part_hi, offs, coords = job["part_lo"], job["part_hi"], job["coord_offsets"], job["coords"]
+    heights, widths = job["heights"], job["widths"]
+    out = _surely_nonempty(part_lo[lo:hi], part_hi[lo:hi], offs, coords, heights[lo:hi], widths[lo:hi])
+    todo = np.flatnonzero(~out) + lo
+    if todo.size == 0:
+        return out
+    keys = heights[todo].astype(np.int64) * (1 << 32) + widths[todo]
+    for key in np.unique(keys):  # one pycocotools call per image size
+        members = todo[keys == key]
         h, w = int(key >> 32), int(key & 0xFFFFFFFF)
         parts, owner = [], []
         for k in members.tolist():
@@ -299,11 +444,11 @@ def polygons_rasterise_nonempty(records: InstanceRecords, heights: np.ndarray, w
     rasteriser gives it at least one pixel at its image's size (``heights``/``widths`` per
     annotation). Rasterising is the one costly step of an exact emptiness check (~30 µs a
     polygon): it runs only for the polygons that :func:`polygons_surely_nonempty` cannot vouch
-    for, and with many of those in forked processes that share the buffers."""
+    for. With many polygons both steps run in forked processes that share the buffers.""" 
     n = len(records)
     is_poly = records.part_hi > records.part_lo
     out = np.ones(n, dtype=bool)
-    polys = np.flatnonzero(is_poly & ~polygons_surely_nonempty(records, heights, widths))
+    polys = np.flatnonzero(is_poly)
     if polys.size == 0:
         return out
     _JOB.update(part_lo=records.part_lo[polys], part_hi=records.part_hi[polys], coord_offsets=records.coord_offsets,
