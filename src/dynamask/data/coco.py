@@ -479,17 +479,16 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.exif_rotated_ids: set = set()
         self._exif_logged = False
 
-        raw = _read_bytes(self.ann_file)
         cache_entry = None
         if cache_dir is not None:
-            cache_entry = Path(cache_dir) / f"records-{self._cache_key(raw, categories)}"
+            cache_entry = Path(cache_dir) / f"records-{self._cache_key(categories)}"
             cached = load_cache(cache_entry, RECORD_FIELDS + _IMAGE_FIELDS)
             self.cache_hit = cached is not None
             if cached is not None:
-                del raw
                 self._restore(*cached)
                 self._finish()
                 return
+        raw = _read_bytes(self.ann_file)
         data = _parse_json(raw, self.ann_file)
         del raw
         _validate_header(data, self.ann_file)
@@ -540,10 +539,18 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                            details)
 
     # ---------------------------------------------------------------- cache
-    def _cache_key(self, raw: bytes, categories) -> str:
+    def _cache_key(self, categories) -> str:
         """The file's SHA-256 and every argument the records depend on (the image folder too: image
-        sizes missing from the json are read from the files)."""
-        h = hashlib.sha256(raw)
+        sizes missing from the json are read from the files). The file is read in pieces."""
+        h = hashlib.sha256()
+        try:
+            with open(self.ann_file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+        except FileNotFoundError:
+            raise DatasetError(f"{self.ann_file}: annotation file not found") from None
+        except OSError as e:
+            raise DatasetError(f"{self.ann_file}: cannot read annotation file: {e}") from None
         h.update(json.dumps([CACHE_FORMAT, self.min_box_size, self.validate_masks,
                              None if categories is None else [[int(i), str(n)] for i, n in categories],
                              os.path.abspath(self.image_dir)]).encode())
