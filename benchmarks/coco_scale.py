@@ -270,14 +270,11 @@ def make_result_set(out: Path, fraction: float = 1.0, seed: int = 0) -> tuple[Pa
     return gt_file, res_file
 
 
-def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path) -> dict:
-    """``dynamask evaluate --results`` in a process of its own: wall time and the peak RSS summed
-    over its process tree (sampled every 0.1 s)."""
+def _run_tree(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """Run ``cmd``; wall seconds, the peak RSS (MiB) summed over its process tree sampled every
+    0.1 s, and its stdout."""
     import psutil
 
-    cmd = [sys.executable, "-m", "dynamask", "evaluate", "--results", str(res_file), "--gt", str(gt_file),
-           "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
@@ -292,10 +289,53 @@ def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path) -> dict:
     seconds = time.perf_counter() - t
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"dynamask evaluate --results failed:\n{stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{stderr[-3000:]}")
+    return seconds, peak, stdout
+
+
+BREAKDOWN = r"""
+import json, sys, time
+sys.path.insert(0, {src!r})
+from dynamask.data import load_coco_json
+from dynamask.engine.evaluate import compute_coco_metrics, load_results_file
+gt = load_coco_json({gt!r})
+entries = load_results_file({res!r}, gt)
+drop = {drop!r}
+entries = [{{k: v for k, v in r.items() if k != drop}} for r in entries]
+t = time.perf_counter()
+m = compute_coco_metrics(gt, entries, max_dets=100, boundary={boundary!r}, cpu_count=1)
+print(json.dumps({{"compute_seconds": time.perf_counter() - t, "AP": {{k: m[k] for k in ("bbox_AP", "segm_AP", "boundary_AP")}}}}))
+"""
+
+
+def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path) -> dict:
+    """``dynamask evaluate --results`` in a process of its own: wall time and the peak RSS summed
+    over its process tree (sampled every 0.1 s)."""
+    cmd = [sys.executable, "-m", "dynamask", "evaluate", "--results", str(res_file), "--gt", str(gt_file),
+           "--out", str(out)]
+    seconds, peak, _ = _run_tree(cmd, _env())
     metrics = json.loads((out / "metrics.json").read_text())
     return {"seconds": seconds, "peak_rss_mib": peak, "command": " ".join(cmd[1:]),
             "metrics": {k: metrics.get(k) for k in ("segm_AP", "bbox_AP", "boundary_AP", "num_detections")}}
+
+
+def measure_breakdown(gt_file: Path, res_file: Path) -> dict:
+    """Each kind of AP alone, in a process of its own (``compute_coco_metrics`` on the loaded file:
+    bbox without masks; segm without boxes; segm and boundary together — the boundary's share is
+    their difference): the call's time and the process tree's peak RSS."""
+    parts = {}
+    for name, drop, boundary in (("bbox", "segmentation", False), ("segm", "bbox", False),
+                                 ("segm+boundary", "bbox", True)):
+        code = BREAKDOWN.format(src=str(ROOT / "src"), gt=str(gt_file), res=str(res_file), drop=drop, boundary=boundary)
+        wall, tree_peak, stdout = _run_tree([sys.executable, "-c", code], _env())
+        parts[name] = json.loads(stdout.strip().splitlines()[-1]) | {"wall_seconds": wall, "peak_rss_mib": tree_peak}
+        print(f"  [{name}] {parts[name]['compute_seconds']:.0f} s in compute_coco_metrics, peak RSS "
+              f"{tree_peak:.0f} MiB", flush=True)
+    return parts
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def main(argv=None) -> None:
@@ -311,6 +351,9 @@ def main(argv=None) -> None:
     p.add_argument("--metrics", action="store_true", help="also score a val2017-sized result set")
     p.add_argument("--metrics-only", action="store_true")
     p.add_argument("--metrics-fraction", type=float, default=1.0, help="of val2017's size")
+    p.add_argument("--breakdown", action="store_true", help="with --metrics: each kind of AP in a process of its own")
+    p.add_argument("--breakdown-only", action="store_true",
+                   help="with --metrics-only: add the breakdown to the recorded results file, no new evaluate run")
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     started = time.time()
@@ -371,9 +414,19 @@ def main(argv=None) -> None:
         mout = ROOT / "runs" / f"coco_scale_val_{args.metrics_fraction:g}"
         gt_file, res_file = make_result_set(mout, args.metrics_fraction)
         print(f"[results] {res_file} ({res_file.stat().st_size / 2**20:.0f} MB)", flush=True)
-        m = measure_evaluate_results(gt_file, res_file, mout / "eval")
-        m.update(metrics_fraction=args.metrics_fraction, results_file_mb=res_file.stat().st_size / 2**20)
-        print(f"[evaluate --results] {m['seconds']:.0f} s, peak RSS {m['peak_rss_mib']:.0f} MiB: {m['metrics']}", flush=True)
+        name = f"coco_scale_metrics_{args.metrics_fraction:g}.json"
+        previous = HERE / "results" / name
+        if args.breakdown_only and previous.exists():  # add the breakdown to the recorded run
+            result = json.loads(previous.read_text())
+            m = result["evaluate_results"]
+        else:
+            m = measure_evaluate_results(gt_file, res_file, mout / "eval")
+            m.update(metrics_fraction=args.metrics_fraction, results_file_mb=res_file.stat().st_size / 2**20)
+            print(f"[evaluate --results] {m['seconds']:.0f} s, peak RSS {m['peak_rss_mib']:.0f} MiB: {m['metrics']}",
+                  flush=True)
+        if args.breakdown or args.breakdown_only:
+            m["breakdown"] = measure_breakdown(gt_file, res_file)
+            m["breakdown_date"] = datetime.date.today().isoformat()
         result["evaluate_results"] = m
     result["wall_time_s"] = round(time.time() - started, 1)
     name = f"coco_scale_{args.fraction:g}.json" if not args.metrics_only else f"coco_scale_metrics_{args.metrics_fraction:g}.json"

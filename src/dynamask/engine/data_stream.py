@@ -18,6 +18,7 @@ import torch
 from ..data import collate_fn
 from ..data.coco import DatasetError
 from ..errors import ConfigError, DynaMaskError
+from . import distributed as du
 from .rng import sample_seed
 
 __all__ = ["InfiniteShardSampler", "SeededDataset", "SKIPPED_KEY", "SkippedImages", "load_train_dataset",
@@ -136,8 +137,25 @@ def load_train_dataset(cfg: dict):
                                   flip_prob=inp["flip_prob"], color_jitter=inp["color_jitter"] > 0,
                                   resize_masks=mask_targets_in_use(cfg["model"]) == "resized")
     cache = os.path.join(cfg["output_dir"], "cache") if d.get("cache_records", True) and cfg.get("output_dir") else None
-    ds = CocoInstanceDataset(d["train_json"], d["train_images"], transforms=transforms,
-                             keep_empty=d["keep_empty"], cache_dir=cache)
+
+    def build():
+        return CocoInstanceDataset(d["train_json"], d["train_images"], transforms=transforms,
+                                   keep_empty=d["keep_empty"], cache_dir=cache)
+
+    if cache is not None and du.is_dist():
+        # one process per node parses and writes the cache; the node's other ranks then map it
+        # (instead of every rank holding a parse's peak memory at once)
+        ds, failure = None, None
+        if du.env_local_rank() == 0:
+            try:
+                ds = build()
+            except Exception as exc:  # every rank raises below, none waits for a dataset that never comes
+                failure = exc
+        du.agree_on_failure(failure, f"loading data.train_json {d['train_json']}")
+        if ds is None:
+            ds = build()
+    else:
+        ds = build()
     if not ds.class_names:
         raise DynaMaskError(f"data.train_json: {d['train_json']} lists no categories")
     if len(ds) == 0:
