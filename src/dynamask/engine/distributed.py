@@ -37,6 +37,7 @@ __all__ = [
     "gather_object",
     "broadcast_object",
     "agree_on_failure",
+    "settle_on_rank0_status",
     "shard_positions",
     "process_device",
     "reduce_dict",
@@ -198,6 +199,20 @@ def agree_on_failure(exc: Optional[BaseException], what: str) -> None:
     if failed:
         rank, text = failed[0]
         raise DynaMaskError(f"{what}: rank {rank} of {len(texts)} failed ({text})")
+
+
+def settle_on_rank0_status(status: tuple, failure: Optional[BaseException], what: str) -> tuple:
+    """Collective: rank 0's ``status`` — ``("ok", ...)`` or ``("failed", rank, text)`` — on every
+    process, each of which raises when it says failed: its own exception (``failure``) when it has
+    one, else a :class:`~dynamask.errors.DynaMaskError` naming the rank that failed."""
+    from ..errors import DynaMaskError
+
+    status = broadcast_object(status)
+    if status[0] != "ok":
+        if failure is not None:
+            raise failure
+        raise DynaMaskError(f"{what}: rank {status[1]} of {get_world_size()} failed ({str(status[2])[:500]})")
+    return status
 
 
 def shard_positions(n: int, rank: int, world: int, block: int = 1) -> List[int]:

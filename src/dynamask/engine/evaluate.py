@@ -712,12 +712,7 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
         except Exception as exc:  # noqa: BLE001
             failure = failure or exc
             status = ("failed", 0, f"{type(exc).__name__}: {exc}")
-    status = du.broadcast_object(status)
-    if status[0] != "ok":
-        if failure is not None:
-            raise failure
-        raise DynaMaskError(f"evaluate: rank {status[1]} of {world} failed ({str(status[2])[:500]})")
-    return status[2]
+    return du.settle_on_rank0_status(status, failure, "evaluate")[2]
 
 
 def _merge_runs(runs: Sequence[Dict[str, Any]], shards: Sequence[Sequence[int]], n: int) -> Dict[str, Any]:

@@ -185,11 +185,7 @@ def predict_files(
         except Exception as exc:  # noqa: BLE001
             failure = failure or exc
             status = ("failed", 0, f"{type(exc).__name__}: {exc}")
-    status = du.broadcast_object(status)
-    if status[0] != "ok":
-        if failure is not None:
-            raise failure
-        raise DynaMaskError(f"predict: rank {status[1]} of {world} failed ({str(status[2])[:500]})")
+    du.settle_on_rank0_status(status, failure, "predict")
     return json_path
 
 
