@@ -213,41 +213,26 @@ def _gc_paused():
             gc.enable()
 
 
-def _read_bytes(path: str) -> bytearray:
-    """The file's bytes, in a buffer that :func:`_parse_json` can empty as soon as it has decoded them."""
+def _read_json(path: str) -> Any:
+    """Parse a json file (UTF-8, -16 or -32, as ``json.loads`` of bytes detects), holding the file's
+    bytes and its decoded text one after the other rather than together."""
     try:
         with open(path, "rb") as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
-            got = f.readinto(buf)
-            del buf[got:]
-            rest = f.read()  # a file that grew, or one whose size the file system does not know
-            if rest:
-                buf += rest
-            return buf
+            raw = f.read()
     except FileNotFoundError:
         raise DatasetError(f"{path}: annotation file not found") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read annotation file: {e}") from None
-
-
-def _parse_json(raw: bytearray, path: str) -> Any:
-    """Parse json bytes (UTF-8, -16 or -32, as ``json.loads`` of bytes detects), holding the bytes
-    and the decoded text one after the other rather than together: ``raw`` is emptied."""
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: annotation file is not UTF-8 text (byte {e.start}): {e.reason}") from None
-    finally:
-        del raw[:]
+    del raw
     try:
         with _gc_paused():
             return json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
-
-
-def _read_json(path: str) -> Any:
-    return _parse_json(_read_bytes(path), path)
 
 
 def load_coco_json(path: Union[str, os.PathLike]) -> dict:
@@ -319,9 +304,6 @@ def _encoded_segmentation(seg: Any, height: int, width: int) -> Tuple[Optional[l
     points, the only ones :func:`segmentation_to_rle` rasterises — or ``(None, rle)``, one
     compressed RLE (bytes counts); ``(None, None)`` when nothing usable remains. Raises like
     :func:`segmentation_to_rle`; rasterises nothing for polygons."""
-    if type(seg) is list and len(seg) == 1 and type(seg[0]) is list:  # most objects: one polygon
-        p = seg[0]
-        return ([p] if len(p) >= 6 and not len(p) % 2 else None), None
     if isinstance(seg, list) and not (seg and all(isinstance(p, dict) for p in seg)):
         polys = []
         for p in seg:
@@ -488,9 +470,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 self._restore(*cached)
                 self._finish()
                 return
-        raw = _read_bytes(self.ann_file)
-        data = _parse_json(raw, self.ann_file)
-        del raw
+        data = _read_json(self.ann_file)
         _validate_header(data, self.ann_file)
 
         if categories is not None:  # a label space fixed from outside (e.g. torchvision's COCO labels)
@@ -642,7 +622,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 if rle is not None and self.validate_masks and int(mask_utils.area(rle)) == 0:
                     polygons, rle = None, None
                 if not polygons and rle is None:
-                    self.skip_counts["empty_segmentation"] += 1
+                    skips["empty_segmentation"] += 1
                     continue
                 builder.add(pos, idx, label, (x1, y1, x2, y2), area, polygons=polygons,
                             rle_counts=None if rle is None else rle["counts"])

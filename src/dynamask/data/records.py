@@ -141,7 +141,7 @@ class RecordsBuilder:
             self.rle_bytes += rle_counts
         self.ints.extend((image_pos, ann_index, label, first_part, len(offsets) - 1, lo, len(self.rle_bytes),
                           area is not None))
-        self.floats.extend((box[0], box[1], box[2], box[3], float("nan") if area is None else area))
+        self.floats.extend((box[0], box[1], box[2], box[3], _NAN if area is None else area))
 
     def add_polygon(self, image_pos: int, ann_index: int, label: int, x1: float, y1: float, x2: float, y2: float,
                     area: Optional[float], polygon: Sequence[float]) -> None:
@@ -325,7 +325,7 @@ def polygons_rasterise_nonempty(records: InstanceRecords, heights: np.ndarray, w
     rasteriser gives it at least one pixel at its image's size (``heights``/``widths`` per
     annotation). Rasterising is the one costly step of an exact emptiness check (~30 µs a
     polygon): it runs only for the polygons that :func:`polygons_surely_nonempty` cannot vouch
-    for. With many polygons both steps run in forked processes that share the buffers.""" 
+    for. With many polygons both steps run in forked processes that share the buffers."""
     n = len(records)
     is_poly = records.part_hi > records.part_lo
     out = np.ones(n, dtype=bool)
