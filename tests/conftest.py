@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -36,6 +37,17 @@ def pytest_collection_modifyitems(config, items):
         return RUN_FIRST.index(name) if name in RUN_FIRST else len(RUN_FIRST)
 
     items.sort(key=rank)  # stable: the order inside each module and among the rest is kept
+
+
+@pytest.fixture
+def restore_logging():
+    """main() configures the 'dynamask' logger; put it back for the other test files."""
+    log = logging.getLogger("dynamask")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]
 
 
 @pytest.fixture(scope="module")

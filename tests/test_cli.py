@@ -1,7 +1,6 @@
 """Command line: help/version, shapes, one-line errors and exit codes, --debug, train/evaluate/predict wiring."""
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -15,20 +14,10 @@ from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 
 pytestmark = [
+    pytest.mark.usefixtures("restore_logging"),
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures the 'dynamask' logger; put it back for the other test files."""
-    log = logging.getLogger("dynamask")
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
 
 
 @pytest.fixture(scope="module")

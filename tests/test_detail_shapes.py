@@ -8,7 +8,6 @@ keep >= 0.97 at 28.
 
 import hashlib
 import json
-import logging
 import re
 
 import cv2
@@ -241,17 +240,6 @@ def test_boundary_matches_the_reference_definition():
 
 
 # ------------------------------------------------------------------ command line
-
-
-@pytest.fixture
-def restore_logging():
-    """main() configures the 'dynamask' logger; put it back for the other test files."""
-    log = logging.getLogger("dynamask")
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
 
 
 @pytest.mark.usefixtures("restore_logging")

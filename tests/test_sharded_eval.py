@@ -28,6 +28,7 @@ from dynamask.engine.evaluate import AP_KEYS, METRIC_KEYS
 from dynamask.engine.predict import predict_files, shard_files
 
 pytestmark = [
+    pytest.mark.usefixtures("restore_logging"),
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -37,17 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAD = ROOT / "checkpoints" / "shapes_detail_dynamask_c64.pt"  # the demo's head on its detector
 #: 5 images in batches of 2: rank 0 runs batches 0 and 2 (3 images), rank 1 batch 1 (2 images)
 VAL_IMAGES = 5
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures the 'dynamask' logger; put it back for the other test files."""
-    log = logging.getLogger("dynamask")
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
 
 
 @pytest.fixture(scope="module")
