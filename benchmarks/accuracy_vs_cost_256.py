@@ -55,8 +55,17 @@ PAPER_TARGETS = (0.4, 0.6)  # the paper switch's own cost puts lower targets out
 #: the authors' switch taught by the comparable signal (issue #25, part 3): each stage's mask error
 #: against one 112×112 target instead of its own edge loss (model.paper_switch_signal)
 COMPARABLE_PAPER = "paper-selcost@0.4"
+#: point-sparse heads (issue 31, model.refinement=points): 56 and 112 re-predict only the
+#: SPARSE_POINTS most uncertain points per RoI; the dynamic one's training target is a fraction of
+#: its *own* full path (the 14 stage alone is 43 % of it), chosen so that the dial can reach 20 % of
+#: dense fixed-112's mask FLOPs (72 % of its own path) around where it was trained
+SPARSE_POINTS = 784
+SPARSE_TARGET = 0.7
+SPARSE_FIXED = "sparse-fixed-112"
+SPARSE_DYNAMIC = f"sparse-dynamic@{SPARSE_TARGET}"
 ORDER = (["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"]
-         + [f"dynamic@{t}" for t in COST_TARGETS] + [f"paper@{t}" for t in PAPER_TARGETS] + [COMPARABLE_PAPER])
+         + [f"dynamic@{t}" for t in COST_TARGETS] + [f"paper@{t}" for t in PAPER_TARGETS] + [COMPARABLE_PAPER]
+         + [SPARSE_FIXED, SPARSE_DYNAMIC])
 
 
 def head_widths(c: int) -> list[int]:
@@ -86,9 +95,15 @@ def runs(detector: str, width: int) -> list[dict]:
 
     maskrcnn = {"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
                 "evals": [("maskrcnn", None)]}
+    points = ["model.refinement=points", f"model.refinement_points={SPARSE_POINTS}"]
+    sparse = [{"name": SPARSE_FIXED, "config": cfg, "evals": [(SPARSE_FIXED, "fixed-112")],
+               "overrides": common + ["model.head=dynamask", "model.policy=fixed-112"] + points},
+              {"name": SPARSE_DYNAMIC, "config": cfg, "evals": [(SPARSE_DYNAMIC, "dynamic")],
+               "overrides": common + ["model.head=dynamask", "model.policy=dynamic", "model.switch=cost",
+                                      f"model.mask_budget_target={SPARSE_TARGET}"] + points}]
     return ([maskrcnn, switched("cost", 0.4), fixed(112), fixed(28)]
             + [switched("cost", t) for t in COST_TARGETS if t != 0.4] + [fixed(56), fixed(14)]
-            + [switched("paper", t) for t in PAPER_TARGETS] + [switched("paper", 0.4, "selection_cost")])
+            + [switched("paper", t) for t in PAPER_TARGETS] + [switched("paper", 0.4, "selection_cost")] + sparse)
 
 
 def head_file(args, name: str) -> Path:

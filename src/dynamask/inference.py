@@ -37,6 +37,7 @@ __all__ = [
     "MASK_BRANCH_PREFIX",
     "apply_policy",
     "checkpoint_geometry",
+    "checkpoint_refinement",
     "checkpoint_mismatches",
     "file_sha256",
     "hyper_parameters",
@@ -51,9 +52,12 @@ MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
 
 #: model config keys that decide the shapes of the weights (and so whether a checkpoint fits)
 ARCHITECTURE_KEYS = ("head", "backbone", "fam", "fpn_channels", "box_representation_size", "head_widths",
-                     "head_reduced_channels", "maskrcnn_head_channels", "switch")
+                     "head_reduced_channels", "maskrcnn_head_channels", "switch", "refinement")
 #: the subset the detector (all but the mask branch) depends on
 DETECTOR_ARCHITECTURE_KEYS = ("backbone", "fpn_channels", "box_representation_size")
+
+#: the refinement of checkpoints that record none: they predate point stages and are dense
+LEGACY_REFINEMENT = "dense"
 
 #: the geometry of checkpoints that record none: they predate the key and were trained with it
 LEGACY_MASK_GEOMETRY = "torchvision"
@@ -175,7 +179,7 @@ def _resolved(hp: dict) -> dict:
         return hp
     widths, reduced = resolve_widths(hp.get("head_widths"), hp.get("head_reduced_channels"))
     return {**hp, "head_widths": list(widths), "head_reduced_channels": list(reduced),
-            "switch": hp.get("switch") or "cost"}
+            "switch": hp.get("switch") or "cost", "refinement": hp.get("refinement") or LEGACY_REFINEMENT}
 
 
 def checkpoint_geometry(ckpt: dict) -> str:
@@ -185,6 +189,15 @@ def checkpoint_geometry(ckpt: dict) -> str:
         if isinstance(source, dict) and source.get("mask_geometry"):
             return str(source["mask_geometry"])
     return LEGACY_MASK_GEOMETRY
+
+
+def checkpoint_refinement(ckpt: dict) -> str:
+    """``"dense"`` or ``"points"``, read from the checkpoint itself, never from defaults: one that
+    records none predates point stages and is ``"dense"``."""
+    for source in (ckpt.get("hyper_parameters"), (ckpt.get("config") or {}).get("model")):
+        if isinstance(source, dict) and source.get("refinement"):
+            return str(source["refinement"])
+    return LEGACY_REFINEMENT
 
 
 def _norm(v):
@@ -205,6 +218,8 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
         have = hyper_parameters(with_defaults(ck_cfg),
                                 ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
     have = _resolved(have)
+    if have.get("head") == "dynamask":  # never the defaults' value for a checkpoint that predates the key
+        have["refinement"] = checkpoint_refinement(ckpt)
     want = hyper_parameters(with_defaults(cfg), num_classes or have["num_classes"])
     keys = DETECTOR_ARCHITECTURE_KEYS if detector_only else ARCHITECTURE_KEYS
     out = []
@@ -283,6 +298,7 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     carried = ckpt.get("config")
     if isinstance(carried, dict):  # keys added to dynamask after the checkpoint was written
         carried = with_defaults(carried)
+        carried["model"]["refinement"] = checkpoint_refinement(ckpt)
     cfg = with_defaults(cfg) if cfg else carried
     if cfg is None:
         raise DynaMaskError(f"{path}: the checkpoint carries no config; pass --config")
@@ -299,6 +315,7 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
         raise DynaMaskError(f"{path}: the checkpoint's mask_geometry {geometry!r} is not one of "
                             f"{', '.join(MASK_GEOMETRIES)}")
     build_cfg["model"]["mask_geometry"] = geometry
+    build_cfg["model"]["refinement"] = checkpoint_refinement(ckpt)
     model = build_model(build_cfg, num_classes)
     try:
         model.load_state_dict(ckpt["model"])

@@ -147,6 +147,9 @@ def _to_config_error(err: Dict[str, Any], raw: Mapping[str, Any], sources: Mappi
     if err["type"] == "min_max_size":
         src = sources.get("input.max_size") or sources.get("input.min_size") or "config"
         return ConfigError(f"{src}: {err['ctx']['text']}")
+    if err["type"] in ("points_switch", "points_geometry"):  # a combination of model keys
+        src = sources.get("model.refinement") or "config"
+        return ConfigError(f"{src}: {err['ctx']['text']}")
     source = sources.get(key, source)
     if err["type"] == "extra_forbidden":
         value = err["input"]

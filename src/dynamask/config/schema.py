@@ -36,6 +36,8 @@ MASK_TARGETS: Tuple[str, ...] = ("original", "resized")
 SWITCHES: Tuple[str, ...] = ("cost", "paper")
 #: what trains the authors' switch (models/dynamask_head.py, DynaMaskHead.PAPER_SIGNALS)
 PAPER_SIGNALS: Tuple[str, ...] = ("edge", "selection_cost")
+#: how the DynaMask head's 56 and 112 stages are computed (models/point_refine.py)
+REFINEMENTS: Tuple[str, ...] = ("dense", "points")
 #: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
 WIDTH_PRESETS: Tuple[str, ...] = ("balanced", "paper")
 #: backbones accepted by torchvision's resnet_fpn_backbone
@@ -150,6 +152,11 @@ class ModelConfig(_Section):
     paper_switch_signal: _choice(PAPER_SIGNALS) = _doc(
         "edge", "what teaches the paper switch quality: edge (the authors': each stage's edge loss against its own "
         "target, stage-weighted) or selection_cost (each stage's mask error against one 112x112 target)")
+    refinement: _choice(REFINEMENTS) = _doc(
+        "dense", "DynaMask 56 and 112 stages: dense (convolutions over the whole map) or points (only the most "
+                 "uncertain points of the upsampled coarser mask are re-predicted, from features sampled there)")
+    refinement_points: Int = _doc(784, "points re-predicted per instance at each point stage at inference "
+                                       "(refinement: points; also the training points per RoI)", ge=1)
     maskrcnn_head_channels: Int = _doc(256, "conv width of the Mask R-CNN baseline head (torchvision: 256)", ge=1)
     weights_backbone: Path = _doc(None, "local ImageNet checkpoint (.pth) for the backbone (null = random init)")
     init_weights: Path = _doc(None, "dynamask checkpoint whose weights initialise training (fine-tuning)")
@@ -183,6 +190,21 @@ class ModelConfig(_Section):
                                                     "(null = all)", ge=1)
     box_detections_per_img: Int = _doc(100, "maximum detections per image returned by the detector", ge=1)
     box_score_thresh: Float = _doc(0.05, "detector's minimum class score for a detection to be returned", ge=0, le=1)
+
+
+    @model_validator(mode="after")
+    def _points_need(self, info: ValidationInfo) -> "ModelConfig":
+        """Point stages read their targets at exact coordinates and give the switch no dense edges."""
+        if info.context and info.context.get("partial") or self.refinement != "points" or self.head != "dynamask":
+            return self
+        if self.switch == "paper" and self.policy == "dynamic":
+            text = ("'model.switch' paper cannot be used with 'model.refinement' points: the authors' switch is "
+                    "trained on every stage's dense edge map, which point stages do not compute (use switch cost)")
+            raise PydanticCustomError("points_switch", "{text}", {"text": text})
+        if self.mask_geometry != "exact":
+            text = "'model.refinement' points needs 'model.mask_geometry' exact"
+            raise PydanticCustomError("points_geometry", "{text}", {"text": text})
+        return self
 
 
 class InputConfig(_Section):

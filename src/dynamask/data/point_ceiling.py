@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..models.geometry import check_geometry, roi_mask_targets
 from ..models.paste import paste_masks
-from .yardstick import _dilation, mask_boundary
+from .yardstick import boundary_dilation, mask_boundary
 
 __all__ = ["SELECTION_RULE", "PointCeiling", "PointChain", "concat", "point_ceiling", "point_chain", "refine_points",
            "select_uncertain", "upsample2x"]
@@ -170,7 +170,7 @@ def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 39
     size = gt.shape[-2:]
     targets = {r: roi_mask_targets(masks, boxes, r, geometry) for r in resolutions}
     labels: List[Tuple[str, Optional[int]]] = [("dense", None), ("N=0", 0)] + [(f"N={int(p)}", int(p)) for p in points]
-    d = _dilation(int(size[0]), int(size[1]), dilation_ratio)
+    d = boundary_dilation(int(size[0]), int(size[1]), dilation_ratio)
     gt_np = gt.numpy()
     gt_bands = [mask_boundary(g, d).astype(bool) for g in gt_np] if boundary else []
 

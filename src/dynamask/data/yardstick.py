@@ -31,12 +31,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-__all__ = ["Yardstick", "boundary_iou", "mask_boundary", "yardstick", "yardstick_from_coco"]
+__all__ = ["Yardstick", "boundary_dilation", "boundary_iou", "mask_boundary", "yardstick", "yardstick_from_coco"]
 
 DEFAULT_RESOLUTIONS: Tuple[int, ...] = (14, 28, 56, 112)
 
 
-def _dilation(h: int, w: int, dilation_ratio: float) -> int:
+def boundary_dilation(h: int, w: int, dilation_ratio: float) -> int:
+    """Boundary band width in pixels: the ratio times the image diagonal, at least 1."""
     return max(1, int(round(dilation_ratio * math.sqrt(h * h + w * w))))
 
 
@@ -55,7 +56,7 @@ def boundary_iou(gt: np.ndarray, pred: np.ndarray, dilation_ratio: float = 0.02)
     """Boundary IoU of two binary H×W masks, band width ``dilation_ratio`` × image diagonal
     (at least 1 px). 1.0 when both masks are empty."""
     gt = np.asarray(gt)
-    d = _dilation(gt.shape[0], gt.shape[1], dilation_ratio)
+    d = boundary_dilation(gt.shape[0], gt.shape[1], dilation_ratio)
     bg, bp = mask_boundary(gt, d).astype(bool), mask_boundary(pred, d).astype(bool)
     union = int(np.count_nonzero(bg | bp))
     return 1.0 if union == 0 else int(np.count_nonzero(bg & bp)) / union
@@ -212,7 +213,7 @@ def yardstick(
             continue
         gt_t = torch.from_numpy(m.astype(np.uint8))
         boxes_t = torch.from_numpy(boxes.astype(np.float32))
-        d = _dilation(h, w, dilation_ratio)
+        d = boundary_dilation(h, w, dilation_ratio)
         gt_bands = [mask_boundary(g, d).astype(bool) for g in m]
         for r in resolutions:
             with torch.no_grad():

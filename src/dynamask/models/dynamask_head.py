@@ -21,6 +21,8 @@ from .flops import conv2d_flops, roi_align_flops
 from .deform_conv import DEFORM_KERNELS
 from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
+from .point_refine import (PointStage, check_refinement, importance_points, point_targets, refine_at_points,
+                           sample_in_image, sample_in_rois)
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
 from .rfpn import FeatureAggregation, StagePredictor, init_conv
@@ -96,10 +98,21 @@ class DynaMaskHead(nn.Module):
         switch: str = "cost",
         deform_kernel: str = "auto",
         paper_signal: str = "edge",
+        refinement: str = "dense",
+        refinement_points: int = 784,
     ):
         super().__init__()
         check_policy(policy)
         self.switch_kind = check_switch(switch)
+        self.refinement = check_refinement(refinement)
+        if refinement == "points":
+            if policy == "dynamic" and switch == "paper":
+                raise ValueError("switch 'paper' cannot be used with refinement 'points': the authors' switch is "
+                                 "trained on every stage's dense edge map, which point stages do not compute; "
+                                 "use switch 'cost' (the default) or refinement 'dense'")
+            if mask_geometry != "exact":
+                raise ValueError("refinement 'points' needs mask_geometry 'exact': its targets are read from the "
+                                 "masks at the points' exact coordinates")
         if paper_signal not in self.PAPER_SIGNALS:
             raise ValueError(f"paper_signal must be one of {', '.join(self.PAPER_SIGNALS)}; got {paper_signal!r}")
         self.paper_signal = paper_signal
@@ -127,15 +140,22 @@ class DynaMaskHead(nn.Module):
             init_conv(nn.Conv2d(c0, c0, 3, padding=1)), nn.ReLU(inplace=True),
         )
         last = len(RESOLUTIONS) - 1
+        # with point refinement only 14 and 28 are dense; 56 and 112 are point stages
+        dense = self.num_stages if refinement == "dense" else min(self.num_stages, self.DENSE_STAGES_WITH_POINTS)
         self.predictors = nn.ModuleList(
             StagePredictor(widths[k], num_classes if k < last else 1, refine=k > 0)
-            for k in range(self.num_stages)
+            for k in range(dense)
         )
         self.aggregators = nn.ModuleList(
             FeatureAggregation(widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio,
                                deform_kernel)
-            for k in range(self.num_stages - 1)
+            for k in range(dense - 1)
         )
+        self.point_stages = nn.ModuleList(
+            PointStage(in_channels, reduced_channels[k - 1], widths[dense - 1], widths[k], num_classes if k < last else 1)
+            for k in range(dense, self.num_stages)
+        )
+        self.refinement_points = refinement_points
         if policy != "dynamic":
             self.switch = None
         elif switch == "cost":
@@ -161,6 +181,9 @@ class DynaMaskHead(nn.Module):
     #: against its own target, times the stage loss weight), or "selection_cost", each stage's mask
     #: error against one 112×112 target (losses.selection_costs), comparable across stages
     PAPER_SIGNALS = ("edge", "selection_cost")
+
+    #: dense stages of a head with ``refinement="points"``: 14 and 28
+    DENSE_STAGES_WITH_POINTS = 2
 
     #: cost switch: scale from (predicted cost + λ·F) differences to Gumbel-softmax logits in training
     COST_TEMPERATURE = 0.05
@@ -214,6 +237,24 @@ class DynaMaskHead(nn.Module):
             fam.deform_kernel = kernel
 
     @property
+    def refinement_points(self) -> int:
+        """Points re-predicted per RoI at each point stage at inference (``refinement="points"``);
+        a stage of S×S cells re-predicts min(points, S²). Changing it changes the stage costs, so
+        a calibration made with another value no longer holds (``calibrate`` records it)."""
+        return self._refinement_points
+
+    @refinement_points.setter
+    def refinement_points(self, points: int) -> None:
+        points = int(points)
+        if points < 1:
+            raise ValueError(f"refinement_points must be a positive integer, got {points}")
+        self._refinement_points = points
+
+    def stage_points(self, k: int) -> int:
+        """Points a point stage k re-predicts per RoI at inference."""
+        return min(self._refinement_points, RESOLUTIONS[k] ** 2)
+
+    @property
     def policy(self) -> str:
         return self._policy
 
@@ -255,10 +296,11 @@ class DynaMaskHead(nn.Module):
         shared = roi_align_flops(self.in_channels, (r0, r0), self.sampling_ratio)
         shared += sum(conv2d_flops(m, (r0, r0)) for m in self.shared if isinstance(m, nn.Conv2d))
         shared += self.predictors[0].flops(r0)
+        dense = len(self.predictors)
         increments = [shared] + [
             self.aggregators[k - 1].flops(RESOLUTIONS[k - 1]) + self.predictors[k].flops(RESOLUTIONS[k])
-            for k in range(1, self.num_stages)
-        ]
+            for k in range(1, dense)
+        ] + [self.point_stages[k - dense].point_flops() * self.stage_points(k) for k in range(dense, self.num_stages)]
         cumulative = torch.tensor(increments, dtype=torch.float64).cumsum(0)
         switch = self.switch.flops() if self.switch is not None else 0
         return {
@@ -304,6 +346,8 @@ class DynaMaskHead(nn.Module):
         x = self.shared(self.roi_pool(features, rois, image_shapes))
         if labels.numel() == 0:
             return self._zero_losses(x)
+        if self.refinement == "points":
+            return self._forward_train_points(features, rois, image_shapes, gt_masks, matched_idxs, labels, x)
         boxes = torch.cat(rois)
         roi5 = rois_with_batch_index(rois)
         finest = RESOLUTIONS[-1]
@@ -338,14 +382,70 @@ class DynaMaskHead(nn.Module):
                    labels: Tensor) -> list[tuple[Tensor, Tensor]]:
         """(mask logits, edge logits) of every stage for every RoI, from the stage-0 region
         feature — the training pass (image features pooled from reduced maps)."""
+        return self._dense_stages(region, features, roi5, image_shapes, labels)[0]
+
+    def _dense_stages(self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes,
+                      labels: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+        """:meth:`all_stages` of the dense stages, and the last one's region feature."""
         out, x = [], region
-        for k in range(self.num_stages):
+        dense = len(self.predictors)
+        for k in range(dense):
             x, mask_logits, edge_logits = self.predictors[k](x, labels)
             out.append((mask_logits, edge_logits))
-            if k + 1 < self.num_stages:
+            if k + 1 < dense:
                 pooled = self._pool_image_feature(features, k, roi5, image_shapes, reduce_first=True)
                 x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
-        return out
+        return out, x
+
+    def _forward_train_points(self, features: dict[str, Tensor], rois: list[Tensor], image_shapes,
+                              gt_masks: list[Tensor], matched_idxs: list[Tensor], labels: Tensor,
+                              x: Tensor) -> dict[str, Tensor]:
+        """Training with point stages: the dense stages as usual; each point stage is supervised at
+        importance-sampled points by the ground truth at those coordinates, and also run as
+        inference runs it (top-N cells, no gradient) — the map the next stage refines and the
+        switch's selection costs judge."""
+        boxes = torch.cat(rois)
+        roi5 = rois_with_batch_index(rois)
+        dense = len(self.predictors)
+        dynamic = self._policy == "dynamic"
+        # the switch judges every stage against one 112×112 target; else no target finer than 28 is built
+        top = RESOLUTIONS[-1] if dynamic else RESOLUTIONS[dense - 1]
+        targets = L.downsample_targets(
+            L.matched_mask_targets(gt_masks, rois, matched_idxs, top, self.mask_geometry, image_shapes),
+            tuple(r for r in RESOLUTIONS if r <= top))
+        stages, region = self._dense_stages(x, features, roi5, image_shapes, labels)
+        losses: dict[str, Tensor] = {}
+        edges = []
+        for k, (mask_logits, edge_logits) in enumerate(stages):
+            r = RESOLUTIONS[k]
+            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * L.mask_bce(mask_logits, targets[r])
+            edges.append(L.per_roi_bce(edge_logits, L.edge_map(targets[r])))
+        maps = [mask_logits for mask_logits, _ in stages]
+        coarse = maps[-1]
+        for j, stage in enumerate(self.point_stages):
+            k = dense + j
+            r, count = RESOLUTIONS[k], self.stage_points(k)
+            reduced = stage.reduce_image_feature(features[self.image_levels[k - 1]])
+            points = importance_points(coarse.detach(), count)
+            mask, edge = stage(sample_in_image(reduced, roi5, points, image_shapes), sample_in_rois(region, points),
+                               sample_in_rois(coarse, points), labels, image_reduced=True)
+            mask_target, edge_target = point_targets(gt_masks, rois, matched_idxs, points, r, image_shapes)
+            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * F.binary_cross_entropy_with_logits(
+                mask, mask_target.to(mask.dtype))
+            edges.append(F.binary_cross_entropy_with_logits(edge, edge_target.to(edge.dtype),
+                                                            reduction="none").mean(dim=1))
+            with torch.no_grad():
+                coarse = refine_at_points(stage, coarse.detach(), count, reduced, roi5, region, labels, image_shapes,
+                                          image_reduced=True)
+            maps.append(coarse)
+        weights = torch.tensor(self.stage_loss_weights[:self.num_stages], device=x.device)
+        edge_losses = torch.stack(edges, dim=1) * weights.to(edges[0].dtype)
+        losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
+        if dynamic:
+            mask0, edge0 = stages[0]
+            inp = SwitchInput(features, roi5, image_shapes, x, mask0, edge0)
+            losses.update(self._cost_switch_losses(inp, maps, targets[RESOLUTIONS[-1]], boxes))
+        return losses
 
     def stage_edge_losses(self, edge_logits: list[Tensor], targets: dict[int, Tensor], weighted: bool = True) -> Tensor:
         """Per RoI and stage, the edge BCE against that stage's own target (N×K) — the signal the
@@ -462,9 +562,14 @@ class DynaMaskHead(nn.Module):
         last = fixed_stage(self._policy)
         groups = []
         active = torch.arange(boxes.shape[0], device=boxes.device)
+        dense = len(self.predictors)
         for k in range(self.num_stages if last is None else last + 1):
-            if k > 0:
+            if 0 < k < dense:
                 x, mask_logits, edge_logits = self.predictors[k](x, labels[active])
+            elif k >= dense:  # a point stage: x stays the 28 stage's region feature
+                mask_logits = refine_at_points(self.point_stages[k - dense], mask_logits, self.stage_points(k),
+                                               features[self.image_levels[k - 1]], roi5[active], x, labels[active],
+                                               image_shapes)
             stop = choice[active] == k
             if tracing or bool(stop.any()):
                 groups.append((k, active[stop], mask_logits[stop].sigmoid()))
@@ -474,8 +579,9 @@ class DynaMaskHead(nn.Module):
             if not tracing and not bool(go.any()):
                 break
             x, mask_logits, edge_logits, active = x[go], mask_logits[go], edge_logits[go], active[go]
-            pooled = self._pool_image_feature(features, k, roi5[active], image_shapes)
-            x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
+            if k + 1 < dense:
+                pooled = self._pool_image_feature(features, k, roi5[active], image_shapes)
+                x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
 
         resolution = torch.tensor(RESOLUTIONS, device=boxes.device)[choice]
         if tracing and len(counts) == 1:  # one image: no split by Python counts

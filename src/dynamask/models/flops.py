@@ -3,12 +3,12 @@
 Why both: the per-instance ``mask_flops`` that the model reports and the budget loss uses come
 from formulas over layer shapes (cheap, known before running anything). ``count_flops`` runs
 code under ``torch.utils.flop_counter.FlopCounterMode`` extended with formulas for the two
-torchvision ops it does not know (``roi_align`` and ``deform_conv2d``) and with the sampling of the
-gather deformable conv (``embedding_bag``), so tests can check the
-formulas against what was really executed.
+torchvision ops it does not know (``roi_align`` and ``deform_conv2d``), with the sampling of the
+gather deformable conv (``embedding_bag``) and with bilinear ``grid_sample`` (the point stages'
+reads), so tests can check the formulas against what was really executed.
 
 Convention (same as FlopCounterMode): one multiply-add = 2 FLOPs; convolutions, transposed
-convolutions, linear layers, RoIAlign and deformable convolution are counted; elementwise ops
+convolutions, linear layers, RoIAlign, deformable convolution and grid_sample are counted; elementwise ops
 (activations, sigmoid, bilinear upsampling of feature maps) are not.
 """
 
@@ -72,6 +72,12 @@ def _deform_conv2d_formula(input_shape, weight_shape, offset_shape, mask_shape, 
     return batch * (conv + sampling)
 
 
+def _grid_sampler_formula(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
+    # Bilinear grid_sample (the point stages' reads, point_refine.py): every output value
+    # (item, channel, point) is one bilinear sample.
+    return prod(out_shape) * BILINEAR_SAMPLE_FLOPS
+
+
 def _embedding_bag_formula(weight_shape, indices_shape, *args, **kwargs) -> int:
     # Each index adds one (weighted) row: one multiply-add per channel. The gather form of the
     # deformable conv (deform_conv.py) samples with it, 4 indices per tap — the table's
@@ -90,6 +96,7 @@ def torchvision_flop_formulas() -> dict:
         torch.ops.torchvision.deform_conv2d: _deform_conv2d_formula,
         torch.ops.aten._embedding_bag: _embedding_bag_formula,
         torch.ops.aten._embedding_bag_forward_only: _embedding_bag_formula,
+        torch.ops.aten.grid_sampler_2d: _grid_sampler_formula,
     }
 
 
