@@ -22,13 +22,16 @@ SETTINGS = {"model.backbone": "resnet18", "model.fam": "deform", "model.policy":
             "model.rpn_pre_nms_top_n_test": 200, "model.rpn_post_nms_top_n_test": 60}
 
 
-def _model(policy="dynamic"):
-    cfg = load_config(None, {**SETTINGS, "model.policy": policy})
+def _model(policy="dynamic", refinement="dense"):
+    cfg = load_config(None, {**SETTINGS, "model.policy": policy, "model.refinement": refinement,
+                             "model.refinement_points": 300})
     torch.manual_seed(0)
     model = build_model(cfg, 4)
     with torch.no_grad():  # offsets away from zero: the deformable sampling is really fractional
         for fam in model.mask_branch.aggregators:
             fam.offset.bias.normal_(0, 0.8, generator=torch.Generator().manual_seed(1))
+        for stage in model.mask_branch.point_stages:  # corrections far from zero: the points matter
+            stage.out.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(2))
     return model.eval(), cfg
 
 
@@ -59,6 +62,31 @@ def test_exported_file_reproduces_pytorch(fmt, tmp_path):
         assert torch.equal(got["mask_resolution"], ref["mask_resolution"])
         torch.testing.assert_close(got["mask_flops"], ref["mask_flops"].float())
     assert {14, 28, 56, 112} & set(torch.cat([runner(im)["mask_resolution"] for im in images]).tolist())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_point_refinement_exports_with_the_same_masks(fmt, tmp_path):
+    """Point stages (top-N selection, grid_sample reads, scatter) in the file: per-instance mask
+    IoU ≥ 0.99 against PyTorch on images it was not traced on."""
+    model, _ = _model("dynamic", refinement="points")
+    prepare_for_export(model)
+    path = str(tmp_path / ("p.onnx" if fmt == "onnx" else "p.pt"))
+    export_model(model, fmt, path, ["a", "b", "c"], [1, 2, 3], example=_images(1, seed=99)[0])
+    runner = ExportedRunner(path)
+    resolutions = set()
+    for image in _images(4):
+        with torch.no_grad():
+            ref = model([image])[0]
+        got = runner(image)
+        assert torch.equal(got["mask_resolution"], ref["mask_resolution"])
+        torch.testing.assert_close(got["mask_flops"], ref["mask_flops"].float())
+        a, b = got["masks"][:, 0] >= 0.5, ref["masks"][:, 0] >= 0.5
+        inter = (a & b).flatten(1).sum(1).float()
+        union = (a | b).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        assert bool((iou >= 0.99).all()), iou
+        resolutions |= set(ref["mask_resolution"].tolist())
+    assert resolutions & {56, 112}, resolutions  # the point stages ran
 
 
 def test_export_command_and_predictor_on_the_file(tmp_path, capsys):

@@ -305,3 +305,32 @@ def test_a_small_overfit_reaches_the_dense_heads_iou():
         results[refinement] = ious
     assert results["points"][112] >= results["dense"][112] - 0.01, results
     assert results["points"][112] > results["points"][28] + 0.01, results
+
+
+def test_another_refinement_points_than_the_price_was_set_with_warns(tmp_path):
+    from dynamask import inference
+    from dynamask.predictor import Predictor
+
+    cfg = load_config(None, {**SETTINGS, "model.refinement": "points", "model.refinement_points": 100})
+    torch.manual_seed(0)
+    model = build_model(cfg, 3).eval()
+    path = tmp_path / "p.pt"
+    _checkpoint(model, cfg, path)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as trained: silent
+        inference.model_from_checkpoint(str(path))
+    more = {**cfg, "model": {**cfg["model"], "refinement_points": 400}}
+    with pytest.warns(UserWarning, match="trained with model.refinement_points=100; with 400"):
+        loaded, _ = inference.model_from_checkpoint(str(path), more)
+    assert loaded.mask_branch.refinement_points == 400
+    raw = torch.load(path, weights_only=True)
+    raw["calibration"] = {"refinement_points": 400}
+    raw["config"]["model"]["refinement_points"] = 400
+    torch.save(raw, tmp_path / "c.pt")
+    with pytest.warns(UserWarning, match="calibrated with model.refinement_points=400; with 100"):
+        inference.model_from_checkpoint(str(tmp_path / "c.pt"), cfg)
+    # the Predictor serves a point head like any other
+    out = Predictor(str(path), score_thresh=0.0, device="cpu").predict(torch.rand(3, 64, 64))
+    assert out["masks"].shape[-2:] == (64, 64) and set(out["mask_resolution"].tolist()) <= set(RESOLUTIONS)

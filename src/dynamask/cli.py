@@ -198,6 +198,9 @@ def _add_calibrate(sub, common) -> None:
     p.add_argument("--target", type=_budget, metavar="F",
                    help="mean mask cost per detection, fraction of the full path (default: the training target)")
     p.add_argument("--max-images", type=_positive_int, metavar="N", help="use the first N images only")
+    p.add_argument("--refinement-points", type=_positive_int, metavar="N",
+                   help="point-refinement heads: calibrate for N points per stage and write N into the checkpoint's "
+                        "config (the stage costs, and so the price, depend on it)")
     p.add_argument("--device", metavar="D", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
@@ -459,6 +462,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if os.path.abspath(args.out) == os.path.abspath(args.weights):
         raise DynaMaskError("--out: write the calibrated checkpoint to a new file, not over --weights")
     model, _ = model_from_checkpoint(args.weights)
+    if args.refinement_points is not None:
+        if getattr(model.mask_branch, "refinement", None) != "points":
+            raise DynaMaskError(f"--refinement-points: {args.weights} holds no point-refinement head "
+                                f"(model.refinement points)")
+        model.mask_branch.refinement_points = args.refinement_points
     dataset = CocoInstanceDataset(args.data_json, args.data_images, transforms=None, keep_empty=True,
                                   validate_masks=False)
     report = calibrate_switch(model, dataset, target=args.target, device=resolve_device(args.device),
@@ -471,6 +479,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         detector = os.path.join(os.path.dirname(os.path.abspath(args.weights)), raw["detector"])
         raw["detector"] = os.path.relpath(detector, os.path.dirname(os.path.abspath(args.out)))
     raw["calibration"] = {**report, "data_json": os.path.abspath(args.data_json)}
+    if args.refinement_points is not None and isinstance((raw.get("config") or {}).get("model"), dict):
+        raw["config"]["model"]["refinement_points"] = args.refinement_points  # runs as calibrated
     save_checkpoint(args.out, raw)
     print(json.dumps(report, indent=1))
     print(f"calibrated checkpoint written to {os.path.abspath(args.out)}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -326,4 +327,22 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
                             f"backbone={cfg['model']['backbone']}, classes={num_classes - 1}): {' '.join(first)}") from None
     if requested_policy and cfg["model"].get("head") != "maskrcnn" and requested_policy != model.policy:
         model.policy = requested_policy
+    warn_stale_price(path, ckpt, model)
     return model, ckpt
+
+
+def warn_stale_price(path: str, ckpt: dict, model) -> None:
+    """One warning when a point-refinement switch runs with another ``refinement_points`` than its
+    price was set with (by training or ``dynamask calibrate``): the stage costs it trades against
+    are others, so the budget it was set to meet no longer holds — recalibrate."""
+    head = model.mask_branch
+    if getattr(head, "refinement", "dense") != "points" or getattr(head, "switch", None) is None:
+        return
+    calibration = ckpt.get("calibration") if isinstance(ckpt.get("calibration"), dict) else {}
+    trained = ((ckpt.get("config") or {}).get("model") or {}).get("refinement_points")
+    was = calibration.get("refinement_points") or trained
+    if was and int(was) != head.refinement_points:
+        how = "calibrated" if calibration.get("refinement_points") else "trained"
+        warnings.warn(f"{path}: the switch was {how} with model.refinement_points={int(was)}; with "
+                      f"{head.refinement_points} its stage costs differ and its budget no longer holds: "
+                      f"run `dynamask calibrate` with the new value", UserWarning, stacklevel=3)

@@ -189,15 +189,15 @@ class PointStage(nn.Module):
         """Sampled features N×C×P (image, region) and coarse logits N×1×P → (mask logits N×P of
         the RoI's class, edge logits N×P)."""
         n, p = coarse_points.shape[0], coarse_points.shape[-1]
-        image = image_points.permute(0, 2, 1).reshape(n * p, -1)
+        image = image_points.permute(0, 2, 1).reshape(n * p, image_points.shape[1])
         if not image_reduced:
             image = self.reduce(image)
         image = F.relu(image + self.reduce_bias.to(image.dtype))
-        region = region_points.permute(0, 2, 1).reshape(n * p, -1)
+        region = region_points.permute(0, 2, 1).reshape(n * p, region_points.shape[1])
         coarse = coarse_points.permute(0, 2, 1).reshape(n * p, 1)
         x = F.relu(self.fc1(torch.cat([image, region, coarse], dim=1)))
         x = F.relu(self.fc2(torch.cat([x, coarse], dim=1)))
-        out = self.out(torch.cat([x, coarse], dim=1)).reshape(n, p, -1)
+        out = self.out(torch.cat([x, coarse], dim=1)).reshape(n, p, self.num_mask_channels + 1)
         k = self.num_mask_channels
         if k == 1:
             mask = out[..., 0]
