@@ -7,7 +7,9 @@ Rows: torchvision's Mask R-CNN mask branch (RoIAlign + 4 convs + deconv + predic
 fixed-k r-FPN path (FAM with deformable conv, and fixed-112 / dynamic with torchvision's
 deformable kernel forced and with the plain-conv FAM),
 and the dynamic path with a forced 40/30/20/10 % mix of 14/28/56/112 (the switch still runs for
-every RoI; only its decision is replaced, so the mix is the one asked for). Inputs are random
+every RoI; only its decision is replaced, so the mix is the one asked for); the same heads with
+point-sparse 56/112 stages (``model.refinement=points``, ``--points`` per RoI and stage), and their
+time against the dense head's (``sparse_vs_dense_*``). Inputs are random
 FPN features of a 512×512 (CPU) or 800×1216 (CUDA) image and random boxes; weights are random
 (timing and FLOPs do not depend on them). FLOPs are measured with FlopCounterMode.
 Writes benchmarks/results/mask_branch_<device>.json and prints a table last.
@@ -103,6 +105,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rois", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--points", type=int, default=784, help="points per RoI and stage of the point-sparse rows")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -124,9 +127,15 @@ def main(argv=None):
     heads = {fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam).to(device).eval() for fam in ("deform", "conv")}
     heads["deform-tv"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam="deform", deform_kernel="torchvision").to(device).eval()
     heads["deform-tv"].load_state_dict(heads["deform"].state_dict())
+    # point-sparse 56/112 stages (model.refinement=points, issue 31), same widths otherwise
+    for fam in ("deform", "conv"):
+        heads[f"{fam}, points {args.points}"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="points",
+                                                             refinement_points=args.points).to(device).eval()
+    sparse = [(f"{fam}, points {args.points}", name) for fam in ("deform", "conv")
+              for name in ("fixed-56", "fixed-112", "dynamic 40/30/20/10")]
     variants = ([("deform", f"fixed-{r}") for r in RESOLUTIONS]
                 + [("deform", "dynamic 40/30/20/10"), ("deform-tv", "fixed-112"), ("deform-tv", "dynamic 40/30/20/10"),
-                   ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")])
+                   ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")] + sparse)
     for fam, name in variants:
         head = heads[fam]
         if name.startswith("dynamic"):
@@ -163,17 +172,24 @@ def main(argv=None):
     result["deform_vs_conv_fam_dynamic"] = by_path[f"DynaMask {mix} (FAM deform)"] / by_path[f"DynaMask {mix} (FAM conv)"]
     result["deform_tv_vs_conv_fam_dynamic"] = (by_path[f"DynaMask {mix} (FAM deform-tv)"]
                                                / by_path[f"DynaMask {mix} (FAM conv)"])
+    for fam in ("deform", "conv"):
+        for name in ("fixed-112", "dynamic 40/30/20/10"):
+            key = f"sparse_vs_dense_{name.split()[0].replace('-', '')}_fam_{fam}"
+            result[key] = by_path[f"DynaMask {name} (FAM {fam}, points {args.points})"] / by_path[f"DynaMask {name} (FAM {fam})"]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"mask_branch_{device.type}.json")
     write_bytes_atomic(path, json.dumps(result, indent=2).encode())
 
     print(f"# {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.rois} RoIs, image {height}x{width}, {result['date']}  -> {path}")
-    print(f"{'mask branch':44s} {'ms':>9s} {'time x':>7s} {'GFLOPs':>8s} {'FLOPs x':>8s}")
+    print(f"{'mask branch':58s} {'ms':>9s} {'time x':>7s} {'GFLOPs':>8s} {'FLOPs x':>8s}")
     for r in rows:
-        print(f"{r['path']:44s} {r['ms']:9.1f} {r['time_ratio']:7.2f} {r['gflops']:8.2f} {r['flops_ratio']:8.2f}")
+        print(f"{r['path']:58s} {r['ms']:9.1f} {r['time_ratio']:7.2f} {r['gflops']:8.2f} {r['flops_ratio']:8.2f}")
     print(f"dynamic mix, deformable FAM / plain-conv FAM: {result['deform_vs_conv_fam_dynamic']:.2f} "
           f"(torchvision's deform_conv2d: {result['deform_tv_vs_conv_fam_dynamic']:.2f})")
+    for key, value in result.items():
+        if key.startswith("sparse_vs_dense"):
+            print(f"{key}: {value:.3f}")
     print(f"{'paste 100 masks':44s} {'ours ms':>9s} {'tv ms':>9s} {'speedup':>8s}")
     for r in paste_rows:
         print(f"{'  at ' + str(r['mask_size']) + 'x' + str(r['mask_size']):44s} {r['ours_ms']:9.1f} "

@@ -54,15 +54,14 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
     head = model.roi_heads.mask_branch
     captured: list = []
     learnt: list = []
-    last = len(head.predictors) - 1
+    last = head.num_stages - 1
 
     def every_stage(choice, inp, counts):  # record the switch's own choice, then run every stage
         learnt.append(choice.cpu())
         return torch.full_like(choice, last)
 
     head.choice_hook = every_stage
-    hooks = [p.register_forward_hook(lambda _m, _i, out: captured.append(out[1].detach()))
-             for p in head.predictors]
+    head.stage_log = captured  # every stage's mask logits, dense and point stages alike
     model.policy = "dynamic"
     model.eval()
     sizes = (model.transform.min_size[0], model.transform.max_size)
@@ -81,7 +80,7 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
                 tgt = targets[0]
                 boxes, labels = out["boxes"], out["labels"]
                 n = boxes.shape[0]
-                costs = torch.zeros((n, len(head.predictors)))
+                costs = torch.zeros((n, head.num_stages))
                 matched = torch.zeros(n, dtype=torch.bool)
                 gt_boxes = torch.as_tensor(tgt["boxes"]).as_subclass(torch.Tensor).float()
                 if n and gt_boxes.shape[0]:
@@ -99,8 +98,7 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
                 per_image.append((costs, matched, own))
     finally:
         head.choice_hook = None
-        for h in hooks:
-            h.remove()
+        head.stage_log = None
     return per_image
 
 

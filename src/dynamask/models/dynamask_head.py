@@ -167,6 +167,9 @@ class DynaMaskHead(nn.Module):
         self.mask_budget = 1.0
         #: set to a list to record, per choose_stages call, (switch outputs, detection scores)
         self.switch_log: list | None = None
+        #: set to a list to record, at inference, each stage's mask logits for the RoIs that ran it
+        #: (for experiments that judge every stage, e.g. the oracle switch; dense and point stages alike)
+        self.stage_log: list | None = None
         #: detections scoring below this stop at 14×14 without running the switch (and are charged
         #: only stage 0); 0 = off. A control for experiments (the score-gated fixed-112 of the
         #: benchmarks); the cost switch weighs scores itself and needs no floor.
@@ -570,6 +573,8 @@ class DynaMaskHead(nn.Module):
                 mask_logits = refine_at_points(self.point_stages[k - dense], mask_logits, self.stage_points(k),
                                                features[self.image_levels[k - 1]], roi5[active], x, labels[active],
                                                image_shapes)
+            if self.stage_log is not None:
+                self.stage_log.append(mask_logits.detach())
             stop = choice[active] == k
             if tracing or bool(stop.any()):
                 groups.append((k, active[stop], mask_logits[stop].sigmoid()))
