@@ -13,8 +13,9 @@ makes arbitrary choices, so the dynamic row stops instances at 14/28/56/112 in t
 benchmarks/accuracy_vs_cost.py; the switch still runs and is paid for. fixed-28 and fixed-112
 rows show the two ends.
 
-Training: images/s and peak memory of a few optimiser steps (``--train-steps``) of DynaMask and
-torchvision Mask R-CNN on the same synthetic batch, each in its own process (growth of peak RSS on
+Training: images/s and peak memory of a few optimiser steps (``--train-steps``) of DynaMask (dense
+and with point-sparse 56/112 stages, ``model.refinement=points``) and torchvision Mask R-CNN on the
+same synthetic batch, each in its own process (growth of peak RSS on
 CPU, ``torch.cuda.max_memory_allocated`` on CUDA), ``--train-runs`` processes per model, medians.
 
     python benchmarks/speed.py                      # CPU, 512×512, R50 — about 5 min on 2 cores
@@ -214,6 +215,8 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
             resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=9, **settings)
     else:
         extra = dict(fpn_channels=64, box_representation_size=256, widths=(64, 32, 32, 16)) if narrow else {}
+        if which == "dynamask-points":  # point-sparse 56/112 stages (model.refinement=points)
+            extra.update(refinement="points", refinement_points=784)
         model = (dynamask_resnet50_fpn if r50 else dynamask_resnet18_fpn)(9, policy="dynamic", **settings, **extra)
     model.to(device).train()
     hw = (800, 1216) if r50 else (size, size)
@@ -273,7 +276,7 @@ def _rss_mib() -> float:
 def training(args, device) -> dict:
     """Images/s and peak memory of both models, each run ``args.train_runs`` times in a process of
     its own, the two interleaved; medians over the runs (every run is kept under ``runs``)."""
-    runs = {"torchvision": [], "dynamask": []}
+    runs = {"torchvision": [], "dynamask": [], "dynamask-points": []}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
     for _ in range(args.train_runs):
         for which in runs:
@@ -340,6 +343,11 @@ def report(result: dict) -> str:
                      f"torchvision {a['images_per_s']:.2f} img/s, {a['peak_mib']:.0f} MiB peak; dynamask "
                      f"{b['images_per_s']:.2f} img/s ({b['images_per_s'] / a['images_per_s']:.2f}x), "
                      f"{b['peak_mib']:.0f} MiB peak ({b['peak_mib'] / a['peak_mib']:.2f}x)")
+        if "dynamask-points" in t:
+            c = t["dynamask-points"]
+            lines.append(f"  dynamask with point stages: {c['images_per_s']:.2f} img/s "
+                         f"({c['images_per_s'] / a['images_per_s']:.2f}x torchvision), {c['peak_mib']:.0f} MiB peak "
+                         f"({c['peak_mib'] / a['peak_mib']:.2f}x)")
     lines.append(f"speed ratio (dynamask / torchvision): {inf['end_to_end']['dynamic']['median_s'] / tv:.2f}")
     return "\n".join(lines)
 
