@@ -334,3 +334,34 @@ def test_another_refinement_points_than_the_price_was_set_with_warns(tmp_path):
     # the Predictor serves a point head like any other
     out = Predictor(str(path), score_thresh=0.0, device="cpu").predict(torch.rand(3, 64, 64))
     assert out["masks"].shape[-2:] == (64, 64) and set(out["mask_resolution"].tolist()) <= set(RESOLUTIONS)
+
+
+def test_calibrate_re_prices_a_point_head_for_other_refinement_points(tmp_path, capsys):
+    import warnings
+
+    from dynamask import inference
+    from dynamask.cli import main
+    from dynamask.data import generate_shapes_dataset
+
+    cfg = load_config(None, {**SETTINGS, "model.refinement": "points", "model.refinement_points": 100,
+                             "model.box_score_thresh": 0.0})
+    torch.manual_seed(0)
+    _checkpoint(build_model(cfg, 3).eval(), cfg, tmp_path / "p.pt")
+    shapes = generate_shapes_dataset(tmp_path / "held", 0, 2, image_size=64, seed=1)
+    out = tmp_path / "c.pt"
+    args = ["calibrate", "--weights", str(tmp_path / "p.pt"), "--data-json", str(shapes["val_json"]),
+            "--data-images", str(shapes["val_dir"]), "--out", str(out), "--device", "cpu", "--no-progress",
+            "--target", "0.9"]
+    assert main(args + ["--refinement-points", "300"]) == 0
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["calibration"]["refinement_points"] == 300 and ckpt["config"]["model"]["refinement_points"] == 300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # runs as calibrated: no warning
+        model, _ = inference.model_from_checkpoint(str(out))
+    assert model.mask_branch.refinement_points == 300
+    dense_cfg = load_config(None, SETTINGS)
+    _checkpoint(build_model(dense_cfg, 3).eval(), dense_cfg, tmp_path / "d.pt")
+    args[2] = str(tmp_path / "d.pt")
+    args[8] = str(tmp_path / "d_out.pt")
+    assert main(args + ["--refinement-points", "300"]) == 2
+    assert "no point-refinement head" in capsys.readouterr().err
