@@ -365,3 +365,19 @@ def test_calibrate_re_prices_a_point_head_for_other_refinement_points(tmp_path, 
     args[8] = str(tmp_path / "d_out.pt")
     assert main(args + ["--refinement-points", "300"]) == 2
     assert "no point-refinement head" in capsys.readouterr().err
+
+
+def test_a_mask_rcnn_checkpoint_that_predates_the_key_still_loads(tmp_path):
+    """The refinement is a DynaMask head's: a Mask R-CNN head's checkpoint records none, and its
+    config's default must not count as a mismatch."""
+    from dynamask import inference
+
+    cfg = load_config(None, {**SETTINGS, "model.head": "maskrcnn", "model.maskrcnn_head_channels": 8})
+    torch.manual_seed(0)
+    model = build_model(cfg, 3).eval()
+    hp = inference.hyper_parameters(cfg, 3)
+    hp.pop("refinement")
+    torch.save({"model": model.state_dict(), "config": cfg, "hyper_parameters": hp, "class_names": ["a", "b"],
+                "num_classes": 3, "iteration": 0}, tmp_path / "m.pt")
+    loaded, _ = inference.model_from_checkpoint(str(tmp_path / "m.pt"))
+    assert loaded.mask_branch.__class__.__name__ == "MaskRCNNBranch"

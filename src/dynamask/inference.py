@@ -225,7 +225,7 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
     keys = DETECTOR_ARCHITECTURE_KEYS if detector_only else ARCHITECTURE_KEYS
     out = []
     if (have.get("head") == want.get("head") == "maskrcnn") or detector_only:
-        keys = tuple(k for k in keys if k not in ("fam", "head_widths", "head_reduced_channels"))
+        keys = tuple(k for k in keys if k not in ("fam", "head_widths", "head_reduced_channels", "refinement"))
     if have.get("head") == want.get("head") == "dynamask" and not detector_only:
         keys = tuple(k for k in keys if k != "maskrcnn_head_channels")
     if have.get("policy") != "dynamic":  # only a dynamic model holds a switch
