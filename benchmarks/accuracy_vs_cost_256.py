@@ -114,8 +114,9 @@ def head_file(args, name: str) -> Path:
 #: heads whose weights the repository no longer keeps (space: the paper switch alone is 3.6 MiB,
 #: and tracked files stay under 40 MiB); their evaluation, config, metrics and log stay in
 #: --heads, and the table reads the results from NAME.eval.json. Deleting that file too trains the
-#: head again. paper@0.4 stays: benchmarks/paper_switch_signal.py reads it.
-RETIRED = ("paper@0.6", COMPARABLE_PAPER)
+#: head again. paper@0.4 stays: benchmarks/paper_switch_signal.py reads it. fixed-14 and fixed-56
+#: were retired when the sparse heads came in (issue 31): only this table reads them.
+RETIRED = ("paper@0.6", COMPARABLE_PAPER, "fixed-14", "fixed-56")
 
 
 def retired(args, name: str) -> bool:
