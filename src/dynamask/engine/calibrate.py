@@ -149,10 +149,9 @@ def calibrate_switch(model, dataset, target: Optional[float] = None, device: Any
         "price_before": price_before, "price": lam,
         "score_map": [round(float(v), 4) for v in score_map], "score_knots": [round(float(k), 2) for k in knots],
         "images": n, "detections": int(scores.shape[0]), "real_fraction": float(real.mean()),
-        # the stage costs the price was set against: point stages cost what they re-predict
-        "refinement": head.refinement,
-        "refinement_points": head.refinement_points if head.refinement == "points" else None,
     }
+    if head.refinement == "points":  # the stage costs the price was set against depend on it
+        report["refinement_points"] = head.refinement_points
     if not reachable:
         logger.warning("calibrate: target %.3f is outside what this head reaches on these detections "
                        "(%.3f with every detection at 14, %.3f unconstrained); achieved %.3f", target, lowest,
