@@ -202,7 +202,7 @@ def test_markdown_tables_show_the_results_numbers():
 
 
 @pytest.mark.parametrize("head, switch, widths", [("maskrcnn", None, [64, 64, 64, 64]),
-                                                   ("fixed-56", None, [64, 43, 32, 21]),
+                                                   ("sparse-fixed-112", None, [64, 43, 32, 21]),
                                                    ("dynamic@0.4", "cost", [64, 43, 32, 21]),
                                                    ("paper@0.4", "paper", [64, 43, 32, 21])])
 def test_model_facts_of_the_shipped_heads(head, switch, widths):
