@@ -105,7 +105,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rois", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--points", type=int, default=784, help="points per RoI and stage of the point-sparse rows")
+    parser.add_argument("--points", type=int, nargs="+", default=[784, 1568],
+                        help="points per RoI and stage of the point-sparse rows (one set of rows per value)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -129,9 +130,10 @@ def main(argv=None):
     heads["deform-tv"].load_state_dict(heads["deform"].state_dict())
     # point-sparse 56/112 stages (model.refinement=points, issue 31), same widths otherwise
     for fam in ("deform", "conv"):
-        heads[f"{fam}, points {args.points}"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="points",
-                                                             refinement_points=args.points).to(device).eval()
-    sparse = [(f"{fam}, points {args.points}", name) for fam in ("deform", "conv")
+        for n in args.points:
+            heads[f"{fam}, points {n}"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="points",
+                                                       refinement_points=n).to(device).eval()
+    sparse = [(f"{fam}, points {n}", name) for fam in ("deform", "conv") for n in args.points
               for name in ("fixed-56", "fixed-112", "dynamic 40/30/20/10")]
     variants = ([("deform", f"fixed-{r}") for r in RESOLUTIONS]
                 + [("deform", "dynamic 40/30/20/10"), ("deform-tv", "fixed-112"), ("deform-tv", "dynamic 40/30/20/10"),
@@ -173,9 +175,10 @@ def main(argv=None):
     result["deform_tv_vs_conv_fam_dynamic"] = (by_path[f"DynaMask {mix} (FAM deform-tv)"]
                                                / by_path[f"DynaMask {mix} (FAM conv)"])
     for fam in ("deform", "conv"):
-        for name in ("fixed-112", "dynamic 40/30/20/10"):
-            key = f"sparse_vs_dense_{name.split()[0].replace('-', '')}_fam_{fam}"
-            result[key] = by_path[f"DynaMask {name} (FAM {fam}, points {args.points})"] / by_path[f"DynaMask {name} (FAM {fam})"]
+        for n in args.points:
+            for name in ("fixed-112", "dynamic 40/30/20/10"):
+                key = f"sparse_vs_dense_{name.split()[0].replace('-', '')}_fam_{fam}_points_{n}"
+                result[key] = by_path[f"DynaMask {name} (FAM {fam}, points {n})"] / by_path[f"DynaMask {name} (FAM {fam})"]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"mask_branch_{device.type}.json")
     write_bytes_atomic(path, json.dumps(result, indent=2).encode())
