@@ -106,7 +106,8 @@ def sample_in_image(feature: Tensor, rois: Tensor, points: Tensor, image_shapes)
             continue
         flat = grid[idx].reshape(1, -1, 1, 2)
         sampled = F.grid_sample(feature[b:b + 1], flat, mode="bilinear", padding_mode="border", align_corners=False)
-        out[idx] = sampled[0, :, :, 0].reshape(feature.shape[1], idx.numel(), points.shape[1]).permute(1, 0, 2)
+        sampled = sampled[0, :, :, 0].reshape(feature.shape[1], idx.numel(), points.shape[1]).permute(1, 0, 2)
+        out[idx] = sampled.to(out.dtype)  # grid_sample runs in float32 under autocast
     return out
 
 
