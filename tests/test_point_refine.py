@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision.ops import roi_align
+import torch.nn.functional as F
 
 from dynamask.config import load_config
 from dynamask.errors import DynaMaskError
@@ -15,6 +16,7 @@ from dynamask.models import RESOLUTIONS, build_model, dynamask_resnet18_fpn
 from dynamask.models.dynamask_head import DynaMaskHead
 from dynamask.models.flops import count_flops
 from dynamask.models.paste import paste_masks
+from dynamask.models.roi_utils import level_scale
 from dynamask.models.point_refine import (PointStage, grid_cell_points, importance_points, most_uncertain_cells,
                                           point_targets, refine_at_points, sample_in_image, sample_in_rois, upsample2)
 
@@ -78,7 +80,7 @@ def test_cell_points_and_border_reads_agree_with_upsampling():
     idx = torch.arange(14 * 14).expand(3, -1)
     points = grid_cell_points(idx, 14)
     assert torch.allclose(points[0, 15], torch.tensor([1.5 / 14, 1.5 / 14]))
-    sampled = sample_in_rois(coarse, points)[:, 0]
+    sampled = sample_in_rois(coarse, points)[..., 0]
     torch.testing.assert_close(sampled, upsample2(coarse).flatten(1), atol=1e-6, rtol=0)
 
 
@@ -94,7 +96,7 @@ def test_image_points_read_where_roi_align_reads(batch):
         scale = feature.shape[-1] / SIZE
         ref = roi_align(feature, rois, (side, side), spatial_scale=scale, sampling_ratio=1, aligned=True)
         got = sample_in_image(feature, rois, points, shapes)
-        torch.testing.assert_close(got, ref.flatten(2), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, ref.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_importance_points_prefer_the_uncertain_band():
@@ -381,3 +383,27 @@ def test_a_mask_rcnn_checkpoint_that_predates_the_key_still_loads(tmp_path):
                 "num_classes": 3, "iteration": 0}, tmp_path / "m.pt")
     loaded, _ = inference.model_from_checkpoint(str(tmp_path / "m.pt"))
     assert loaded.mask_branch.__class__.__name__ == "MaskRCNNBranch"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_row_gather_reads_what_grid_sample_reads(batch):
+    """The channels-last row gather (inference and training) and the exported ``grid_sample``
+    path read the same values at arbitrary points, the map's borders included."""
+    torch.manual_seed(0)
+    features, boxes, _, shapes = head_inputs(n_boxes=4, channels=5, batch=batch)
+    rois = torch.cat([torch.cat([torch.full((b.shape[0], 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    points = torch.rand(rois.shape[0], 60, 2)
+    points[:, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # the box corners
+    for feature in features.values():
+        got = sample_in_image(feature, rois, points, shapes)
+        scale = level_scale(feature, shapes)
+        size = torch.tensor([feature.shape[-1], feature.shape[-2]], dtype=feature.dtype)
+        xy = rois[:, None, 1:3] + points * (rois[:, None, 3:] - rois[:, None, 1:3])
+        grid = (2.0 * xy * scale / size - 1.0)[:, :, None, :]
+        ref = torch.stack([F.grid_sample(feature[int(b):int(b) + 1], g[None], mode="bilinear", padding_mode="border",
+                                         align_corners=False)[0, :, :, 0].t() for b, g in zip(rois[:, 0], grid)])
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)  # coordinates rounded differently
+    maps = torch.randn(points.shape[0], 3, 14, 14)
+    ref = F.grid_sample(maps, (2 * points - 1)[:, :, None], mode="bilinear", padding_mode="border",
+                        align_corners=False)[..., 0].transpose(1, 2)
+    torch.testing.assert_close(sample_in_rois(maps, points), ref, atol=1e-6, rtol=1e-6)

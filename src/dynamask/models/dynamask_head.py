@@ -431,7 +431,7 @@ class DynaMaskHead(nn.Module):
             reduced = stage.reduce_image_feature(features[self.image_levels[k - 1]])
             points = importance_points(coarse.detach(), count)
             mask, edge = stage(sample_in_image(reduced, roi5, points, image_shapes), sample_in_rois(region, points),
-                               sample_in_rois(coarse, points), labels, image_reduced=True)
+                               sample_in_rois(coarse, points)[..., 0], labels, image_reduced=True)
             mask_target, edge_target = point_targets(gt_masks, rois, matched_idxs, points, r, image_shapes)
             losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * F.binary_cross_entropy_with_logits(
                 mask, mask_target.to(mask.dtype))

@@ -16,8 +16,9 @@ masks (no resampled bitmap in between) — their mask value and whether the outl
 one cell of the stage. Each stage also runs as inference does (top-N cells, no gradient): that
 map is what the next stage refines and what the switch's selection costs judge.
 
-Every point read is a ``grid_sample``; :func:`grid_sample_flops` is its formula, used both by the
-FLOPs table and by the counter (``flops.count_flops``) so that the two agree.
+Every point read is a bilinear sample (:func:`bilinear_rows`: an ``embedding_bag`` over the four
+neighbours' channels-last rows; ``grid_sample`` while exporting); :func:`grid_sample_flops` is its
+formula, used by the FLOPs table, and the counter (``flops.count_flops``) counts both ops alike.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from .flops import BILINEAR_SAMPLE_FLOPS, linear_flops
 from .geometry import boxes_to_mask_frame
-from .roi_utils import level_scale
+from .roi_utils import exporting, level_scale
 
 REFINEMENTS = ("dense", "points")
 #: PointRend's training sampler: candidates per point, and the share taken by uncertainty
@@ -67,7 +68,7 @@ def importance_points(coarse: Tensor, count: int, oversample: int = OVERSAMPLE,
     n = coarse.shape[0]
     with torch.no_grad():
         candidates = torch.rand(n, count * oversample, 2, device=coarse.device)
-        values = sample_in_rois(coarse.float(), candidates)[:, 0]  # N×(count·oversample)
+        values = sample_in_rois(coarse.float(), candidates)[..., 0]  # N×(count·oversample)
         uncertain = int(importance * count)
         idx = torch.topk(-values.abs(), uncertain, dim=1).indices
         chosen = torch.gather(candidates, 1, idx[..., None].expand(-1, -1, 2))
@@ -75,15 +76,50 @@ def importance_points(coarse: Tensor, count: int, oversample: int = OVERSAMPLE,
         return torch.cat([chosen, rest], dim=1)
 
 
+def bilinear_rows(rows: Tensor, base: Tensor, height: int, width: int, x: Tensor, y: Tensor) -> Tensor:
+    """Bilinear reads of channels-last maps: ``rows`` (M·H·W)×C, one row per cell of M stacked
+    H×W maps; the read at (x, y) (cell-centre coordinates, cell i's centre at i) of map ``base``
+    (its first row index, same shape as x) → x.shape + (C,).
+
+    The same arithmetic as ``grid_sample(..., padding_mode="border", align_corners=False)``
+    (coordinates clamped to the centres' hull, then the four neighbours), but gathering whole
+    rows: on a CPU ``grid_sample`` walks a 256-channel map one channel plane at a time and
+    returns channels first, which the MLP must transpose; one ``embedding_bag`` over the four
+    neighbours' rows is 3–5× faster and hands the MLP its N·P×C input directly. Its FLOPs are the
+    counter's ``embedding_bag`` formula: 4 multiply-adds per channel, as ``grid_sample``'s."""
+    x = x.clamp(0, width - 1)
+    y = y.clamp(0, height - 1)
+    x0, y0 = torch.floor(x), torch.floor(y)
+    lx, ly = x - x0, y - y0
+    x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
+    x1, y1 = (x0 + 1).clamp(max=width - 1), (y0 + 1).clamp(max=height - 1)
+    base = base.to(torch.int64)
+    index = torch.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], dim=-1) + base[..., None]
+    weight = torch.stack([(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx], dim=-1).to(rows.dtype)
+    out = F.embedding_bag(index.reshape(-1, 4), rows, per_sample_weights=weight.reshape(-1, 4), mode="sum")
+    return out.reshape(*x.shape, rows.shape[1])
+
+
+def channels_last_rows(maps: Tensor) -> Tensor:
+    """B×C×H×W → (B·H·W)×C, the table :func:`bilinear_rows` reads."""
+    return maps.permute(0, 2, 3, 1).contiguous().reshape(-1, maps.shape[1])
+
+
 def sample_in_rois(maps: Tensor, points: Tensor) -> Tensor:
     """Bilinear values of per-RoI maps (N×C×S×S, cells tiling the RoI) at points (N×P×2 in
-    [0, 1]²): N×C×P. Outside the cell centres' hull the border cells extend (as ×2 upsampling)."""
-    grid = (2.0 * points - 1.0)[:, :, None, :].to(maps.dtype)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0]
+    [0, 1]²): N×P×C. Outside the cell centres' hull the border cells extend (as ×2 upsampling)."""
+    if exporting():  # grid_sample exports (ONNX GridSample); embedding_bag does not
+        grid = (2.0 * points - 1.0)[:, :, None, :].to(maps.dtype)
+        out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[..., 0].permute(0, 2, 1)
+    n, _, h, w = maps.shape
+    xy = points.to(maps.dtype) * torch.tensor([w, h], dtype=maps.dtype, device=maps.device) - 0.5
+    base = (torch.arange(n, device=maps.device) * (h * w))[:, None].expand(n, points.shape[1])
+    return bilinear_rows(channels_last_rows(maps), base, h, w, xy[..., 0], xy[..., 1])
 
 
 def sample_in_image(feature: Tensor, rois: Tensor, points: Tensor, image_shapes) -> Tensor:
-    """Bilinear values of an FPN map (B×C×H×W, batch-padded) at RoI points: N×C×P.
+    """Bilinear values of an FPN map (B×C×H×W, batch-padded) at RoI points: N×P×C.
 
     ``rois`` N×5 (batch index, x0, y0, x1, y1) in network-input pixels, points (u, v) in the box.
     The map's cell i covers input pixels [i, i + 1]/scale, as RoIAlign ``aligned=True`` reads
@@ -92,23 +128,20 @@ def sample_in_image(feature: Tensor, rois: Tensor, points: Tensor, image_shapes)
     scale = level_scale(feature, image_shapes)
     boxes = rois[:, 1:].to(feature.dtype)
     xy = boxes[:, None, :2] + points.to(feature.dtype) * (boxes[:, None, 2:] - boxes[:, None, :2])
+    if exporting():
+        return _sample_in_image_exported(feature, rois, xy, scale)
+    h, w = feature.shape[-2:]
+    cell = xy * scale - 0.5  # cell-centre coordinates: the centre of cell i at i
+    base = (rois[:, 0].to(torch.int64) * (h * w))[:, None].expand(-1, points.shape[1])
+    return bilinear_rows(channels_last_rows(feature), base, h, w, cell[..., 0], cell[..., 1])
+
+
+def _sample_in_image_exported(feature: Tensor, rois: Tensor, xy: Tensor, scale: float) -> Tensor:
+    """:func:`sample_in_image` as ONNX / TorchScript record it: ``grid_sample`` (exports are one image)."""
     size = torch.tensor([feature.shape[-1], feature.shape[-2]], dtype=feature.dtype, device=feature.device)
-    grid = (2.0 * xy * scale / size - 1.0)[:, :, None, :]  # N×P×1×2
-    if feature.shape[0] == 1:  # one image (and every export): one call over all RoIs' points
-        flat = grid.reshape(1, -1, 1, 2)
-        out = F.grid_sample(feature, flat, mode="bilinear", padding_mode="border", align_corners=False)
-        return out[0, :, :, 0].reshape(feature.shape[1], rois.shape[0], points.shape[1]).permute(1, 0, 2)
-    out = feature.new_zeros((rois.shape[0], feature.shape[1], points.shape[1]))
-    batch = rois[:, 0].to(torch.int64)
-    for b in range(feature.shape[0]):
-        idx = torch.nonzero(batch == b).squeeze(1)
-        if idx.numel() == 0:
-            continue
-        flat = grid[idx].reshape(1, -1, 1, 2)
-        sampled = F.grid_sample(feature[b:b + 1], flat, mode="bilinear", padding_mode="border", align_corners=False)
-        sampled = sampled[0, :, :, 0].reshape(feature.shape[1], idx.numel(), points.shape[1]).permute(1, 0, 2)
-        out[idx] = sampled.to(out.dtype)  # grid_sample runs in float32 under autocast
-    return out
+    grid = (2.0 * xy * scale / size - 1.0).reshape(1, -1, 1, 2)
+    out = F.grid_sample(feature[:1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, :, 0].reshape(feature.shape[1], rois.shape[0], xy.shape[1]).permute(1, 2, 0)
 
 
 def point_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor], points: Tensor,
@@ -187,15 +220,15 @@ class PointStage(nn.Module):
 
     def forward(self, image_points: Tensor, region_points: Tensor, coarse_points: Tensor, labels: Tensor,
                 image_reduced: bool = False) -> tuple[Tensor, Tensor]:
-        """Sampled features N×C×P (image, region) and coarse logits N×1×P → (mask logits N×P of
+        """Sampled features N×P×C (image, region) and coarse logits N×P → (mask logits N×P of
         the RoI's class, edge logits N×P)."""
-        n, p = coarse_points.shape[0], coarse_points.shape[-1]
-        image = image_points.permute(0, 2, 1).reshape(n * p, image_points.shape[1])
+        n, p = coarse_points.shape
+        image = image_points.reshape(n * p, image_points.shape[-1])
         if not image_reduced:
             image = self.reduce(image)
         image = F.relu(image + self.reduce_bias.to(image.dtype))
-        region = region_points.permute(0, 2, 1).reshape(n * p, region_points.shape[1])
-        coarse = coarse_points.permute(0, 2, 1).reshape(n * p, 1)
+        region = region_points.reshape(n * p, region_points.shape[-1])
+        coarse = coarse_points.reshape(n * p, 1)
         x = F.relu(self.fc1(torch.cat([image, region, coarse], dim=1)))
         x = F.relu(self.fc2(torch.cat([x, coarse], dim=1)))
         out = self.out(torch.cat([x, coarse], dim=1)).reshape(n, p, self.num_mask_channels + 1)
@@ -206,7 +239,7 @@ class PointStage(nn.Module):
             index = torch.arange(n, device=out.device)
             mask = out[index, :, labels.clamp(0, k - 1)]
         # a correction of the coarse logit: a new stage starts as the upsampled coarse mask
-        return coarse_points[:, 0] + mask, out[..., k]
+        return coarse_points + mask, out[..., k]
 
     def point_flops(self) -> int:
         """FLOPs of one re-predicted point: the three samples (image feature, region feature; the
@@ -230,7 +263,7 @@ def refine_at_points(stage: PointStage, coarse_map: Tensor, count: int, image_fe
     side = up.shape[-1]
     index = most_uncertain_cells(up, count)
     points = grid_cell_points(index, side)
-    coarse = torch.gather(up.flatten(1), 1, index)[:, None, :]
+    coarse = torch.gather(up.flatten(1), 1, index)
     mask, _ = stage(sample_in_image(image_feature, rois, points, image_shapes), sample_in_rois(region, points),
                     coarse, labels, image_reduced=image_reduced)
     return up.flatten(1).scatter(1, index, mask.to(up.dtype)).reshape(up.shape)
