@@ -64,7 +64,8 @@ METRIC_KEYS = ("segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "seg
 
 def runs(detector: str, geometry: str) -> list[dict]:
     """Training runs (name, config, overrides) and the evaluations made from each."""
-    common = [f"model.detector_weights={detector}", "model.freeze_detector=true", f"model.mask_geometry={geometry}"]
+    common = [f"model.detector_weights={detector}", "model.freeze_detector=true", f"model.mask_geometry={geometry}",
+              "model.refinement=dense"]
     dyn_cfg = str(ROOT / "configs" / "shapes_dynamask_r18.yaml")
     out = [
         {"name": "maskrcnn", "config": str(ROOT / "configs" / "shapes_maskrcnn_r18.yaml"), "overrides": common,

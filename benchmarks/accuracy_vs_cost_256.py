@@ -84,18 +84,19 @@ def runs(detector: str, width: int) -> list[dict]:
     def fixed(r: int) -> dict:
         evals = [(f"fixed-{r}", f"fixed-{r}")] + ([("size", "size")] if r == 112 else [])
         return {"name": f"fixed-{r}", "config": cfg, "evals": evals,
-                "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}"]}
+                "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}", "model.refinement=dense"]}
 
     def switched(switch: str, target: float, signal: str = "edge") -> dict:
         name = f"{'dynamic' if switch == 'cost' else 'paper'}@{target}" if signal == "edge" else COMPARABLE_PAPER
         extra = [] if signal == "edge" else [f"model.paper_switch_signal={signal}"]
         return {"name": name, "config": cfg, "evals": [(name, "dynamic")],
                 "overrides": common + ["model.head=dynamask", "model.policy=dynamic", f"model.switch={switch}",
-                                       f"model.mask_budget_target={target}"] + extra}
+                                       f"model.mask_budget_target={target}", "model.refinement=dense"] + extra}
 
     maskrcnn = {"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
                 "evals": [("maskrcnn", None)]}
-    points = ["model.refinement=points", f"model.refinement_points={SPARSE_POINTS}"]
+    points = ["model.refinement=points", f"model.refinement_points={SPARSE_POINTS}",
+              f"model.refinement_train_points={SPARSE_POINTS}"]
     sparse = [{"name": SPARSE_FIXED, "config": cfg, "evals": [(SPARSE_FIXED, "fixed-112")],
                "overrides": common + ["model.head=dynamask", "model.policy=fixed-112"] + points},
               {"name": SPARSE_DYNAMIC, "config": cfg, "evals": [(SPARSE_DYNAMIC, "dynamic")],

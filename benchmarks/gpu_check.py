@@ -86,7 +86,7 @@ def shapes_training_section(args, device) -> dict:
     # --quick checks the plumbing: narrow models, since bf16 convolutions are emulated on most CPUs
     narrow = dict(fpn_channels=64, box_representation_size=256, widths=(64, 32, 32, 16), box_batch_size_per_image=64,
                   rpn_post_nms_top_n_train=100) if args.quick else {}
-    model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", min_size=size, max_size=size,
+    model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", refinement="dense", min_size=size, max_size=size,
                                   mask_rois_per_image=16, **narrow).to(device).train()
     pool_images, pool_targets = make_shapes_tensors(batch * 8, (size, size), seed=0)
     pool_images = [im.to(device) for im in pool_images]

@@ -11,7 +11,9 @@ every RoI; only its decision is replaced, so the mix is the one asked for); the 
 point-sparse 56/112 stages (``model.refinement=points``, ``--points`` per RoI and stage), and their
 time against the dense head's (``sparse_vs_dense_*``). Inputs are random
 FPN features of a 512×512 (CPU) or 800×1216 (CUDA) image and random boxes; weights are random
-(timing and FLOPs do not depend on them). FLOPs are measured with FlopCounterMode.
+(timing and FLOPs do not depend on them). FLOPs are measured with FlopCounterMode; the paths are
+timed in turns (one call of each per round, median of the rounds), so that load on a shared machine
+hits every path alike.
 Writes benchmarks/results/mask_branch_<device>.json and prints a table last.
 """
 
@@ -90,6 +92,26 @@ def timed(fn, repeats, device):
     return statistics.median(times)
 
 
+def timed_round_robin(fns, repeats, device):
+    """Median seconds of each of ``fns``, timed in turns (one call of each per round), so that a
+    change of load on a shared machine hits every path alike and the ratios stay fair."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    times = [[] for _ in fns]
+    with torch.no_grad():
+        for fn in fns:
+            fn()
+        sync()
+        for _ in range(repeats):
+            for fn, t in zip(fns, times):
+                start = time.perf_counter()
+                fn()
+                sync()
+                t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def forced_mix(head, fractions, n):
     """Stop the RoIs at 14/28/56/112 in the proportions ``fractions`` through the head's
     ``choice_hook`` (the switch still runs and costs what it costs)."""
@@ -117,16 +139,18 @@ def main(argv=None):
     labels = [torch.randint(1, NUM_CLASSES, (args.rois,), generator=torch.Generator().manual_seed(3)).to(device)]
     shapes = [(height, width)]
 
-    rows = []
+    rows, runs = [], []
     tv = TorchvisionMaskBranch().to(device).eval()
     tv_flops, _ = count_flops(tv, features, boxes, labels, shapes)
-    tv_time = timed(lambda: tv(features, boxes, labels, shapes), args.repeats, device)
-    rows.append({"path": "torchvision Mask R-CNN 28x28 head", "ms": tv_time * 1e3, "gflops": tv_flops / 1e9})
+    rows.append({"path": "torchvision Mask R-CNN 28x28 head", "gflops": tv_flops / 1e9})
+    runs.append(lambda: tv(features, boxes, labels, shapes))
 
     # "deform" runs the device's default deformable kernel ("auto": gather form on CPU,
     # torchvision's op on CUDA); "deform-tv" forces torchvision's op; same weights.
-    heads = {fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam).to(device).eval() for fam in ("deform", "conv")}
-    heads["deform-tv"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam="deform", deform_kernel="torchvision").to(device).eval()
+    heads = {fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="dense").to(device).eval()
+             for fam in ("deform", "conv")}
+    heads["deform-tv"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam="deform", deform_kernel="torchvision",
+                                     refinement="dense").to(device).eval()
     heads["deform-tv"].load_state_dict(heads["deform"].state_dict())
     # point-sparse 56/112 stages (model.refinement=points, issue 31), same widths otherwise
     for fam in ("deform", "conv"):
@@ -140,17 +164,23 @@ def main(argv=None):
                    ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")] + sparse)
     for fam, name in variants:
         head = heads[fam]
-        if name.startswith("dynamic"):
-            head.policy = "dynamic"
-            forced_mix(head, (0.4, 0.3, 0.2, 0.1), args.rois)
-        else:
-            head.policy = name
-        run = lambda: head.forward_infer(features, boxes, labels, shapes)  # noqa: E731
+
+        def run(head=head, name=name):
+            # each variant sets its head's policy (and forced mix) before it runs: heads are shared
+            head.choice_hook = None
+            if name.startswith("dynamic"):
+                head.policy = "dynamic"
+                forced_mix(head, (0.4, 0.3, 0.2, 0.1), args.rois)
+            else:
+                head.policy = name
+            return head.forward_infer(features, boxes, labels, shapes)
+
         flops, out = count_flops(run)
         reported = float(out[0]["mask_flops"].sum())
-        rows.append({"path": f"DynaMask {name} (FAM {fam})", "ms": timed(run, args.repeats, device) * 1e3,
-                     "gflops": flops / 1e9, "reported_gflops": reported / 1e9})
-        head.choice_hook = None  # back to the policy's own choice
+        rows.append({"path": f"DynaMask {name} (FAM {fam})", "gflops": flops / 1e9, "reported_gflops": reported / 1e9})
+        runs.append(run)
+    for row, ms in zip(rows, timed_round_robin(runs, args.repeats, device)):
+        row["ms"] = ms * 1e3
     for row in rows:
         row["time_ratio"] = row["ms"] / rows[0]["ms"]
         row["flops_ratio"] = row["gflops"] / rows[0]["gflops"]

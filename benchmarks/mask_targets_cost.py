@@ -51,7 +51,7 @@ def child(setting: str, mode: str, steps: int) -> None:
     s = SETTINGS[setting]
     torch.manual_seed(0)
     cfg = load_config(str(ROOT / "configs" / "shapes_detail_detector_r18.yaml"),
-                      ["model.head=dynamask", "model.policy=fixed-112", "model.head_widths=[64,43,32,21]",
+                      ["model.head=dynamask", "model.policy=fixed-112", "model.refinement=dense", "model.head_widths=[64,43,32,21]",
                        f"model.mask_targets={mode}", f"input.min_size={s['min_size']}", f"input.max_size={s['max_size']}"])
     model = build_model(cfg, 15).train()
     images, targets = make_shapes_tensors(s["batch"], s["render"], seed=1, detail=True)

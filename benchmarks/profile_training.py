@@ -35,7 +35,7 @@ def build(which: str, size: int, device):
     if which == "torchvision":
         return MaskRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=9,
                         min_size=size, max_size=size).to(device).train()
-    return dynamask_resnet18_fpn(9, policy="dynamic", min_size=size, max_size=size).to(device).train()
+    return dynamask_resnet18_fpn(9, policy="dynamic", refinement="dense", min_size=size, max_size=size).to(device).train()
 
 
 def profile_step(which: str, size: int, batch: int, device, top: int) -> dict:

@@ -60,7 +60,8 @@ def build_pair(size, policy: str, mix, device, fam: str = "deform", detections: 
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
                                **detection_settings(size, detections))
-    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", fam=fam, **detection_settings(size, detections))
+    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", fam=fam, refinement="dense",
+                                 **detection_settings(size, detections))
     detector = {k: v for k, v in tv.state_dict().items() if not k.startswith("roi_heads.mask_")}
     ours.load_detector_state(detector)
     ours.policy = policy
@@ -216,7 +217,9 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
     else:
         extra = dict(fpn_channels=64, box_representation_size=256, widths=(64, 32, 32, 16)) if narrow else {}
         if which == "dynamask-points":  # point-sparse 56/112 stages (model.refinement=points)
-            extra.update(refinement="points", refinement_points=784)
+            extra.update(refinement="points")  # the defaults: 784 points trained, 1568 refined
+        elif which.startswith("dynamask"):
+            extra.update(refinement="dense")
         model = (dynamask_resnet50_fpn if r50 else dynamask_resnet18_fpn)(9, policy="dynamic", **settings, **extra)
     model.to(device).train()
     hw = (800, 1216) if r50 else (size, size)

@@ -23,7 +23,7 @@ def main(argv=None):
         for fam in ("deform", "conv"):
             for switch in ("cost", "paper"):
                 head = DynaMaskHead(args.num_classes, "dynamic", in_channels=args.fpn_channels, widths=widths,
-                                    fam=fam, switch=switch)
+                                    fam=fam, switch=switch, refinement="dense")
                 table = head.flops_table()
                 full = table["cumulative_with_switch"][-1]
                 print(f"\nwidths={widths} {head.widths}, FAM={fam}, switch={switch}: shared part "

@@ -21,7 +21,8 @@ def test_bf16_autocast_training_step(head):
     elif head == "dynamask-fixed-112":
         model = dynamask_resnet18_fpn(9, policy="fixed-112", fam="deform", **HEAD, **SMALL)
     else:
-        model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", switch=head.split("-")[1], **HEAD, **SMALL)
+        model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", switch=head.split("-")[1],
+                                      refinement="dense" if head == "dynamask-paper" else "points", **HEAD, **SMALL)
     model.train()
     images, targets = make_shapes_tensors(2, (64, 64), seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):

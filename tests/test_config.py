@@ -112,7 +112,8 @@ def test_shapes_configs():
     base = C.load_config(os.path.join(CONFIG_DIR, "shapes_dynamask_r18.yaml"))
     assert base["model"]["policy"] == "dynamic"
     assert base["model"]["backbone"] == "resnet18"
-    assert base["model"]["mask_budget_target"] == 0.4
+    assert base["model"]["mask_budget_target"] == 0.6
+    assert base["model"]["refinement"] == "points"  # the default: not named in the file
     assert base["input"]["min_size"] == 128 and base["input"]["max_size"] == 128
     assert base["solver"]["checkpoint_period"] == 500
     # data paths point at <repo>/runs/shapes (what `dynamask shapes --out runs/shapes` writes)

@@ -103,7 +103,7 @@ def test_features_and_targets_peak_in_the_same_cell(geometry):
     pools the shared feature half a cell away, so there its peak is not where the target's is."""
     size, channels = 320, 4
     head = DynaMaskHead(3, policy="fixed-112", in_channels=channels, widths=(8, 8, 8, 8),
-                        reduced_channels=(4, 4, 4), fam="conv", mask_geometry=geometry)
+                        reduced_channels=(4, 4, 4), fam="conv", mask_geometry=geometry, refinement="dense")
     shapes = [(size, size)]
     x0, y0 = 32, 48  # a multiple of every stride
     cell = (5, 9)  # (row, col) of the RoI cell the square is put in
@@ -153,7 +153,8 @@ def test_mask_roi_pool_matches_torchvision_bit_for_bit_in_legacy_geometry():
 
 @pytest.mark.parametrize("build", [dynamask_resnet18_fpn, maskrcnn_resnet18_fpn])
 def test_model_geometry_switches_pooling_targets_and_paste_together(build):
-    model = build(3, min_size=64, max_size=64)
+    dense = {"refinement": "dense"} if build is dynamask_resnet18_fpn else {}  # point stages need "exact"
+    model = build(3, min_size=64, max_size=64, **dense)
     assert model.mask_geometry == "exact"
     assert model.mask_branch.roi_pool.geometry == model.transform.mask_geometry == "exact"
     model.mask_geometry = "torchvision"
@@ -161,7 +162,10 @@ def test_model_geometry_switches_pooling_targets_and_paste_together(build):
     assert model.transform.mask_geometry == "torchvision"
     with pytest.raises(ValueError, match="mask_geometry"):
         model.mask_geometry = "half-pixel"
-    assert build(3, mask_geometry="torchvision").mask_geometry == "torchvision"
+    assert build(3, mask_geometry="torchvision", **dense).mask_geometry == "torchvision"
+    if dense:
+        with pytest.raises(ValueError, match="refinement 'points'"):
+            build(3, min_size=64, max_size=64).mask_geometry = "torchvision"
 
 
 def test_training_targets_follow_the_geometry():

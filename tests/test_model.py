@@ -29,7 +29,7 @@ def make_batch(n=2, size=SIZE, seed=0):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = dynamask_resnet18_fpn(3, fam="deform", **SMALL)
+    m = dynamask_resnet18_fpn(3, fam="deform", refinement="dense", **SMALL)  # point heads: test_point_refine.py
     make_switch_mixed(m.mask_branch.switch)
     return m.eval()
 
@@ -351,11 +351,11 @@ def test_a_lower_budget_never_gives_a_costlier_mix():
 
 
 def test_unreachable_budgets_are_clamped_with_one_warning_naming_the_key():
-    m = dynamask_resnet18_fpn(3, fam="conv", **SMALL)
+    m = dynamask_resnet18_fpn(3, fam="conv", refinement="dense", **SMALL)
     lowest = m.mask_branch.smallest_budget()
     assert 0 < lowest < 0.2
     with pytest.warns(UserWarning, match=rf"model\.mask_budget_target=0\.01 .* clamped to {lowest:.4f}"):
-        built = dynamask_resnet18_fpn(3, fam="conv", mask_budget_target=0.01, **SMALL)
+        built = dynamask_resnet18_fpn(3, fam="conv", refinement="dense", mask_budget_target=0.01, **SMALL)
     assert built.mask_branch.budget_target == pytest.approx(lowest)
     with pytest.warns(UserWarning, match=r"model\.mask_budget=0\.05 .* smallest reachable value"):
         m.mask_budget = 0.05

@@ -94,6 +94,7 @@ def test_targets_map_rois_back_exactly(voc_photo):
 
 def _legacy_and_new_transform(geometry, mask_targets, min_size=(64, 96)):
     model = dynamask_resnet18_fpn(3, policy="fixed-28", mask_geometry=geometry, mask_targets=mask_targets,
+                                  refinement="dense",
                                   min_size=min_size, max_size=200)
     model.train()
     reference = GeneralizedRCNNTransform(min_size, 200, model.transform.image_mean, model.transform.image_std)
@@ -147,7 +148,7 @@ def test_original_targets_keep_masks_and_train_multiscale():
 
 
 def test_mask_targets_setting_and_record():
-    model = dynamask_resnet18_fpn(3, policy="fixed-28")
+    model = dynamask_resnet18_fpn(3, policy="fixed-28", refinement="dense")  # the legacy geometry: dense stages
     assert model.mask_targets == "original" and model.mask_targets_in_use == "original"
     model.mask_targets = "resized"
     assert model.transform.resize_masks

@@ -1,4 +1,4 @@
-"""The authors' configuration as first-class options: ``switch="paper"`` (their Mask Switch
+"""The authors' configuration as first-class options: ``switch="paper", refinement="dense"`` (their Mask Switch
 Module and losses) and ``widths="paper"`` (their stage widths)."""
 
 import pytest
@@ -50,7 +50,7 @@ def expected_fraction(head, inputs):
 
 def test_paper_switch_gets_a_gradient_through_the_gumbel_straight_through_path():
     torch.manual_seed(0)
-    model = dynamask_resnet18_fpn(9, switch="paper", **SMALL).train()
+    model = dynamask_resnet18_fpn(9, switch="paper", refinement="dense", **SMALL).train()
     head = model.mask_branch
     assert isinstance(head.switch, PaperSwitch) and head.budget_weight == 0.3 and head.balance_weight == 0.8
     images, targets = shapes_batch()
@@ -88,7 +88,7 @@ def test_budget_hinge_lowers_the_expected_cost_above_the_target_and_is_zero_belo
 
 def test_short_training_run_moves_the_selected_cost_down_towards_the_target():
     torch.manual_seed(0)
-    model = dynamask_resnet18_fpn(9, switch="paper", mask_budget_target=0.4, **SMALL)
+    model = dynamask_resnet18_fpn(9, switch="paper", refinement="dense", mask_budget_target=0.4, **SMALL)
     model.eval()  # batch norms of the random backbone as they are; only the head trains
     head = model.mask_branch.train()
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_short_training_run_moves_the_selected_cost_down_towards_the_target():
 
 def test_dial_meets_the_budget_with_the_paper_switch():
     torch.manual_seed(0)
-    model = dynamask_resnet18_fpn(9, switch="paper", **SMALL).eval()
+    model = dynamask_resnet18_fpn(9, switch="paper", refinement="dense", **SMALL).eval()
     head = model.mask_branch
     with torch.no_grad():
         head.switch.fc2.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 3.0]))
@@ -129,7 +129,7 @@ def test_dial_meets_the_budget_with_the_paper_switch():
 
 
 def test_paper_path_holds_no_price_and_its_cost_is_counted():
-    model = dynamask_resnet18_fpn(9, switch="paper", **SMALL)
+    model = dynamask_resnet18_fpn(9, switch="paper", refinement="dense", **SMALL)
     head = model.mask_branch
     assert not any("price" in k or "lambda" in k for k in model.state_dict())
     assert not hasattr(head.switch, "price") and not hasattr(head.switch, "update_price")
@@ -137,12 +137,12 @@ def test_paper_path_holds_no_price_and_its_cost_is_counted():
     assert table["switch"] == head.switch.flops() > 0
     assert table["cumulative_with_switch"][0] == pytest.approx(table["cumulative"][0] + table["switch"])
     # at FPN width 256 the authors' switch costs about as much as stopping at 28 (balanced widths)
-    wide = DynaMaskHead(81, switch="paper")
+    wide = DynaMaskHead(81, switch="paper", refinement="dense")
     ratio = wide.switch.flops() / wide.flops_table()["cumulative"][1]
     assert 0.8 < ratio < 1.25, ratio
     # a paper-switch state dict has no λ and loads untouched (the cost switch's compatibility
     # code that negates old outputs must not touch it)
-    fresh = dynamask_resnet18_fpn(9, switch="paper", **SMALL)
+    fresh = dynamask_resnet18_fpn(9, switch="paper", refinement="dense", **SMALL)
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh.mask_branch.switch.fc2.weight, head.switch.fc2.weight)
     assert isinstance(dynamask_resnet18_fpn(9, **SMALL).mask_branch.switch, CostSwitch)
@@ -150,7 +150,8 @@ def test_paper_path_holds_no_price_and_its_cost_is_counted():
 
 def test_paper_widths_parameter_count_by_hand():
     classes = 81
-    head = DynaMaskHead(classes, policy="dynamic", in_channels=256, widths="paper", fam="deform", switch="paper")
+    head = DynaMaskHead(classes, policy="dynamic", in_channels=256, widths="paper", fam="deform", switch="paper",
+                        refinement="dense")
     assert (head.widths, head.reduced_channels) == ((256, 128, 64, 32), (256, 128, 64))
     w, r, c = (256, 128, 64, 32), (256, 128, 64), 256
 
@@ -186,7 +187,8 @@ def test_config_keys_and_checkpoint_records():
     from dynamask.models import build_model
     from dynamask.errors import ConfigError
 
-    cfg = load_config(None, {"model.backbone": "resnet18", "model.switch": "paper", "model.head_widths": "paper",
+    cfg = load_config(None, {"model.backbone": "resnet18", "model.switch": "paper", "model.refinement": "dense",
+                             "model.head_widths": "paper",
                              "model.fpn_channels": 64, "model.box_representation_size": 64})
     model = build_model(cfg, 4)
     assert isinstance(model.mask_branch.switch, PaperSwitch) and model.mask_branch.widths == (256, 128, 64, 32)
@@ -210,7 +212,7 @@ def test_comparable_signal_option_trains_the_paper_switch_on_selection_costs():
     and the switch's quality term is the selected stage's mask error against one 112×112 target;
     the authors' default is untouched."""
     torch.manual_seed(0)
-    model = dynamask_resnet18_fpn(9, switch="paper", paper_signal="selection_cost", **SMALL).train()
+    model = dynamask_resnet18_fpn(9, switch="paper", refinement="dense", paper_signal="selection_cost", **SMALL).train()
     head = model.mask_branch
     inputs = mask_branch_inputs(model)
     torch.manual_seed(1)
@@ -225,11 +227,12 @@ def test_comparable_signal_option_trains_the_paper_switch_on_selection_costs():
     assert head.switch.fc2.weight.grad is None or head.switch.fc2.weight.grad.abs().sum() == 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (head.predictors[k].logits.weight for k in range(4)))
     with pytest.raises(ValueError, match="paper_signal"):
-        DynaMaskHead(9, switch="paper", paper_signal="edges")
+        DynaMaskHead(9, switch="paper", refinement="dense", paper_signal="edges")
     from dynamask.config import load_config
     from dynamask.models.detector import build_model
 
-    cfg = load_config(None, ["model.switch=paper", "model.paper_switch_signal=selection_cost", "model.backbone=resnet18",
+    cfg = load_config(None, ["model.switch=paper", "model.refinement=dense", "model.paper_switch_signal=selection_cost",
+                             "model.backbone=resnet18",
                              "model.fpn_channels=32"])
     assert build_model(cfg, 3).mask_branch.paper_signal == "selection_cost"
     assert build_model(load_config(None, ["model.backbone=resnet18", "model.fpn_channels=32"]), 3).mask_branch.paper_signal == "edge"

@@ -4,6 +4,8 @@ checkpoints, refusals) and a small overfit against the dense head."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ from dynamask.models.point_refine import (PointStage, grid_cell_points, importan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 96
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(min_size=SIZE, max_size=SIZE, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
              rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
              fpn_channels=32, box_representation_size=64, widths=(32, 24, 16, 12), reduced_channels=(8, 8, 4))
@@ -162,7 +165,7 @@ def test_flops_equal_the_counter_with_the_grid_sample_formula(policy):
 
 def test_point_stages_cost_a_fraction_of_dense_ones_and_grow_with_points():
     kw = dict(in_channels=128, widths=(64, 43, 32, 21), reduced_channels=(16, 16, 8), fam="conv", policy="fixed-112")
-    dense = DynaMaskHead(2, **kw).flops_table()["cumulative"]
+    dense = DynaMaskHead(2, refinement="dense", **kw).flops_table()["cumulative"]
     sparse = {n: DynaMaskHead(2, refinement="points", refinement_points=n, **kw).flops_table()["cumulative"]
               for n in (196, 784, 20000)}
     assert sparse[196][:2] == dense[:2]  # 14 and 28 are the dense stages
@@ -179,7 +182,7 @@ def test_points_head_has_point_stages_instead_of_dense_fine_stages():
     assert not any(k.startswith(("predictors.2", "aggregators.1")) for k in head.state_dict())
     h56 = DynaMaskHead(3, policy="fixed-56", in_channels=32, refinement="points")
     assert len(h56.point_stages) == 1
-    dense = DynaMaskHead(3, policy="dynamic", in_channels=32)
+    dense = DynaMaskHead(3, policy="dynamic", in_channels=32, refinement="dense")
     assert len(dense.point_stages) == 0 and len(dense.predictors) == 4
     with pytest.raises(ValueError, match="refinement_points"):
         head.refinement_points = 0
@@ -212,6 +215,49 @@ def test_training_step_supervises_every_stage_and_the_switch():
     assert sum(float(p.grad.abs().sum()) for p in head.switch.parameters() if p.grad is not None) > 0
 
 
+def test_training_supervises_the_train_points_and_refines_with_the_inference_points(monkeypatch):
+    """PointRend's split: ``refinement_train_points`` importance-sampled points are supervised; the
+    inference-style pass (the next stage's input, the switch's costs) refines ``refinement_points``."""
+    import dynamask.models.dynamask_head as head_module
+
+    sampled, refined = [], []
+    real_sample, real_refine = head_module.importance_points, head_module.refine_at_points
+    monkeypatch.setattr(head_module, "importance_points",
+                        lambda coarse, count: sampled.append(count) or real_sample(coarse, count))
+    monkeypatch.setattr(head_module, "refine_at_points",
+                        lambda stage, coarse, count, *a, **k: refined.append(count) or real_refine(stage, coarse, count,
+                                                                                                   *a, **k))
+    torch.manual_seed(0)
+    m = dynamask_resnet18_fpn(3, fam="conv", refinement_points=100, refinement_train_points=40,
+                              mask_budget_target=0.9, **SMALL).train()
+    from test_model import make_batch
+
+    images, targets = make_batch()
+    m(images, targets)
+    assert m.mask_branch.refinement == "points"  # the default
+    assert sampled == [40, 40] and refined == [100, 100]
+
+
+def test_points_are_the_default_for_new_models_and_configs():
+    from dynamask.config import schema
+    from dynamask.models import point_refine
+
+    cfg = load_config(None, {})
+    assert cfg["model"]["refinement"] == "points"
+    assert (cfg["model"]["refinement_points"], cfg["model"]["refinement_train_points"]) == (
+        point_refine.INFERENCE_POINTS, point_refine.TRAINING_POINTS)
+    assert (schema.INFERENCE_POINTS, schema.TRAINING_POINTS) == (point_refine.INFERENCE_POINTS,
+                                                                 point_refine.TRAINING_POINTS)
+    head = DynaMaskHead(3, in_channels=32)
+    assert head.refinement == "points" and head.refinement_points == point_refine.INFERENCE_POINTS
+    assert len(head.point_stages) == 2 and len(head.aggregators) == 1
+    with pytest.raises(ValueError, match="refinement_train_points"):
+        DynaMaskHead(3, in_channels=32, refinement_train_points=0)
+    # the paper's configuration names dense stages, which its switch needs
+    paper = load_config(str(ROOT / "configs" / "coco_dynamask_r50_1x_paper.yaml"), {})
+    assert paper["model"]["refinement"] == "dense"
+
+
 def _checkpoint(model, cfg, path, drop_refinement=False):
     cfg = {s: dict(v) if isinstance(v, dict) else v for s, v in cfg.items()}
     if drop_refinement:
@@ -242,7 +288,7 @@ def test_checkpoints_record_the_refinement_and_old_ones_read_dense(tmp_path, mon
             a, b = model([image])[0], loaded.eval()([image])[0]
         torch.testing.assert_close(a["masks"], b["masks"])
     # a checkpoint from before the key is dense, whatever today's default says
-    cfg = load_config(None, SETTINGS)
+    cfg = load_config(None, {**SETTINGS, "model.refinement": "dense"})
     torch.manual_seed(0)
     old = build_model(cfg, 3).eval()
     _checkpoint(old, cfg, tmp_path / "old.pt", drop_refinement=True)
@@ -251,10 +297,12 @@ def test_checkpoints_record_the_refinement_and_old_ones_read_dense(tmp_path, mon
     assert loaded.mask_branch.refinement == "dense"
     with torch.no_grad():
         torch.testing.assert_close(old([image])[0]["masks"], loaded.eval()([image])[0]["masks"], rtol=0, atol=0)
-    # and a points checkpoint cannot be read as a dense model
-    with pytest.raises(DynaMaskError, match="refinement"):
-        inference.model_from_checkpoint(str(tmp_path / "points.pt"), {**cfg, "model": {**cfg["model"],
-                                                                                     "refinement": "dense"}})
+    # like the mask geometry, the refinement is the checkpoint's whatever a config says (its weights
+    # are point or dense stages): a config that never names it means the checkpoint's model
+    as_dense = {**cfg, "model": {**cfg["model"], "refinement": "dense"}}
+    assert inference.model_from_checkpoint(str(tmp_path / "points.pt"), as_dense)[0].mask_branch.refinement == "points"
+    as_points = {**cfg, "model": {**cfg["model"], "refinement": "points"}}
+    assert inference.model_from_checkpoint(str(tmp_path / "dense.pt"), as_points)[0].mask_branch.refinement == "dense"
 
 
 def _defaults_with_points(with_defaults):
@@ -361,7 +409,7 @@ def test_calibrate_re_prices_a_point_head_for_other_refinement_points(tmp_path, 
         warnings.simplefilter("error")  # runs as calibrated: no warning
         model, _ = inference.model_from_checkpoint(str(out))
     assert model.mask_branch.refinement_points == 300
-    dense_cfg = load_config(None, SETTINGS)
+    dense_cfg = load_config(None, {**SETTINGS, "model.refinement": "dense"})
     _checkpoint(build_model(dense_cfg, 3).eval(), dense_cfg, tmp_path / "d.pt")
     args[2] = str(tmp_path / "d.pt")
     args[8] = str(tmp_path / "d_out.pt")

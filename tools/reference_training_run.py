@@ -32,7 +32,7 @@ def overrides(data: dict) -> dict:
     return {
         "data.train_json": data["train_json"], "data.train_images": data["train_dir"],
         "data.num_workers": 0,
-        "model.backbone": "resnet18", "model.fam": "conv", "model.policy": "dynamic",
+        "model.backbone": "resnet18", "model.fam": "conv", "model.policy": "dynamic", "model.refinement": "dense",
         "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
         "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
         "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,

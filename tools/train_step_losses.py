@@ -26,6 +26,7 @@ def train_step_losses(size: int = 160, batch: int = 2, steps: int = 2, **model_k
     from dynamask.models import dynamask_resnet18_fpn
 
     torch.manual_seed(0)
+    model_kwargs.setdefault("refinement", "dense")  # the recorded step is the dense head's
     model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", min_size=size, max_size=size, **model_kwargs)
     model.train()
     images, targets = make_shapes_tensors(batch, (size, size), seed=0)

@@ -304,6 +304,9 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
     if cfg is None:
         raise DynaMaskError(f"{path}: the checkpoint carries no config; pass --config")
     num_classes = ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1
+    # Like the mask geometry, the refinement is the checkpoint's: its weights are dense or point
+    # stages, and a config that never names it (the default is points) still means this model.
+    cfg = {**cfg, "model": {**cfg["model"], "refinement": checkpoint_refinement(ckpt)}}
     problems = checkpoint_mismatches(ckpt, cfg)
     if problems:
         raise DynaMaskError(f"{path}: checkpoint does not fit the requested model: {'; '.join(problems)}")

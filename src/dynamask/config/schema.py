@@ -38,6 +38,8 @@ SWITCHES: Tuple[str, ...] = ("cost", "paper")
 PAPER_SIGNALS: Tuple[str, ...] = ("edge", "selection_cost")
 #: how the DynaMask head's 56 and 112 stages are computed (models/point_refine.py)
 REFINEMENTS: Tuple[str, ...] = ("dense", "points")
+#: point_refine.INFERENCE_POINTS / TRAINING_POINTS (the config does not import the model; a test holds them equal)
+INFERENCE_POINTS, TRAINING_POINTS = 1568, 784
 #: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
 WIDTH_PRESETS: Tuple[str, ...] = ("balanced", "paper")
 #: backbones accepted by torchvision's resnet_fpn_backbone
@@ -153,10 +155,12 @@ class ModelConfig(_Section):
         "edge", "what teaches the paper switch quality: edge (the authors': each stage's edge loss against its own "
         "target, stage-weighted) or selection_cost (each stage's mask error against one 112x112 target)")
     refinement: _choice(REFINEMENTS) = _doc(
-        "dense", "DynaMask 56 and 112 stages: dense (convolutions over the whole map) or points (only the most "
-                 "uncertain points of the upsampled coarser mask are re-predicted, from features sampled there)")
-    refinement_points: Int = _doc(784, "points re-predicted per instance at each point stage at inference "
-                                       "(refinement: points; also the training points per RoI)", ge=1)
+        "points", "DynaMask 56 and 112 stages: points (only the most uncertain points of the upsampled coarser mask "
+                  "are re-predicted, from features sampled there) or dense (convolutions over the whole map)")
+    refinement_points: Int = _doc(INFERENCE_POINTS, "points re-predicted per instance at each point stage at inference "
+                                                    "(refinement: points)", ge=1)
+    refinement_train_points: Int = _doc(TRAINING_POINTS, "points supervised per RoI at each point stage in training, "
+                                                         "importance-sampled (refinement: points)", ge=1)
     maskrcnn_head_channels: Int = _doc(256, "conv width of the Mask R-CNN baseline head (torchvision: 256)", ge=1)
     weights_backbone: Path = _doc(None, "local ImageNet checkpoint (.pth) for the backbone (null = random init)")
     init_weights: Path = _doc(None, "dynamask checkpoint whose weights initialise training (fine-tuning)")
@@ -199,10 +203,11 @@ class ModelConfig(_Section):
             return self
         if self.switch == "paper" and self.policy == "dynamic":
             text = ("'model.switch' paper cannot be used with 'model.refinement' points: the authors' switch is "
-                    "trained on every stage's dense edge map, which point stages do not compute (use switch cost)")
+                    "trained on every stage's dense edge map, which point stages do not compute (use switch cost, or "
+                    "refinement dense)")
             raise PydanticCustomError("points_switch", "{text}", {"text": text})
         if self.mask_geometry != "exact":
-            text = "'model.refinement' points needs 'model.mask_geometry' exact"
+            text = "'model.refinement' points needs 'model.mask_geometry' exact (or set 'model.refinement' dense)"
             raise PydanticCustomError("points_geometry", "{text}", {"text": text})
         return self
 

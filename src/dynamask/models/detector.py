@@ -28,7 +28,7 @@ from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
 HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
                 "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "switch_cost_weight", "gumbel_tau",
                 "size_thresholds", "mask_geometry", "switch", "deform_kernel", "paper_signal", "refinement",
-                "refinement_points")
+                "refinement_points", "refinement_train_points")
 
 
 class DynaMaskRCNN(FasterRCNN):
@@ -323,7 +323,8 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
     kwargs["switch"] = m["switch"]
     kwargs["paper_signal"] = m.get("paper_switch_signal", "edge")
     kwargs["refinement"] = m.get("refinement") or "dense"
-    kwargs["refinement_points"] = m.get("refinement_points") or 784
+    kwargs["refinement_points"] = m.get("refinement_points") or 784  # (a key written with points: never missing)
+    kwargs["refinement_train_points"] = m.get("refinement_train_points") or kwargs["refinement_points"]
     if m.get("head_widths"):
         w = m["head_widths"]
         kwargs["widths"] = w if isinstance(w, str) else tuple(w)

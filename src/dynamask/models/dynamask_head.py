@@ -21,7 +21,7 @@ from .flops import conv2d_flops, roi_align_flops
 from .deform_conv import DEFORM_KERNELS
 from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
-from .point_refine import (PointStage, check_refinement, importance_points, point_targets, refine_at_points,
+from .point_refine import (INFERENCE_POINTS, TRAINING_POINTS, PointStage, check_refinement, importance_points, point_targets, refine_at_points,
                            sample_in_image, sample_in_rois)
 from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
                      size_rule, stages_needed)
@@ -98,8 +98,9 @@ class DynaMaskHead(nn.Module):
         switch: str = "cost",
         deform_kernel: str = "auto",
         paper_signal: str = "edge",
-        refinement: str = "dense",
-        refinement_points: int = 784,
+        refinement: str = "points",
+        refinement_points: int = INFERENCE_POINTS,
+        refinement_train_points: int = TRAINING_POINTS,
     ):
         super().__init__()
         check_policy(policy)
@@ -156,6 +157,10 @@ class DynaMaskHead(nn.Module):
             for k in range(dense, self.num_stages)
         )
         self.refinement_points = refinement_points
+        if int(refinement_train_points) < 1:
+            raise ValueError(f"refinement_train_points must be a positive integer, got {refinement_train_points}")
+        #: points supervised per RoI and point stage in training (importance-sampled)
+        self.refinement_train_points = int(refinement_train_points)
         if policy != "dynamic":
             self.switch = None
         elif switch == "cost":
@@ -224,7 +229,10 @@ class DynaMaskHead(nn.Module):
 
     @mask_geometry.setter
     def mask_geometry(self, geometry: str) -> None:
-        self.roi_pool.geometry = check_geometry(geometry)
+        if check_geometry(geometry) != "exact" and getattr(self, "refinement", "dense") == "points":
+            raise ValueError(f"mask_geometry {geometry!r}: a head with refinement 'points' reads its targets at the "
+                             f"points' exact coordinates and needs 'exact'")
+        self.roi_pool.geometry = geometry
 
     @property
     def deform_kernel(self) -> str:
@@ -429,7 +437,7 @@ class DynaMaskHead(nn.Module):
             k = dense + j
             r, count = RESOLUTIONS[k], self.stage_points(k)
             reduced = stage.reduce_image_feature(features[self.image_levels[k - 1]])
-            points = importance_points(coarse.detach(), count)
+            points = importance_points(coarse.detach(), min(self.refinement_train_points, r * r))
             mask, edge = stage(sample_in_image(reduced, roi5, points, image_shapes), sample_in_rois(region, points),
                                sample_in_rois(coarse, points)[..., 0], labels, image_reduced=True)
             mask_target, edge_target = point_targets(gt_masks, rois, matched_idxs, points, r, image_shapes)

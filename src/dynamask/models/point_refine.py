@@ -32,6 +32,12 @@ from .geometry import boxes_to_mask_frame
 from .roi_utils import exporting, level_scale
 
 REFINEMENTS = ("dense", "points")
+#: default points re-predicted per RoI and point stage at inference, and supervised per RoI and
+#: stage in training (PointRend's split: few importance-sampled points to learn from, more to
+#: refine with). 1568 at inference meets the dense 112 head's boundary AP on the 256-px benchmark
+#: where 784 does not (BENCHMARKS.md); training with 784 is as fast as torchvision's Mask R-CNN.
+INFERENCE_POINTS = 1568
+TRAINING_POINTS = 784
 #: PointRend's training sampler: candidates per point, and the share taken by uncertainty
 OVERSAMPLE = 3
 IMPORTANCE = 0.75
