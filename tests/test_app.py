@@ -175,3 +175,12 @@ def test_every_model_event_shares_one_queue_slot(app):
     assert len(events) >= 8
     assert all(f.concurrency_limit == 1 and f.concurrency_id == "model" for f in events)
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+def test_a_mask_rcnn_head_offers_only_its_one_resolution(app):
+    viewer = Viewer(os.path.join(os.path.dirname(default_weights()), "shapes_detail_maskrcnn_c64.pt"))
+    settings = cb.control_settings(viewer)
+    assert settings["policies"] == ["fixed-28"] and not settings["policy_enabled"] and not settings["budget_enabled"]
+    assert "Mask R-CNN head" in settings["note"]
+    view = viewer.run(read_image(_first(app)[0]), "x", "dynamic", 0.3, 0.5)
+    assert view.policy == "fixed-28" and view.reference is None and set(r[3] for r in view.rows) == {"28×28"}
