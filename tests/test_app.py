@@ -184,3 +184,32 @@ def test_a_mask_rcnn_head_offers_only_its_one_resolution(app):
     assert "Mask R-CNN head" in settings["note"]
     view = viewer.run(read_image(_first(app)[0]), "x", "dynamic", 0.3, 0.5)
     assert view.policy == "fixed-28" and view.reference is None and set(r[3] for r in view.rows) == {"28×28"}
+
+
+def test_runs_from_two_threads_take_turns(app):
+    """The page's queue serialises requests; the viewer's lock does the same for direct callers."""
+    import threading
+    import time
+
+    viewer, spans = app.viewer, []
+    forward = viewer._forward
+
+    def recorded(image):
+        start = time.perf_counter()
+        out = forward(image)
+        spans.append((start, time.perf_counter()))
+        return out
+
+    source = _first(app)
+    image = read_image(source[0])
+    viewer._forward = recorded
+    try:
+        threads = [threading.Thread(target=viewer.run, args=(image, source[0], "dynamic", b, 0.5)) for b in (0.3, 0.5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del viewer._forward
+    spans.sort()  # two runs (and the fixed-112 reference, once): no forward overlaps another
+    assert len(spans) >= 2 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))

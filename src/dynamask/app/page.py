@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from typing import Optional
 
 from . import callbacks as cb
@@ -109,6 +111,10 @@ def _wire(gr, page, app: cb.AppState, first: Optional[str], c: dict) -> None:
         page.load(lambda: first, None, c["sample"])
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(weights: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Load the model, make the sample images and serve the page until interrupted."""
     import tempfile
@@ -118,6 +124,8 @@ def serve(weights: Optional[str] = None, host: str = "127.0.0.1", port: int = 78
     gr = import_gradio()
     viewer = Viewer(weights or default_weights())
     work_dir = tempfile.mkdtemp(prefix="dynamask-app-")
+    if block and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)  # a terminated server cleans up as an interrupted one
     try:
         samples = cb.sample_images(os.path.join(work_dir, "samples"))
         app = cb.AppState(viewer, samples, os.path.join(work_dir, "downloads"))
