@@ -22,7 +22,9 @@ RUN_FIRST = (
     "test_multinode.py",  # 48 (2026-12-07): two launches of two one-process "nodes" (c10d rendezvous)
     "test_export.py",  # 46
     "test_overfit.py",  # 35
+    "test_app_browser.py",  # 35 (2026-12-07): the app's server and headless Chromium
     "test_train.py",  # 29
+    "test_app.py",  # 26 (2026-12-07): the shipped head in the app's viewer, a TorchScript export
     "test_torchvision_weights.py",  # 27
     "test_train_step.py",  # 27
     "test_model.py",  # 25

@@ -1,7 +1,7 @@
 """Command line interface: ``dynamask <command>`` (also ``python -m dynamask``).
 
 Commands: ``shapes`` (synthetic dataset), ``train``, ``evaluate``, ``predict``, ``export``, ``demo``,
-``config`` (the resolved configuration with each key's doc).
+``app`` (the browser viewer), ``config`` (the resolved configuration with each key's doc).
 ``dynamask <command> --help`` lists each command's options.
 
 Errors in the user's input (config, paths, data) are reported as one line
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub, common)
     _add_export(sub, common)
     _add_demo(sub, common)
+    _add_app(sub, common)
     _add_config(sub, common)
     return parser
 
@@ -261,6 +262,19 @@ def _add_demo(sub, common) -> None:
                    help="folder with the shipped files (default: the repository's checkpoints/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+
+def _add_app(sub, common) -> None:
+    p = sub.add_parser("app", parents=[common], help="browser viewer: the mask budget as a slider (the [app] extra)",
+                       description="Serve a page (Gradio) that runs a model on a sample or uploaded image: overlay "
+                                   "coloured by the chosen mask resolution beside the same head at fixed-112, "
+                                   "budget slider and policy, per-instance table, mask GFLOPs, latency, downloads. "
+                                   "Nothing is fetched from outside.")
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (.pt) or exported model (.onnx, .ts) "
+                                                     "(default: the shipped DynaMask head)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    p.set_defaults(func=cmd_app)
 
 
 def _add_config(sub, common) -> None:
@@ -555,6 +569,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(args.out, args.quick, progress=not getattr(args, "no_progress", False),
                       checkpoints=args.checkpoints, val_images=args.val_images)
     print(f"report written to {report}")
+    return EXIT_OK
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(args.weights, args.host, args.port)
     return EXIT_OK
 
 
