@@ -1,7 +1,7 @@
 """Mask-branch cost for 100 RoIs: time and measured FLOPs, as ratios to torchvision's 28×28 head
 in the same run; plus pasting 100 masks (ours vs torchvision's per-mask loop).
 
-    python benchmarks/mask_branch.py [--device cpu|cuda] [--rois 100] [--repeats 10]
+    python benchmarks/mask_branch.py [--device cpu|cuda] [--rois 100] [--repeats 10] [--only REGEX --tag T]
 
 Rows: torchvision's Mask R-CNN mask branch (RoIAlign + 4 convs + deconv + predictor), each
 fixed-k r-FPN path (FAM with deformable conv, and fixed-112 / dynamic with torchvision's
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -129,6 +130,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--points", type=int, nargs="+", default=[784, 1568],
                         help="points per RoI and stage of the point-sparse rows (one set of rows per value)")
+    parser.add_argument("--only", metavar="REGEX",
+                        help="time only the DynaMask rows whose name matches (re.search), beside torchvision's; the "
+                             "JSON is then mask_branch_<device>_<tag>.json")
+    parser.add_argument("--tag", default="only", help="file-name tag of an --only run")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -162,6 +167,8 @@ def main(argv=None):
     variants = ([("deform", f"fixed-{r}") for r in RESOLUTIONS]
                 + [("deform", "dynamic 40/30/20/10"), ("deform-tv", "fixed-112"), ("deform-tv", "dynamic 40/30/20/10"),
                    ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")] + sparse)
+    if args.only:
+        variants = [(fam, name) for fam, name in variants if re.search(args.only, f"DynaMask {name} (FAM {fam})")]
     for fam, name in variants:
         head = heads[fam]
 
@@ -201,16 +208,19 @@ def main(argv=None):
               "mask_branch": rows, "paste": paste_rows}
     by_path = {r["path"]: r["ms"] for r in rows}
     mix = "dynamic 40/30/20/10"
-    result["deform_vs_conv_fam_dynamic"] = by_path[f"DynaMask {mix} (FAM deform)"] / by_path[f"DynaMask {mix} (FAM conv)"]
-    result["deform_tv_vs_conv_fam_dynamic"] = (by_path[f"DynaMask {mix} (FAM deform-tv)"]
-                                               / by_path[f"DynaMask {mix} (FAM conv)"])
+    ratios = {"deform_vs_conv_fam_dynamic": (f"DynaMask {mix} (FAM deform)", f"DynaMask {mix} (FAM conv)"),
+              "deform_tv_vs_conv_fam_dynamic": (f"DynaMask {mix} (FAM deform-tv)", f"DynaMask {mix} (FAM conv)")}
     for fam in ("deform", "conv"):
         for n in args.points:
             for name in ("fixed-112", "dynamic 40/30/20/10"):
                 key = f"sparse_vs_dense_{name.split()[0].replace('-', '')}_fam_{fam}_points_{n}"
-                result[key] = by_path[f"DynaMask {name} (FAM {fam}, points {n})"] / by_path[f"DynaMask {name} (FAM {fam})"]
+                ratios[key] = (f"DynaMask {name} (FAM {fam}, points {n})", f"DynaMask {name} (FAM {fam})")
+    for key, (a, b) in ratios.items():
+        if a in by_path and b in by_path:  # (an --only run times some rows)
+            result[key] = by_path[a] / by_path[b]
+    result["only"] = args.only
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"mask_branch_{device.type}.json")
+    path = os.path.join(args.out, f"mask_branch_{device.type}" + (f"_{args.tag}" if args.only else "") + ".json")
     write_bytes_atomic(path, json.dumps(result, indent=2).encode())
 
     print(f"# {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -218,8 +228,9 @@ def main(argv=None):
     print(f"{'mask branch':58s} {'ms':>9s} {'time x':>7s} {'GFLOPs':>8s} {'FLOPs x':>8s}")
     for r in rows:
         print(f"{r['path']:58s} {r['ms']:9.1f} {r['time_ratio']:7.2f} {r['gflops']:8.2f} {r['flops_ratio']:8.2f}")
-    print(f"dynamic mix, deformable FAM / plain-conv FAM: {result['deform_vs_conv_fam_dynamic']:.2f} "
-          f"(torchvision's deform_conv2d: {result['deform_tv_vs_conv_fam_dynamic']:.2f})")
+    if "deform_tv_vs_conv_fam_dynamic" in result:
+        print(f"dynamic mix, deformable FAM / plain-conv FAM: {result['deform_vs_conv_fam_dynamic']:.2f} "
+              f"(torchvision's deform_conv2d: {result['deform_tv_vs_conv_fam_dynamic']:.2f})")
     for key, value in result.items():
         if key.startswith("sparse_vs_dense"):
             print(f"{key}: {value:.3f}")

@@ -66,7 +66,7 @@ PHOTO = "2011_000003"
 WIDTH, HEIGHT = 500, 375
 #: the heads: config file and overrides
 HEADS = {
-    "fixed-28": ("shapes_fixed28_r18.yaml", ["model.policy=fixed-28"]),
+    "fixed-28": ("shapes_fixed28_r18.yaml", ["model.policy=fixed-28", "model.refinement=dense"]),
     "dense-fixed-112": ("shapes_fixed112_r18.yaml", ["model.policy=fixed-112", "model.refinement=dense"]),
     "sparse-fixed-112": ("shapes_fixed112_r18.yaml", ["model.policy=fixed-112", "model.refinement=points",
                                                       "model.refinement_points=784"]),
