@@ -182,16 +182,18 @@ def test_training_targets_follow_the_geometry():
 
 
 # --------------------------------------------------------------------------- checkpoints
-SHIPPED_HEAD = ROOT / "checkpoints" / "shapes_detail_dynamask_c64.pt"
+#: a dense DynaMask head on the shipped detector (the demo's head until point stages became the
+#: default; a point head cannot be told the legacy geometry)
+DENSE_HEAD = ROOT / "benchmarks" / "results" / "accuracy_vs_cost_256_heads" / "dynamic@0.4.pt"
 
 
 @pytest.fixture(scope="module")
 def pre_geometry_checkpoint(tmp_path_factory):
-    """The shipped DynaMask head as a checkpoint written before the mask_geometry setting existed:
+    """A dense DynaMask head as a checkpoint written before the mask_geometry setting existed:
     neither its config nor its hyper-parameters name a geometry (whole model in one file)."""
     from dynamask.inference import load_checkpoint
 
-    ckpt = load_checkpoint(str(SHIPPED_HEAD))
+    ckpt = load_checkpoint(str(DENSE_HEAD))
     ckpt["config"]["model"].pop("mask_geometry")
     ckpt["hyper_parameters"].pop("mask_geometry")
     for key in ("detector", "detector_only"):
@@ -211,9 +213,9 @@ def test_a_checkpoint_without_geometry_predicts_in_the_legacy_geometry(pre_geome
     assert checkpoint_geometry(load_checkpoint(path)) == "torchvision"
     legacy, _ = model_from_checkpoint(path)
     assert legacy.mask_geometry == "torchvision"
-    exact, _ = model_from_checkpoint(str(SHIPPED_HEAD))
+    exact, _ = model_from_checkpoint(str(DENSE_HEAD))
     assert exact.mask_geometry == "exact"
-    told, _ = model_from_checkpoint(str(SHIPPED_HEAD))
+    told, _ = model_from_checkpoint(str(DENSE_HEAD))
     told.mask_geometry = "torchvision"
     images, _ = make_shapes_tensors(2, image_size=256, seed=11, detail=True)
     with torch.no_grad():
