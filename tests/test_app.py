@@ -74,11 +74,17 @@ def test_the_dial_in_the_viewer_matches_the_model(app):
     assert (model.policy, model.mask_budget, model.mask_score_floor) == ("dynamic", 1.0, 0.0)
 
 
+def _inside(viewer) -> float:
+    """A budget a third of the way into the head's reachable range (lowest budget .. 1)."""
+    return viewer.lowest_budget + (1.0 - viewer.lowest_budget) / 3
+
+
 def test_gated_control_costs_what_dynamic_costs(app):
     source = _first(app)
     image = read_image(source[0])
-    dynamic = app.viewer.run(image, source[0], "dynamic", 0.3, 0.0)
-    gated = app.viewer.run(image, source[0], GATED, 0.3, 0.0)
+    budget = _inside(app.viewer)
+    dynamic = app.viewer.run(image, source[0], "dynamic", budget, 0.0)
+    gated = app.viewer.run(image, source[0], GATED, budget, 0.0)
     costs = app.viewer.predictor.model.mask_branch.stage_costs(with_switch=False)
     step = float(costs[-1] - costs[0]) / 1e9  # one detection moved across the floor
     assert 0 < gated.score_floor < 1 and {r[3] for r in gated.rows} <= {"14×14", "112×112"}
@@ -204,7 +210,8 @@ def test_runs_from_two_threads_take_turns(app):
     image = read_image(source[0])
     viewer._forward = recorded
     try:
-        threads = [threading.Thread(target=viewer.run, args=(image, source[0], "dynamic", b, 0.5)) for b in (0.3, 0.5)]
+        threads = [threading.Thread(target=viewer.run, args=(image, source[0], "dynamic", b, 0.5))
+                   for b in (_inside(viewer), 1.0)]
         for t in threads:
             t.start()
         for t in threads:
