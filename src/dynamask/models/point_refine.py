@@ -143,11 +143,14 @@ def sample_in_image(feature: Tensor, rois: Tensor, points: Tensor, image_shapes)
 
 
 def _sample_in_image_exported(feature: Tensor, rois: Tensor, xy: Tensor, scale: float) -> Tensor:
-    """:func:`sample_in_image` as ONNX / TorchScript record it: ``grid_sample`` (exports are one image)."""
-    size = torch.tensor([feature.shape[-1], feature.shape[-2]], dtype=feature.dtype, device=feature.device)
+    """:func:`sample_in_image` as ONNX / TorchScript record it: ``grid_sample`` (exports are one image).
+    The map's size and the RoI count are read as tensors (``_shape_as_tensor``, ``-1``), so that the
+    recorded graph follows the image it runs on, not the one it was traced with."""
+    hw = torch._shape_as_tensor(feature)[2:].to(feature.dtype)  # (H, W): a Shape op in the graph
+    size = torch.stack([hw[1], hw[0]])
     grid = (2.0 * xy * scale / size - 1.0).reshape(1, -1, 1, 2)
     out = F.grid_sample(feature[:1], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, :, 0].reshape(feature.shape[1], rois.shape[0], xy.shape[1]).permute(1, 2, 0)
+    return out[0, :, :, 0].reshape(feature.shape[1], -1, xy.shape[1]).permute(1, 2, 0)
 
 
 def point_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor], points: Tensor,
