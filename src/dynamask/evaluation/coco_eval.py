@@ -111,11 +111,13 @@ def _tasks(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[st
 
 @contextlib.contextmanager
 def _workers(count: int):
-    """``map`` over ``count`` worker processes (in order, lazily), or the builtin one for 1."""
-    if count <= 1:
+    """``map`` over ``count`` worker processes (in order, lazily), or the builtin one for 1 (and in
+    a daemonic process, e.g. a pool's worker, which may not start processes)."""
+    import multiprocessing
+
+    if count <= 1 or multiprocessing.current_process().daemon:
         yield map
         return
-    import multiprocessing
 
     # a fresh small process forks the workers, not this one (its memory, CUDA, threads); it imports
     # nothing itself, so that the workers import dynamask from this process's sys.path
