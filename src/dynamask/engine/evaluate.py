@@ -450,8 +450,11 @@ def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: 
              progress: bool = False) -> Dict[str, Any]:
     """COCO APs (bbox, segm, boundary), mask cost, resolution histogram and the complexity ρ."""
     results, image_ids = run["results"], run["image_ids"]
+    started = time.perf_counter()  # a line before and after in the log (training's too, without progress lines)
+    logger.info("scoring %d detection(s) on %d image(s): bbox, segm and boundary AP", len(results), len(image_ids))
     metrics: Dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
                                                         image_sizes=run["image_sizes"], progress=progress))
+    logger.info("scored in %.1f s", time.perf_counter() - started)
     n_img, n_det = len(image_ids), len(results)
     metrics.update(result_statistics(gt, results, n_img))
     metrics.update(

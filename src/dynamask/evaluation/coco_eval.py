@@ -121,8 +121,11 @@ def _workers(count: int):
 
     # a fresh small process forks the workers, not this one (its memory, CUDA, threads); it imports
     # nothing itself, so that the workers import dynamask from this process's sys.path
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([])
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([])
+    else:  # Windows
+        context = multiprocessing.get_context("spawn")
     pool = context.Pool(count)
     try:
         yield pool.imap
