@@ -3,8 +3,11 @@
 The shipped head (``checkpoints/shapes_detail_dynamask_c64.pt`` on its detector) on the detailed
 shapes' validation set (``--images`` images, 256 px, seed 0, as ``benchmarks/sharded_eval.py``
 makes it), with this checkout's ``src/`` and with ``--reference``'s (extracted with ``git
-archive``), alternating, ``--repeats`` times each: wall time, CPU time of the process tree and
-the metrics (which must agree: both evaluators are exact).
+archive``), alternating, ``--repeats`` times each, ``OMP_NUM_THREADS=--threads``: wall time, CPU
+time of the process tree, the 1-minute load average after each run (a shared machine), the
+forward seconds (images / ``images_per_second``) and the metrics (which must agree: both
+evaluators are exact). The forward passes are the same code on both sides; ``other_s`` (wall
+minus forward: start-up, data loading, scoring) is where they differ.
 
     python benchmarks/evaluate_speed.py --reference c7fc88d [--images 400] [--repeats 2]
 
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--reference", required=True, help="the commit compared against (git archive)")
     ap.add_argument("--images", type=int, default=400, help="validation images (default 400, the shapes' val set)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (default 1: a shared machine)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "evaluate_speed")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "evaluate_speed.json")
     args = ap.parse_args()
@@ -75,13 +79,17 @@ def main() -> None:
     metrics: dict = {}
     for k in range(args.repeats):  # alternating, so that a disturbance of the (shared) machine hits both
         for name, src in sources.items():
-            env = {**os.environ, "PYTHONPATH": str(src)}
+            env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(args.threads)}
             out = args.work / name
             run = timed([sys.executable, "-m", "dynamask", *tail, "--out", str(out)], env)
             metrics[name] = json.loads((out / "metrics.json").read_text())
+            # the model's forward passes (the same code on both sides) and the rest: start-up, data, scoring
+            run["forward_s"] = round(args.images / metrics[name]["images_per_second"], 2)
+            run["other_s"] = round(run["wall_s"] - run["forward_s"], 2)
             tries[name].append(run)
-            print(f"{name:>9} #{k + 1}: {run['wall_s']:6.1f} s wall, {run['cpu_s']:6.1f} CPU-s "
-                  f"(load {run['load_avg_1min_after']:.1f})", flush=True)
+            print(f"{name:>9} #{k + 1}: {run['wall_s']:6.1f} s wall ({run['forward_s']:.1f} s forward, "
+                  f"{run['other_s']:.1f} s the rest), {run['cpu_s']:6.1f} CPU-s (load {run['load_avg_1min_after']:.1f})",
+                  flush=True)
     best = {name: min(t, key=lambda r: r["wall_s"]) for name, t in tries.items()}
     diff = max(abs(metrics["new"][key] - metrics["reference"][key]) for key in AP
                if metrics["new"][key] is not None and metrics["reference"][key] is not None)
@@ -91,9 +99,11 @@ def main() -> None:
         "command": " ".join(["dynamask", *[str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]],
                              "data.val_json=... data.val_images=..."]),
         "benchmark_command": "python benchmarks/evaluate_speed.py " + " ".join(sys.argv[1:]),
-        "reference": args.reference, "images": args.images,
+        "reference": args.reference, "images": args.images, "omp_num_threads": args.threads,
         "new": dict(best["new"], tries=tries["new"]), "reference_run": dict(best["reference"], tries=tries["reference"]),
         "wall_ratio_new_over_reference": round(best["new"]["wall_s"] / best["reference"]["wall_s"], 3),
+        "other_s_new_minus_reference": round(min(r["other_s"] for r in tries["new"])
+                                             - min(r["other_s"] for r in tries["reference"]), 2),
         "metrics_new": {k: metrics["new"][k] for k in (*AP, "num_detections", "images_per_second")},
         "max_ap_difference": diff,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
