@@ -14,11 +14,13 @@ reading and evaluating it cost (issue #26, part 1).
 * ``--metrics``: a val2017-sized result set (5,000 images × 100 detections with RLE masks against
   36,781 ground-truth objects; scaled by ``--metrics-fraction``) scored by ``dynamask evaluate
   --results FILE.json --gt FILE.json`` in a process of its own: wall time and the peak RSS of its
-  process tree (segm, bbox and boundary AP).
+  process tree (segm, bbox and boundary AP); ``--breakdown`` each kind in a process of its own,
+  ``--metrics-reference REV`` the package at REV on the same set in the same run, the set's SHA-256.
 
     python benchmarks/coco_scale.py --fraction 0.1                  # a tenth: ~12k images, minutes
     python benchmarks/coco_scale.py --fraction 1 --skip-reference   # the full size
     python benchmarks/coco_scale.py --metrics-only                  # the val2017-sized result set
+    python benchmarks/coco_scale.py --metrics-only --breakdown --metrics-reference c7fc88d  # and before (#32)
 
 Writes the data to ``runs/coco_scale_<fraction>/`` and the results to
 ``benchmarks/results/coco_scale_<fraction>.json`` (``--results``).
@@ -296,46 +298,71 @@ def _run_tree(cmd: list[str], env: dict) -> tuple[float, float, str]:
 BREAKDOWN = r"""
 import json, sys, time
 sys.path.insert(0, {src!r})
-from dynamask.data import load_coco_json
-from dynamask.engine.evaluate import compute_coco_metrics, load_results_file
-gt = load_coco_json({gt!r})
-entries = load_results_file({res!r}, gt)
-drop = {drop!r}
-entries = [{{k: v for k, v in r.items() if k != drop}} for r in entries]
+try:  # dynamask.evaluation (issue #32): flat results, each kind alone by clearing the others' flags
+    from dynamask.coco_json import load_coco_json
+    from dynamask.evaluation.coco_eval import compute_coco_metrics
+    from dynamask.evaluation.results_file import read_results_file
+    gt = load_coco_json({gt!r})
+    entries = read_results_file({res!r}, gt)
+    getattr(entries, "has_" + {{"segmentation": "mask", "bbox": "box"}}[{drop!r}])[:] = False
+    cpu = None
+except ImportError:  # before: COCO results dicts
+    from dynamask.data import load_coco_json
+    from dynamask.engine.evaluate import compute_coco_metrics, load_results_file
+    gt = load_coco_json({gt!r})
+    entries = load_results_file({res!r}, gt)
+    drop = {drop!r}
+    entries = [{{k: v for k, v in r.items() if k != drop}} for r in entries]
+    cpu = 1
 t = time.perf_counter()
-m = compute_coco_metrics(gt, entries, max_dets=100, boundary={boundary!r}, cpu_count=1)
-print(json.dumps({{"compute_seconds": time.perf_counter() - t, "AP": {{k: m[k] for k in ("bbox_AP", "segm_AP", "boundary_AP")}}}}))
+m = compute_coco_metrics(gt, entries, max_dets=100, boundary={boundary!r}, cpu_count=cpu)
+print(json.dumps({{"compute_seconds": time.perf_counter() - t, "cpu_count": cpu,
+                  "AP": {{k: m[k] for k in ("bbox_AP", "segm_AP", "boundary_AP")}}}}))
 """
 
 
-def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path) -> dict:
-    """``dynamask evaluate --results`` in a process of its own: wall time and the peak RSS summed
-    over its process tree (sampled every 0.1 s)."""
+def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path, src: Path = ROOT / "src") -> dict:
+    """``dynamask evaluate --results`` in a process of its own (``src``'s package), a cold run (a
+    fresh ``out``): wall time, the peak RSS summed over its process tree (sampled every 0.1 s) and
+    the 1-minute load average before and after (a shared machine)."""
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "dynamask", "evaluate", "--results", str(res_file), "--gt", str(gt_file),
            "--out", str(out)]
-    seconds, peak, _ = _run_tree(cmd, _env())
+    load_before = os.getloadavg()[0]
+    seconds, peak, _ = _run_tree(cmd, _env(src))
     metrics = json.loads((out / "metrics.json").read_text())
     return {"seconds": seconds, "peak_rss_mib": peak, "command": " ".join(cmd[1:]),
+            "load_avg_1min_before": load_before, "load_avg_1min_after": os.getloadavg()[0],
             "metrics": {k: metrics.get(k) for k in ("segm_AP", "bbox_AP", "boundary_AP", "num_detections")}}
 
 
-def measure_breakdown(gt_file: Path, res_file: Path) -> dict:
+def measure_breakdown(gt_file: Path, res_file: Path, src: Path = ROOT / "src") -> dict:
     """Each kind of AP alone, in a process of its own (``compute_coco_metrics`` on the loaded file:
     bbox without masks; segm without boxes; segm and boundary together — the boundary's share is
     their difference): the call's time and the process tree's peak RSS."""
     parts = {}
     for name, drop, boundary in (("bbox", "segmentation", False), ("segm", "bbox", False),
                                  ("segm+boundary", "bbox", True)):
-        code = BREAKDOWN.format(src=str(ROOT / "src"), gt=str(gt_file), res=str(res_file), drop=drop, boundary=boundary)
-        wall, tree_peak, stdout = _run_tree([sys.executable, "-c", code], _env())
+        code = BREAKDOWN.format(src=str(src), gt=str(gt_file), res=str(res_file), drop=drop, boundary=boundary)
+        wall, tree_peak, stdout = _run_tree([sys.executable, "-c", code], _env(src))
         parts[name] = json.loads(stdout.strip().splitlines()[-1]) | {"wall_seconds": wall, "peak_rss_mib": tree_peak}
         print(f"  [{name}] {parts[name]['compute_seconds']:.0f} s in compute_coco_metrics, peak RSS "
               f"{tree_peak:.0f} MiB", flush=True)
     return parts
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _env(src: Path = ROOT / "src") -> dict:
+    return dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def main(argv=None) -> None:
@@ -354,6 +381,9 @@ def main(argv=None) -> None:
     p.add_argument("--breakdown", action="store_true", help="with --metrics: each kind of AP in a process of its own")
     p.add_argument("--breakdown-only", action="store_true",
                    help="with --metrics-only: add the breakdown to the recorded results file, no new evaluate run")
+    p.add_argument("--metrics-reference", metavar="REV", default=None,
+                   help="with --metrics: also score the result set with the package at REV (git archive), same run")
+    p.add_argument("--reference-breakdown", action="store_true", help="with --metrics-reference: its breakdown too")
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     started = time.time()
@@ -428,6 +458,20 @@ def main(argv=None) -> None:
             m["breakdown"] = measure_breakdown(gt_file, res_file)
             m["breakdown_date"] = datetime.date.today().isoformat()
         result["evaluate_results"] = m
+        result["result_set_sha256"] = {"results.json": sha256(res_file), "gt.json": sha256(gt_file)}
+        if args.metrics_reference:  # today's path before the change, in the same run
+            src = reference_source(args.metrics_reference, ROOT / "runs" / "coco_scale_reference")
+            ref = measure_evaluate_results(gt_file, res_file, mout / "eval_reference", src)
+            ref["source"] = f"git archive {args.metrics_reference} src/dynamask"
+            print(f"[evaluate --results @{args.metrics_reference}] {ref['seconds']:.0f} s, peak RSS "
+                  f"{ref['peak_rss_mib']:.0f} MiB: {ref['metrics']}", flush=True)
+            if args.reference_breakdown:
+                ref["breakdown"] = measure_breakdown(gt_file, res_file, src)
+            result["evaluate_results_reference"] = ref
+            result["same_metrics_as_reference"] = {k: abs(m["metrics"][k] - ref["metrics"][k]) < 1e-4 * 100
+                                                   for k in ("segm_AP", "bbox_AP", "boundary_AP")}
+        result["goals"] = {"wall_s_at_most_90": m["seconds"] <= 90.0, "peak_rss_at_most_1.5_GiB": m["peak_rss_mib"] <= 1536.0}
+        print(f"goals: {result['goals']}", flush=True)
     result["wall_time_s"] = round(time.time() - started, 1)
     name = f"coco_scale_{args.fraction:g}.json" if not args.metrics_only else f"coco_scale_metrics_{args.metrics_fraction:g}.json"
     path = args.results or HERE / "results" / name

@@ -371,7 +371,7 @@ def _config_for_checkpoint(config: Optional[str], overrides: Sequence[str], weig
 
 def _print_metrics(metrics: dict) -> None:
     try:
-        from .engine.evaluate import format_metrics_table
+        from .evaluation.report import format_metrics_table  # not through engine: no torch for --results
     except ImportError:
         format_metrics_table = None
     if format_metrics_table is not None:
@@ -454,9 +454,10 @@ def _evaluate_results_file(args: argparse.Namespace) -> int:
                             "(or data.val_json in --config / as data.val_json=FILE)")
     if not _is_rank0():
         return EXIT_OK  # nothing to share out: rank 0 scores the file
-    from .engine.evaluate import evaluate_results
+    from .evaluation.score_file import evaluate_results
 
-    metrics = evaluate_results(args.results, gt, out_dir=args.out, max_dets=int(cfg["test"]["max_dets"]))
+    metrics = evaluate_results(args.results, gt, out_dir=args.out, max_dets=int(cfg["test"]["max_dets"]),
+                               progress=not args.no_progress)
     _print_metrics(metrics)
     if args.out:
         print(f"metrics written to {os.path.join(os.path.abspath(args.out), 'metrics.json')}")

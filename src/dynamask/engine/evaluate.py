@@ -1,42 +1,32 @@
-"""COCO evaluation of a dynamask model: box/mask/boundary AP plus the mask-head cost statistics.
+"""COCO evaluation of a dynamask model: the model loop over a validation set, single or sharded.
 
 :func:`evaluate` runs a model over a COCO-format validation set and returns (and, with
-``out_dir``, writes) a metrics dict; :func:`compute_coco_metrics` is the results → AP step on its
-own (it is what :func:`evaluate` uses, and it accepts any COCO results list, e.g. the ground truth
-itself as a sanity check). All AP values are on the **0–100** scale.
-
-Evaluators
-----------
-* ``bbox`` and ``segm`` AP: ``pycocotools`` ``COCOeval``.
-* boundary AP: ``faster_coco_eval`` ``COCOeval_faster(iouType="boundary")`` (Boundary IoU of
-  Cheng et al. 2021, dilation ratio 0.02, computed on CPU, no download).
-
-Both read ``iscrowd`` (and ``area``) from the ground-truth json, so crowd regions are ignored as
-in the official COCO protocol. ``params.maxDets`` is ``[1, 10, max_dets]`` (sorted, deduplicated)
-and every number is read from ``eval["precision"]`` at the ``max_dets`` index, so a ``max_dets``
-other than 100 is honoured (pycocotools' own ``summarize`` assumes 100). For mask/boundary AP the
-results are given without ``bbox`` so that the small/medium/large split uses the mask area (as
-detectron2 does); box AP uses box area.
+``out_dir``, writes) a metrics dict. Scoring the detections is :mod:`dynamask.evaluation`'s
+(:func:`~dynamask.evaluation.coco_eval.compute_coco_metrics`: box, mask and boundary AP, exact to
+pycocotools, on flat arrays and every core; the switch statistics of
+:mod:`dynamask.evaluation.statistics`); its public names are re-exported here so that existing
+imports keep working. All AP values are on the **0–100** scale.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import json
 import logging
-import math
 import os
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from ..cocotools import mask_utils
 
-from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError
+from ..evaluation.coco_eval import AP_KEYS, compute_coco_metrics
+from ..evaluation.report import METRIC_KEYS, format_metrics_table, write_json_atomic, write_metrics_json
+from ..evaluation.results_file import load_results_file, read_results_file
+from ..evaluation.score_file import evaluate_results
+from ..evaluation.statistics import (RESOLUTIONS, SIZE_BINS, resolution_complexity_pairs,
+                                     resolution_complexity_spearman, resolution_histogram, result_statistics,
+                                     spearman_correlation, spearman_within_size_bins)
 from ..inference import apply_policy, model_from_checkpoint, resolve_device
 from ..progress import progress_bar
 from . import distributed as du
@@ -44,6 +34,8 @@ from . import distributed as du
 __all__ = [
     "METRIC_KEYS",
     "AP_KEYS",
+    "RESOLUTIONS",
+    "SIZE_BINS",
     "evaluate",
     "compute_coco_metrics",
     "predictions_to_coco_results",
@@ -58,34 +50,15 @@ __all__ = [
     "write_metrics_json",
     "evaluate_results",
     "load_results_file",
+    "read_results_file",
 ]
 
 logger = logging.getLogger("dynamask.evaluate")
 
-RESOLUTIONS = (14, 28, 56, 112)
-
-#: AP keys (0–100 scale) produced by :func:`compute_coco_metrics`
-AP_KEYS: Tuple[str, ...] = tuple(
-    f"{kind}_{k}" for kind in ("bbox", "segm", "boundary") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")
-)
-
-#: keys always present in the metrics dict returned by :func:`evaluate` / ``metrics.json``
-METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
-    "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
-    "num_images", "num_detections", "policy", "mask_budget", "mask_score_floor", "mask_geometry", "complexity_spearman",
-    "complexity_spearman_within_size", "complexity_spearman_by_size",
-    "complexity_pairs", "max_dets", "score_thresh",
-)
-
 
 # --------------------------------------------------------------------------
-# small helpers
+# predictions → COCO results
 # --------------------------------------------------------------------------
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: Optional[int] = None) -> str:
-    """``json.dump`` to a temp file in the same folder, then ``os.replace`` (never a torn file)."""
-    text = json.dumps(obj, indent=indent, allow_nan=False)
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
 
 def masks_to_rles(masks: np.ndarray) -> List[dict]:
     """Boolean/0-1 masks N×H×W → compressed COCO RLEs with ``counts`` as ``str``."""
@@ -101,16 +74,7 @@ def masks_to_rles(masks: np.ndarray) -> List[dict]:
     return rles
 
 
-def _finite_or_none(v: Any) -> Optional[float]:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
-
-# --------------------------------------------------------------------------
-# predictions → COCO results
-# --------------------------------------------------------------------------
 def predictions_to_coco_results(
     prediction: Mapping[str, Any],
     image_id: int,
@@ -177,343 +141,6 @@ def predictions_to_coco_results(
         logger.warning("image %s: dropped %d detection(s) with a label outside 1..%d", image_id, bad, len(cat_ids))
     return out
 
-
-# --------------------------------------------------------------------------
-# COCO AP
-# --------------------------------------------------------------------------
-def _gt_dict(gt: Any) -> dict:
-    if isinstance(gt, Mapping):
-        return dict(gt)
-    if isinstance(gt, (str, os.PathLike)):
-        from ..data import load_coco_json
-
-        return load_coco_json(gt)
-    if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):  # a pycocotools / faster_coco_eval COCO
-        return gt.dataset
-    raise TypeError(f"ground truth must be a COCO dict, a json path or a COCO object, got {type(gt).__name__}")
-
-
-def _prepare_gt(gt: dict, img_ids: Optional[Iterable[int]],
-                image_sizes: Optional[Mapping[int, Tuple[int, int]]]) -> dict:
-    """The gt restricted to ``img_ids``, in new image, annotation and category dicts (the
-    caller's are never touched), with missing image ``height``/``width`` filled from
-    ``image_sizes`` and annotation ids ensured. The values inside (polygons, RLEs, boxes) are
-    shared with ``gt``: the evaluators only set or replace keys of the dicts (see
-    :func:`_own_dicts`)."""
-    keep = None if img_ids is None else {int(i) for i in img_ids}
-    images = []
-    for img in gt.get("images", []):
-        if keep is not None and int(img["id"]) not in keep:
-            continue
-        img = dict(img)
-        if (not img.get("height") or not img.get("width")) and image_sizes and int(img["id"]) in image_sizes:
-            img["height"], img["width"] = (int(v) for v in image_sizes[int(img["id"])])
-        images.append(img)
-    image_ids = {int(img["id"]) for img in images}
-    anns = []
-    for k, ann in enumerate(gt.get("annotations", [])):
-        if int(ann["image_id"]) not in image_ids:
-            continue
-        ann = dict(ann)
-        ann.setdefault("id", k + 1)
-        ann.setdefault("iscrowd", 0)
-        anns.append(ann)
-    if len({a["id"] for a in anns}) != len(anns):  # duplicate ids would confuse the evaluators
-        for k, a in enumerate(anns):
-            a["id"] = k + 1
-    return {"info": gt.get("info", {}), "images": images, "annotations": anns,
-            "categories": [dict(c) for c in gt.get("categories", [])]}
-
-
-def _own_dicts(gt_data: dict) -> dict:
-    """``gt_data`` with new top-level dicts for its images, annotations and categories, the values
-    inside shared. That is all the copying the evaluators need: pycocotools' ``loadRes`` sets
-    ``area``/``id``/``iscrowd``/``bbox`` (and a box polygon as ``segmentation``) on each result
-    entry, ``COCOeval`` sets ``ignore`` on gt annotations and replaces each one's ``segmentation``
-    by its RLE (``annToRLE`` builds a new object, leaving the polygon list as it was), and
-    faster-coco-eval sets ``ignore``/``rle``/``boundary`` and match keys -- keys of the dicts, never
-    the lists and dicts they hold (``tests/test_evaluate.py`` checks that neither the gt nor the
-    results are changed). Each evaluator gets its own so that no key one sets is seen by the next
-    (a ``bbox`` that ``loadRes`` added would send faster-coco-eval's ``loadRes`` down its box path)."""
-    return {"info": gt_data.get("info", {}), "images": [dict(i) for i in gt_data["images"]],
-            "annotations": [dict(a) for a in gt_data["annotations"]],
-            "categories": [dict(c) for c in gt_data["categories"]]}
-
-
-def _max_dets_list(max_dets: int) -> List[int]:
-    return sorted({1, 10, int(max_dets)})
-
-
-def _read_ap(E, max_dets: int, iou: Optional[float] = None, area: str = "all") -> Optional[float]:
-    """Mean precision (×100) over IoU thresholds/recall/categories at one area range and maxDets,
-    read straight from ``eval['precision']`` [T×R×K×A×M]; None when no category has gt there."""
-    prec = np.asarray(E.eval["precision"])
-    p = E.params
-    m = list(p.maxDets).index(int(max_dets))
-    a = list(p.areaRngLbl).index(area)
-    s = prec[:, :, :, a, m]
-    if iou is not None:
-        t = np.where(np.isclose(np.asarray(p.iouThrs), iou))[0]
-        s = s[t]
-    valid = s[s > -1]
-    return float(np.mean(valid)) * 100.0 if valid.size else None
-
-
-def _ap_set(kind: str, E, max_dets: int) -> Dict[str, Optional[float]]:
-    return {
-        f"{kind}_AP": _read_ap(E, max_dets),
-        f"{kind}_AP50": _read_ap(E, max_dets, iou=0.5),
-        f"{kind}_AP75": _read_ap(E, max_dets, iou=0.75),
-        f"{kind}_APs": _read_ap(E, max_dets, area="small"),
-        f"{kind}_APm": _read_ap(E, max_dets, area="medium"),
-        f"{kind}_APl": _read_ap(E, max_dets, area="large"),
-    }
-
-
-def _pycoco_eval(gt_coco, results: List[dict], iou_type: str, img_ids: List[int], max_dets: int):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            dt = gt_coco.loadRes(results)
-        else:  # pycocotools' loadRes cannot take an empty list
-            dt = COCO()
-            dt.dataset = {"images": list(gt_coco.dataset["images"]), "annotations": [],
-                          "categories": copy.deepcopy(gt_coco.dataset["categories"])}
-            dt.createIndex()
-        E = COCOeval(gt_coco, dt, iou_type)
-        E.params.imgIds = img_ids
-        E.params.maxDets = _max_dets_list(max_dets)
-        E.evaluate()
-        E.accumulate()
-    return E
-
-
-def _boundary_eval(gt: dict, results: List[dict], img_ids: List[int], max_dets: int,
-                   dilation_ratio: float, cpu_count: int):
-    from faster_coco_eval import COCO as FCOCO
-    from faster_coco_eval import COCOeval_faster
-
-    quiet = logging.getLogger("faster_coco_eval").debug
-    gt_coco = FCOCO(_own_dicts(gt), use_deepcopy=False, print_function=quiet)
-    dt = gt_coco.loadRes(results)  # new entry dicts from the caller (see _own_dicts)
-    E = COCOeval_faster(gt_coco, dt, iouType="boundary", print_function=quiet,
-                        boundary_dilation_ratio=dilation_ratio, boundary_cpu_count=max(1, cpu_count),
-                        rle_iou_max_workers=max(1, cpu_count))
-    E.params.imgIds = img_ids
-    E.params.maxDets = _max_dets_list(max_dets)
-    E.evaluate()
-    E.accumulate()
-    return E
-
-
-def compute_coco_metrics(
-    gt: Any,
-    results: Sequence[Mapping[str, Any]],
-    max_dets: int = 100,
-    img_ids: Optional[Iterable[int]] = None,
-    image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
-    boundary: bool = True,
-    boundary_dilation_ratio: float = 0.02,
-    cpu_count: int = 1,
-) -> Dict[str, Optional[float]]:
-    """COCO box, mask and boundary AP (0–100 scale) of ``results`` against ``gt``.
-
-    ``gt``: a COCO annotation dict, a json path or a COCO object (its ``dataset`` is used; never
-    modified). ``results``: COCO results entries (``image_id``, ``category_id``, ``score``,
-    ``bbox`` and/or ``segmentation`` as RLE). ``img_ids``: the images evaluated (default: all gt
-    images). Returns :data:`AP_KEYS`; a value is ``None`` when undefined (no gt in that category/
-    area range, or no ``segmentation`` field for mask/boundary AP); with no detections but some
-    gt, APs are 0.0. ``image_sizes`` ({image_id: (h, w)}) fills gt images lacking height/width.
-    """
-    gt_data = _prepare_gt(_gt_dict(gt), img_ids, image_sizes)
-    ids = sorted(int(img["id"]) for img in gt_data["images"])
-    idset = set(ids)
-    results = [r for r in results if int(r["image_id"]) in idset]
-    out: Dict[str, Optional[float]] = {k: None for k in AP_KEYS}
-    if not ids:
-        return out
-
-    from pycocotools.coco import COCO
-
-    has_boxes = (not results) or all("bbox" in r for r in results)
-    has_segm = (not results) or all("segmentation" in r for r in results)
-
-    def gt_coco():  # each evaluator its own annotation dicts (it sets keys on them; see _own_dicts)
-        coco = COCO()
-        coco.dataset = _own_dicts(gt_data)
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
-
-    # the result entries each evaluator gets are new dicts, the values in them shared (_own_dicts)
-    if has_boxes:
-        box_res = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-        E = _pycoco_eval(gt_coco(), box_res, "bbox", ids, max_dets)
-        out.update(_ap_set("bbox", E, max_dets))
-        del box_res, E
-    if has_segm:
-        segm_res = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        E = _pycoco_eval(gt_coco(), segm_res, "segm", ids, max_dets)
-        out.update(_ap_set("segm", E, max_dets))
-        del segm_res, E
-        if boundary:
-            segm_res = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-            E = _boundary_eval(gt_data, segm_res, ids, max_dets, boundary_dilation_ratio, cpu_count)
-            out.update(_ap_set("boundary", E, max_dets))
-    return out
-
-
-# --------------------------------------------------------------------------
-# resolution statistics
-# --------------------------------------------------------------------------
-def resolution_histogram(results: Iterable[Mapping[str, Any]]) -> Dict[int, int]:
-    """{14: n, 28: n, 56: n, 112: n} over results entries' ``mask_resolution``."""
-    hist = {r: 0 for r in RESOLUTIONS}
-    for r in results:
-        res = r.get("mask_resolution")
-        if res is not None and int(res) in hist:
-            hist[int(res)] += 1
-    return hist
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
-
-def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
-    """Spearman's rank correlation (ties get average ranks); None with < 3 pairs or a constant
-    variable. Uses scipy when installed."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return None
-    try:
-        from scipy.stats import spearmanr
-    except ImportError:
-        rx, ry = _average_ranks(x), _average_ranks(y)
-        rx -= rx.mean()
-        ry -= ry.mean()
-        denom = math.sqrt(float((rx * rx).sum()) * float((ry * ry).sum()))
-        return float((rx * ry).sum() / denom) if denom > 0 else None
-    rho = spearmanr(x, y).statistic
-    return _finite_or_none(rho)
-
-
-def resolution_complexity_pairs(
-    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
-) -> Tuple[List[float], List[float], List[float]]:
-    """(chosen ``mask_resolution``, ``complexity`` of the matched gt instance, that instance's
-    size √(w·h) of its box) for every matched detection.
-
-    Per image, detections (highest score first) are matched greedily to the unmatched non-crowd
-    gt instance of highest mask IoU ≥ ``iou_thresh``, regardless of category (the question is
-    whether harder outlines get finer masks, not whether the class is right). Only gt with a
-    ``complexity`` field take part.
-    """
-    from ..data import segmentation_to_rle
-
-    data = _gt_dict(gt)
-    imgs = {int(i["id"]): i for i in data.get("images", [])}
-    by_image: Dict[int, List[dict]] = {}
-    for ann in data.get("annotations", []):
-        if ann.get("iscrowd", 0) or ann.get("complexity") is None or ann.get("segmentation") is None:
-            continue
-        by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    if not by_image:
-        return [], [], []
-    dets: Dict[int, List[Mapping[str, Any]]] = {}
-    for r in results:
-        if r.get("mask_resolution") is None or "segmentation" not in r:
-            continue
-        dets.setdefault(int(r["image_id"]), []).append(r)
-
-    xs: List[float] = []
-    ys: List[float] = []
-    sizes: List[float] = []
-    for image_id, ds in dets.items():
-        gts = by_image.get(image_id)
-        if not gts:
-            continue
-        ds = sorted(ds, key=lambda r: -float(r["score"]))
-        h, w = (int(v) for v in ds[0]["segmentation"]["size"])
-        info = imgs.get(image_id, {})
-        h, w = int(info.get("height") or h), int(info.get("width") or w)
-        g_rles, g_cx, g_size = [], [], []
-        for ann in gts:
-            try:
-                rle = segmentation_to_rle(ann["segmentation"], h, w)
-            except (ValueError, TypeError, KeyError):
-                rle = None
-            if rle is not None:
-                g_rles.append(rle)
-                g_cx.append(float(ann["complexity"]))
-                bw, bh = (float(v) for v in (ann.get("bbox") or [0, 0, 0, 0])[2:4])
-                g_size.append(math.sqrt(max(bw, 0.0) * max(bh, 0.0)))
-        if not g_rles:
-            continue
-        d_rles = [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]} for r in ds]
-        ious = np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles)), dtype=np.float64)
-        ious = ious.reshape(len(d_rles), len(g_rles))
-        taken = np.zeros(len(g_rles), dtype=bool)
-        for k, r in enumerate(ds):
-            cand = np.where(taken, -1.0, ious[k])
-            j = int(np.argmax(cand))
-            if cand[j] >= iou_thresh:
-                taken[j] = True
-                xs.append(float(r["mask_resolution"]))
-                ys.append(g_cx[j])
-                sizes.append(g_size[j])
-    return xs, ys, sizes
-
-
-def resolution_complexity_spearman(
-    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
-) -> Tuple[Optional[float], int]:
-    """(Spearman ρ between chosen ``mask_resolution`` and the ``complexity`` of the matched gt
-    instance, number of matched pairs) over :func:`resolution_complexity_pairs`; ρ is None when
-    no gt has a complexity or there are < 3 pairs."""
-    xs, ys, _ = resolution_complexity_pairs(gt, results, iou_thresh)
-    return spearman_correlation(xs, ys), len(xs)
-
-
-#: ground-truth size bins (√(w·h), pixels) for the within-size ρ: < 48, 48–96, 96–160, ≥ 160
-SIZE_BINS: Tuple[float, ...] = (48.0, 96.0, 160.0)
-
-
-def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequence[float],
-                              sizes: Sequence[float], bins: Sequence[float] = SIZE_BINS,
-                              ) -> Tuple[Optional[float], Dict[str, dict]]:
-    """ρ between resolution and complexity *within* bins of object size, so that a switch that
-    only follows size cannot score: (the pair-weighted mean of the bins' ρ, per bin
-    ``{"pairs", "rho"}``). A bin where every instance got the same resolution (or with < 3 pairs)
-    has ρ None and is left out of the mean; None when every bin is."""
-    x = np.asarray(resolutions, dtype=np.float64)
-    y = np.asarray(complexities, dtype=np.float64)
-    which = np.digitize(np.asarray(sizes, dtype=np.float64), np.asarray(bins, dtype=np.float64))
-    edges = [0.0, *bins, float("inf")]
-    per_bin: Dict[str, dict] = {}
-    total, weight = 0.0, 0
-    for b in range(len(edges) - 1):
-        keep = which == b
-        rho = spearman_correlation(x[keep], y[keep])
-        name = f"{edges[b]:g}-{edges[b + 1]:g}"
-        per_bin[name] = {"pairs": int(keep.sum()), "rho": rho}
-        if rho is not None:
-            total += rho * int(keep.sum())
-            weight += int(keep.sum())
-    return (total / weight if weight else None), per_bin
 
 
 # --------------------------------------------------------------------------
@@ -594,7 +221,7 @@ def evaluate(
         _check_sizes(job["dataset"], job["indices"])
         run = _run_model(job["model"], _loader(job, job["indices"]), job["dev"], policy, budget, job["cat_ids"],
                          job["score_thresh"], job["max_dets"], len(job["indices"]), progress)
-        return _measure_and_write(job, run, out_dir)
+        return _measure_and_write(job, run, out_dir, progress=progress)
     return _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
                              batch_size, cat_ids)
 
@@ -640,14 +267,15 @@ def _loader(job: Dict[str, Any], indices: List[int]):
                                        num_workers=job["num_workers"], collate_fn=collate_fn)
 
 
-def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, processes: int = 1) -> Dict[str, Any]:
+def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, processes: int = 1,
+                       progress: bool = False) -> Dict[str, Any]:
     """coco_results.json, the metrics, metrics.json."""
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         os.makedirs(out_dir, exist_ok=True)
         write_json_atomic(os.path.join(out_dir, "coco_results.json"), run["results"])
     dataset = job["dataset"]
-    metrics = _metrics(dataset.coco.dataset, run, job["model"], job["max_dets"], job["score_thresh"])
+    metrics = _metrics(dataset.coco.dataset, run, job["model"], job["max_dets"], job["score_thresh"], progress)
     if hasattr(dataset, "release_ground_truth"):  # not kept alive for the next fork of the training workers
         dataset.release_ground_truth()
     if processes > 1:
@@ -656,13 +284,6 @@ def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, proces
         write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
 
-
-def write_metrics_json(path: str | os.PathLike, metrics: Mapping[str, Any]) -> str:
-    """``metrics.json``: the resolution histogram keyed by str, non-finite floats as null; atomic."""
-    saved = dict(metrics)
-    saved["resolution_histogram"] = {str(k): v for k, v in (metrics.get("resolution_histogram") or {}).items()}
-    saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
-    return write_json_atomic(path, saved, indent=2)
 
 
 def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
@@ -704,7 +325,7 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
                 shards = [du.shard_positions(n, r, world, batch_size) for r in range(world)]
                 run = _merge_runs([part for _, part in gathered], shards, n)
                 del gathered
-                metrics = _measure_and_write(job, run, out_dir, processes=world)
+                metrics = _measure_and_write(job, run, out_dir, processes=world, progress=progress)
                 logger.info("evaluated %d image(s) on %d processes (%s image(s) each); images_per_second: all "
                             "images over the slowest process's forward time", n, world,
                             "/".join(str(len(s)) for s in shards))
@@ -824,14 +445,18 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
             "forward_s": forward_s, "policy": used_policy, "budget": used_budget}
 
 
-def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: float) -> Dict[str, Any]:
+
+def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: float,
+             progress: bool = False) -> Dict[str, Any]:
     """COCO APs (bbox, segm, boundary), mask cost, resolution histogram and the complexity ρ."""
     results, image_ids = run["results"], run["image_ids"]
-    cpu = max(1, min(4, (os.cpu_count() or 1) // 2))
+    started = time.perf_counter()  # a line before and after in the log (training's too, without progress lines)
+    logger.info("scoring %d detection(s) on %d image(s): bbox, segm and boundary AP", len(results), len(image_ids))
     metrics: Dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
-                                                        image_sizes=run["image_sizes"], cpu_count=cpu))
+                                                        image_sizes=run["image_sizes"], progress=progress))
+    logger.info("scored in %.1f s", time.perf_counter() - started)
     n_img, n_det = len(image_ids), len(results)
-    metrics.update(_result_statistics(gt, results, n_img))
+    metrics.update(result_statistics(gt, results, n_img))
     metrics.update(
         images_per_second=(n_img / run["forward_s"]) if run["forward_s"] > 0 else None,
         num_images=n_img,
@@ -844,304 +469,3 @@ def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: 
         score_thresh=score_thresh,
     )
     return {k: metrics[k] for k in METRIC_KEYS}
-
-
-def _result_statistics(gt: dict, results: Sequence[Mapping[str, Any]], n_img: int) -> Dict[str, Any]:
-    """Mask cost, resolution histogram and complexity ρ from the results entries' own fields."""
-    flops = [float(r["mask_flops"]) for r in results if r.get("mask_flops") is not None]
-    res_cx_size = resolution_complexity_pairs(gt, results)
-    rho, pairs = spearman_correlation(*res_cx_size[:2]), len(res_cx_size[0])
-    rho_within, rho_by_size = spearman_within_size_bins(*res_cx_size)
-    return dict(
-        mask_gflops_per_instance=(sum(flops) / len(flops) / 1e9) if flops else None,
-        mask_gflops_per_image=sum(flops) / n_img / 1e9,
-        resolution_histogram=resolution_histogram(results),
-        complexity_spearman=rho,
-        complexity_spearman_within_size=rho_within,
-        complexity_spearman_by_size=rho_by_size,
-        complexity_pairs=pairs,
-    )
-
-
-# --------------------------------------------------------------------------
-# a COCO results file, without a model
-# --------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def load_results_file(path: str | os.PathLike, gt: Mapping[str, Any], gt_name: str = "the ground truth") -> List[dict]:
-    """Read and check a COCO results file against the ground truth ``gt`` (a COCO dict).
-
-    A results file is a JSON list of detections, each an object with ``image_id`` and
-    ``category_id`` (integers of the gt's images and categories), ``score`` (a finite number) and
-    ``bbox`` [x, y, w, h] and/or ``segmentation`` (an RLE ``{"size": [h, w], "counts": ...}`` of
-    the image's size; uncompressed RLE counts are compressed here); ``mask_resolution`` and
-    ``mask_flops``, when present, are an integer and a number. Anything else is a
-    :class:`DynaMaskError` naming the file, the entry and the field. Returns the entries.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        raise DynaMaskError(f"{path}: results file not found") from None
-    except IsADirectoryError:
-        raise DynaMaskError(f"{path}: is a folder, not a results file") from None
-    except OSError as e:
-        raise DynaMaskError(f"{path}: cannot read the results file: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise DynaMaskError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DynaMaskError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
-    if not isinstance(data, list):
-        hint = (" (this one has 'annotations': a ground-truth file? The ground truth goes to --gt)"
-                if isinstance(data, dict) and "annotations" in data else "")
-        raise DynaMaskError(f"{path}: a COCO results file is a JSON list of detections, got a JSON "
-                            f"{'object' if isinstance(data, dict) else type(data).__name__}{hint}")
-    sizes = {int(img["id"]): (img.get("height"), img.get("width")) for img in gt.get("images", [])}
-    cat_ids = {int(c["id"]) for c in gt.get("categories", [])}
-    unknown_image: List[int] = []
-    unknown_cat: List[int] = []
-    for i, r in enumerate(data):
-        where = f"{path}: entry {i}"
-        if not isinstance(r, dict):
-            raise DynaMaskError(f"{where} must be an object, got {type(r).__name__}")
-        for key in ("image_id", "category_id", "score"):
-            if key not in r:
-                raise DynaMaskError(f"{where}: missing field '{key}'")
-        for key in ("image_id", "category_id"):
-            if not _is_int(r[key]):
-                raise DynaMaskError(f"{where}: field '{key}' must be an integer, got {r[key]!r}")
-        if not _is_finite_number(r["score"]):
-            raise DynaMaskError(f"{where}: field 'score' must be a finite number, got {r['score']!r}")
-        if "bbox" not in r and "segmentation" not in r:
-            raise DynaMaskError(f"{where}: needs a field 'bbox' or 'segmentation' (or both)")
-        if "bbox" in r:
-            b = r["bbox"]
-            if not (isinstance(b, list) and len(b) == 4 and all(_is_finite_number(v) for v in b)
-                    and b[2] >= 0 and b[3] >= 0):
-                raise DynaMaskError(f"{where}: field 'bbox' must be [x, y, width, height] (4 finite numbers, "
-                                    f"width and height >= 0), got {b!r}")
-        if r["image_id"] not in sizes:
-            unknown_image.append(i)
-            continue
-        if r["category_id"] not in cat_ids:
-            unknown_cat.append(i)
-            continue
-        if "segmentation" in r:
-            r["segmentation"] = _checked_rle(r["segmentation"], where, sizes[r["image_id"]], r["image_id"], gt_name)
-        if r.get("mask_resolution") is not None and not _is_int(r["mask_resolution"]):
-            raise DynaMaskError(f"{where}: field 'mask_resolution' must be an integer, got {r['mask_resolution']!r}")
-        if r.get("mask_flops") is not None and not _is_finite_number(r["mask_flops"]):
-            raise DynaMaskError(f"{where}: field 'mask_flops' must be a finite number, got {r['mask_flops']!r}")
-    for bad, key, what in ((unknown_image, "image_id", "an image"), (unknown_cat, "category_id", "a category")):
-        if bad:
-            first = data[bad[0]]
-            raise DynaMaskError(f"{path}: entry {bad[0]}: field '{key}' {first[key]} is not {what} of {gt_name} "
-                                f"({len(bad)} of {len(data)} entries have {key}s that are not)")
-    rle_at = [i for i, r in enumerate(data) if isinstance((r.get("segmentation") or {}).get("counts"), str)]
-    for start in range(0, len(rle_at), 4096):  # in chunks: the check holds 8 bytes per character
-        chunk = rle_at[start:start + 4096]
-        totals = _rle_totals([data[i]["segmentation"]["counts"] for i in chunk])
-        for i, total in zip(chunk, totals.tolist()):
-            h, w = data[i]["segmentation"]["size"]
-            if total != h * w:
-                covers = "is malformed" if total < 0 else f"has runs over {total} pixels"
-                raise DynaMaskError(f"{path}: entry {i}: field 'segmentation.counts' is not a compressed RLE of a "
-                                    f"{h}x{w} mask (it {covers}, not {h * w})")
-    return data
-
-
-def _checked_rle(seg: Any, where: str, size: Tuple[Any, Any], image_id: int, gt_name: str) -> dict:
-    if isinstance(seg, list):
-        raise DynaMaskError(f"{where}: field 'segmentation' is a polygon list; a results file holds masks as RLE "
-                            f"objects {{\"size\": [h, w], \"counts\": ...}}")
-    if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
-        raise DynaMaskError(f"{where}: field 'segmentation' must be an RLE object with 'size' and 'counts', "
-                            f"got {str(seg)[:80]}")
-    hw = seg["size"]
-    if not (isinstance(hw, list) and len(hw) == 2 and all(_is_int(v) and v >= 0 for v in hw)):
-        raise DynaMaskError(f"{where}: field 'segmentation.size' must be [height, width], got {hw!r}")
-    h, w = size
-    if h and w and [int(h), int(w)] != hw:
-        raise DynaMaskError(f"{where}: field 'segmentation.size' {hw} is not the size of image {image_id} "
-                            f"in {gt_name} ([height, width] = [{h}, {w}])")
-    counts = seg["counts"]
-    if isinstance(counts, list):  # uncompressed RLE: compress it (pycocotools reads only compressed RLE here)
-        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != hw[0] * hw[1]:
-            raise DynaMaskError(f"{where}: field 'segmentation.counts' (uncompressed RLE) must be non-negative "
-                                f"integers summing to height x width = {hw[0] * hw[1]}")
-        rle = mask_utils.frPyObjects(seg, hw[0], hw[1])
-        return {"size": hw, "counts": rle["counts"].decode("ascii")}
-    if not isinstance(counts, str):
-        raise DynaMaskError(f"{where}: field 'segmentation.counts' must be a string (compressed RLE) or a list "
-                            f"of integers, got {type(counts).__name__}")
-    return seg
-
-
-def _rle_totals(counts: Sequence[str]) -> np.ndarray:
-    """The pixel total (sum of the run lengths) of each compressed-RLE string in pycocotools'
-    format, -1 where a string is malformed: a character outside ``'0'..'o'``, a number
-    left unfinished at its end, one over 60 bits, a negative run. pycocotools does not check
-    (it would read past the string or write past the mask), so a results file is checked here,
-    all strings at once (vectorised: about 20 µs per string)."""
-    n = len(counts)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    lens = np.fromiter((len(c) for c in counts), np.int64, count=n)
-    try:
-        raw = "".join(counts).encode("ascii")
-    except UnicodeEncodeError:  # find the strings that are not ASCII, the rest is checked as usual
-        ascii_ok = np.fromiter((c.isascii() for c in counts), bool, count=n)
-        out = np.full(n, -1, np.int64)
-        if ascii_ok.any():
-            out[ascii_ok] = _rle_totals([c for c, ok in zip(counts, ascii_ok) if ok])
-        return out
-    bad = np.zeros(n, bool)
-    if not raw:  # only empty strings: no runs (a 0-pixel mask)
-        return np.zeros(n, np.int64)
-    b = np.frombuffer(raw, np.uint8).astype(np.int64) - 48
-    owner = np.repeat(np.arange(n), lens)
-    bad[owner[(b < 0) | (b > 63)]] = True
-    b = np.clip(b, 0, 63)
-    more = (b & 0x20) != 0
-    last = (np.cumsum(lens) - 1)[lens > 0]
-    bad[owner[last[more[last]]]] = True  # ends inside a number
-    end_flag = ~more
-    end_flag[last] = True  # numbers never run on into the next string (that string is bad already)
-    ends = np.flatnonzero(end_flag)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    glen = ends - starts + 1
-    bad[owner[ends[glen > 12]]] = True  # over 60 bits
-    group = np.repeat(np.arange(len(ends)), glen)
-    k = np.minimum(np.arange(b.size) - starts[group], 12)
-    x = np.zeros(len(ends), np.int64)
-    np.add.at(x, group, (b & 0x1f) << (5 * k))
-    neg = (b[ends] & 0x10) != 0
-    x[neg] -= np.left_shift(1, 5 * np.minimum(glen[neg], 12))
-    gowner = owner[ends]
-    idx = np.arange(len(ends)) - np.searchsorted(gowner, np.arange(n))[gowner]  # number's index in its string
-    # run i is x[i] + run[i - 2] from i = 3 on: cumulative sums per (string, odd / even from 2), run 0 alone
-    key = gowner * 3 + np.where(idx == 0, 0, 1 + (idx % 2))
-    order = np.argsort(key, kind="stable")
-    xs = x[order]
-    cs = np.cumsum(xs)
-    first = np.r_[True, key[order][1:] != key[order][:-1]]
-    base = np.maximum.accumulate(np.where(first, np.arange(len(xs)), 0))
-    runs = np.empty_like(x)
-    runs[order] = cs - (cs[base] - xs[base])
-    bad[gowner[runs < 0]] = True
-    totals = np.zeros(n, np.int64)
-    np.add.at(totals, gowner, runs)
-    return np.where(bad, -1, totals)
-
-
-def evaluate_results(
-    results: str | os.PathLike,
-    gt: str | os.PathLike,
-    out_dir: Optional[str | os.PathLike] = None,
-    max_dets: int = 100,
-) -> Dict[str, Any]:
-    """The metrics of a COCO results file (e.g. another model's detections, or a
-    ``coco_results.json`` that :func:`evaluate` wrote) against the ground-truth file ``gt``,
-    without a model: the APs of :func:`compute_coco_metrics` over every gt image (an image
-    without detections counts its gt as missed, as in COCO's protocol; ``max_dets`` best per
-    image), and from the entries' own fields the resolution histogram and mask GFLOPs
-    (``mask_resolution``, ``mask_flops``; None when no entry has them) and the complexity ρ.
-    The keys of the model's run (policy, budget, speed) are None; ``results_file`` and
-    ``gt_file`` name the inputs. With ``out_dir``, writes ``metrics.json`` there. Bad input is a
-    :class:`DynaMaskError` naming the file, the entry and the field (:func:`load_results_file`).
-    """
-    from ..data import load_coco_json
-
-    gt_path = os.fspath(gt)
-    gt_data = load_coco_json(gt_path)
-    entries = load_results_file(results, gt_data, gt_path)
-    sizes: Dict[int, Tuple[int, int]] = {}
-    for r in entries:  # gt images without height/width: the size of their masks
-        if "segmentation" in r:
-            sizes.setdefault(int(r["image_id"]), tuple(int(v) for v in r["segmentation"]["size"]))
-    if any("segmentation" in r for r in entries):
-        with_anns = {int(a["image_id"]) for a in gt_data["annotations"]}
-        for img in gt_data["images"]:
-            if (not img.get("height") or not img.get("width")) and int(img["id"]) not in sizes \
-                    and int(img["id"]) in with_anns:
-                raise DynaMaskError(f"{gt_path}: image {img['id']} has no 'height'/'width' and no detection in "
-                                    f"{os.fspath(results)} gives its size; mask AP needs it")
-    lacking = sum(1 for r in entries if "segmentation" not in r)
-    if entries and lacking:
-        logger.warning("%s: %d of %d entries have no 'segmentation': no mask or boundary AP", os.fspath(results),
-                       lacking, len(entries))
-    lacking = sum(1 for r in entries if "bbox" not in r)
-    if entries and lacking:
-        logger.warning("%s: %d of %d entries have no 'bbox': no box AP", os.fspath(results), lacking, len(entries))
-    cpu = max(1, min(4, (os.cpu_count() or 1) // 2))
-    metrics: Dict[str, Any] = dict(compute_coco_metrics(gt_data, entries, max_dets=max_dets, image_sizes=sizes,
-                                                        cpu_count=cpu))
-    n_img = len(gt_data["images"])
-    metrics.update(_result_statistics(gt_data, entries, n_img))
-    if not any(r.get("mask_flops") is not None for r in entries):
-        metrics["mask_gflops_per_image"] = None
-    metrics.update(images_per_second=None, num_images=n_img, num_detections=len(entries), policy=None,
-                   mask_budget=None, mask_score_floor=None, mask_geometry=None, max_dets=int(max_dets),
-                   score_thresh=None, results_file=os.path.abspath(os.fspath(results)),
-                   gt_file=os.path.abspath(gt_path))
-    metrics = {k: metrics[k] for k in (*METRIC_KEYS, "results_file", "gt_file")}
-    if out_dir is not None:
-        os.makedirs(os.fspath(out_dir), exist_ok=True)
-        write_metrics_json(os.path.join(os.fspath(out_dir), "metrics.json"), metrics)
-    return metrics
-
-
-# --------------------------------------------------------------------------
-# table
-# --------------------------------------------------------------------------
-def _fmt(v: Any, digits: int = 2) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def format_metrics_table(metrics: Mapping[str, Any]) -> str:
-    """A plain-text table of a metrics dict (APs 0–100) for the command line."""
-    hist = metrics.get("resolution_histogram") or {}
-    hist = {int(k): v for k, v in hist.items()}
-    total = sum(hist.values())
-
-    def pct(r):
-        return f"{hist.get(r, 0)} ({100.0 * hist.get(r, 0) / total:.0f}%)" if total else str(hist.get(r, 0))
-
-    rows: List[Tuple[str, str]] = []
-    rows.append(("", ""))
-    rows.append(("AP (0-100)", "AP      AP50    AP75    APs     APm     APl"))
-    for kind in ("bbox", "segm", "boundary"):
-        vals = [metrics.get(f"{kind}_{k}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
-        rows.append((kind, "  ".join(f"{_fmt(v):<6}" for v in vals).rstrip()))
-    rows.append(("", ""))
-    from_file = metrics.get("results_file") is not None  # evaluate --results: no model ran
-    if from_file:
-        rows.append(("results", str(metrics["results_file"])))
-    else:
-        rows.append(("policy", f"{metrics.get('policy')} (mask budget {_fmt(metrics.get('mask_budget'))}, "
-                               f"mask geometry {metrics.get('mask_geometry')})"))
-    rows.append(("mask GFLOPs / instance", _fmt(metrics.get("mask_gflops_per_instance"), 4)))
-    rows.append(("mask GFLOPs / image", _fmt(metrics.get("mask_gflops_per_image"), 4)))
-    rows.append(("resolutions", "  ".join(f"{r}: {pct(r)}" for r in RESOLUTIONS)))
-    rho = metrics.get("complexity_spearman")
-    pairs = metrics.get("complexity_pairs")
-    rows.append(("resolution~complexity rho", _fmt(rho, 3) + (f" ({pairs} matched)" if pairs is not None else "")))
-    rows.append(("  within size bins", _fmt(metrics.get("complexity_spearman_within_size"), 3)))
-    if not from_file:
-        rows.append(("images / s (forward)", _fmt(metrics.get("images_per_second"))))
-    rows.append(("images, detections", f"{metrics.get('num_images')}, {metrics.get('num_detections')}"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows).strip("\n")
