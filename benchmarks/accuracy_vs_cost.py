@@ -32,10 +32,6 @@ Writes ``benchmarks/results/accuracy_vs_cost.json`` and ``.png`` (``--results`` 
 
 from __future__ import annotations
 
-# The 128-px detector of the published numbers was shipped in checkpoints/ until issue 13 retired
-# it (the detailed-shapes detector replaced it); git keeps it:
-RETIRED_DETECTOR = "git show 5bd680a:checkpoints/shapes_dynamask_r18.pt > runs/shapes_dynamask_r18_shipped.pt"
-
 import argparse
 import datetime
 import json
@@ -50,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dynamask.atomic import atomic_path, write_bytes_atomic  # noqa: E402
+
+# The 128-px detector of the published numbers was shipped in checkpoints/ until issue 13 retired
+# it (the detailed-shapes detector replaced it); git keeps it:
+RETIRED_DETECTOR = "git show 5bd680a:checkpoints/shapes_dynamask_r18.pt > runs/shapes_dynamask_r18_shipped.pt"
 
 DYNAMIC_TARGETS = (0.2, 0.4, 0.6)
 DIAL = tuple(round(0.1 * i, 1) for i in range(1, 11))

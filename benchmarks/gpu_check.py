@@ -38,10 +38,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
+import speed  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-
-import speed  # noqa: E402
 
 
 def _save(result: dict, path: Path) -> None:
@@ -97,7 +96,7 @@ def shapes_training_section(args, device) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
     g = torch.Generator().manual_seed(0)
     losses, started = [], time.time()
-    for it in range(iters):
+    for _ in range(iters):
         idx = torch.randint(0, len(pool_images), (batch,), generator=g).tolist()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss_dict = model([pool_images[i] for i in idx], [pool_targets[i] for i in idx])
@@ -112,8 +111,8 @@ def shapes_training_section(args, device) -> dict:
     first, last = statistics.mean(losses[:window]), statistics.mean(losses[-window:])
     return {"iterations": iters, "image_size": size, "batch": batch, "amp": "bf16", "window": window,
             "first_mean_loss": first, "last_mean_loss": last, "goal_last_below_half_first": last < first / 2,
-            "finite": all(l == l and abs(l) != float("inf") for l in losses),
-            "seconds": time.time() - started, "losses": [round(l, 4) for l in losses]}
+            "finite": all(x == x and abs(x) != float("inf") for x in losses),
+            "seconds": time.time() - started, "losses": [round(x, 4) for x in losses]}
 
 
 def table(result: dict) -> str:

@@ -35,12 +35,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from torchvision.ops import box_iou  # noqa: E402
+
 from dynamask.data import CocoInstanceDataset, collate_fn  # noqa: E402
 from dynamask.engine.evaluate import evaluate  # noqa: E402
 from dynamask.inference import model_from_checkpoint  # noqa: E402
 from dynamask.models.geometry import roi_mask_targets  # noqa: E402
 from dynamask.models.losses import selection_costs  # noqa: E402
-from torchvision.ops import box_iou  # noqa: E402
 
 KEEP = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gflops_per_instance",
         "resolution_histogram", "complexity_spearman", "complexity_spearman_within_size")

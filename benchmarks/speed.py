@@ -197,11 +197,12 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
     """One process per model so that peak memory is its own. ``amp="bf16"`` runs the forward
     pass under bfloat16 autocast. ``narrow`` builds both models 4x narrower with fewer sampled
     RoIs (the plumbing check on CPU, where bf16 convolutions are emulated and slow)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection import maskrcnn_resnet50_fpn as tv50
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
     from dynamask.data.shapes import make_shapes_tensors
     from dynamask.models import dynamask_resnet18_fpn, dynamask_resnet50_fpn
-    from torchvision.models.detection import maskrcnn_resnet50_fpn as tv50
-    from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     device = torch.device(device_name)
     torch.manual_seed(0)

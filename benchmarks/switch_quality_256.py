@@ -176,7 +176,6 @@ def detections(results_dir: Path):
 def size_thresholds_for(weights: Path, boxes, target_gflops: float) -> tuple[list[float], float]:
     """The size rule's thresholds scaled by one factor so that its mean GFLOPs per detection on
     these boxes meets ``target_gflops`` (bisection on the log-factor)."""
-    import torch
 
     from dynamask.inference import model_from_checkpoint
     from dynamask.models.policy import SIZE_THRESHOLDS, size_rule

@@ -322,7 +322,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "boundary_AP", "boundary AP"), (axes[1], "segm_AP", "segm (mask) AP")):
-        for name, r in results.items():
+        for _name, r in results.items():
             pts = [p for p in r["curve"] if isinstance(p.get(key), (int, float))]
             if pts:
                 ax.plot([p["iteration"] for p in pts], [p[key] for p in pts], styles[r["seed"] % len(styles)],

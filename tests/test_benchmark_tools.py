@@ -249,8 +249,9 @@ def test_coco_scale_file_is_valid_coco(tmp_path):
     """benchmarks/coco_scale.py's synthetic file: COCO's 80 category ids, polygons and crowd RLEs that
     pycocotools decodes, image files of the size the json says (hard links to one PNG)."""
     bench = _load("coco_scale")
-    from dynamask.data import CocoInstanceDataset
     from pycocotools import mask as mask_utils
+
+    from dynamask.data import CocoInstanceDataset
 
     ann_file = bench.make_dataset(tmp_path, fraction=0.0005, seed=1)
     data = json.loads(ann_file.read_text())

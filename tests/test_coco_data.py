@@ -10,7 +10,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
-from dynamask.models.geometry import boxes_to_mask_frame
 
 from dynamask.data import (
     SKIP_REASONS,
@@ -22,6 +21,7 @@ from dynamask.data import (
     load_coco_json,
     load_image,
 )
+from dynamask.models.geometry import boxes_to_mask_frame
 
 # pycocotools decode under NumPy 2 warns about __array__(copy=...); not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

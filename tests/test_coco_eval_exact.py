@@ -126,7 +126,7 @@ def _hostile_set(seed: int = 0):
                              np.asfortranarray(m)))], "iscrowd": int(k == 3 and i % 2 == 0)})
             if i == 6:  # an image without detections: every object missed
                 continue
-            for j in range(3):  # near-copies, some with the same score
+            for _j in range(3):  # near-copies, some with the same score
                 moved = np.roll(m, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1))
                 dets.append(_det(i, cat if cat != 9 else 5, round(float(rng.uniform(0.3, 1.0)), 1), moved))
         if i != 6:

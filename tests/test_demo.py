@@ -7,8 +7,15 @@ import pytest
 
 from dynamask.cli import main
 from dynamask.data import generate_shapes_dataset
-from dynamask.engine.demo import (FIXED_28, FIXED_112, GATED_112, dial_budgets, gallery_images, shipped_files,
-                                  verdict_sentences)
+from dynamask.engine.demo import (
+    FIXED_28,
+    FIXED_112,
+    GATED_112,
+    dial_budgets,
+    gallery_images,
+    shipped_files,
+    verdict_sentences,
+)
 from dynamask.errors import DynaMaskError
 
 ROWS = [

@@ -13,7 +13,6 @@ from pycocotools import mask as mask_utils
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
-from dynamask.models import build_model
 from dynamask.engine.evaluate import (
     AP_KEYS,
     METRIC_KEYS,
@@ -25,6 +24,7 @@ from dynamask.engine.evaluate import (
     spearman_correlation,
 )
 from dynamask.errors import DynaMaskError
+from dynamask.models import build_model
 
 REQUIRED = ["bbox_AP", "segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl", "boundary_AP",
             "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",

@@ -17,9 +17,9 @@ from PIL import Image, ImageOps
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset, load_image
 from dynamask.data.coco import DatasetError
-from dynamask.models import build_model
 from dynamask.engine.evaluate import evaluate
 from dynamask.engine.predict import predict_files
+from dynamask.models import build_model
 from dynamask.predictor import Predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")

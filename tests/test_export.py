@@ -9,8 +9,8 @@ import torch
 
 from dynamask import cli
 from dynamask.config import load_config
-from dynamask.models import build_model
 from dynamask.export import ExportedRunner, export_model, prepare_for_export, read_metadata, verify_export
+from dynamask.models import build_model
 from dynamask.predictor import Predictor
 
 pytest.importorskip("onnxruntime")

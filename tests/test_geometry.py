@@ -4,14 +4,20 @@ legacy geometry is kept bit for bit, and checkpoints that record no geometry run
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from dynamask.data.shapes import SHAPE_CATEGORIES, make_shapes_tensors
-from dynamask.models import (MASK_GEOMETRIES, DynaMaskHead, MaskRoIPool, dynamask_resnet18_fpn,
-                             maskrcnn_resnet18_fpn, roi_mask_targets, round_trip_iou)
+from dynamask.models import (
+    MASK_GEOMETRIES,
+    DynaMaskHead,
+    MaskRoIPool,
+    dynamask_resnet18_fpn,
+    maskrcnn_resnet18_fpn,
+    roi_mask_targets,
+    round_trip_iou,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -251,8 +257,8 @@ def test_predictor_uses_the_checkpoints_geometry_whatever_the_config_default(pre
 
 def test_config_key_is_checked_and_reaches_the_model():
     from dynamask.config import load_config
-    from dynamask.models import build_model
     from dynamask.errors import ConfigError
+    from dynamask.models import build_model
 
     cfg = load_config(ROOT / "configs" / "shapes_maskrcnn_r18.yaml", {"model.mask_geometry": "torchvision"})
     assert build_model(cfg, 3).mask_geometry == "torchvision"
@@ -261,8 +267,8 @@ def test_config_key_is_checked_and_reaches_the_model():
 
 
 def test_a_checkpoint_with_an_unknown_geometry_is_refused_by_name(tmp_path):
-    from dynamask.inference import load_checkpoint, model_from_checkpoint
     from dynamask.errors import DynaMaskError
+    from dynamask.inference import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(str(ROOT / "checkpoints" / "shapes_detail_maskrcnn_c64.pt"))  # head + its detector
     for key in ("detector", "detector_only"):

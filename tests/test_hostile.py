@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamask import cli
-from dynamask.config import ConfigError, load_config, save_config
+from dynamask.config import ConfigError, load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
 from dynamask.data.coco import DatasetError
 from dynamask.errors import DynaMaskError

@@ -174,7 +174,7 @@ def test_dynamic_mask_equals_fixed_k_for_its_choice(model):
         for i, m in zip(idx.tolist(), masks):
             by_index[i] = m
     checked = 0
-    for k, r in enumerate(RESOLUTIONS):
+    for _k, r in enumerate(RESOLUTIONS):
         head.policy = f"fixed-{r}"
         with torch.no_grad():
             fixed = head.forward_infer(features, boxes, labels, shapes)[0]

@@ -183,9 +183,9 @@ def test_width_presets_and_lists():
 
 def test_config_keys_and_checkpoint_records():
     from dynamask.config import load_config
+    from dynamask.errors import ConfigError
     from dynamask.inference import checkpoint_mismatches, hyper_parameters
     from dynamask.models import build_model
-    from dynamask.errors import ConfigError
 
     cfg = load_config(None, {"model.backbone": "resnet18", "model.switch": "paper", "model.refinement": "dense",
                              "model.head_widths": "paper",

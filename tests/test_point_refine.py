@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import roi_align
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from dynamask.config import load_config
 from dynamask.errors import DynaMaskError
@@ -18,9 +18,18 @@ from dynamask.models import RESOLUTIONS, build_model, dynamask_resnet18_fpn
 from dynamask.models.dynamask_head import DynaMaskHead
 from dynamask.models.flops import count_flops
 from dynamask.models.paste import paste_masks
+from dynamask.models.point_refine import (
+    PointStage,
+    grid_cell_points,
+    importance_points,
+    most_uncertain_cells,
+    point_targets,
+    refine_at_points,
+    sample_in_image,
+    sample_in_rois,
+    upsample2,
+)
 from dynamask.models.roi_utils import level_scale
-from dynamask.models.point_refine import (PointStage, grid_cell_points, importance_points, most_uncertain_cells,
-                                          point_targets, refine_at_points, sample_in_image, sample_in_rois, upsample2)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 96
@@ -95,7 +104,7 @@ def test_image_points_read_where_roi_align_reads(batch):
     rois = torch.cat([torch.cat([torch.full((b.shape[0], 1), float(i)), b], 1) for i, b in enumerate(boxes)])
     side = 9
     points = grid_cell_points(torch.arange(side * side).expand(rois.shape[0], -1), side)
-    for name, feature in features.items():
+    for _name, feature in features.items():
         scale = feature.shape[-1] / SIZE
         ref = roi_align(feature, rois, (side, side), spatial_scale=scale, sampling_ratio=1, aligned=True)
         got = sample_in_image(feature, rois, points, shapes)

@@ -14,9 +14,9 @@ from PIL import Image
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset, load_image
-from dynamask.models import build_model
 from dynamask.engine.predict import find_images, predict_files
 from dynamask.errors import DynaMaskError
+from dynamask.models import build_model
 from dynamask.predictor import Predictor, image_to_tensor
 from dynamask.visualize import RESOLUTION_COLORS, draw_overlay, plot_ap_vs_flops, save_gallery
 

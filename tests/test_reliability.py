@@ -19,9 +19,9 @@ from dynamask.data import generate_shapes_dataset
 from dynamask.engine import build as build_mod
 from dynamask.engine import checkpointing as checkpointing_mod
 from dynamask.engine import train as train_mod
-from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.engine.train import train
 from dynamask.errors import DynaMaskError
+from dynamask.inference import load_checkpoint, model_from_checkpoint
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

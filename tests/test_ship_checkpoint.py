@@ -11,9 +11,9 @@ import torch
 
 from dynamask.config import load_config
 from dynamask.engine.build import save_checkpoint
+from dynamask.errors import DynaMaskError
 from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.models import build_model
-from dynamask.errors import DynaMaskError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

@@ -13,12 +13,15 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
-from dynamask.inference import model_from_checkpoint
 from dynamask.engine.train import train
 from dynamask.errors import DynaMaskError
+from dynamask.inference import model_from_checkpoint
 from dynamask.models import maskrcnn_resnet18_fpn
-from dynamask.models.torchvision_weights import (coco_label_space, load_torchvision_detection,
-                                                 read_torchvision_detection_file)
+from dynamask.models.torchvision_weights import (
+    coco_label_space,
+    load_torchvision_detection,
+    read_torchvision_detection_file,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64

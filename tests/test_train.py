@@ -13,7 +13,6 @@ import torch
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 from dynamask.engine import train as train_mod
-from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.engine.train import (
     InfiniteShardSampler,
     NonFiniteLossError,
@@ -25,6 +24,7 @@ from dynamask.engine.train import (
     train,
 )
 from dynamask.errors import ConfigError, DynaMaskError
+from dynamask.inference import load_checkpoint, model_from_checkpoint
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -20,7 +20,6 @@ the default there; the table says which capability each run had.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import math
@@ -200,7 +199,7 @@ def main() -> None:
         table[name] = deviations(res)
         if "shapes" in res:
             base_shapes = base_shapes or res["shapes"]["digests"]
-            table[name]["shapes: renders differing from the first setting's (of %d)" % len(base_shapes)] = sum(
+            table[name][f"shapes: renders differing from the first setting's (of {len(base_shapes)})"] = sum(
                 res["shapes"]["digests"][k] != v for k, v in base_shapes.items())
         env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "-"
         print(f"\n{name}: {res['threads']} thread(s), capability {res['capability']}, {env_text}, {res['seconds']:.0f} s",

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import DynaMaskError
@@ -332,7 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _checkpoint_config(path: str) -> Optional[dict]:
+def _checkpoint_config(path: str) -> dict | None:
     """The config stored in a checkpoint (memory-mapped read; no weights are copied)."""
     import torch
 
@@ -346,7 +346,7 @@ def _checkpoint_config(path: str) -> Optional[dict]:
     return cfg if isinstance(cfg, dict) else None
 
 
-def _config_for_checkpoint(config: Optional[str], overrides: Sequence[str], weights: str) -> Optional[dict]:
+def _config_for_checkpoint(config: str | None, overrides: Sequence[str], weights: str) -> dict | None:
     """Config from --config (+ overrides), else the checkpoint's (+ overrides), else None."""
     from .config import load_config, save_config
 
@@ -384,7 +384,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 @contextlib.contextmanager
-def _process_group(device: Optional[str], cfg: Optional[dict]):
+def _process_group(device: str | None, cfg: dict | None):
     """Under torchrun (WORLD_SIZE > 1): this process's device (``cuda:LOCAL_RANK`` with CUDA) and
     the process group, destroyed at the end; otherwise ``device`` as given and nothing else.
     Collectives time out after ``solver.dist_timeout_s`` (rank 0 computes the metrics while the
@@ -503,8 +503,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .inference import model_from_checkpoint
     from .export import ExportedRunner, export_model, prepare_for_export, verify_export
+    from .inference import model_from_checkpoint
 
     cfg = _config_for_checkpoint(args.config, args.overrides, args.weights)
     model, ckpt = model_from_checkpoint(args.weights, cfg)
@@ -613,7 +613,7 @@ def _rank_prefix() -> str:
     return ""
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """parse_args, also accepting KEY=VALUE overrides after options (``train --out D a=1 --resume b=2``)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -624,7 +624,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argpar
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = _parse(parser, argv)

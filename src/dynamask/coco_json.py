@@ -12,7 +12,8 @@ import gc
 import json
 import math
 import os
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +194,7 @@ def read_json(path: str) -> Any:
         raise DatasetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
 
 
-def load_coco_json(path: Union[str, os.PathLike]) -> dict:
+def load_coco_json(path: str | os.PathLike) -> dict:
     """Read a COCO annotation file and validate its structure.
 
     Raises :class:`DatasetError` (message names the file, and the JSON error

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ class ExportableModel(nn.Module):
         return tuple(out[k] for k in OUTPUT_NAMES)
 
 
-def prepare_for_export(model: nn.Module, policy: Optional[str] = None, budget: Optional[float] = None) -> nn.Module:
+def prepare_for_export(model: nn.Module, policy: str | None = None, budget: float | None = None) -> nn.Module:
     """Set the policy (and refuse what a graph cannot hold), deformable kernel "gather", eval mode."""
     if policy is not None:
         model.policy = policy
@@ -80,7 +80,7 @@ def example_image(model: nn.Module, seed: int = 0) -> Tensor:
 
 
 def export_model(model: nn.Module, fmt: str, out: str, class_names: Sequence[str] = (),
-                 cat_ids: Optional[Sequence[int]] = None, example: Optional[Tensor] = None) -> str:
+                 cat_ids: Sequence[int] | None = None, example: Tensor | None = None) -> str:
     """Write ``model`` (prepared with :func:`prepare_for_export`) to ``out`` as ONNX or TorchScript."""
     if fmt not in EXPORT_FORMATS:
         raise DynaMaskError(f"export: format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -82,7 +82,7 @@ def resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def apply_policy(model, policy: Optional[str], budget: Optional[float]) -> None:
+def apply_policy(model, policy: str | None, budget: float | None) -> None:
     """Set a loaded model's resolution ``policy`` and test-time mask ``budget`` (``None`` leaves
     either as it is). The model refuses what it cannot run (e.g. a policy needing stages a
     fixed-28 model lacks) with a ValueError; that is turned into a :class:`DynaMaskError` naming
@@ -254,7 +254,12 @@ def _torchvision_model(path: str, state: dict, cfg: dict | None):
     head, mask branch untrained), ResNet-50-FPN as torchvision builds it unless ``cfg`` says
     otherwise, COCO label space for 91-class files."""
     from .models.detector import build_model
-    from .models.torchvision_weights import coco_label_space, file_num_classes, has_mask_head, load_torchvision_detection
+    from .models.torchvision_weights import (
+        coco_label_space,
+        file_num_classes,
+        has_mask_head,
+        load_torchvision_detection,
+    )
 
     cfg = with_defaults(cfg or {"model": {"backbone": "resnet50", "head": "maskrcnn"}})
     n = file_num_classes(state)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-from .atomic import atomic_path, write_bytes_atomic
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
+
+from .atomic import atomic_path, write_bytes_atomic
 
 __all__ = [
     "RESOLUTION_COLORS",
@@ -32,14 +34,14 @@ __all__ = [
 ]
 
 #: RGB colour per mask resolution (coarse = warm, fine = cool): fixed, so figures are comparable.
-RESOLUTION_COLORS: Dict[int, Tuple[int, int, int]] = {
+RESOLUTION_COLORS: dict[int, tuple[int, int, int]] = {
     14: (230, 38, 38),    # red
     28: (255, 150, 0),    # orange
     56: (40, 180, 60),    # green
     112: (40, 110, 235),  # blue
 }
 #: colour of an instance whose resolution is missing or not one of the four
-UNKNOWN_RESOLUTION_COLOR: Tuple[int, int, int] = (160, 160, 160)
+UNKNOWN_RESOLUTION_COLOR: tuple[int, int, int] = (160, 160, 160)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _HALO = (15, 15, 15)
@@ -90,7 +92,7 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _text_color(bg: Tuple[int, int, int]) -> Tuple[int, int, int]:
+def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
     luminance = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
@@ -130,7 +132,7 @@ def _draw_legend(canvas: np.ndarray, counts: Mapping[int, int], font_scale: floa
 def draw_overlay(
     image_uint8_hwc: np.ndarray,
     prediction: Mapping[str, Any],
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     score_thresh: float = 0.5,
     *,
     alpha: float = 0.3,
@@ -178,7 +180,7 @@ def draw_overlay(
 
     keep = np.nonzero(scores >= score_thresh)[0]
     keep = keep[np.argsort(scores[keep], kind="stable")]  # ascending: best drawn last (on top)
-    counts: Dict[int, int] = {r: 0 for r in RESOLUTION_COLORS}
+    counts: dict[int, int] = {r: 0 for r in RESOLUTION_COLORS}
 
     # masks first (fill + outline), then boxes and text, so text is never covered by a fill
     for i in keep:
@@ -232,7 +234,7 @@ def draw_overlay(
 # gallery
 # --------------------------------------------------------------------------
 def save_gallery(overlays: Sequence[np.ndarray], path: str | os.PathLike, cols: int = 4,
-                 gap: int = 4, background: Tuple[int, int, int] = (255, 255, 255)) -> str:
+                 gap: int = 4, background: tuple[int, int, int] = (255, 255, 255)) -> str:
     """Tile RGB images (any sizes; each is centred in a cell of the largest size) into one PNG
     with ``cols`` columns and a ``gap``-pixel margin; written atomically. Returns the path."""
     if not overlays:
@@ -286,7 +288,7 @@ def _place_labels(ax, fig, xs, ys, names, fontsize=8) -> None:
 
 
 def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                     title: Optional[str] = None, xlabel: str = "mask-head GFLOPs per instance",
+                     title: str | None = None, xlabel: str = "mask-head GFLOPs per instance",
                      line_label: str = "test-time budget dial") -> str:
     """Plot accuracy against mask-head cost; two panels: segm AP and boundary AP (0–100) vs GFLOPs.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional
 
 from ..errors import DynaMaskError
 from .viewer import GATED, NO_BUDGET, View, Viewer, read_image
@@ -21,7 +20,7 @@ SAMPLE_COUNT = 6
 class AppState:
     """What the server holds for every page: the model, the sample images, the download folder."""
 
-    def __init__(self, viewer: Viewer, samples: Dict[str, str], work_dir: os.PathLike | str):
+    def __init__(self, viewer: Viewer, samples: dict[str, str], work_dir: os.PathLike | str):
         self.viewer = viewer
         self.samples = samples
         self.work_dir = Path(work_dir)
@@ -42,7 +41,7 @@ class AppState:
         return [overlay, str(coco)]
 
 
-def sample_images(folder: os.PathLike | str, count: int = SAMPLE_COUNT) -> Dict[str, str]:
+def sample_images(folder: os.PathLike | str, count: int = SAMPLE_COUNT) -> dict[str, str]:
     """The first validation images of the demo's detailed-shapes benchmark, those with both large
     simple and large detailed objects first (``dynamask demo``'s gallery choice): label → path."""
     from ..data import generate_shapes_dataset
@@ -53,7 +52,7 @@ def sample_images(folder: os.PathLike | str, count: int = SAMPLE_COUNT) -> Dict[
     return {f"shapes val {Path(n).stem}": os.path.join(data["val_dir"], n) for n in names}
 
 
-def message_markdown(text: Optional[str]) -> str:
+def message_markdown(text: str | None) -> str:
     return f"**Error:** {text}" if text else ""
 
 
@@ -78,7 +77,7 @@ def summary_markdown(view: View, image_name: str, score_thresh: float) -> str:
     ])
 
 
-def render(app: AppState, source: Optional[list], policy: str, budget: float, score_thresh: float) -> tuple:
+def render(app: AppState, source: list | None, policy: str, budget: float, score_thresh: float) -> tuple:
     """(message, overlay, fixed-112 overlay, summary, table rows, downloads) for the page."""
     empty = ("", None, None, "", [], None)
     if not source:
@@ -94,12 +93,12 @@ def render(app: AppState, source: Optional[list], policy: str, budget: float, sc
             downloads)
 
 
-def pick_sample(app: AppState, label: Optional[str]) -> Optional[list]:
+def pick_sample(app: AppState, label: str | None) -> list | None:
     """The source of a sample chosen by its label."""
     return [app.samples[label], label] if label in app.samples else None
 
 
-def take_upload(upload) -> Optional[list]:
+def take_upload(upload) -> list | None:
     """The source of an uploaded file (a path, or an object with ``.name``)."""
     if upload is None:
         return None

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import threading
-from typing import Optional
 
 from . import callbacks as cb
 from .viewer import NO_BUDGET, Viewer
@@ -79,7 +78,7 @@ def build_page(app: cb.AppState):
     return page
 
 
-def _wire(gr, page, app: cb.AppState, first: Optional[str], c: dict) -> None:
+def _wire(gr, page, app: cb.AppState, first: str | None, c: dict) -> None:
     """The events: a new image or control value re-renders; a new model resets the controls."""
     outputs = [c["message"], c["overlay"], c["reference"], c["summary"], c["table"], c["downloads"]]
     controls = [c["source"], c["policy"], c["budget"], c["threshold"]]
@@ -115,7 +114,7 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve(weights: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+def serve(weights: str | None = None, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Load the model, make the sample images and serve the page until interrupted."""
     import tempfile
 

@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ def default_weights() -> Path:
     return needed[0]
 
 
-def read_image(path: os.PathLike | str, shown_name: Optional[str] = None) -> torch.Tensor:
+def read_image(path: os.PathLike | str, shown_name: str | None = None) -> torch.Tensor:
     """An uploaded or sample image as a 3×H×W tensor, upright; the size is checked from the header
     before the pixels are decoded, so a huge file is refused without filling memory."""
     from PIL import Image, UnidentifiedImageError
@@ -75,21 +74,21 @@ class View:
     """One run as the page shows it."""
 
     overlay: np.ndarray
-    reference: Optional[np.ndarray]  # the same head at fixed-112, None when it has no 112 stage
-    rows: List[list]  # shown instances: class, score, resolution, mask MFLOPs
-    shown_counts: Dict[int, int]  # shown instances per resolution
+    reference: np.ndarray | None  # the same head at fixed-112, None when it has no 112 stage
+    rows: list[list]  # shown instances: class, score, resolution, mask MFLOPs
+    shown_counts: dict[int, int]  # shown instances per resolution
     detections: int  # every detection the mask branch ran on (the threshold only hides)
     mask_gflops: float  # spent on every detection
-    reference_gflops: Optional[float]
+    reference_gflops: float | None
     model_seconds: float
-    mask_seconds: Optional[float]  # None for exported files (one opaque call)
+    mask_seconds: float | None  # None for exported files (one opaque call)
     policy: str
     budget: float
-    score_floor: Optional[float] = None  # the gated control's floor
-    coco_results: List[dict] = field(default_factory=list)
+    score_floor: float | None = None  # the gated control's floor
+    coco_results: list[dict] = field(default_factory=list)
 
     @property
-    def share(self) -> Optional[float]:
+    def share(self) -> float | None:
         """The image's mask GFLOPs as a fraction of the same head at fixed-112."""
         if not self.reference_gflops:
             return None
@@ -134,7 +133,7 @@ class Viewer:
         self.exported = self.predictor.runner is not None
         self.class_names = list(self.predictor.class_names)
         self._lock = threading.Lock()
-        self._reference_cache: Dict[str, tuple] = {}
+        self._reference_cache: dict[str, tuple] = {}
         branch = None if self.exported else self.predictor.model.mask_branch
         self.stages = getattr(branch, "num_stages", 0)
         self.has_switch = getattr(branch, "switch", None) is not None
@@ -144,14 +143,14 @@ class Viewer:
         self.policies = self._policies()
 
     # ------------------------------------------------------------ what the page offers
-    def _policies(self) -> List[str]:
+    def _policies(self) -> list[str]:
         if self.exported or not self.stages:
             return [self.predictor.policy]
         usable = [p for p in POLICIES if stages_needed(p) <= self.stages and (p != "dynamic" or self.has_switch)]
         return usable + ([GATED] if self.has_switch and self.stages == len(RESOLUTIONS) else [])
 
     @property
-    def controls_note(self) -> Optional[str]:
+    def controls_note(self) -> str | None:
         """Why the policy and budget controls are disabled, or None when they work."""
         if self.exported:
             return (f"{self.name} is an exported file: it holds its policy ({self.predictor.policy}) in its graph, and "
@@ -231,7 +230,7 @@ class Viewer:
             model.mask_score_floor = 0.0
             model.policy, model.mask_budget = self.home_policy, NO_BUDGET
 
-    def _reference(self, image: torch.Tensor, image_key: str) -> Optional[dict]:
+    def _reference(self, image: torch.Tensor, image_key: str) -> dict | None:
         """The same head at fixed-112 (cached per image: it does not depend on the controls)."""
         if self.exported or self.stages < len(RESOLUTIONS):
             return None
@@ -271,7 +270,7 @@ class Viewer:
                     model_seconds=model_s, mask_seconds=mask_s, policy=policy, budget=budget, score_floor=floor,
                     coco_results=self._coco(pred, score_thresh, image_key))
 
-    def _coco(self, pred: dict, score_thresh: float, image_key: str) -> List[dict]:
+    def _coco(self, pred: dict, score_thresh: float, image_key: str) -> list[dict]:
         """The shown detections as COCO results, as ``dynamask predict`` writes them."""
         from ..engine.evaluate import predictions_to_coco_results
 

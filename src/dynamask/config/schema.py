@@ -9,10 +9,9 @@ strict (no ``"5"`` for 5, no ``true`` for 1) except that an integral float
 
 import math
 import typing
-from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -22,36 +21,36 @@ from pydantic_core import PydanticCustomError
 # --------------------------------------------------------------------------
 
 #: mask-resolution policies of the DynaMask head
-POLICIES: Tuple[str, ...] = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size")
+POLICIES: tuple[str, ...] = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size")
 #: mask heads: DynaMask, or the plain Mask R-CNN 28x28 head (baseline)
-HEADS: Tuple[str, ...] = ("dynamask", "maskrcnn")
+HEADS: tuple[str, ...] = ("dynamask", "maskrcnn")
 #: feature aggregation module of the DynaMask head
-FAMS: Tuple[str, ...] = ("deform", "conv")
-DEFORM_KERNELS: Tuple[str, ...] = ("auto", "gather", "torchvision")
+FAMS: tuple[str, ...] = ("deform", "conv")
+DEFORM_KERNELS: tuple[str, ...] = ("auto", "gather", "torchvision")
 #: where a box's mask cells lie (models/geometry.py): continuous boxes, or Mask R-CNN's legacy geometry
-MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
+MASK_GEOMETRIES: tuple[str, ...] = ("exact", "torchvision")
 #: where training's mask targets come from (models/detector.py DynaMaskRCNN.mask_targets)
-MASK_TARGETS: Tuple[str, ...] = ("original", "resized")
+MASK_TARGETS: tuple[str, ...] = ("original", "resized")
 #: Mask Switch Module: this project's cost-regressing switch, or the authors' (models/mask_switch.py)
-SWITCHES: Tuple[str, ...] = ("cost", "paper")
+SWITCHES: tuple[str, ...] = ("cost", "paper")
 #: what trains the authors' switch (models/dynamask_head.py, DynaMaskHead.PAPER_SIGNALS)
-PAPER_SIGNALS: Tuple[str, ...] = ("edge", "selection_cost")
+PAPER_SIGNALS: tuple[str, ...] = ("edge", "selection_cost")
 #: how the DynaMask head's 56 and 112 stages are computed (models/point_refine.py)
-REFINEMENTS: Tuple[str, ...] = ("dense", "points")
+REFINEMENTS: tuple[str, ...] = ("dense", "points")
 #: point_refine.INFERENCE_POINTS / TRAINING_POINTS (the config does not import the model; a test holds them equal)
 INFERENCE_POINTS, TRAINING_POINTS = 1568, 784
 #: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
-WIDTH_PRESETS: Tuple[str, ...] = ("balanced", "paper")
+WIDTH_PRESETS: tuple[str, ...] = ("balanced", "paper")
 #: backbones accepted by torchvision's resnet_fpn_backbone
-BACKBONES: Tuple[str, ...] = (
+BACKBONES: tuple[str, ...] = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )
-OPTIMIZERS: Tuple[str, ...] = ("sgd", "adamw")
-AMP_MODES: Tuple[str, ...] = ("none", "bf16", "fp16")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 
 #: keys holding filesystem paths that are resolved relative to the YAML file
-PATH_KEYS: Tuple[str, ...] = (
+PATH_KEYS: tuple[str, ...] = (
     "data.train_json", "data.train_images", "data.val_json", "data.val_images",
     "model.weights_backbone", "model.init_weights", "model.detector_weights",
 )
@@ -84,15 +83,15 @@ def _rule(check, text: str) -> AfterValidator:
     return AfterValidator(run)
 
 
-def _choice(options: Tuple[str, ...]) -> Any:
+def _choice(options: tuple[str, ...]) -> Any:
     return Literal[options]  # type: ignore[valid-type]
 
 
 Int = Annotated[int, BeforeValidator(integral_value)]
 #: scalar floats must be finite (list items are checked by their rules)
 Float = Annotated[float, Field(allow_inf_nan=False)]
-IntList = Annotated[List[Int], BeforeValidator(_listify)]
-FloatList = Annotated[List[float], BeforeValidator(_listify)]
+IntList = Annotated[list[Int], BeforeValidator(_listify)]
+FloatList = Annotated[list[float], BeforeValidator(_listify)]
 NonEmpty = Annotated[str, _rule(lambda v: v.strip() != "", "must not be empty")]
 Path = Optional[Annotated[str, _rule(lambda v: v.strip() != "", "must be a path or null, not an empty string")]]
 
@@ -293,7 +292,7 @@ def inline_value(v: Any) -> str:
     return repr(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def _walk_fields(model: Type[BaseModel], prefix: str = ""):
+def _walk_fields(model: type[BaseModel], prefix: str = ""):
     for name, field in model.model_fields.items():
         sub = field.annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel):
@@ -304,11 +303,11 @@ def _walk_fields(model: Type[BaseModel], prefix: str = ""):
 
 
 #: dotted leaf key -> its pydantic field, in definition order
-FIELDS: Dict[str, FieldInfo] = {k: f for k, f, sub in _walk_fields(Config) if sub is None}
+FIELDS: dict[str, FieldInfo] = {k: f for k, f, sub in _walk_fields(Config) if sub is None}
 #: dotted section name -> its model class
-SECTIONS: Dict[str, Type[BaseModel]] = {k: sub for k, _, sub in _walk_fields(Config) if sub is not None}
+SECTIONS: dict[str, type[BaseModel]] = {k: sub for k, _, sub in _walk_fields(Config) if sub is not None}
 
-DEFAULTS: Dict[str, Any] = Config().model_dump()
+DEFAULTS: dict[str, Any] = Config().model_dump()
 
 _KIND_NAMES = {
     "int": "an integer",
@@ -331,12 +330,12 @@ def _shape(tp: Any) -> str:
         return "_or_".join(_shape(a) for a in typing.get_args(tp))
     if origin is Literal:
         return "str"
-    if origin in (list, List):
+    if origin is list:
         return "list_" + _shape(typing.get_args(tp)[0])
     return {int: "int", float: "float", str: "str", bool: "bool"}[tp]
 
 
-def kind(key: str) -> Tuple[str, bool, Optional[Tuple[str, ...]]]:
+def kind(key: str) -> tuple[str, bool, Optional[tuple[str, ...]]]:
     """(type name for messages, nullable, allowed choices or None) of a leaf key."""
     tp = FIELDS[key].annotation
     args = typing.get_args(tp)

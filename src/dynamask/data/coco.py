@@ -21,21 +21,32 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from ..cocotools import mask_utils
 from torchvision import tv_tensors
 
-from .records import (CACHE_FORMAT, MAX_ABS_COORDINATE, RECORD_FIELDS, InstanceRecords, RecordsBuilder, load_cache,
-                      polygons_rasterise_nonempty, save_cache)
-
-from ..coco_json import DatasetError, ann_where as _ann_where, gc_paused as _gc_paused, load_coco_json
-from ..coco_json import read_json as _read_json, validate_annotation as _validate_annotation
+from ..coco_json import DatasetError, load_coco_json
+from ..coco_json import ann_where as _ann_where
+from ..coco_json import gc_paused as _gc_paused
+from ..coco_json import read_json as _read_json
+from ..coco_json import validate_annotation as _validate_annotation
 from ..coco_json import validate_header as _validate_header
+from ..cocotools import mask_utils
+from .records import (
+    CACHE_FORMAT,
+    MAX_ABS_COORDINATE,
+    RECORD_FIELDS,
+    InstanceRecords,
+    RecordsBuilder,
+    load_cache,
+    polygons_rasterise_nonempty,
+    save_cache,
+)
 
 __all__ = [
     "DatasetError",
@@ -50,7 +61,7 @@ __all__ = [
 logger = logging.getLogger("dynamask.data")
 
 #: Reasons an annotation is left out of the training target (keys of ``skip_counts``).
-SKIP_REASONS: Tuple[str, ...] = (
+SKIP_REASONS: tuple[str, ...] = (
     "unknown_category",      # category_id not listed in "categories"
     "unknown_image",         # image_id not listed in "images"
     "degenerate_box",        # bbox width/height < min_box_size (before or after clipping)
@@ -66,7 +77,7 @@ _IMAGE_FIELDS = ("_image_ids", "_heights", "_widths", "_name_offsets", "_names")
 # --------------------------------------------------------------------------
 # segmentation -> RLE
 # --------------------------------------------------------------------------
-def segmentation_to_rle(seg: Any, height: int, width: int) -> Optional[dict]:
+def segmentation_to_rle(seg: Any, height: int, width: int) -> dict | None:
     """Convert a COCO ``segmentation`` (polygons, uncompressed or compressed RLE)
     to one compressed RLE of size (height, width).
 
@@ -111,7 +122,7 @@ def _decode(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle)
 
 
-def _encoded_segmentation(seg: Any, height: int, width: int) -> Tuple[Optional[list], Optional[dict]]:
+def _encoded_segmentation(seg: Any, height: int, width: int) -> tuple[list | None, dict | None]:
     """A COCO ``segmentation`` as what the records keep: ``(polygons, None)`` — the parts of >= 3
     points, the only ones :func:`segmentation_to_rle` rasterises — or ``(None, rle)``, one
     compressed RLE (bytes counts); ``(None, None)`` when nothing usable remains. Raises like
@@ -139,7 +150,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-def exif_orientation(im: "Image.Image") -> int:
+def exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation (1..8) of an opened PIL image; 1 (as stored) when absent or unreadable."""
     try:
         value = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
@@ -148,13 +159,13 @@ def exif_orientation(im: "Image.Image") -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def upright_size(im: "Image.Image") -> Tuple[int, int]:
+def upright_size(im: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of the image as shown upright per its EXIF orientation."""
     w, h = im.size
     return (h, w) if exif_orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
 
 
-def load_image(path: Union[str, os.PathLike], exif_transpose: bool = False) -> torch.Tensor:
+def load_image(path: str | os.PathLike, exif_transpose: bool = False) -> torch.Tensor:
     """Load an image file as a float32 3 x H x W tensor in [0, 1].
 
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK etc. are converted to RGB;
@@ -172,7 +183,7 @@ def load_image(path: Union[str, os.PathLike], exif_transpose: bool = False) -> t
         return pil_image_to_tensor(im)
 
 
-def pil_image_to_tensor(im: "Image.Image") -> torch.Tensor:
+def pil_image_to_tensor(im: Image.Image) -> torch.Tensor:
     """A PIL image of any mode as a float32 3 x H x W tensor in [0, 1] (see :func:`load_image`)."""
     # every array handed to torch is a fresh, writable copy (np.asarray of a PIL image is read-only,
     # and torch warns "The given NumPy array is not writable" when given one)
@@ -249,15 +260,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        ann_file: Union[str, os.PathLike],
-        image_dir: Union[str, os.PathLike],
-        transforms: Optional[Callable] = None,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        transforms: Callable | None = None,
         keep_empty: bool = True,
         min_box_size: float = 1.0,
         validate_masks: bool = True,
-        categories: Optional[Sequence[Tuple[int, str]]] = None,
-        workers: Optional[int] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        categories: Sequence[tuple[int, str]] | None = None,
+        workers: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         self.ann_file = str(ann_file)
@@ -289,9 +300,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             cats = [{"id": int(i), "name": str(n)} for i, n in categories]
         else:
             cats = sorted(data["categories"], key=lambda c: c["id"])
-        self.cat_ids: List[int] = [int(c["id"]) for c in cats]
-        self.class_names: List[str] = [str(c.get("name", c["id"])) for c in cats]
-        self.cat_id_to_label: Dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        self.cat_ids: list[int] = [int(c["id"]) for c in cats]
+        self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
+        self.cat_id_to_label: dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
 
         # the images, in file order, as flat arrays (see dynamask.data.records for why)
         images = data["images"]
@@ -306,7 +317,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         np.cumsum([len(b) for b in names], out=self._name_offsets[1:])
         self._names = np.frombuffer(b"".join(names), dtype=np.uint8).copy()
         del names
-        self.skip_counts: Dict[str, int] = {k: 0 for k in SKIP_REASONS}
+        self.skip_counts: dict[str, int] = {k: 0 for k in SKIP_REASONS}
         self.num_crowd = 0
 
         annotations = data["annotations"]
@@ -372,7 +383,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._deferred_errors = {int(k): str(v) for k, v in meta["deferred_errors"].items()}
 
     # ---------------------------------------------------------------- setup
-    def _parse_annotations(self, annotations: list, workers: Optional[int]) -> InstanceRecords:
+    def _parse_annotations(self, annotations: list, workers: int | None) -> InstanceRecords:
         """One pass over the annotations: validate each one's structure, skip and count the unusable
         ones, keep the rest encoded in flat buffers; then (``validate_masks``) drop and count the
         polygons that rasterise to nothing — in parallel where there are many."""
@@ -380,7 +391,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         pos_of_id = {int(i): p for p, i in enumerate(self._image_ids.tolist())}
         heights, widths = self._heights.tolist(), self._widths.tolist()
         builder = RecordsBuilder()
-        self._deferred_errors: Dict[int, str] = {}  # annotation index -> message (validate_masks=False)
+        self._deferred_errors: dict[int, str] = {}  # annotation index -> message (validate_masks=False)
         min_size = self.min_box_size
         validate, image_pos, to_label = _validate_annotation, pos_of_id.get, self.cat_id_to_label.get
         add_polygon, skips = builder.add_polygon, self.skip_counts
@@ -472,7 +483,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return (f"image file {str(self._image_path_at(pos))!r} (field 'file_name' = {self._file_name_at(pos)!r} "
                 f"of image id {int(self._image_ids[pos])} in {self.ann_file})")
 
-    def _image_hw_at(self, pos: int) -> Tuple[int, int]:
+    def _image_hw_at(self, pos: int) -> tuple[int, int]:
         """(height, width) from the json, else from the image file's header (read once, then kept)."""
         h, w = int(self._heights[pos]), int(self._widths[pos])
         if h and w:
@@ -512,7 +523,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._coco = None
 
     @property
-    def ids(self) -> List[int]:
+    def ids(self) -> list[int]:
         """The image ids of the samples, in order (a new list each call)."""
         return self._image_ids[self._order].tolist()
 
@@ -534,7 +545,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         r = self._records
         return r.ann_index[r.ann_offsets[pos]:r.ann_offsets[pos + 1]].copy()
 
-    def use_categories(self, categories: Sequence[Tuple[int, str]]) -> None:
+    def use_categories(self, categories: Sequence[tuple[int, str]]) -> None:
         """Switch to a label space fixed from outside (see the ``categories`` argument), after
         construction; every category of the file must be among ``categories``."""
         new_ids = [int(i) for i, _ in categories]
@@ -560,7 +571,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise KeyError(f"label {label} out of range 1..{len(self.cat_ids)}")
         return self.cat_ids[label - 1]
 
-    def drop_missing_images(self) -> List[str]:
+    def drop_missing_images(self) -> list[str]:
         """Remove the images whose files do not exist (a cheap check before training, so that a
         missing file is a logged, counted skip up front and not a failure mid-epoch); returns
         their paths. Unreadable-but-present files are found only when decoded."""
@@ -581,7 +592,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self._order.shape[0])
 
-    def _use_exif_orientation(self, pos: int, im: "Image.Image") -> bool:
+    def _use_exif_orientation(self, pos: int, im: Image.Image) -> bool:
         """Whether image position ``pos`` (opened as ``im``) is loaded upright (its EXIF orientation applied).
 
         The json ``width``/``height`` decide: the stored pixel grid when they give the stored size
@@ -602,7 +613,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels{upright} but its json fields "
                            f"'width'/'height' say {exp_w}x{exp_h}")
 
-    def _log_exif(self, first: int, count: Optional[int] = None) -> None:
+    def _log_exif(self, first: int, count: int | None = None) -> None:
         if self._exif_logged:
             return
         self._exif_logged = True
@@ -611,7 +622,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                     "loading them upright (EXIF rotation applied; first: %s)", self.ann_file, what,
                     str(self._image_path_at(first)))
 
-    def check_image_sizes(self, indices: Optional[Sequence[int]] = None) -> int:
+    def check_image_sizes(self, indices: Sequence[int] | None = None) -> int:
         """Check the size of each image file (header only) against its json ``width``/``height``
         up front, with the EXIF rule of :meth:`_use_exif_orientation`; raises the
         :class:`DatasetError` that loading the image would raise. Missing or unreadable files
@@ -704,7 +715,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 f"classes={self.num_classes}, skipped={sum(self.skip_counts.values())})")
 
 
-def collate_fn(batch: Sequence[Tuple[Any, Any]]) -> Tuple[List[Any], List[Any]]:
+def collate_fn(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
     """Collate detection samples into ``(list_of_images, list_of_targets)``."""
     images, targets = [], []
     for image, target in batch:

@@ -28,8 +28,8 @@ that cost (``thin``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ def select_uncertain(maps: Tensor, n: int) -> Tensor:
     return torch.topk(flat, n, dim=1, largest=False, sorted=False).indices
 
 
-def refine_points(coarse: Tensor, target: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+def refine_points(coarse: Tensor, target: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """One point step: ``coarse`` (N×R×R) upsampled ×2, its n most uncertain cells replaced by
     ``target``'s (N×2R×2R). Returns (the refined N×2R×2R map, the N×2R×2R bool cells replaced).
     n ≥ (2R)² replaces every cell (the result is ``target`` itself); n = 0 none."""
@@ -81,13 +81,13 @@ class PointChain:
     ``maps[R]``: N×R×R soft maps; ``chosen[R]``: N×R×R bool, the cells replaced at step R (absent
     for the first resolution); ``masks[R]``: N×H×W bool, the map pasted and binarised at 0.5."""
 
-    maps: Dict[int, Tensor]
-    chosen: Dict[int, Tensor]
-    masks: Dict[int, Tensor]
+    maps: dict[int, Tensor]
+    chosen: dict[int, Tensor]
+    masks: dict[int, Tensor]
 
 
-def point_chain(masks: Tensor, boxes: Tensor, points: Optional[int], resolutions: Sequence[int] = (28, 56, 112),
-                geometry: str = "exact", targets: Optional[Dict[int, Tensor]] = None) -> PointChain:
+def point_chain(masks: Tensor, boxes: Tensor, points: int | None, resolutions: Sequence[int] = (28, 56, 112),
+                geometry: str = "exact", targets: dict[int, Tensor] | None = None) -> PointChain:
     """The point chain on ground-truth masks (N×H×W) in their boxes (N×4, pixel-edge x0, y0, x1, y1).
 
     ``points``: N cells replaced at every step after the first (None: all of them, the dense round
@@ -151,10 +151,10 @@ class PointCeiling:
     ``thin``: pixels of M, the missing thin parts), ``lost_fg`` (pixels of M wrong in the first
     resolution's round trip) and ``lost_fg_unchosen`` (of those, in no chosen cell)."""
 
-    resolutions: Tuple[int, ...]
-    mask_iou: Dict[Tuple[str, int], np.ndarray]
-    boundary_iou: Dict[Tuple[str, int], np.ndarray]
-    thin: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    resolutions: tuple[int, ...]
+    mask_iou: dict[tuple[str, int], np.ndarray]
+    boundary_iou: dict[tuple[str, int], np.ndarray]
+    thin: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 392, 784, 1568),
@@ -169,7 +169,7 @@ def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 39
     n_inst = gt.shape[0]
     size = gt.shape[-2:]
     targets = {r: roi_mask_targets(masks, boxes, r, geometry) for r in resolutions}
-    labels: List[Tuple[str, Optional[int]]] = [("dense", None), ("N=0", 0)] + [(f"N={int(p)}", int(p)) for p in points]
+    labels: list[tuple[str, int | None]] = [("dense", None), ("N=0", 0)] + [(f"N={int(p)}", int(p)) for p in points]
     d = boundary_dilation(int(size[0]), int(size[1]), dilation_ratio)
     gt_np = gt.numpy()
     gt_bands = [mask_boundary(g, d).astype(bool) for g in gt_np] if boundary else []

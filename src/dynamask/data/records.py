@@ -19,9 +19,9 @@ import multiprocessing
 import os
 import shutil
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class InstanceRecords:
     def nbytes(self) -> int:
         return sum(int(getattr(self, f).nbytes) for f in self.__dataclass_fields__)
 
-    def polygons(self, k: int) -> List[np.ndarray]:
+    def polygons(self, k: int) -> list[np.ndarray]:
         """The polygon parts of annotation ``k`` (views into ``coords``; empty for an RLE)."""
         offs = self.coord_offsets
         return [self.coords[offs[j]:offs[j + 1]] for j in range(int(self.part_lo[k]), int(self.part_hi[k]))]
@@ -85,7 +85,7 @@ class InstanceRecords:
         return {"size": [int(height), int(width)],
                 "counts": self.rle_bytes[int(self.rle_lo[k]):int(self.rle_hi[k])].tobytes()}
 
-    def select(self, keep: np.ndarray, num_images: int) -> "InstanceRecords":
+    def select(self, keep: np.ndarray, num_images: int) -> InstanceRecords:
         """The annotations where ``keep`` is True, grouped by image (a stable sort: file order
         within an image); the part and byte buffers are shared, not copied."""
         idx = np.flatnonzero(keep)
@@ -119,8 +119,8 @@ class RecordsBuilder:
     def __len__(self) -> int:
         return len(self.ints) // self._INTS
 
-    def add(self, image_pos: int, ann_index: int, label: int, box: Sequence[float], area: Optional[float],
-            polygons: Optional[Sequence[Sequence[float]]] = None, rle_counts: Optional[bytes] = None) -> None:
+    def add(self, image_pos: int, ann_index: int, label: int, box: Sequence[float], area: float | None,
+            polygons: Sequence[Sequence[float]] | None = None, rle_counts: bytes | None = None) -> None:
         """One annotation: ``polygons`` (each a flat coordinate list of >= 6 numbers) or the compressed
         RLE ``rle_counts``. Raises ``TypeError`` for a coordinate that is not a number; then nothing of
         this annotation is kept."""
@@ -144,7 +144,7 @@ class RecordsBuilder:
         self.floats.extend((box[0], box[1], box[2], box[3], _NAN if area is None else area))
 
     def add_polygon(self, image_pos: int, ann_index: int, label: int, x1: float, y1: float, x2: float, y2: float,
-                    area: Optional[float], polygon: Sequence[float]) -> None:
+                    area: float | None, polygon: Sequence[float]) -> None:
         """:meth:`add` for the common case, one polygon part (fewer calls per annotation)."""
         coords, offsets = self.coords, self.coord_offsets
         first = len(coords)
@@ -162,7 +162,7 @@ class RecordsBuilder:
     def ann_index(self, k: int) -> int:
         return self.ints[k * self._INTS + 1]
 
-    def first_bad_coordinate(self) -> Optional[int]:
+    def first_bad_coordinate(self) -> int | None:
         """The index of the first annotation with a non-finite or absurdly large coordinate, or None."""
         coords = np.frombuffer(self.coords, dtype=np.float64) if len(self.coords) else np.zeros(0)
         if coords.size == 0 or (coords.min() >= -MAX_ABS_COORDINATE and coords.max() <= MAX_ABS_COORDINATE):
@@ -320,7 +320,7 @@ def _surely_nonempty(part_lo, part_hi, coord_offsets, coords, heights, widths, m
 
 
 def polygons_rasterise_nonempty(records: InstanceRecords, heights: np.ndarray, widths: np.ndarray,
-                                workers: Optional[int] = None) -> np.ndarray:
+                                workers: int | None = None) -> np.ndarray:
     """For every polygon annotation of ``records`` (RLE ones give True): whether pycocotools'
     rasteriser gives it at least one pixel at its image's size (``heights``/``widths`` per
     annotation). Rasterising is the one costly step of an exact emptiness check (~30 µs a
@@ -379,7 +379,7 @@ def save_cache(directory: Path, arrays: dict, meta: dict) -> bool:
         return False
 
 
-def load_cache(directory: Path, names: Sequence[str]) -> Optional[tuple]:
+def load_cache(directory: Path, names: Sequence[str]) -> tuple | None:
     """``(arrays, meta)`` from :func:`save_cache`, memory-mapped copy-on-write (pages shared by
     every process that maps them, ranks and workers alike); None when absent or unreadable."""
     directory = Path(directory)

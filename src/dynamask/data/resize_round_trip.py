@@ -16,7 +16,7 @@ masks pointless on resized real data.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def _iou(pasted: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
 
 
 def native_round_trip_iou(masks: torch.Tensor, boxes: torch.Tensor, resolutions: Sequence[int] = (28, 56, 112),
-                          geometry: str = "exact") -> Dict[int, np.ndarray]:
+                          geometry: str = "exact") -> dict[int, np.ndarray]:
     """Per resolution, the per-instance round-trip IoU with no resize at all (the ceiling)."""
     from ..models.geometry import round_trip_iou
 
@@ -43,13 +43,13 @@ def pipeline_round_trip_iou(
     masks: torch.Tensor,
     boxes: torch.Tensor,
     *,
-    min_size: Union[int, Sequence[int]],
+    min_size: int | Sequence[int],
     max_size: int,
     mask_targets: str = "original",
     flip: bool = False,
     resolutions: Sequence[int] = (28, 56, 112),
     geometry: str = "exact",
-) -> Tuple[Dict[int, np.ndarray], torch.Tensor]:
+) -> tuple[dict[int, np.ndarray], torch.Tensor]:
     """Round trip of ground-truth masks through the training pipeline.
 
     Args:

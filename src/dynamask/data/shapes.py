@@ -50,12 +50,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+
 from ..cocotools import mask_utils
 
 __all__ = [
@@ -68,7 +69,7 @@ __all__ = [
     "shape_categories",
 ]
 
-SHAPE_CATEGORIES: List[Dict[str, object]] = [
+SHAPE_CATEGORIES: list[dict[str, object]] = [
     {"id": 1, "name": "ellipse", "supercategory": "easy"},
     {"id": 2, "name": "rectangle", "supercategory": "easy"},
     {"id": 3, "name": "triangle", "supercategory": "easy"},
@@ -80,7 +81,7 @@ SHAPE_CATEGORIES: List[Dict[str, object]] = [
 ]
 
 # written (after the eight above) only by ``detail=True`` datasets
-DETAIL_CATEGORIES: List[Dict[str, object]] = [
+DETAIL_CATEGORIES: list[dict[str, object]] = [
     {"id": 9, "name": "spider", "supercategory": "detail"},
     {"id": 10, "name": "wheel", "supercategory": "detail"},
     {"id": 11, "name": "comb", "supercategory": "detail"},
@@ -95,7 +96,7 @@ _DETAIL_PROBABILITY = 0.55
 _DETAIL_MIN_SIZE_FRAC = 0.25
 
 
-def shape_categories(detail: bool = False) -> List[Dict[str, object]]:
+def shape_categories(detail: bool = False) -> list[dict[str, object]]:
     """The category list of a shapes dataset (copies): the eight simple ones, plus the detail
     families (ids 9, 10, ...) with ``detail=True``."""
     cats = SHAPE_CATEGORIES + (DETAIL_CATEGORIES if detail else [])
@@ -136,7 +137,7 @@ def complexity_of_mask(mask: np.ndarray) -> float:
 # --------------------------------------------------------------------------
 # shape outlines (unit scale, centred at the origin, extent about [-1, 1])
 # --------------------------------------------------------------------------
-def _ellipse(rng: np.random.Generator) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+def _ellipse(rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
     t = np.linspace(0.0, 2.0 * np.pi, 72, endpoint=False)
     b = rng.uniform(0.45, 1.0)
     return [np.stack([np.cos(t), b * np.sin(t)], 1)], []
@@ -194,9 +195,9 @@ def _cross(rng, min_half_width: float):
     w = max(rng.uniform(0.09, 0.2), min_half_width)
     w = min(w, 0.45)
     if rng.random() < 0.5:  # plus-sign cross with arms of random lengths
-        l, r_, d, u = rng.uniform(0.6, 1.0, 4)
-        pts = [(-l, -w), (-w, -w), (-w, -d), (w, -d), (w, -w), (r_, -w),
-               (r_, w), (w, w), (w, u), (-w, u), (-w, w), (-l, w)]
+        l_, r_, d, u = rng.uniform(0.6, 1.0, 4)
+        pts = [(-l_, -w), (-w, -w), (-w, -d), (w, -d), (w, -w), (r_, -w),
+               (r_, w), (w, w), (w, u), (-w, u), (-w, w), (-l_, w)]
     else:  # L shape with its corner at (-1, -1)
         a = -1.0 + 2.0 * w
         ly = rng.uniform(0.5, 1.0)
@@ -253,7 +254,7 @@ def _rasterise(polys, holes, angle, radius, cx, cy, h, w) -> np.ndarray:
 _MIN_STROKE = 0.8  # half-width in px: rendered strokes stay >= ~2.6 px wide
 
 
-def _circle_pts(centre, radius_x: float, radius_y: Optional[float] = None, k: int = 48) -> np.ndarray:
+def _circle_pts(centre, radius_x: float, radius_y: float | None = None, k: int = 48) -> np.ndarray:
     t = np.linspace(0.0, 2.0 * np.pi, k, endpoint=False)
     ry = radius_x if radius_y is None else radius_y
     return np.stack([centre[0] + radius_x * np.cos(t), centre[1] + ry * np.sin(t)], 1)
@@ -285,7 +286,7 @@ def _spider(rng, radius_px: float):
     bend = rng.choice([-1.0, 1.0])
     for side in (-1.0, 1.0):
         offsets = np.linspace(-0.95, 0.95, per_side) + rng.uniform(-0.12, 0.12, per_side)
-        for k, off in enumerate(offsets):
+        for _k, off in enumerate(offsets):
             phi = side * (np.pi / 2.0 - off)
             root = np.array([(-0.3 + 0.75 * off) * a, side * 0.7 * b])
             r1 = rng.uniform(0.5, 0.72)
@@ -362,7 +363,7 @@ def _comb(rng, radius_px: float):
 
 
 def _tree(rng, radius_px: float):
-    segs: List[Tuple[np.ndarray, int]] = []
+    segs: list[tuple[np.ndarray, int]] = []
     depth = int(np.clip(round(math.log2(max(radius_px, 2.0) / 6.0)) + 1, 2, 5))
     branching = int(rng.integers(2, 4))
     spread = rng.uniform(0.35, 0.75)
@@ -549,7 +550,7 @@ class _Instance:
     mask: np.ndarray  # visible mask, uint8 H x W
 
 
-def _normalise_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+def _normalise_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, (int, np.integer)):
         return int(image_size), int(image_size)
     h, w = (int(v) for v in image_size)
@@ -558,15 +559,15 @@ def _normalise_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 def render_shapes_image(
     rng: np.random.Generator,
-    image_size: Union[int, Sequence[int]] = 128,
+    image_size: int | Sequence[int] = 128,
     min_objects: int = 1,
     max_objects: int = 4,
     min_size_frac: float = 0.08,
     max_size_frac: float = 0.8,
-    min_visible_area: Optional[int] = None,
+    min_visible_area: int | None = None,
     min_visible_fraction: float = 0.1,
     detail: bool = False,
-) -> Tuple[np.ndarray, List[_Instance]]:
+) -> tuple[np.ndarray, list[_Instance]]:
     """Render one image. Returns (uint8 H x W x 3 RGB image, visible instances in paint order).
 
     ``detail=True`` also draws objects from the detail families (ids 9-14, see the module
@@ -611,7 +612,7 @@ def render_shapes_image(
         # pass settles which objects are kept.
         kept = [False] * n
         cover = np.zeros((h, w), dtype=bool)
-        visible: List[Optional[np.ndarray]] = [None] * n
+        visible: list[np.ndarray | None] = [None] * n
         for i in range(n - 1, -1, -1):
             full = full_masks[i].astype(bool)
             full_area = int(full.sum())
@@ -628,8 +629,8 @@ def render_shapes_image(
 
     img = bg
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    colours: List[np.ndarray] = []
-    instances: List[_Instance] = []
+    colours: list[np.ndarray] = []
+    instances: list[_Instance] = []
     for i in range(n):
         if not kept[i]:
             continue
@@ -658,16 +659,16 @@ def _encode(mask: np.ndarray) -> dict:
 
 
 def generate_shapes_dataset(
-    out_dir: Union[str, os.PathLike],
+    out_dir: str | os.PathLike,
     num_train: int,
     num_val: int,
-    image_size: Union[int, Sequence[int]] = 128,
+    image_size: int | Sequence[int] = 128,
     seed: int = 0,
     min_objects: int = 1,
     max_objects: int = 4,
     min_size_frac: float = 0.08,
     max_size_frac: float = 0.8,
-    min_visible_area: Optional[int] = None,
+    min_visible_area: int | None = None,
     min_visible_fraction: float = 0.1,
     detail: bool = False,
 ) -> dict:
@@ -748,7 +749,7 @@ def generate_shapes_dataset(
     return summary
 
 
-def make_shapes_tensors(n_images: int, image_size: Union[int, Sequence[int]] = 128, seed: int = 0,
+def make_shapes_tensors(n_images: int, image_size: int | Sequence[int] = 128, seed: int = 0,
                         detail: bool = False, **kwargs):
     """In-memory shapes samples (no files).
 

@@ -25,15 +25,15 @@ import contextlib
 import io
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 __all__ = ["Yardstick", "boundary_dilation", "boundary_iou", "mask_boundary", "yardstick", "yardstick_from_coco"]
 
-DEFAULT_RESOLUTIONS: Tuple[int, ...] = (14, 28, 56, 112)
+DEFAULT_RESOLUTIONS: tuple[int, ...] = (14, 28, 56, 112)
 
 
 def boundary_dilation(h: int, w: int, dilation_ratio: float) -> int:
@@ -71,19 +71,19 @@ class Yardstick:
     in the input; ``labels``: category ids, or None when unknown.
     """
 
-    resolutions: Tuple[int, ...]
+    resolutions: tuple[int, ...]
     geometry: str
-    mask_iou: Dict[int, np.ndarray]
-    boundary_iou: Dict[int, np.ndarray]
+    mask_iou: dict[int, np.ndarray]
+    boundary_iou: dict[int, np.ndarray]
     image_index: np.ndarray
-    labels: Optional[np.ndarray] = None
-    category_names: Dict[int, str] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    category_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_instances(self) -> int:
         return int(self.image_index.shape[0])
 
-    def subset(self, keep: Union[np.ndarray, Sequence[bool], Sequence[int]]) -> "Yardstick":
+    def subset(self, keep: np.ndarray | Sequence[bool] | Sequence[int]) -> Yardstick:
         """The instances selected by a boolean mask or by indices."""
         keep = np.asarray(keep)
         if keep.dtype != bool:
@@ -97,17 +97,17 @@ class Yardstick:
             dict(self.category_names),
         )
 
-    def of_categories(self, category_ids: Iterable[int]) -> "Yardstick":
+    def of_categories(self, category_ids: Iterable[int]) -> Yardstick:
         """The instances of these categories (needs ``labels``)."""
         if self.labels is None:
             raise ValueError("this yardstick has no category labels")
         return self.subset(np.isin(self.labels, np.asarray(list(category_ids), dtype=np.int64)))
 
-    def mean_mask_iou(self) -> Dict[int, float]:
+    def mean_mask_iou(self) -> dict[int, float]:
         """{resolution: mean round-trip mask IoU} (NaN with no instances)."""
         return {r: float(v.mean()) if v.size else float("nan") for r, v in self.mask_iou.items()}
 
-    def mean_boundary_iou(self) -> Dict[int, float]:
+    def mean_boundary_iou(self) -> dict[int, float]:
         """{resolution: mean round-trip boundary IoU} (NaN with no instances)."""
         return {r: float(v.mean()) if v.size else float("nan") for r, v in self.boundary_iou.items()}
 
@@ -117,7 +117,7 @@ class Yardstick:
         return {"geometry": self.geometry, "num_instances": self.num_instances,
                 "mask_iou": self.mean_mask_iou(), "boundary_iou": self.mean_boundary_iou()}
 
-    def per_category(self) -> Dict[int, dict]:
+    def per_category(self) -> dict[int, dict]:
         """{category id: :meth:`summary` of its instances} (needs ``labels``)."""
         if self.labels is None:
             raise ValueError("this yardstick has no category labels")
@@ -152,12 +152,12 @@ def _tight_boxes(masks: np.ndarray) -> np.ndarray:
 
 def yardstick(
     masks_by_image: Sequence,
-    boxes_by_image: Optional[Sequence] = None,
+    boxes_by_image: Sequence | None = None,
     resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
     geometry: str = "exact",
-    labels_by_image: Optional[Sequence] = None,
+    labels_by_image: Sequence | None = None,
     dilation_ratio: float = 0.02,
-    category_names: Optional[Dict[int, str]] = None,
+    category_names: dict[int, str] | None = None,
 ) -> Yardstick:
     """Round-trip mask IoU and boundary IoU of ground-truth masks at each resolution.
 
@@ -187,10 +187,10 @@ def yardstick(
     if labels_by_image is not None and len(labels_by_image) != len(masks_by_image):
         raise ValueError(f"{len(masks_by_image)} images of masks but {len(labels_by_image)} of labels")
 
-    mask_iou: Dict[int, List[np.ndarray]] = {r: [] for r in resolutions}
-    bnd_iou: Dict[int, List[np.ndarray]] = {r: [] for r in resolutions}
-    image_index: List[np.ndarray] = []
-    labels: List[np.ndarray] = []
+    mask_iou: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
+    bnd_iou: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
+    image_index: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for i, masks in enumerate(masks_by_image):
         m = _as_numpy_masks(masks)
         n, h, w = m.shape
@@ -228,7 +228,7 @@ def yardstick(
                 vals[k] = 1.0 if union == 0 else int(np.count_nonzero(gt_bands[k] & bp)) / union
             bnd_iou[r].append(vals)
 
-    def cat(parts: List[np.ndarray], dtype) -> np.ndarray:
+    def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
     return Yardstick(
@@ -243,10 +243,10 @@ def yardstick(
 
 
 def yardstick_from_coco(
-    annotations: Union[str, os.PathLike, dict],
+    annotations: str | os.PathLike | dict,
     resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
     geometry: str = "exact",
-    max_images: Optional[int] = None,
+    max_images: int | None = None,
     dilation_ratio: float = 0.02,
     include_crowd: bool = False,
 ) -> Yardstick:

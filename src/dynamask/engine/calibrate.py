@@ -20,7 +20,7 @@ re-met on that population. On held-out images (never the validation set: ``dynam
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,8 +85,8 @@ def _match(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, gt_b
     return real
 
 
-def calibrate_switch(model, dataset, target: Optional[float] = None, device: Any = "cpu", max_images: Optional[int] = None,
-                     progress: bool = True) -> Dict[str, Any]:
+def calibrate_switch(model, dataset, target: float | None = None, device: Any = "cpu", max_images: int | None = None,
+                     progress: bool = True) -> dict[str, Any]:
     """Calibrate ``model``'s cost switch on ``dataset`` (held-out, COCO-format, no transforms) in
     place; returns what was measured and set. ``target`` defaults to the head's training
     ``budget_target``."""

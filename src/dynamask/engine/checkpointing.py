@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -104,7 +104,7 @@ def load_resume_checkpoint(ckpt_path: str) -> dict:
 
 def restore_training_state(ckpt: dict, ckpt_path: str, cfg: dict, num_classes: int, model, optimizer, scheduler,
                            scaler, rank: int, world: int, per_rank_batch: int,
-                           dataset_size: int) -> Tuple[int, int, int]:
+                           dataset_size: int) -> tuple[int, int, int]:
     """Load a resumable checkpoint into the run; returns ``(iteration, data epoch, data position)``.
     RNG states and the data position carry over when the process count and batch are the same."""
     problems = checkpoint_mismatches(ckpt, cfg, num_classes)
@@ -147,14 +147,14 @@ class Checkpointer:
     ``model_final.pt``; a failed write names the file and says the previous one is intact."""
 
     def __init__(self, out_dir: str, cfg: dict, model: torch.nn.Module, optimizer, scheduler, scaler,
-                 class_info: Dict[str, Any], per_rank_batch: int, shard_size: int, world: int, main: bool):
+                 class_info: dict[str, Any], per_rank_batch: int, shard_size: int, world: int, main: bool):
         self.last_path = os.path.join(out_dir, CHECKPOINT_LAST)
         self.final_path = os.path.join(out_dir, MODEL_FINAL)
         self.cfg, self.model, self.optimizer, self.scheduler, self.scaler = cfg, model, optimizer, scheduler, scaler
         self.class_info = class_info
         self.per_rank_batch, self.shard_size, self.world, self.main = per_rank_batch, shard_size, world, main
 
-    def state(self, iteration: int, full: bool) -> Dict[str, Any]:
+    def state(self, iteration: int, full: bool) -> dict[str, Any]:
         cfg = self.cfg
         state = {"model": self.model.state_dict(), "config": copy.deepcopy(cfg), **self.class_info,
                  "iteration": iteration,

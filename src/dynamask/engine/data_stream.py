@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ class InfiniteShardSampler(torch.utils.data.Sampler):
         """Samples per process per epoch."""
         return len(self._inner)
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self.start_epoch, self.start_position
         while True:
             self._inner.set_epoch(epoch)
@@ -91,7 +92,7 @@ class SeededDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        skipped: List[str] = []
+        skipped: list[str] = []
         while True:
             try:
                 with torch.random.fork_rng(devices=[]):

@@ -22,8 +22,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from ..atomic import write_bytes_atomic
 from ..errors import DynaMaskError
@@ -43,7 +43,7 @@ LEVEL = 0.05
 FIXED_28, FIXED_112, GATED_112 = "fixed-28 (same head)", "fixed-112 (same head)", "fixed-112 score-gated (same head)"
 
 
-def shipped_files(folder: Optional[os.PathLike] = None) -> Dict[str, Path]:
+def shipped_files(folder: os.PathLike | None = None) -> dict[str, Path]:
     """The shipped detector and heads; one error naming every missing file and how to make it."""
     folder = Path(folder) if folder is not None else REPO_ROOT / "checkpoints"
     files = {k: folder / name for k, name in SHIPPED.items()}
@@ -55,7 +55,7 @@ def shipped_files(folder: Optional[os.PathLike] = None) -> Dict[str, Path]:
     return files
 
 
-def dial_budgets(lowest: float, unconstrained: float) -> List[float]:
+def dial_budgets(lowest: float, unconstrained: float) -> list[float]:
     """Two budgets evenly spaced inside (lowest, unconstrained), highest first; none when the
     switch already chooses (almost) the cheapest mix and the dial has no room."""
     if unconstrained - lowest < 0.03:
@@ -63,14 +63,14 @@ def dial_budgets(lowest: float, unconstrained: float) -> List[float]:
     return [round(lowest + (unconstrained - lowest) * k / 3, 3) for k in (2, 1)]
 
 
-def gallery_images(val_json: os.PathLike, count: int) -> List[str]:
+def gallery_images(val_json: os.PathLike, count: int) -> list[str]:
     """File names of the validation images that best show both kinds of outline: ranked by the
     smaller of (largest simple object, largest detailed object), sizes √(w·h) of their boxes
     (a thin detailed object is large by its box, not by its area)."""
     with open(val_json) as f:
         data = json.load(f)
     detail = {c["id"] for c in data["categories"] if c.get("supercategory") == "detail"}
-    best: Dict[int, Dict[bool, float]] = {}
+    best: dict[int, dict[bool, float]] = {}
     for a in data["annotations"]:
         side = math.sqrt(float(a["bbox"][2]) * float(a["bbox"][3]))
         kinds = best.setdefault(a["image_id"], {True: 0.0, False: 0.0})
@@ -91,7 +91,7 @@ def _gap(a: float, b: float, unit: str) -> str:
     return f"{'ahead' if d > 0 else 'behind'} by {abs(d):.1f} {unit} ({a:.1f} vs {b:.1f})"
 
 
-def verdict_sentences(rows: Sequence[dict]) -> List[str]:
+def verdict_sentences(rows: Sequence[dict]) -> list[str]:
     """The report's conclusions, each computed from the rows (name, segm_AP, boundary_AP,
     bbox_AP, mask_gflops_per_instance, complexity ρ): which is ahead, by how much, at what cost."""
     by = {r["name"]: r for r in rows}
@@ -145,7 +145,7 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name.lower()).strip("_")
 
 
-def _row(name: str, metrics: dict, budget: Optional[float] = None) -> dict:
+def _row(name: str, metrics: dict, budget: float | None = None) -> dict:
     keys = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gflops_per_instance",
             "images_per_second", "complexity_spearman", "complexity_spearman_within_size")
     hist = metrics.get("resolution_histogram") or {}
@@ -153,7 +153,7 @@ def _row(name: str, metrics: dict, budget: Optional[float] = None) -> dict:
             "resolution_histogram": {str(k): int(v) for k, v in hist.items()}}
 
 
-def _evaluate_rows(files: Dict[str, Path], dataset, out: Path, progress: bool) -> tuple[list, dict]:
+def _evaluate_rows(files: dict[str, Path], dataset, out: Path, progress: bool) -> tuple[list, dict]:
     """Every row of the table, and the dial's reachable range."""
     import torch
 
@@ -193,7 +193,7 @@ def _evaluate_rows(files: Dict[str, Path], dataset, out: Path, progress: bool) -
 
 
 def run_demo(out_dir: str | os.PathLike = "runs/demo", quick: bool = False, progress: bool = True,
-             checkpoints: Optional[os.PathLike] = None, val_images: Optional[int] = None) -> Path:
+             checkpoints: os.PathLike | None = None, val_images: int | None = None) -> Path:
     """Run the demo; returns the path of ``report.md``."""
     from ..data import CocoInstanceDataset, generate_shapes_dataset
     from ..visualize import plot_ap_vs_flops

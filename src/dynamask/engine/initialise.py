@@ -5,7 +5,6 @@ torchvision detection file. A file that does not fit is refused with the differe
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from ..errors import DynaMaskError
 from .build import checkpoint_geometry, checkpoint_mismatches, load_checkpoint
@@ -15,7 +14,7 @@ __all__ = ["initialise_weights"]
 logger = logging.getLogger("dynamask.train")
 
 
-def initialise_weights(model, cfg: dict, tv_plan: Optional[dict], num_classes: int) -> None:
+def initialise_weights(model, cfg: dict, tv_plan: dict | None, num_classes: int) -> None:
     """Load what ``model.init_weights`` / ``model.detector_weights`` name (``tv_plan``: the
     torchvision file among them, see :func:`~dynamask.engine.build.torchvision_weights_plan`)."""
     for key, detector_only in (("init_weights", False), ("detector_weights", True)):

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class MetricsFile:
         self.path = path
         self.enabled = enabled
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         line = json.dumps(_jsonable(record), allow_nan=False)
@@ -78,7 +78,7 @@ class MetricsFile:
                 pass
 
 
-def open_tensorboard(log_dir: str, purge_step: Optional[int]):
+def open_tensorboard(log_dir: str, purge_step: int | None):
     """A SummaryWriter, or None (with a warning) when TensorBoard is missing: train anyway."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -88,9 +88,9 @@ def open_tensorboard(log_dir: str, purge_step: Optional[int]):
     return SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
 
-def flat_numbers(d: dict, prefix: str = "") -> Dict[str, float]:
+def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
     """Finite numbers of a nested dict under slash-joined keys (for TensorBoard)."""
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
@@ -115,8 +115,8 @@ class LossWindow:
     """Sums of the losses, gradient norm and timings since the last record."""
 
     def __init__(self):
-        self.sums: Dict[str, float] = {}
-        self.counts: Dict[str, int] = {}
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.time = self.data_time = 0.0
         self.iters = 0
 
@@ -146,7 +146,7 @@ class MetricsLogger:
         self.per_rank_batch, self.shard_size = per_rank_batch, shard_size
         self.world, self.main, self.show_bar = world, main, show_bar
         self.window = LossWindow()
-        self.last: Dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
 
     def after_step(self, step: int, lr: float) -> None:
         w = self.window
@@ -155,7 +155,7 @@ class MetricsLogger:
         means = {k: w.sums[k] / w.counts[k] for k in w.sums}
         means = du.reduce_dict(means) if self.world > 1 else means
         t_per_iter = w.time / max(1, w.iters)
-        rec: Dict[str, Any] = {"iteration": step}
+        rec: dict[str, Any] = {"iteration": step}
         rec.update({k: v for k, v in sorted(means.items()) if k not in ("total_loss", "grad_norm")})
         rec.update(total_loss=means.get("total_loss", float("nan")), lr=lr,
                    grad_norm=means.get("grad_norm", float("nan")), time_per_iter=t_per_iter,

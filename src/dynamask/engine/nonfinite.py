@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..errors import DynaMaskError
 
@@ -40,7 +40,7 @@ class NonFiniteGuard:
         self.in_a_row = 0
         self.total = 0
 
-    def check(self, step: int, result) -> Optional[NonFiniteLossError]:
+    def check(self, step: int, result) -> NonFiniteLossError | None:
         """Account for one step (a :class:`~dynamask.engine.train.StepResult`)."""
         if result.finite:
             self.in_a_row = 0

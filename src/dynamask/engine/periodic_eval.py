@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import torch
 
@@ -53,7 +52,7 @@ class PeriodicEvaluator:
         if self.period and step % self.period == 0 and step != self.max_iter:
             self.run(step)
 
-    def run(self, iteration: int) -> Optional[dict]:
+    def run(self, iteration: int) -> dict | None:
         """Evaluate now (collective: every process takes part, each on its shard); the metrics on
         every process, None when disabled or failed."""
         result = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +28,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed % 2**64)
 
 
-def get_rng_state() -> Dict[str, Any]:
+def get_rng_state() -> dict[str, Any]:
     """The global RNG states as tensors, numbers and lists (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state: Dict[str, Any] = {
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -43,7 +43,7 @@ def get_rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`get_rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]

@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -51,10 +51,18 @@ from ..config import ConfigError, effective_lr, flatten, load_config, save_confi
 from ..errors import DynaMaskError
 from . import distributed as du
 from .build import build_model, fits_coco_label_space, torchvision_weights_plan
-from .checkpointing import (CHECKPOINT_LAST, MODEL_FINAL, Checkpointer, check_free_space, check_writable,
-                            config_differences, load_resume_checkpoint, restore_training_state, weights_hash)
-from .data_stream import (InfiniteShardSampler, SeededDataset, SkippedImages, build_loader, load_train_dataset,
-                          to_device)
+from .checkpointing import (
+    CHECKPOINT_LAST,
+    MODEL_FINAL,
+    Checkpointer,
+    check_free_space,
+    check_writable,
+    config_differences,
+    load_resume_checkpoint,
+    restore_training_state,
+    weights_hash,
+)
+from .data_stream import InfiniteShardSampler, SeededDataset, SkippedImages, build_loader, load_train_dataset, to_device
 from .initialise import initialise_weights
 from .metrics import MetricsFile, MetricsLogger, fmt_duration, fmt_lr, open_tensorboard
 from .nonfinite import NonFiniteGuard, NonFiniteLossError
@@ -90,7 +98,7 @@ class TrainingRun:
     train_model: torch.nn.Module  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: Optional[torch.amp.GradScaler]
+    scaler: torch.amp.GradScaler | None
     loader: Any
     shard_size: int
     start_iter: int
@@ -102,7 +110,7 @@ class TrainingRun:
         return self.rank == 0
 
     @property
-    def class_info(self) -> Dict[str, Any]:
+    def class_info(self) -> dict[str, Any]:
         return {"class_names": list(self.dataset.class_names), "cat_ids": [int(c) for c in self.dataset.cat_ids],
                 "num_classes": len(self.dataset.class_names) + 1}
 
@@ -111,7 +119,7 @@ class TrainingRun:
 class StepResult:
     """What one step did: this process's loss values, and the decisions all processes agreed on."""
 
-    losses: Dict[str, float]
+    losses: dict[str, float]
     total: float
     grad_norm: float
     finite: bool  # the update was applied
@@ -123,8 +131,8 @@ class StepResult:
 # ---------------------------------------------------------------------------------------- entry
 
 
-def train(cfg: dict, out_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
-          device: Optional[str] = None) -> dict:
+def train(cfg: dict, out_dir: str | None = None, resume: bool = False, progress: bool = True,
+          device: str | None = None) -> dict:
     """Train a model as described by ``cfg``; returns a summary dict.
 
     Args:
@@ -226,7 +234,7 @@ def build_run(cfg: dict, out_dir: str, resume: bool, dev: torch.device) -> Train
                        params=[p for p in model.parameters() if p.requires_grad])
 
 
-def _training_dataset(cfg: dict, tv_plan: Optional[dict], ckpt: Optional[dict], ckpt_path: str, main: bool):
+def _training_dataset(cfg: dict, tv_plan: dict | None, ckpt: dict | None, ckpt_path: str, main: bool):
     """The training set, in torchvision's COCO label space when a 91-class torchvision file starts
     the run on COCO categories; its classes checked against the config and a resumed checkpoint."""
     dataset = load_train_dataset(cfg)
@@ -254,7 +262,7 @@ def _training_dataset(cfg: dict, tv_plan: Optional[dict], ckpt: Optional[dict], 
     return dataset
 
 
-def _training_model(cfg: dict, n_classes: int, tv_plan: Optional[dict], main: bool) -> torch.nn.Module:
+def _training_model(cfg: dict, n_classes: int, tv_plan: dict | None, main: bool) -> torch.nn.Module:
     """The model with ``model.freeze_detector`` applied (the box predictor trains when a
     torchvision file's classes are not the data's)."""
     model = build_model(cfg, n_classes + 1)
@@ -326,7 +334,7 @@ def _autocast(run: TrainingRun):
 # ---------------------------------------------------------------------------------------- the loop
 
 
-def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[float] = None) -> dict:
+def run_training(run: TrainingRun, progress: bool = True, t_start: float | None = None) -> dict:
     """Train ``run`` to ``solver.max_iter``; returns the summary :func:`train` describes."""
     import tqdm as _tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm

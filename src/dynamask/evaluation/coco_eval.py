@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ logger = logging.getLogger("dynamask.evaluation")
 
 IOU_TYPES = ("bbox", "segm", "boundary")
 #: AP keys (0–100 scale) produced by :func:`compute_coco_metrics`
-AP_KEYS: Tuple[str, ...] = tuple(f"{kind}_{k}" for kind in IOU_TYPES for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+AP_KEYS: tuple[str, ...] = tuple(f"{kind}_{k}" for kind in IOU_TYPES for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
 #: images per task of the IoU pass
 IMAGES_PER_TASK = 64
 #: below this many detections the IoU pass runs in this process (starting workers costs more)
@@ -44,12 +45,12 @@ PARALLEL_MIN_DETECTIONS = 20_000
 CATEGORIES_PER_CALL = 8
 
 
-def ap_summary(kind: str, precision: np.ndarray, max_dets: int) -> Dict[str, Optional[float]]:
+def ap_summary(kind: str, precision: np.ndarray, max_dets: int) -> dict[str, float | None]:
     """The six AP numbers (0–100) of one IoU type from its ``precision`` array; None where no
     category has ground truth in that area range."""
     m = max_dets_list(max_dets).index(int(max_dets))
 
-    def mean(iou: Optional[float] = None, area: str = "all") -> Optional[float]:
+    def mean(iou: float | None = None, area: str = "all") -> float | None:
         s = precision[:, :, :, AREA_LABELS.index(area), m]
         if iou is not None:
             s = s[np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))]
@@ -136,8 +137,8 @@ def _workers(count: int):
 def _iou_pass(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[str], ratio: float,
               run, progress: bool):
     """{kind: {(image id, category): matrix}} over all images, and the mask area of each row."""
-    ious: Dict[str, Dict[Tuple[int, int], np.ndarray]] = {k: {} for k in kinds}
-    areas: List[np.ndarray] = []
+    ious: dict[str, dict[tuple[int, int], np.ndarray]] = {k: {} for k in kinds}
+    areas: list[np.ndarray] = []
     first = 0
     with progress_bar(len(gt.image_ids), "score (IoUs)", unit="img", enabled=progress) as bar:
         for task_areas, per_image in run(chunk_ious, _tasks(res, rows, gt, kinds, ratio)):
@@ -152,7 +153,7 @@ def _iou_pass(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence
     return ious, (np.concatenate(areas) if areas else np.zeros(0))
 
 
-def _precision_tasks(gt: GroundTruth, det: Dict[str, np.ndarray], ious: Dict[str, Dict[Tuple[int, int], np.ndarray]],
+def _precision_tasks(gt: GroundTruth, det: dict[str, np.ndarray], ious: dict[str, dict[tuple[int, int], np.ndarray]],
                      max_dets: int):
     """The matcher's tasks: each IoU type × :data:`CATEGORIES_PER_CALL` categories, with their rows only."""
     cats = gt.category_ids
@@ -182,15 +183,15 @@ def _precision_tasks(gt: GroundTruth, det: Dict[str, np.ndarray], ious: Dict[str
 # --------------------------------------------------------------------------
 def coco_precisions(
     gt: Any,
-    results: Union[ResultSet, Sequence[Mapping[str, Any]]],
+    results: ResultSet | Sequence[Mapping[str, Any]],
     max_dets: int = 100,
-    img_ids: Optional[Sequence[int]] = None,
-    image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
+    img_ids: Sequence[int] | None = None,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
     boundary: bool = True,
     boundary_dilation_ratio: float = 0.02,
-    cpu_count: Optional[int] = None,
+    cpu_count: int | None = None,
     progress: bool = False,
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """{IoU type: pycocotools' ``eval["precision"]``} of ``results`` against ``gt`` for the
     types the results allow (box AP when every detection has a box, mask and boundary AP when
     every one has a mask); the arguments are :func:`compute_coco_metrics`'."""
@@ -208,7 +209,7 @@ def coco_precisions(
         ious, mask_areas = _iou_pass(res, rows, garr, kinds, boundary_dilation_ratio, run, progress)
         det = {"image": res.image_ids[rows], "category": res.category_ids[rows], "score": res.scores[rows],
                "area_bbox": res.boxes[rows, 2] * res.boxes[rows, 3], "area_mask": mask_areas}
-        parts: Dict[str, List[Tuple[int, np.ndarray]]] = {k: [] for k in kinds}
+        parts: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in kinds}
         tasks = _precision_tasks(garr, det, ious, max_dets)
         with progress_bar(len(kinds) * -(-len(garr.category_ids) // CATEGORIES_PER_CALL), "score (matching)",
                           unit="task", enabled=progress) as bar:
@@ -220,15 +221,15 @@ def coco_precisions(
 
 def compute_coco_metrics(
     gt: Any,
-    results: Union[ResultSet, Sequence[Mapping[str, Any]]],
+    results: ResultSet | Sequence[Mapping[str, Any]],
     max_dets: int = 100,
-    img_ids: Optional[Sequence[int]] = None,
-    image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
+    img_ids: Sequence[int] | None = None,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
     boundary: bool = True,
     boundary_dilation_ratio: float = 0.02,
-    cpu_count: Optional[int] = None,
+    cpu_count: int | None = None,
     progress: bool = False,
-) -> Dict[str, Optional[float]]:
+) -> dict[str, float | None]:
     """COCO box, mask and boundary AP (0–100 scale) of ``results`` against ``gt``.
 
     ``gt``: a COCO annotation dict, a json path or a COCO object (its ``dataset``; never
@@ -241,7 +242,7 @@ def compute_coco_metrics(
     process may use, for sets of :data:`PARALLEL_MIN_DETECTIONS` detections or more);
     ``progress``: a progress line while it scores.
     """
-    out: Dict[str, Optional[float]] = {k: None for k in AP_KEYS}
+    out: dict[str, float | None] = {k: None for k in AP_KEYS}
     precisions = coco_precisions(gt, results, max_dets, img_ids, image_sizes, boundary, boundary_dilation_ratio,
                                  cpu_count, progress)
     for kind, precision in precisions.items():

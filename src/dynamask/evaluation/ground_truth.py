@@ -7,8 +7,9 @@ the compressed RLE of each mask, rasterised once from its polygons the way pycoc
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,8 @@ class GroundTruth:
     ann_area: np.ndarray      # float64 [G] the json ``area`` (pycocotools' area ranges use it)
     ann_crowd: np.ndarray     # bool [G]
     ann_box: np.ndarray       # float64 [G, 4] x, y, w, h
-    rle_offsets: Optional[np.ndarray] = None  # int64 [G + 1]
-    rle_bytes: Optional[np.ndarray] = None    # uint8
+    rle_offsets: np.ndarray | None = None  # int64 [G + 1]
+    rle_bytes: np.ndarray | None = None    # uint8
 
     def __len__(self) -> int:
         return int(self.ann_image.shape[0])
@@ -55,8 +56,8 @@ def _mask_counts(seg: Any, h: int, w: int) -> bytes:
     return counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
 
 
-def ground_truth_arrays(gt: Mapping[str, Any], img_ids: Optional[Iterable[int]] = None,
-                        image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
+def ground_truth_arrays(gt: Mapping[str, Any], img_ids: Iterable[int] | None = None,
+                        image_sizes: Mapping[int, tuple[int, int]] | None = None,
                         masks: bool = True) -> GroundTruth:
     """:class:`GroundTruth` of the COCO dict ``gt`` over ``img_ids`` (default: all its images).
     An image without ``height``/``width`` takes them from ``image_sizes`` ({id: (h, w)}); masks

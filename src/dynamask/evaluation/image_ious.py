@@ -11,7 +11,8 @@ cuts them, the ground truth in file order, and the compressed RLEs of both as li
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +25,11 @@ __all__ = ["image_ious", "chunk_ious"]
 _AREA_CHUNK = 255
 
 
-def _rles(counts: Sequence[bytes], h: int, w: int) -> List[dict]:
+def _rles(counts: Sequence[bytes], h: int, w: int) -> list[dict]:
     return [{"size": [h, w], "counts": c} for c in counts]
 
 
-def _mask_areas(rles: List[dict]) -> np.ndarray:
+def _mask_areas(rles: list[dict]) -> np.ndarray:
     if not rles:
         return np.zeros(0, np.float64)
     return np.concatenate([np.asarray(mask_utils.area(rles[i:i + _AREA_CHUNK]), np.float64)
@@ -41,8 +42,8 @@ def _all_pairs(d: Any, g: Any, crowd: np.ndarray, nd: int, ng: int) -> np.ndarra
     return np.asarray(mask_utils.iou(d, g, crowd.astype(np.uint8).tolist()), np.float64).reshape(nd, ng)
 
 
-def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], size: Tuple[int, int],
-               ratio: float) -> Tuple[np.ndarray, Dict[int, Dict[str, np.ndarray]]]:
+def image_ious(det: dict[str, Any], gt: dict[str, Any], kinds: Sequence[str], size: tuple[int, int],
+               ratio: float) -> tuple[np.ndarray, dict[int, dict[str, np.ndarray]]]:
     """(the detections' mask areas (empty without masks), {category: {kind: IoU matrix}}) of one
     image; ``det``/``gt`` hold ``category``, ``box``, ``counts`` (and gt ``crowd``) of its rows,
     detections grouped by category. A matrix is detections (in their order) × ground truth (in
@@ -54,7 +55,7 @@ def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], si
     d_rles = _rles(det["counts"], h, w) if masks else []
     g_rles = _rles(gt["counts"], h, w) if masks else []
     areas = _mask_areas(d_rles) if masks else np.zeros(0)
-    out: Dict[int, Dict[str, np.ndarray]] = {}
+    out: dict[int, dict[str, np.ndarray]] = {}
     if nd == 0 or ng == 0:
         return areas, out
     full = {}
@@ -85,7 +86,7 @@ def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], si
     return areas, out
 
 
-def chunk_ious(task: Dict[str, Any]) -> Tuple[np.ndarray, List[Dict[int, Dict[str, np.ndarray]]]]:
+def chunk_ious(task: dict[str, Any]) -> tuple[np.ndarray, list[dict[int, dict[str, np.ndarray]]]]:
     """:func:`image_ious` of each image of a task (see the module's docstring): (the mask areas
     of all its detections, one {category: {kind: matrix}} per image)."""
     areas, per_image = [], []

@@ -10,7 +10,7 @@ process can run (:mod:`.coco_eval`). ``COCOevalEvaluateAccumulate`` is the detec
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -22,18 +22,18 @@ AREA_RANGES = ((0.0, 1e5 ** 2), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 
 AREA_LABELS = ("all", "small", "medium", "large")
 
 
-def max_dets_list(max_dets: int) -> List[int]:
+def max_dets_list(max_dets: int) -> list[int]:
     """pycocotools' ``params.maxDets`` for a run that keeps ``max_dets`` detections an image."""
     return sorted({1, 10, int(max_dets)})
 
 
-def _params(img_ids: List[int], cat_ids: List[int], max_dets: int) -> SimpleNamespace:
+def _params(img_ids: list[int], cat_ids: list[int], max_dets: int) -> SimpleNamespace:
     return SimpleNamespace(imgIds=img_ids, catIds=cat_ids, iouThrs=IOU_THRESHOLDS.tolist(),
                            recThrs=RECALL_THRESHOLDS.tolist(), maxDets=max_dets_list(max_dets),
                            areaRng=[list(a) for a in AREA_RANGES], areaRngLbl=list(AREA_LABELS), useCats=1)
 
 
-def precision_task(task: Dict[str, Any]) -> Tuple[str, int, np.ndarray]:
+def precision_task(task: dict[str, Any]) -> tuple[str, int, np.ndarray]:
     """(IoU type, first category's index, pycocotools' ``eval["precision"]`` [T × R × K × A × M]
     of the task's categories). The task holds ``img_ids``, ``cat_ids``, ``max_dets``, the ground
     truth (``gt_image``, ``gt_category``, ``gt_area``, ``gt_crowd``; ids are positions + 1, file

@@ -9,8 +9,9 @@ like the ground-truth records of :mod:`dynamask.data.records`. The evaluator rea
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class ResultSet:
 
     def entry(self, i: int) -> dict:
         """Detection ``i`` as a COCO results entry (``counts`` a str)."""
-        e: Dict[str, Any] = {"image_id": int(self.image_ids[i]), "category_id": int(self.category_ids[i]),
+        e: dict[str, Any] = {"image_id": int(self.image_ids[i]), "category_id": int(self.category_ids[i]),
                              "score": float(self.scores[i])}
         if self.has_box[i]:
             e["bbox"] = [float(v) for v in self.boxes[i]]
@@ -65,12 +66,12 @@ class ResultSet:
             e["mask_flops"] = float(self.mask_flops[i])
         return e
 
-    def entries(self, rows: Optional[Iterable[int]] = None) -> Iterator[dict]:
+    def entries(self, rows: Iterable[int] | None = None) -> Iterator[dict]:
         """The detections (or those at ``rows``) as COCO results entries, one at a time."""
         for i in (range(len(self)) if rows is None else rows):
             yield self.entry(int(i))
 
-    def select(self, keep: np.ndarray) -> "ResultSet":
+    def select(self, keep: np.ndarray) -> ResultSet:
         """The detections where ``keep`` (bool [N]) is True, in their order; masks copied compactly."""
         rows = np.flatnonzero(keep)
         lo, hi = self.rle_offsets[rows], self.rle_offsets[rows + 1]
@@ -98,9 +99,9 @@ class ResultsBuilder:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def add(self, image_id: int, category_id: int, score: float, bbox: Optional[List[float]],
-            size: Optional[List[int]], counts: Optional[bytes], mask_resolution: Optional[int] = None,
-            mask_flops: Optional[float] = None) -> None:
+    def add(self, image_id: int, category_id: int, score: float, bbox: list[float] | None,
+            size: list[int] | None, counts: bytes | None, mask_resolution: int | None = None,
+            mask_flops: float | None = None) -> None:
         """One detection; ``bbox`` None without a box, ``counts`` None without a mask."""
         flags = (bbox is not None) | ((counts is not None) << 1)
         h, w = (int(size[0]), int(size[1])) if counts is not None else (0, 0)

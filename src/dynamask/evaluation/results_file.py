@@ -15,11 +15,12 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterator, List, Mapping, Optional, Tuple
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from ..cocotools import mask_utils
 from ..errors import DynaMaskError
-from .results import ResultSet, ResultsBuilder
+from .results import ResultsBuilder, ResultSet
 from .rle import rle_totals
 
 __all__ = ["read_results_file", "load_results_file"]
@@ -133,8 +134,8 @@ class _Checker:
         self.cat_ids = {int(c["id"]) for c in gt.get("categories", [])}
         self.unknown = {"image_id": [None, 0], "category_id": [None, 0]}  # (first entry, its value), how many
         self.builder = ResultsBuilder()
-        self.pending: List[Tuple[int, str, int, int]] = []  # (entry, counts, h, w) not yet summed
-        self.bad_rle: Optional[Tuple[int, int, int, int]] = None  # entry, total, h, w
+        self.pending: list[tuple[int, str, int, int]] = []  # (entry, counts, h, w) not yet summed
+        self.bad_rle: tuple[int, int, int, int] | None = None  # entry, total, h, w
 
     def add(self, i: int, r: Any) -> None:
         where = f"{self.path}: entry {i}"
@@ -173,7 +174,7 @@ class _Checker:
                          [float(v) for v in r["bbox"]] if "bbox" in r else None, size,
                          counts, r.get("mask_resolution"), r.get("mask_flops"))
 
-    def _checked_rle(self, seg: Any, i: int, image_id: int) -> Tuple[list, bytes]:
+    def _checked_rle(self, seg: Any, i: int, image_id: int) -> tuple[list, bytes]:
         where = f"{self.path}: entry {i}"
         if isinstance(seg, list):
             raise DynaMaskError(f"{where}: field 'segmentation' is a polygon list; a results file holds masks as "
@@ -267,6 +268,6 @@ def read_results_file(path: str | os.PathLike, gt: Mapping[str, Any],
 
 
 def load_results_file(path: str | os.PathLike, gt: Mapping[str, Any],
-                      gt_name: str = "the ground truth") -> List[dict]:
+                      gt_name: str = "the ground truth") -> list[dict]:
     """:func:`read_results_file` as a list of COCO results entries (dicts; ``counts`` a str)."""
     return list(read_results_file(path, gt, gt_name).entries())

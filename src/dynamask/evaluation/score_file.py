@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +20,10 @@ __all__ = ["evaluate_results"]
 logger = logging.getLogger("dynamask.evaluate")
 
 
-def _image_sizes(res, gt_data: dict, gt_path: str, results_path: str) -> Dict[int, Tuple[int, int]]:
+def _image_sizes(res, gt_data: dict, gt_path: str, results_path: str) -> dict[int, tuple[int, int]]:
     """{image id: (h, w)} from the first mask of each image, for gt images without height/width;
     a :class:`DynaMaskError` when such an image has annotations but no detection gives its size."""
-    sizes: Dict[int, Tuple[int, int]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     rows = np.flatnonzero(res.has_mask)
     ids, first = np.unique(res.image_ids[rows], return_index=True)
     for i, r in zip(ids.tolist(), rows[first].tolist()):
@@ -41,10 +41,10 @@ def _image_sizes(res, gt_data: dict, gt_path: str, results_path: str) -> Dict[in
 def evaluate_results(
     results: str | os.PathLike,
     gt: str | os.PathLike,
-    out_dir: Optional[str | os.PathLike] = None,
+    out_dir: str | os.PathLike | None = None,
     max_dets: int = 100,
     progress: bool = False,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """The metrics of a COCO results file (e.g. another model's detections, or a
     ``coco_results.json`` that :func:`~dynamask.engine.evaluate.evaluate` wrote) against the
     ground-truth file ``gt``, without a model: the APs of :func:`~.coco_eval.compute_coco_metrics`
@@ -65,7 +65,7 @@ def evaluate_results(
         if len(res) and lacking:
             logger.warning("%s: %d of %d entries have no '%s': no %s AP", results_path, lacking, len(res), field,
                            "mask or boundary" if field == "segmentation" else "box")
-    metrics: Dict[str, Any] = dict(compute_coco_metrics(gt_data, res, max_dets=max_dets, image_sizes=sizes,
+    metrics: dict[str, Any] = dict(compute_coco_metrics(gt_data, res, max_dets=max_dets, image_sizes=sizes,
                                                         progress=progress))
     n_img = len(gt_data["images"])
     metrics.update(result_statistics(gt_data, res, n_img))

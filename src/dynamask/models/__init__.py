@@ -1,7 +1,13 @@
 """Models: DynaMask and the Mask R-CNN baseline on torchvision's detection stack."""
 
-from .detector import (DynaMaskRCNN, build_model, dynamask_resnet18_fpn, dynamask_resnet50_fpn,
-                       maskrcnn_resnet18_fpn, maskrcnn_resnet50_fpn)
+from .detector import (
+                       DynaMaskRCNN,
+                       build_model,
+                       dynamask_resnet18_fpn,
+                       dynamask_resnet50_fpn,
+                       maskrcnn_resnet18_fpn,
+                       maskrcnn_resnet50_fpn,
+)
 from .dynamask_head import DynaMaskHead
 from .geometry import MASK_GEOMETRIES, MaskRoIPool, roi_mask_targets, round_trip_iou, round_trip_masks
 from .maskrcnn_head import MaskRCNNBranch

@@ -61,7 +61,7 @@ class DynaMaskRCNN(FasterRCNN):
     # Parameters whose names start with this prefix belong to the mask branch.
     MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
 
-    def freeze_detector(self) -> "DynaMaskRCNN":
+    def freeze_detector(self) -> DynaMaskRCNN:
         """Train only the mask branch: backbone, FPN, RPN and box head stop learning and the
         backbone's batch norms keep their statistics. This is how several mask heads are
         compared on one and the same detector (benchmarks/accuracy_vs_cost.py)."""
@@ -71,7 +71,7 @@ class DynaMaskRCNN(FasterRCNN):
         self.detector_frozen = True
         return self.train(self.training)
 
-    def train(self, mode: bool = True) -> "DynaMaskRCNN":
+    def train(self, mode: bool = True) -> DynaMaskRCNN:
         super().train(mode)
         if getattr(self, "detector_frozen", False):
             self.backbone.eval()  # batch-norm statistics stay those of the trained detector

@@ -17,14 +17,31 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from . import losses as L
-from .flops import conv2d_flops, roi_align_flops
 from .deform_conv import DEFORM_KERNELS
+from .flops import conv2d_flops, roi_align_flops
 from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
-from .point_refine import (INFERENCE_POINTS, TRAINING_POINTS, PointStage, check_refinement, importance_points, point_targets, refine_at_points,
-                           sample_in_image, sample_in_rois)
-from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
-                     size_rule, stages_needed)
+from .point_refine import (
+    INFERENCE_POINTS,
+    TRAINING_POINTS,
+    PointStage,
+    check_refinement,
+    importance_points,
+    point_targets,
+    refine_at_points,
+    sample_in_image,
+    sample_in_rois,
+)
+from .policy import (
+    RESOLUTIONS,
+    SIZE_THRESHOLDS,
+    check_policy,
+    choose_under_budget,
+    fixed_stage,
+    size_rule,
+    smallest_budget,
+    stages_needed,
+)
 from .rfpn import FeatureAggregation, StagePredictor, init_conv
 from .roi_utils import exporting, level_scale, rois_with_batch_index, split_groups
 

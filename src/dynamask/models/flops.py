@@ -14,8 +14,8 @@ convolutions, linear layers, RoIAlign, deformable convolution and grid_sample ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
-from typing import Callable
 
 import torch
 from torch import nn

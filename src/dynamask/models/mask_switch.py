@@ -54,7 +54,7 @@ class SwitchInput:
     def boxes(self) -> Tensor:
         return self.rois[:, 1:]
 
-    def select(self, index: Tensor) -> "SwitchInput":
+    def select(self, index: Tensor) -> SwitchInput:
         """The same input for a subset of the RoIs (a bool mask or indices)."""
         scores = None if self.detection_scores is None else self.detection_scores[index]
         return SwitchInput(self.features, self.rois[index], self.image_shapes, self.region[index],

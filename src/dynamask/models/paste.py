@@ -44,7 +44,7 @@ coordinates of large images), and the result is cast back to the masks' dtype.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +206,7 @@ def _paste_cropped(
         start += cnt
 
 
-def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Re-express torchvision's paste geometry in our convention.
 
     torchvision pads the mask by one zero cell, scales the box by (M+2)/M about
@@ -284,7 +284,7 @@ def paste_masks(
 
 
 def paste_masks_grouped(
-    groups: List[Tuple[Tensor, Tensor]],
+    groups: list[tuple[Tensor, Tensor]],
     boxes: Tensor,
     image_size: Sequence[int],
     chunk_pixels: int = 2**26,

@@ -26,7 +26,7 @@ class MaskBranchRoIHeads(RoIHeads):
 
     @classmethod
     def from_box_heads(cls, heads: RoIHeads, mask_branch: nn.Module,
-                       mask_rois_per_image: int | None = None) -> "MaskBranchRoIHeads":
+                       mask_rois_per_image: int | None = None) -> MaskBranchRoIHeads:
         """Reuse the box parts and settings of an already built torchvision RoIHeads."""
         return cls(
             heads.box_roi_pool, heads.box_head, heads.box_predictor,
@@ -91,7 +91,7 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
     resize_masks = False
 
     @classmethod
-    def from_transform(cls, t: GeneralizedRCNNTransform) -> "BatchedPasteTransform":
+    def from_transform(cls, t: GeneralizedRCNNTransform) -> BatchedPasteTransform:
         new = cls(t.min_size, t.max_size, t.image_mean, t.image_std,
                   size_divisible=t.size_divisible, fixed_size=t.fixed_size)
         if hasattr(t, "_skip_resize"):
