@@ -58,8 +58,9 @@ def _scale_to_unit(t: torch.Tensor, what: str) -> torch.Tensor:
         if t.numel() and not bool(torch.isfinite(t).all()):
             raise DynaMaskError(f"{what}: image has non-finite values")
         if t.numel() and float(t.max()) > 1.0 + 1e-6:
-            raise DynaMaskError(f"{what}: float images must be in [0, 1] (max is {float(t.max()):.3g}); "
-                                f"divide by 255 or pass uint8")
+            raise DynaMaskError(
+                f"{what}: float images must be in [0, 1] (max is {float(t.max()):.3g}); divide by 255 or pass uint8"
+            )
         return t.clamp(0.0, 1.0)
     raise DynaMaskError(f"{what}: unsupported image dtype {t.dtype}")
 
@@ -113,14 +114,16 @@ def image_to_tensor(image: Any) -> torch.Tensor:
         if t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):  # H×W×C given
             t = t.permute(2, 0, 1)
         if t.shape[0] not in (1, 3, 4):
-            raise DynaMaskError(f"tensor image must have 1, 3 or 4 channels first (C×H×W), got shape "
-                                f"{tuple(image.shape)}")
+            raise DynaMaskError(
+                f"tensor image must have 1, 3 or 4 channels first (C×H×W), got shape {tuple(image.shape)}"
+            )
         t = _scale_to_unit(t[:3], "tensor image")
         if t.shape[0] == 1:
             t = t.expand(3, -1, -1)
         return t.contiguous()
-    raise DynaMaskError(f"unsupported image type {type(image).__name__} "
-                        f"(use a path, a PIL image, a numpy array or a torch tensor)")
+    raise DynaMaskError(
+        f"unsupported image type {type(image).__name__} (use a path, a PIL image, a numpy array or a torch tensor)"
+    )
 
 
 class Predictor:
@@ -133,9 +136,16 @@ class Predictor:
     ``class_names``, ``cat_ids``, ``score_thresh``, ``device``, ``config``.
     """
 
-    def __init__(self, weights: str | os.PathLike, config: None | str | os.PathLike | dict = None,
-                 device: Any = None, score_thresh: float = 0.5, policy: str | None = None,
-                 mask_budget: float | None = None, batch_size: int = 4):
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        config: None | str | os.PathLike | dict = None,
+        device: Any = None,
+        score_thresh: float = 0.5,
+        policy: str | None = None,
+        mask_budget: float | None = None,
+        batch_size: int = 4,
+    ):
         if isinstance(config, (str, os.PathLike)):
             from .config import load_config
 
@@ -155,8 +165,9 @@ class Predictor:
                     self._settable(name)
             self.model, self.config, self.device = None, config, torch.device("cpu")
             self.class_names = [str(n) for n in self.runner.metadata.get("class_names") or []]
-            self.cat_ids = [int(c) for c in (self.runner.metadata.get("cat_ids")
-                                             or range(1, len(self.class_names) + 1))]
+            self.cat_ids = [
+                int(c) for c in (self.runner.metadata.get("cat_ids") or range(1, len(self.class_names) + 1))
+            ]
             return
         self.model, ckpt = model_from_checkpoint(self.weights, config)
         self.config = config or ckpt.get("config")
@@ -221,10 +232,12 @@ class Predictor:
         tensors = [image_to_tensor(im) for im in images]
         results: list[dict[str, torch.Tensor]] = []
         for i in range(0, len(tensors), bs):
-            results.extend(self._run(tensors[i:i + bs]))
+            results.extend(self._run(tensors[i : i + bs]))
         return results
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(weights={self.weights!r}, classes={len(self.class_names)}, "
-                f"policy={self.policy!r}, mask_budget={self.mask_budget}, score_thresh={self.score_thresh}, "
-                f"device={str(self.device)!r})")
+        return (
+            f"{type(self).__name__}(weights={self.weights!r}, classes={len(self.class_names)}, "
+            f"policy={self.policy!r}, mask_budget={self.mask_budget}, score_thresh={self.score_thresh}, "
+            f"device={str(self.device)!r})"
+        )

@@ -58,23 +58,31 @@ def message_markdown(text: str | None) -> str:
 
 def summary_markdown(view: View, image_name: str, score_thresh: float) -> str:
     """The numbers of a run, as shown (the browser test reads them back)."""
-    share = (f"{view.share * 100:.1f} % of the same head at fixed-112 ({view.reference_gflops:.3f} GFLOPs)"
-             if view.share is not None else "no fixed-112 reference for this model")
+    share = (
+        f"{view.share * 100:.1f} % of the same head at fixed-112 ({view.reference_gflops:.3f} GFLOPs)"
+        if view.share is not None
+        else "no fixed-112 reference for this model"
+    )
     if view.policy in ("dynamic", GATED):
         budget = "no budget" if view.budget >= NO_BUDGET else f"budget {view.budget:.3f}"
     else:
         budget = "budget not used by this policy"
     floor = f", score floor {view.score_floor:.3f}" if view.score_floor is not None else ""
     counts = " · ".join(f"{r}×{r}: {n}" for r, n in view.shown_counts.items() if r)
-    mask = f"mask branch {view.mask_seconds:.2f} s" if view.mask_seconds is not None else \
-        "mask branch not measured (exported file)"
-    return "\n\n".join([
-        f"**image:** {image_name} · **policy:** {view.policy} ({budget}{floor})",
-        f"**mask GFLOPs on this image: {view.mask_gflops:.3f}** (all {view.detections} detections the mask "
-        f"branch ran on) — {share}",
-        f"**shown (score ≥ {score_thresh:.2f}): {len(view.rows)}** — {counts}",
-        f"**latency of this run:** model {view.model_seconds:.2f} s, {mask} (CPU)",
-    ])
+    mask = (
+        f"mask branch {view.mask_seconds:.2f} s"
+        if view.mask_seconds is not None
+        else "mask branch not measured (exported file)"
+    )
+    return "\n\n".join(
+        [
+            f"**image:** {image_name} · **policy:** {view.policy} ({budget}{floor})",
+            f"**mask GFLOPs on this image: {view.mask_gflops:.3f}** (all {view.detections} detections the mask "
+            f"branch ran on) — {share}",
+            f"**shown (score ≥ {score_thresh:.2f}): {len(view.rows)}** — {counts}",
+            f"**latency of this run:** model {view.model_seconds:.2f} s, {mask} (CPU)",
+        ]
+    )
 
 
 def render(app: AppState, source: list | None, policy: str, budget: float, score_thresh: float) -> tuple:
@@ -89,8 +97,7 @@ def render(app: AppState, source: list | None, policy: str, budget: float, score
         downloads = app.write_downloads(view, image_name)
     except DynaMaskError as exc:
         return (message_markdown(str(exc)), *empty[1:])
-    return ("", view.overlay, view.reference, summary_markdown(view, image_name, score_thresh), view.rows,
-            downloads)
+    return ("", view.overlay, view.reference, summary_markdown(view, image_name, score_thresh), view.rows, downloads)
 
 
 def pick_sample(app: AppState, label: str | None) -> list | None:
@@ -110,13 +117,21 @@ def control_settings(viewer: Viewer) -> dict:
     """Choices, range and state of the policy and budget controls for this model."""
     budget_on = viewer.budget_controls
     lowest = round(viewer.lowest_budget + 5e-4, 3) if budget_on else 0.0
-    return {"policies": viewer.policies, "policy": viewer.policies[0], "policy_enabled": not viewer.exported
-            and len(viewer.policies) > 1, "budget_min": lowest, "budget_enabled": budget_on,
-            "note": viewer.controls_note or (f"The budget is the mean mask cost per instance as a fraction of the full "
-                                             f"112×112 path (`model.mask_budget`): {lowest:.3f} puts every instance "
-                                             f"at 14×14, 1 is no budget. It applies to `dynamic` and to the "
-                                             f"score-gated control, whose floor is set per image so that it costs "
-                                             f"what `dynamic` costs.")}
+    return {
+        "policies": viewer.policies,
+        "policy": viewer.policies[0],
+        "policy_enabled": not viewer.exported and len(viewer.policies) > 1,
+        "budget_min": lowest,
+        "budget_enabled": budget_on,
+        "note": viewer.controls_note
+        or (
+            f"The budget is the mean mask cost per instance as a fraction of the full "
+            f"112×112 path (`model.mask_budget`): {lowest:.3f} puts every instance "
+            f"at 14×14, 1 is no budget. It applies to `dynamic` and to the "
+            f"score-gated control, whose floor is set per image so that it costs "
+            f"what `dynamic` costs."
+        ),
+    }
 
 
 def load_weights(app: AppState, upload) -> tuple:
@@ -128,7 +143,10 @@ def load_weights(app: AppState, upload) -> tuple:
     try:
         viewer = Viewer(source[0])
     except DynaMaskError as exc:
-        return (message_markdown(f"{exc} — the previous model ({app.viewer.name}) stays loaded"),
-                app.viewer.describe(), None)
+        return (
+            message_markdown(f"{exc} — the previous model ({app.viewer.name}) stays loaded"),
+            app.viewer.describe(),
+            None,
+        )
     app.viewer = viewer
     return "", viewer.describe(), control_settings(viewer)

@@ -141,8 +141,9 @@ def _leaf_message(err: dict[str, Any], key: str, value: Any) -> str:
     return f"'{key}' must be {name}{' or null' if nullable else ''}, got {_fmt(value)} ({type(value).__name__})"
 
 
-def _to_config_error(err: dict[str, Any], raw: Mapping[str, Any], sources: Mapping[str, str],
-                     source: str) -> ConfigError:
+def _to_config_error(
+    err: dict[str, Any], raw: Mapping[str, Any], sources: Mapping[str, str], source: str
+) -> ConfigError:
     key = _key_of(err["loc"])
     if err["type"] == "min_max_size":
         src = sources.get("input.max_size") or sources.get("input.min_size") or "config"
@@ -157,13 +158,16 @@ def _to_config_error(err: dict[str, Any], raw: Mapping[str, Any], sources: Mappi
         return _unknown_key_error(shown, source, key.rpartition(".")[0])
     if key in SECTIONS:
         first = next(iter(SECTIONS[key].model_fields))
-        return ConfigError(f"{source}: '{key}' is a section and must be a mapping of keys "
-                           f"(e.g. {key}.{first}: ...), got {_fmt(err['input'])}")
+        return ConfigError(
+            f"{source}: '{key}' is a section and must be a mapping of keys "
+            f"(e.g. {key}.{first}: ...), got {_fmt(err['input'])}"
+        )
     return ConfigError(f"{source}: {_leaf_message(err, key, get(raw, key))}")
 
 
-def _check(raw: dict[str, Any], order: list[str], sources: Mapping[str, str], source: str,
-           partial: bool) -> dict[str, Any]:
+def _check(
+    raw: dict[str, Any], order: list[str], sources: Mapping[str, str], source: str, partial: bool
+) -> dict[str, Any]:
     """Validate ``raw`` with the schema; the plain dict, or the first problem in ``order`` raised.
 
     ``partial`` skips the checks across keys, which only hold once every layer is merged.
@@ -208,8 +212,9 @@ def _merge(cfg: dict[str, Any], data: Mapping[Any, Any], order: list[str], prefi
             order.append(key)
 
 
-def _apply(cfg: dict[str, Any], data: Mapping[Any, Any], source: str, base_dir: str,
-           sources: dict[str, str]) -> dict[str, Any]:
+def _apply(
+    cfg: dict[str, Any], data: Mapping[Any, Any], source: str, base_dir: str, sources: dict[str, str]
+) -> dict[str, Any]:
     """One layer on top of ``cfg``: the new validated config, its paths made absolute."""
     order: list[str] = []
     raw = copy.deepcopy(cfg)
@@ -225,7 +230,7 @@ def _apply(cfg: dict[str, Any], data: Mapping[Any, Any], source: str, base_dir: 
 def _apply_file(cfg: dict[str, Any], path: str, sources: dict[str, str], stack: tuple[str, ...]) -> dict[str, Any]:
     real = os.path.realpath(path)
     if real in stack:
-        chain = " -> ".join(list(stack[stack.index(real):]) + [real])
+        chain = " -> ".join(list(stack[stack.index(real) :]) + [real])
         raise ConfigError(f"{path}: circular _base_ inheritance: {chain}")
     data = read_yaml(path)
     if data is None:

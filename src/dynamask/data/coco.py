@@ -62,12 +62,12 @@ logger = logging.getLogger("dynamask.data")
 
 #: Reasons an annotation is left out of the training target (keys of ``skip_counts``).
 SKIP_REASONS: tuple[str, ...] = (
-    "unknown_category",      # category_id not listed in "categories"
-    "unknown_image",         # image_id not listed in "images"
-    "degenerate_box",        # bbox width/height < min_box_size (before or after clipping)
-    "outside_image",         # bbox entirely outside the image
+    "unknown_category",  # category_id not listed in "categories"
+    "unknown_image",  # image_id not listed in "images"
+    "degenerate_box",  # bbox width/height < min_box_size (before or after clipping)
+    "outside_image",  # bbox entirely outside the image
     "missing_segmentation",  # no (or null) "segmentation" field
-    "empty_segmentation",    # no polygon with >= 3 points, or the mask rasterises empty
+    "empty_segmentation",  # no polygon with >= 3 points, or the mask rasterises empty
 )
 
 #: the dataset's per-image buffers (the cache holds them beside the records')
@@ -311,7 +311,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self._heights = np.array([img.get("height") or 0 for img in images], dtype=np.int64)
             self._widths = np.array([img.get("width") or 0 for img in images], dtype=np.int64)
         except OverflowError:
-            raise DatasetError(f"{self.ann_file}: field 'images[].id'/'width'/'height' out of the 64-bit range") from None
+            raise DatasetError(
+                f"{self.ann_file}: field 'images[].id'/'width'/'height' out of the 64-bit range"
+            ) from None
         names = [img["file_name"].encode("utf-8", "surrogatepass") for img in images]
         self._name_offsets = np.zeros(len(names) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in names], out=self._name_offsets[1:])
@@ -332,14 +334,18 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def _finish(self) -> None:
         counts = np.diff(self._records.ann_offsets)
-        self._order = np.arange(len(self._image_ids), dtype=np.int64) if self.keep_empty \
+        self._order = (
+            np.arange(len(self._image_ids), dtype=np.int64)
+            if self.keep_empty
             else np.flatnonzero(counts > 0).astype(np.int64)
+        )
         self.num_dropped_images = len(self._image_ids) - len(self._order)
         total = sum(self.skip_counts.values())
         if total:
             details = ", ".join(f"{k}={v}" for k, v in self.skip_counts.items() if v)
-            logger.warning("%s: skipped %d of %d annotations (%s)", self.ann_file, total, self._num_annotations,
-                           details)
+            logger.warning(
+                "%s: skipped %d of %d annotations (%s)", self.ann_file, total, self._num_annotations, details
+            )
 
     # ---------------------------------------------------------------- cache
     def _cache_key(self, categories) -> str:
@@ -354,17 +360,30 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.ann_file}: annotation file not found") from None
         except OSError as e:
             raise DatasetError(f"{self.ann_file}: cannot read annotation file: {e}") from None
-        h.update(json.dumps([CACHE_FORMAT, self.min_box_size, self.validate_masks,
-                             None if categories is None else [[int(i), str(n)] for i, n in categories],
-                             os.path.abspath(self.image_dir)]).encode())
+        h.update(
+            json.dumps(
+                [
+                    CACHE_FORMAT,
+                    self.min_box_size,
+                    self.validate_masks,
+                    None if categories is None else [[int(i), str(n)] for i, n in categories],
+                    os.path.abspath(self.image_dir),
+                ]
+            ).encode()
+        )
         return h.hexdigest()[:24]
 
     def _save(self, entry: Path) -> None:
         arrays = {name: getattr(self._records, name) for name in RECORD_FIELDS}
         arrays.update({name: getattr(self, name) for name in _IMAGE_FIELDS})
-        meta = {"cat_ids": self.cat_ids, "class_names": self.class_names, "skip_counts": self.skip_counts,
-                "num_crowd": self.num_crowd, "num_annotations": self._num_annotations,
-                "deferred_errors": {str(k): v for k, v in self._deferred_errors.items()}}
+        meta = {
+            "cat_ids": self.cat_ids,
+            "class_names": self.class_names,
+            "skip_counts": self.skip_counts,
+            "num_crowd": self.num_crowd,
+            "num_annotations": self._num_annotations,
+            "deferred_errors": {str(k): v for k, v in self._deferred_errors.items()},
+        }
         if entry.exists() and load_cache(entry, tuple(arrays)) is None:  # a broken entry: replace it
             shutil.rmtree(entry, ignore_errors=True)
         if save_cache(entry, arrays, meta):
@@ -430,8 +449,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             if seg is None:
                 skips["missing_segmentation"] += 1
                 continue
-            if type(seg) is list and len(seg) == 1 and type(seg[0]) is list and len(seg[0]) >= 6 \
-                    and not len(seg[0]) % 2:  # most objects: one polygon, kept as it is
+            if (
+                type(seg) is list
+                and len(seg) == 1
+                and type(seg[0]) is list
+                and len(seg[0]) >= 6
+                and not len(seg[0]) % 2
+            ):  # most objects: one polygon, kept as it is
                 area = ann.get("area")
                 try:
                     add_polygon(pos, idx, label, x1, y1, x2, y2, None if area is None else float(area), seg[0])
@@ -447,8 +471,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 if not polygons and rle is None:
                     skips["empty_segmentation"] += 1
                     continue
-                builder.add(pos, idx, label, (x1, y1, x2, y2), area, polygons=polygons,
-                            rle_counts=None if rle is None else rle["counts"])
+                builder.add(
+                    pos,
+                    idx,
+                    label,
+                    (x1, y1, x2, y2),
+                    area,
+                    polygons=polygons,
+                    rle_counts=None if rle is None else rle["counts"],
+                )
             except (ValueError, TypeError, KeyError) as e:
                 message = f"{_ann_where(path, idx, ann)}: invalid field 'segmentation': {e}"
                 if self.validate_masks:
@@ -459,16 +490,19 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 builder.add(pos, idx, label, (x1, y1, x2, y2), area, rle_counts=b"")
         bad = builder.first_bad_coordinate()
         if bad is not None:
-            raise DatasetError(f"{path}: annotations[{builder.ann_index(bad)}]: invalid field 'segmentation': "
-                               f"coordinates must be finite numbers within ±{MAX_ABS_COORDINATE:g}")
+            raise DatasetError(
+                f"{path}: annotations[{builder.ann_index(bad)}]: invalid field 'segmentation': "
+                f"coordinates must be finite numbers within ±{MAX_ABS_COORDINATE:g}"
+            )
         self._heights[:] = heights
         self._widths[:] = widths
         records = builder.build()
         del builder
         keep = np.ones(len(records), dtype=bool)
         if self.validate_masks:
-            keep = polygons_rasterise_nonempty(records, self._heights[records.image_pos],
-                                               self._widths[records.image_pos], workers)
+            keep = polygons_rasterise_nonempty(
+                records, self._heights[records.image_pos], self._widths[records.image_pos], workers
+            )
             self.skip_counts["empty_segmentation"] += int((~keep).sum())
         return records.select(keep, len(self._image_ids))
 
@@ -480,8 +514,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return self.image_dir / self._file_name_at(pos)
 
     def _describe_image_at(self, pos: int) -> str:
-        return (f"image file {str(self._image_path_at(pos))!r} (field 'file_name' = {self._file_name_at(pos)!r} "
-                f"of image id {int(self._image_ids[pos])} in {self.ann_file})")
+        return (
+            f"image file {str(self._image_path_at(pos))!r} (field 'file_name' = {self._file_name_at(pos)!r} "
+            f"of image id {int(self._image_ids[pos])} in {self.ann_file})"
+        )
 
     def _image_hw_at(self, pos: int) -> tuple[int, int]:
         """(height, width) from the json, else from the image file's header (read once, then kept)."""
@@ -493,11 +529,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             with Image.open(self._image_path_at(pos)) as im:
                 w, h = im.size
         except FileNotFoundError:
-            raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
-                               f"its {self._describe_image_at(pos)} does not exist") from None
+            raise DatasetError(
+                f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
+                f"its {self._describe_image_at(pos)} does not exist"
+            ) from None
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
-                               f"its {self._describe_image_at(pos)} cannot be read: {e}") from None
+            raise DatasetError(
+                f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
+                f"its {self._describe_image_at(pos)} cannot be read: {e}"
+            ) from None
         self._heights[pos], self._widths[pos] = h, w
         return int(h), int(w)
 
@@ -543,7 +583,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         target order (e.g. to look up fields the target does not carry)."""
         pos = int(self._order[index])
         r = self._records
-        return r.ann_index[r.ann_offsets[pos]:r.ann_offsets[pos + 1]].copy()
+        return r.ann_index[r.ann_offsets[pos] : r.ann_offsets[pos + 1]].copy()
 
     def use_categories(self, categories: Sequence[tuple[int, str]]) -> None:
         """Switch to a label space fixed from outside (see the ``categories`` argument), after
@@ -610,17 +650,23 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self.exif_rotated_ids.add(int(self._image_ids[pos]))
             return True
         upright = f" ({uw}x{uh} upright per its EXIF orientation)" if (uw, uh) != (w, h) else ""
-        raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels{upright} but its json fields "
-                           f"'width'/'height' say {exp_w}x{exp_h}")
+        raise DatasetError(
+            f"{self._describe_image_at(pos)} is {w}x{h} pixels{upright} but its json fields "
+            f"'width'/'height' say {exp_w}x{exp_h}"
+        )
 
     def _log_exif(self, first: int, count: int | None = None) -> None:
         if self._exif_logged:
             return
         self._exif_logged = True
         what = f"{count} image(s)" if count is not None else "image(s)"
-        logger.info("%s: %s carry an EXIF orientation and the json 'width'/'height' give the upright size: "
-                    "loading them upright (EXIF rotation applied; first: %s)", self.ann_file, what,
-                    str(self._image_path_at(first)))
+        logger.info(
+            "%s: %s carry an EXIF orientation and the json 'width'/'height' give the upright size: "
+            "loading them upright (EXIF rotation applied; first: %s)",
+            self.ann_file,
+            what,
+            str(self._image_path_at(first)),
+        )
 
     def check_image_sizes(self, indices: Sequence[int] | None = None) -> int:
         """Check the size of each image file (header only) against its json ``width``/``height``
@@ -629,7 +675,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         are left to loading. Returns the number of images that will be loaded upright."""
         first = None
         count = 0
-        for index in (range(len(self)) if indices is None else indices):
+        for index in range(len(self)) if indices is None else indices:
             pos = int(self._order[index])
             path = self._image_path_at(pos)
             if not path.is_file():
@@ -672,8 +718,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         h, w = int(image.shape[-2]), int(image.shape[-1])
         exp_h, exp_w = self._image_hw_at(pos)
         if (h, w) != (exp_h, exp_w):
-            raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels but its json fields "
-                               f"'width'/'height' say {exp_w}x{exp_h}")
+            raise DatasetError(
+                f"{self._describe_image_at(pos)} is {w}x{h} pixels but its json fields "
+                f"'width'/'height' say {exp_w}x{exp_h}"
+            )
 
         r = self._records
         lo, hi = int(r.ann_offsets[pos]), int(r.ann_offsets[pos + 1])
@@ -684,8 +732,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             try:
                 m = _decode(r.rle(k, h, w))
             except (ValueError, TypeError) as e:  # a compressed RLE string that does not decode
-                raise DatasetError(f"{self.ann_file}: annotations[{int(r.ann_index[k])}]: invalid field "
-                                   f"'segmentation': {e}") from None
+                raise DatasetError(
+                    f"{self.ann_file}: annotations[{int(r.ann_index[k])}]: invalid field 'segmentation': {e}"
+                ) from None
             if not m.any():  # only reachable with validate_masks=False
                 self.skip_counts["empty_segmentation"] += 1
                 continue
@@ -697,8 +746,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         mask_t = torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, h, w), dtype=torch.uint8)
         keep_idx = np.asarray(keep, dtype=np.int64)
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(r.boxes[keep_idx].reshape(n, 4)),
-                                              format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(r.boxes[keep_idx].reshape(n, 4)),
+                format=tv_tensors.BoundingBoxFormat.XYXY,
+                canvas_size=(h, w),
+            ),
             "labels": torch.from_numpy(r.labels[keep_idx]),
             "masks": tv_tensors.Mask(mask_t.to(torch.uint8)),
             "image_id": image_id,
@@ -711,8 +763,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return img, target
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)}, "
-                f"classes={self.num_classes}, skipped={sum(self.skip_counts.values())})")
+        return (
+            f"{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)}, "
+            f"classes={self.num_classes}, skipped={sum(self.skip_counts.values())})"
+        )
 
 
 def collate_fn(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:

@@ -40,12 +40,23 @@ from ..models.geometry import check_geometry, roi_mask_targets
 from ..models.paste import paste_masks
 from .yardstick import boundary_dilation, mask_boundary
 
-__all__ = ["SELECTION_RULE", "PointCeiling", "PointChain", "concat", "point_ceiling", "point_chain", "refine_points",
-           "select_uncertain", "upsample2x"]
+__all__ = [
+    "SELECTION_RULE",
+    "PointCeiling",
+    "PointChain",
+    "concat",
+    "point_ceiling",
+    "point_chain",
+    "refine_points",
+    "select_uncertain",
+    "upsample2x",
+]
 
 #: the selection rule, as results files state it
-SELECTION_RULE = ("most uncertain = the N cells of the x2-upsampled previous map (bilinear, align_corners=False) "
-                  "with the smallest |p - 0.5| (torch.topk, largest=False; ties as topk breaks them)")
+SELECTION_RULE = (
+    "most uncertain = the N cells of the x2-upsampled previous map (bilinear, align_corners=False) "
+    "with the smallest |p - 0.5| (torch.topk, largest=False; ties as topk breaks them)"
+)
 
 
 def upsample2x(maps: Tensor) -> Tensor:
@@ -86,8 +97,14 @@ class PointChain:
     masks: dict[int, Tensor]
 
 
-def point_chain(masks: Tensor, boxes: Tensor, points: int | None, resolutions: Sequence[int] = (28, 56, 112),
-                geometry: str = "exact", targets: dict[int, Tensor] | None = None) -> PointChain:
+def point_chain(
+    masks: Tensor,
+    boxes: Tensor,
+    points: int | None,
+    resolutions: Sequence[int] = (28, 56, 112),
+    geometry: str = "exact",
+    targets: dict[int, Tensor] | None = None,
+) -> PointChain:
     """The point chain on ground-truth masks (N×H×W) in their boxes (N×4, pixel-edge x0, y0, x1, y1).
 
     ``points``: N cells replaced at every step after the first (None: all of them, the dense round
@@ -157,9 +174,15 @@ class PointCeiling:
     thin: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 392, 784, 1568),
-                  resolutions: Sequence[int] = (28, 56, 112), geometry: str = "exact",
-                  dilation_ratio: float = 0.02, boundary: bool = True) -> PointCeiling:
+def point_ceiling(
+    masks: Tensor,
+    boxes: Tensor,
+    points: Sequence[int] = (196, 392, 784, 1568),
+    resolutions: Sequence[int] = (28, 56, 112),
+    geometry: str = "exact",
+    dilation_ratio: float = 0.02,
+    boundary: bool = True,
+) -> PointCeiling:
     """Mask IoU, boundary IoU (the yardstick's: band = ``dilation_ratio`` × image diagonal) and the
     thin-part count of every chain — N in ``points``, N = 0 and dense — against the masks
     themselves, for one image's instances (masks N×H×W, boxes N×4 pixel-edge, e.g. the masks'
@@ -203,9 +226,15 @@ def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 39
         def count(x: Tensor) -> np.ndarray:
             return x.flatten(1).sum(1).numpy().astype(np.int64)
 
-        thin[label] = {"wrong": count(wrong), "dense_wrong": count(dense_wrong), "excess": count(excess),
-                       "thin": count(thin_px), "thin_fg": count(thin_px & gt), "lost_fg": count(lost & gt),
-                       "lost_fg_unchosen": count(lost & gt & ~reached)}
+        thin[label] = {
+            "wrong": count(wrong),
+            "dense_wrong": count(dense_wrong),
+            "excess": count(excess),
+            "thin": count(thin_px),
+            "thin_fg": count(thin_px & gt),
+            "lost_fg": count(lost & gt),
+            "lost_fg_unchosen": count(lost & gt & ~reached),
+        }
     return PointCeiling(resolutions, mask_iou, b_iou, thin)
 
 

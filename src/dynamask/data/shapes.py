@@ -196,8 +196,20 @@ def _cross(rng, min_half_width: float):
     w = min(w, 0.45)
     if rng.random() < 0.5:  # plus-sign cross with arms of random lengths
         l_, r_, d, u = rng.uniform(0.6, 1.0, 4)
-        pts = [(-l_, -w), (-w, -w), (-w, -d), (w, -d), (w, -w), (r_, -w),
-               (r_, w), (w, w), (w, u), (-w, u), (-w, w), (-l_, w)]
+        pts = [
+            (-l_, -w),
+            (-w, -w),
+            (-w, -d),
+            (w, -d),
+            (w, -w),
+            (r_, -w),
+            (r_, w),
+            (w, w),
+            (w, u),
+            (-w, u),
+            (-w, w),
+            (-l_, w),
+        ]
     else:  # L shape with its corner at (-1, -1)
         a = -1.0 + 2.0 * w
         ly = rng.uniform(0.5, 1.0)
@@ -279,8 +291,7 @@ def _spider(rng, radius_px: float):
     a = rng.uniform(0.2, 0.32)
     b = a * rng.uniform(0.55, 0.85)
     head = b * rng.uniform(0.5, 0.75)
-    ops = [("fill", _circle_pts((-0.3 * a, 0.0), a, b), 1),
-           ("fill", _circle_pts((0.7 * a + 0.6 * head, 0.0), head), 1)]
+    ops = [("fill", _circle_pts((-0.3 * a, 0.0), a, b), 1), ("fill", _circle_pts((0.7 * a + 0.6 * head, 0.0), head), 1)]
     half = _stroke_half(rng)
     per_side = int(rng.integers(3, 6))  # insects 3, spiders 4, more for myriapods
     bend = rng.choice([-1.0, 1.0])
@@ -312,8 +323,7 @@ def _wheel(rng, radius_px: float):
     rim = rng.uniform(2.5, 6.0) * u  # rim thickness, absolute
     inner = max(1.0 - rim, 0.25)
     inner_y = max(e - (1.0 - inner), 0.25 * e)
-    ops = [("fill", _circle_pts((0.0, 0.0), 1.0, e, 96), 1),
-           ("fill", _circle_pts((0.0, 0.0), inner, inner_y, 96), 0)]
+    ops = [("fill", _circle_pts((0.0, 0.0), 1.0, e, 96), 1), ("fill", _circle_pts((0.0, 0.0), inner, inner_y, 96), 0)]
     hub = max(rng.uniform(0.08, 0.2), 3.0 * u)
     ops.append(("fill", _circle_pts((0.0, 0.0), hub, hub * e, 32), 1))
     half = _stroke_half(rng, 0.8, 1.5)
@@ -357,8 +367,14 @@ def _comb(rng, radius_px: float):
         length = rng.uniform(0.6, 1.0)
         for x in xs:
             curl = rng.uniform(-0.04, 0.04)
-            ops.append(("stroke", np.array([[x, bar], [x + curl, bar + 0.6 * (length - bar)], [x + 2 * curl, length]]),
-                        half, 1))
+            ops.append(
+                (
+                    "stroke",
+                    np.array([[x, bar], [x + curl, bar + 0.6 * (length - bar)], [x + 2 * curl, length]]),
+                    half,
+                    1,
+                )
+            )
     return _normalise_ops(ops)
 
 
@@ -380,12 +396,11 @@ def _tree(rng, radius_px: float):
         for i in range(max(k, 1)):
             off = (i - (k - 1) / 2.0) * spread * 2.0 / max(k - 1, 1) if k > 1 else 0.0
             start = end if rng.random() < 0.6 else mid
-            grow(start, ang + bend + off + rng.uniform(-0.2, 0.2), length * ratio * rng.uniform(0.85, 1.15),
-                 level + 1)
+            grow(start, ang + bend + off + rng.uniform(-0.2, 0.2), length * ratio * rng.uniform(0.85, 1.15), level + 1)
 
     grow(np.zeros(2), np.pi / 2.0, 1.0, 0)
     trunk = rng.uniform(1.8, 3.5)
-    ops = [("stroke", pts, max(trunk * 0.72 ** level, _MIN_STROKE), 1) for pts, level in segs]
+    ops = [("stroke", pts, max(trunk * 0.72**level, _MIN_STROKE), 1) for pts, level in segs]
     return _normalise_ops(ops)
 
 
@@ -403,8 +418,11 @@ def _sieve(rng, radius_px: float):
         hole = rng.uniform(1.8, 3.2)  # hole radius in px
         pitch = (2.0 * hole + web) * u
         hexagonal = rng.random() < 0.5
-        ys = np.arange(-aspect + border + hole * u, aspect - border - hole * u + 1e-9,
-                       pitch * (math.sqrt(3) / 2 if hexagonal else 1.0))
+        ys = np.arange(
+            -aspect + border + hole * u,
+            aspect - border - hole * u + 1e-9,
+            pitch * (math.sqrt(3) / 2 if hexagonal else 1.0),
+        )
         centres = []
         for j, y in enumerate(ys):
             shift = pitch / 2.0 if hexagonal and j % 2 else 0.0
@@ -443,8 +461,15 @@ def _scribble(rng, radius_px: float):
         for i in range(1, k):
             p0, p1, p2, p3 = ctrl[i - 1], ctrl[i], ctrl[i + 1], ctrl[i + 2]
             t = np.linspace(0.0, 1.0, 24, endpoint=False)[:, None]
-            pieces.append(0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                                 + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3))
+            pieces.append(
+                0.5
+                * (
+                    2 * p1
+                    + (-p0 + p2) * t
+                    + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                    + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3
+                )
+            )
         pieces.append(ctrl[-2:-1])
         pts = np.concatenate(pieces)
     else:  # cursive loops, like a handwritten "eeee" or "llll"
@@ -477,8 +502,10 @@ def _rasterise_ops(ops, angle, radius, cx, cy, h, w) -> np.ndarray:
     rot = np.array([[c, -s], [s, c]]) * radius
     mask = np.zeros((h, w), dtype=np.uint8)
     origin = np.array([cx, cy])
-    disc = np.stack([np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
-                     np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], 1)
+    disc = np.stack(
+        [np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)), np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))],
+        1,
+    )
 
     def fix(q):
         return np.round(q * _SUBPIXEL_SCALE).astype(np.int32)
@@ -497,8 +524,9 @@ def _rasterise_ops(ops, angle, radius, cx, cy, h, w) -> np.ndarray:
             if ln < 1e-9:
                 continue
             n = np.array([-dd[1], dd[0]]) * (half / ln)
-            cv2.fillConvexPoly(mask, fix(np.stack([p + n, q + n, q - n, p - n])), value,
-                               lineType=cv2.LINE_8, shift=_SUBPIXEL_SHIFT)
+            cv2.fillConvexPoly(
+                mask, fix(np.stack([p + n, q + n, q - n, p - n])), value, lineType=cv2.LINE_8, shift=_SUBPIXEL_SHIFT
+            )
     return mask
 
 
@@ -709,8 +737,15 @@ def generate_shapes_dataset(
         for idx in range(int(count)):
             rng = _image_rng(seed, split, idx)
             img, instances = render_shapes_image(
-                rng, (h, w), min_objects, max_objects, min_size_frac, max_size_frac,
-                min_visible_area, min_visible_fraction, detail,
+                rng,
+                (h, w),
+                min_objects,
+                max_objects,
+                min_size_frac,
+                max_size_frac,
+                min_visible_area,
+                min_visible_fraction,
+                detail,
             )
             file_name = f"{idx:06d}.png"
             if not cv2.imwrite(str(img_dir / file_name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
@@ -720,20 +755,26 @@ def generate_shapes_dataset(
             for inst in instances:
                 rle = _encode(inst.mask)
                 bbox = [float(v) for v in mask_utils.toBbox(rle)]
-                annotations.append({
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": inst.category_id,
-                    "segmentation": rle,
-                    "area": float(inst.mask.sum()),
-                    "bbox": bbox,
-                    "iscrowd": 0,
-                    "complexity": round(complexity_of_mask(inst.mask), 4),
-                })
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": inst.category_id,
+                        "segmentation": rle,
+                        "area": float(inst.mask.sum()),
+                        "bbox": bbox,
+                        "iscrowd": 0,
+                        "complexity": round(complexity_of_mask(inst.mask), 4),
+                    }
+                )
                 ann_id += 1
         data = {
-            "info": {"description": f"dynamask synthetic shapes ({split})", "version": "1.0",
-                     "seed": int(seed), "image_size": [h, w]},
+            "info": {
+                "description": f"dynamask synthetic shapes ({split})",
+                "version": "1.0",
+                "seed": int(seed),
+                "image_size": [h, w],
+            },
             "licenses": [],
             "images": images,
             "annotations": annotations,
@@ -749,8 +790,9 @@ def generate_shapes_dataset(
     return summary
 
 
-def make_shapes_tensors(n_images: int, image_size: int | Sequence[int] = 128, seed: int = 0,
-                        detail: bool = False, **kwargs):
+def make_shapes_tensors(
+    n_images: int, image_size: int | Sequence[int] = 128, seed: int = 0, detail: bool = False, **kwargs
+):
     """In-memory shapes samples (no files).
 
     Returns ``(images, targets)``: ``images`` is a list of float32 3 x H x W
@@ -775,9 +817,11 @@ def make_shapes_tensors(n_images: int, image_size: int | Sequence[int] = 128, se
         for k, inst in enumerate(instances):
             ys, xs = np.nonzero(inst.mask)
             boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        targets.append({
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.tensor([inst.category_id for inst in instances], dtype=torch.int64),
-            "masks": torch.from_numpy(masks),
-        })
+        targets.append(
+            {
+                "boxes": torch.from_numpy(boxes),
+                "labels": torch.tensor([inst.category_id for inst in instances], dtype=torch.int64),
+                "masks": torch.from_numpy(masks),
+            }
+        )
     return images, targets

@@ -48,7 +48,7 @@ def mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
     m = (np.asarray(mask) > 0).astype(np.uint8)
     h, w = m.shape
     padded = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=int(dilation))[1:h + 1, 1:w + 1]
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=int(dilation))[1 : h + 1, 1 : w + 1]
     return m - eroded
 
 
@@ -89,7 +89,8 @@ class Yardstick:
         if keep.dtype != bool:
             keep = np.isin(np.arange(self.num_instances), keep)
         return Yardstick(
-            self.resolutions, self.geometry,
+            self.resolutions,
+            self.geometry,
             {r: v[keep] for r, v in self.mask_iou.items()},
             {r: v[keep] for r, v in self.boundary_iou.items()},
             self.image_index[keep],
@@ -114,8 +115,12 @@ class Yardstick:
     def summary(self) -> dict:
         """JSON-ready means: ``{"geometry", "num_instances", "mask_iou": {R: mean},
         "boundary_iou": {R: mean}}`` (resolutions as int keys)."""
-        return {"geometry": self.geometry, "num_instances": self.num_instances,
-                "mask_iou": self.mean_mask_iou(), "boundary_iou": self.mean_boundary_iou()}
+        return {
+            "geometry": self.geometry,
+            "num_instances": self.num_instances,
+            "mask_iou": self.mean_mask_iou(),
+            "boundary_iou": self.mean_boundary_iou(),
+        }
 
     def per_category(self) -> dict[int, dict]:
         """{category id: :meth:`summary` of its instances} (needs ``labels``)."""
@@ -203,8 +208,12 @@ def yardstick(
             if boxes.shape[0] != n:
                 raise ValueError(f"image {i}: {n} masks but {boxes.shape[0]} boxes")
         if labels_by_image is not None:
-            lab = np.asarray(labels_by_image[i].detach().cpu().numpy() if hasattr(labels_by_image[i], "detach")
-                             else labels_by_image[i], dtype=np.int64).reshape(-1)
+            lab = np.asarray(
+                labels_by_image[i].detach().cpu().numpy()
+                if hasattr(labels_by_image[i], "detach")
+                else labels_by_image[i],
+                dtype=np.int64,
+            ).reshape(-1)
             if lab.shape[0] != n:
                 raise ValueError(f"image {i}: {n} masks but {lab.shape[0]} labels")
             labels.append(lab)
@@ -278,8 +287,12 @@ def yardstick_from_coco(
             masks.append(np.stack([coco.annToMask(a) for a in anns]))
         else:
             masks.append(np.zeros((0, h, w), dtype=np.uint8))
-        boxes.append(np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float64).reshape(-1, 4))
+        boxes.append(
+            np.array(
+                [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+                dtype=np.float64,
+            ).reshape(-1, 4)
+        )
         labels.append(np.array([a["category_id"] for a in anns], dtype=np.int64))
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco.dataset.get("categories", [])}
     return yardstick(masks, boxes, resolutions, geometry, labels, dilation_ratio, names)

@@ -71,5 +71,6 @@ def fits_coco_label_space(cat_ids, class_names) -> bool:
     from ..models.torchvision_weights import coco_label_space
 
     coco = {i: n.lower() for i, n in coco_label_space()}
-    return bool(cat_ids) and all(coco.get(int(i)) == str(n).lower() and str(n) != "N/A"
-                                 for i, n in zip(cat_ids, class_names))
+    return bool(cat_ids) and all(
+        coco.get(int(i)) == str(n).lower() and str(n) != "N/A" for i, n in zip(cat_ids, class_names)
+    )

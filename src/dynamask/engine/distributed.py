@@ -77,8 +77,7 @@ def launched_distributed() -> bool:
     return env_world_size() > 1
 
 
-def init_distributed(backend: str | None = None, device: str | None = None,
-                     timeout: timedelta | None = None) -> bool:
+def init_distributed(backend: str | None = None, device: str | None = None, timeout: timedelta | None = None) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
     Does nothing (returns False) when the process group already exists or the
@@ -90,7 +89,7 @@ def init_distributed(backend: str | None = None, device: str | None = None,
     """
     if not dist.is_available() or dist.is_initialized() or not launched_distributed():
         return False
-    use_cuda = (device.startswith("cuda") if device else torch.cuda.is_available())
+    use_cuda = device.startswith("cuda") if device else torch.cuda.is_available()
     if backend is None:
         backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
@@ -297,4 +296,5 @@ def peer_failure_guard(iteration: Callable[[], int], checkpoint: str) -> Iterato
         raise DynaMaskError(
             f"rank {get_rank()}: a collective operation failed after iteration {iteration()} ({first[:200]}); "
             f"another training process has probably died or stopped responding. The last complete checkpoint is "
-            f"{checkpoint} (if it exists): resume with --resume under the same launch") from None
+            f"{checkpoint} (if it exists): resume with --resume under the same launch"
+        ) from None

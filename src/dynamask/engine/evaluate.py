@@ -68,6 +68,7 @@ logger = logging.getLogger("dynamask.evaluate")
 # predictions → COCO results
 # --------------------------------------------------------------------------
 
+
 def masks_to_rles(masks: np.ndarray) -> list[dict]:
     """Boolean/0-1 masks N×H×W → compressed COCO RLEs with ``counts`` as ``str``."""
     masks = np.asarray(masks)
@@ -80,7 +81,6 @@ def masks_to_rles(masks: np.ndarray) -> list[dict]:
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
     return rles
-
 
 
 def predictions_to_coco_results(
@@ -148,7 +148,6 @@ def predictions_to_coco_results(
     if bad:
         logger.warning("image %s: dropped %d detection(s) with a label outside 1..%d", image_id, bad, len(cat_ids))
     return out
-
 
 
 # --------------------------------------------------------------------------
@@ -227,11 +226,22 @@ def evaluate(
     if not (shard and du.is_dist()):
         job = _prepare(cfg, weights, model, dataset, max_images, device, batch_size, cat_ids)
         _check_sizes(job["dataset"], job["indices"])
-        run = _run_model(job["model"], _loader(job, job["indices"]), job["dev"], policy, budget, job["cat_ids"],
-                         job["score_thresh"], job["max_dets"], len(job["indices"]), progress)
+        run = _run_model(
+            job["model"],
+            _loader(job, job["indices"]),
+            job["dev"],
+            policy,
+            budget,
+            job["cat_ids"],
+            job["score_thresh"],
+            job["max_dets"],
+            len(job["indices"]),
+            progress,
+        )
         return _measure_and_write(job, run, out_dir, progress=progress)
-    return _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
-                             batch_size, cat_ids)
+    return _evaluate_sharded(
+        cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress, batch_size, cat_ids
+    )
 
 
 def _prepare(cfg, weights, model, dataset, max_images, device, batch_size: int, cat_ids) -> dict[str, Any]:
@@ -261,9 +271,18 @@ def _prepare(cfg, weights, model, dataset, max_images, device, batch_size: int, 
         dev = param.device if param is not None else du.process_device(resolve_device(None))
     else:
         dev = du.process_device(resolve_device(device))  # cuda: this process's own GPU under torchrun
-    return {"model": model, "cfg": cfg, "dataset": dataset, "cat_ids": cat_ids, "indices": indices, "dev": dev,
-            "max_dets": int(test_cfg["max_dets"]), "score_thresh": float(test_cfg["score_thresh"]),
-            "batch_size": int(batch_size), "num_workers": int((cfg.get("data") or {}).get("num_workers", 0) or 0)}
+    return {
+        "model": model,
+        "cfg": cfg,
+        "dataset": dataset,
+        "cat_ids": cat_ids,
+        "indices": indices,
+        "dev": dev,
+        "max_dets": int(test_cfg["max_dets"]),
+        "score_thresh": float(test_cfg["score_thresh"]),
+        "batch_size": int(batch_size),
+        "num_workers": int((cfg.get("data") or {}).get("num_workers", 0) or 0),
+    }
 
 
 def _loader(job: dict[str, Any], indices: list[int]):
@@ -271,12 +290,14 @@ def _loader(job: dict[str, Any], indices: list[int]):
 
     dataset = job["dataset"]
     subset = dataset if indices == list(range(len(dataset))) else torch.utils.data.Subset(dataset, indices)
-    return torch.utils.data.DataLoader(subset, batch_size=job["batch_size"], shuffle=False,
-                                       num_workers=job["num_workers"], collate_fn=collate_fn)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=job["batch_size"], shuffle=False, num_workers=job["num_workers"], collate_fn=collate_fn
+    )
 
 
-def _measure_and_write(job: dict[str, Any], run: dict[str, Any], out_dir, processes: int = 1,
-                       progress: bool = False) -> dict[str, Any]:
+def _measure_and_write(
+    job: dict[str, Any], run: dict[str, Any], out_dir, processes: int = 1, progress: bool = False
+) -> dict[str, Any]:
     """coco_results.json, the metrics, metrics.json."""
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
@@ -293,9 +314,9 @@ def _measure_and_write(job: dict[str, Any], run: dict[str, Any], out_dir, proces
     return metrics
 
 
-
-def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
-                      batch_size, cat_ids) -> dict[str, Any]:
+def _evaluate_sharded(
+    cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress, batch_size, cat_ids
+) -> dict[str, Any]:
     """:func:`evaluate` inside a process group: this process runs the model on its shard (whole
     batches dealt out in turn, :func:`~dynamask.engine.distributed.shard_positions`), rank 0
     gathers the detections, puts them in the single-process order, computes the metrics and
@@ -315,8 +336,18 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
 
     payload: tuple[str | None, dict | None]
     try:
-        run = _run_model(job["model"], _loader(job, mine), job["dev"], policy, budget, job["cat_ids"],
-                         job["score_thresh"], job["max_dets"], len(mine), progress and rank == 0)
+        run = _run_model(
+            job["model"],
+            _loader(job, mine),
+            job["dev"],
+            policy,
+            budget,
+            job["cat_ids"],
+            job["score_thresh"],
+            job["max_dets"],
+            len(mine),
+            progress and rank == 0,
+        )
         payload = (None, run)
     except Exception as exc:  # noqa: BLE001
         failure, payload = exc, (f"{type(exc).__name__}: {exc}", None)
@@ -334,9 +365,13 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
                 run = _merge_runs([part for _, part in gathered], shards, n)
                 del gathered
                 metrics = _measure_and_write(job, run, out_dir, processes=world, progress=progress)
-                logger.info("evaluated %d image(s) on %d processes (%s image(s) each); images_per_second: all "
-                            "images over the slowest process's forward time", n, world,
-                            "/".join(str(len(s)) for s in shards))
+                logger.info(
+                    "evaluated %d image(s) on %d processes (%s image(s) each); images_per_second: all "
+                    "images over the slowest process's forward time",
+                    n,
+                    world,
+                    "/".join(str(len(s)) for s in shards),
+                )
                 status = ("ok", None, metrics)
         except Exception as exc:  # noqa: BLE001
             failure = failure or exc
@@ -351,16 +386,22 @@ def _merge_runs(runs: Sequence[dict[str, Any]], shards: Sequence[Sequence[int]],
     for run, shard in zip(runs, shards):
         k = 0
         for position, image_id, count in zip(shard, run["image_ids"], run["counts"]):
-            per_position[position] = (image_id, run["results"][k:k + count])
+            per_position[position] = (image_id, run["results"][k : k + count])
             k += count
     results = [r for _, rs in per_position for r in rs]
     image_ids = [image_id for image_id, _ in per_position]
     sizes: dict[int, tuple[int, int]] = {}
     for run in runs:
         sizes.update(run["image_sizes"])
-    return {"results": results, "image_ids": image_ids, "image_sizes": {i: sizes[i] for i in image_ids},
-            "counts": [len(rs) for _, rs in per_position], "forward_s": max(run["forward_s"] for run in runs),
-            "policy": runs[0]["policy"], "budget": runs[0]["budget"]}
+    return {
+        "results": results,
+        "image_ids": image_ids,
+        "image_sizes": {i: sizes[i] for i in image_ids},
+        "counts": [len(rs) for _, rs in per_position],
+        "forward_s": max(run["forward_s"] for run in runs),
+        "policy": runs[0]["policy"],
+        "budget": runs[0]["budget"],
+    }
 
 
 def _validation_dataset(cfg: dict):
@@ -368,8 +409,10 @@ def _validation_dataset(cfg: dict):
     data_cfg = cfg.get("data") or {}
     val_json, val_images = data_cfg.get("val_json"), data_cfg.get("val_images")
     if not val_json or not val_images:
-        raise DynaMaskError("no validation set: set data.val_json and data.val_images "
-                            "(in the config or as data.val_json=... on the command line)")
+        raise DynaMaskError(
+            "no validation set: set data.val_json and data.val_images "
+            "(in the config or as data.val_json=... on the command line)"
+        )
     if not os.path.isdir(val_images):
         raise DynaMaskError(f"data.val_images: {val_images!r} is not a folder")
     from ..data import CocoInstanceDataset
@@ -386,8 +429,11 @@ def _category_ids(cat_ids, ckpt: dict, dataset) -> list[int]:
     cat_ids = [int(c) for c in cat_ids]
     ds_cat_ids = getattr(dataset, "cat_ids", None)
     if ds_cat_ids is not None and list(ds_cat_ids) != cat_ids:
-        logger.warning("the model's category ids %s differ from the validation set's %s; "
-                       "labels are mapped with the model's", cat_ids, list(ds_cat_ids))
+        logger.warning(
+            "the model's category ids %s differ from the validation set's %s; labels are mapped with the model's",
+            cat_ids,
+            list(ds_cat_ids),
+        )
     return cat_ids
 
 
@@ -409,8 +455,9 @@ def _check_sizes(dataset, indices: list[int]) -> None:
         dataset.check_image_sizes(indices)
 
 
-def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float, max_dets: int, total: int,
-               progress: bool) -> dict[str, Any]:
+def _run_model(
+    model, loader, dev, policy, budget, cat_ids, score_thresh: float, max_dets: int, total: int, progress: bool
+) -> dict[str, Any]:
     """Run the model under ``policy``/``budget`` in eval mode, then restore its settings and mode.
     Returns the COCO results, image ids and sizes, the forward seconds and the settings used."""
     prev_policy, prev_budget, was_training = model.policy, model.mask_budget, model.training
@@ -449,19 +496,29 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
             model.mask_budget = prev_budget
         except ValueError:  # pragma: no cover - restoring a value it had
             pass
-    return {"results": results, "image_ids": image_ids, "image_sizes": image_sizes, "counts": counts,
-            "forward_s": forward_s, "policy": used_policy, "budget": used_budget}
+    return {
+        "results": results,
+        "image_ids": image_ids,
+        "image_sizes": image_sizes,
+        "counts": counts,
+        "forward_s": forward_s,
+        "policy": used_policy,
+        "budget": used_budget,
+    }
 
 
-
-def _metrics(gt: dict, run: dict[str, Any], model, max_dets: int, score_thresh: float,
-             progress: bool = False) -> dict[str, Any]:
+def _metrics(
+    gt: dict, run: dict[str, Any], model, max_dets: int, score_thresh: float, progress: bool = False
+) -> dict[str, Any]:
     """COCO APs (bbox, segm, boundary), mask cost, resolution histogram and the complexity ρ."""
     results, image_ids = run["results"], run["image_ids"]
     started = time.perf_counter()  # a line before and after in the log (training's too, without progress lines)
     logger.info("scoring %d detection(s) on %d image(s): bbox, segm and boundary AP", len(results), len(image_ids))
-    metrics: dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
-                                                        image_sizes=run["image_sizes"], progress=progress))
+    metrics: dict[str, Any] = dict(
+        compute_coco_metrics(
+            gt, results, max_dets=max_dets, img_ids=image_ids, image_sizes=run["image_sizes"], progress=progress
+        )
+    )
     logger.info("scored in %.1f s", time.perf_counter() - started)
     n_img, n_det = len(image_ids), len(results)
     metrics.update(result_statistics(gt, results, n_img))

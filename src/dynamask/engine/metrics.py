@@ -18,8 +18,7 @@ import torch
 from ..atomic import atomic_path
 from . import distributed as du
 
-__all__ = ["MetricsFile", "LossWindow", "MetricsLogger", "open_tensorboard", "flat_numbers", "fmt_lr",
-           "fmt_duration"]
+__all__ = ["MetricsFile", "LossWindow", "MetricsLogger", "open_tensorboard", "flat_numbers", "fmt_lr", "fmt_duration"]
 
 logger = logging.getLogger("dynamask.train")
 
@@ -138,8 +137,17 @@ class MetricsLogger:
     """Every ``solver.log_period`` steps (and at the last): one metrics.jsonl record, TensorBoard
     scalars, and a log line when no progress bar shows. Collective when several processes run."""
 
-    def __init__(self, metrics: MetricsFile, writer, cfg: dict, per_rank_batch: int, shard_size: int,
-                 world: int, main: bool, show_bar: bool):
+    def __init__(
+        self,
+        metrics: MetricsFile,
+        writer,
+        cfg: dict,
+        per_rank_batch: int,
+        shard_size: int,
+        world: int,
+        main: bool,
+        show_bar: bool,
+    ):
         s = cfg["solver"]
         self.metrics, self.writer = metrics, writer
         self.log_period, self.max_iter, self.batch = s["log_period"], s["max_iter"], s["ims_per_batch"]
@@ -157,11 +165,15 @@ class MetricsLogger:
         t_per_iter = w.time / max(1, w.iters)
         rec: dict[str, Any] = {"iteration": step}
         rec.update({k: v for k, v in sorted(means.items()) if k not in ("total_loss", "grad_norm")})
-        rec.update(total_loss=means.get("total_loss", float("nan")), lr=lr,
-                   grad_norm=means.get("grad_norm", float("nan")), time_per_iter=t_per_iter,
-                   data_time=w.data_time / max(1, w.iters),
-                   images_per_s=self.batch / t_per_iter if t_per_iter > 0 else 0.0,
-                   epoch=(step * self.per_rank_batch) // self.shard_size)
+        rec.update(
+            total_loss=means.get("total_loss", float("nan")),
+            lr=lr,
+            grad_norm=means.get("grad_norm", float("nan")),
+            time_per_iter=t_per_iter,
+            data_time=w.data_time / max(1, w.iters),
+            images_per_s=self.batch / t_per_iter if t_per_iter > 0 else 0.0,
+            epoch=(step * self.per_rank_batch) // self.shard_size,
+        )
         self.metrics.write(rec)
         self.last = rec
         if self.writer is not None:
@@ -170,7 +182,14 @@ class MetricsLogger:
                     tag = f"loss/{k}" if k.startswith("loss") or k == "total_loss" else f"train/{k}"
                     self.writer.add_scalar(tag, v, step)
         if self.main and not self.show_bar:
-            logger.info("iter %d/%d  loss %.4f  lr %s  %.3fs/it  %.1f img/s  eta %s", step, self.max_iter,
-                        rec["total_loss"], fmt_lr(lr), t_per_iter, rec["images_per_s"],
-                        fmt_duration(t_per_iter * (self.max_iter - step)))
+            logger.info(
+                "iter %d/%d  loss %.4f  lr %s  %.3fs/it  %.1f img/s  eta %s",
+                step,
+                self.max_iter,
+                rec["total_loss"],
+                fmt_lr(lr),
+                t_per_iter,
+                rec["images_per_s"],
+                fmt_duration(t_per_iter * (self.max_iter - step)),
+            )
         self.window = LossWindow()

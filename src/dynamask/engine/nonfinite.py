@@ -55,11 +55,24 @@ class NonFiniteGuard:
             what = "gradient norm"
         bad_terms = ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items() if not math.isfinite(v))
         if self.main:
-            logger.warning("non-finite %s at iteration %d (%s); step skipped (%d in a row, limit %d)", what, step,
-                           bad_terms or f"total={result.total:.4g}, grad_norm={result.grad_norm:.4g}",
-                           self.in_a_row, self.limit)
-        self.write_event({"iteration": step, "event": "nonfinite_loss", "total_loss": result.total,
-                          "grad_norm": result.grad_norm, "losses": result.losses, "consecutive": self.in_a_row})
+            logger.warning(
+                "non-finite %s at iteration %d (%s); step skipped (%d in a row, limit %d)",
+                what,
+                step,
+                bad_terms or f"total={result.total:.4g}, grad_norm={result.grad_norm:.4g}",
+                self.in_a_row,
+                self.limit,
+            )
+        self.write_event(
+            {
+                "iteration": step,
+                "event": "nonfinite_loss",
+                "total_loss": result.total,
+                "grad_norm": result.grad_norm,
+                "losses": result.losses,
+                "consecutive": self.in_a_row,
+            }
+        )
         if self.in_a_row < self.limit:
             return None
         return NonFiniteLossError(
@@ -67,4 +80,6 @@ class NonFiniteGuard:
             f"iteration {step} (solver.max_nonfinite_steps={self.limit_setting}); "
             f"checkpoint written to {self.checkpoint_path}. Try a lower solver.base_lr, a longer "
             f"solver.warmup_iters, solver.clip_grad_norm or solver.amp=none",
-            iteration=step, checkpoint=self.checkpoint_path)
+            iteration=step,
+            checkpoint=self.checkpoint_path,
+        )

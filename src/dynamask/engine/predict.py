@@ -43,8 +43,9 @@ def _is_within(path: Path, folder: Path | None) -> bool:
         return False
 
 
-def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike],
-                exclude_dir: str | os.PathLike | None = None) -> list[Path]:
+def find_images(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike], exclude_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Image files from files and folders (folders searched recursively for
     :data:`IMAGE_EXTENSIONS`; hidden files and anything under ``exclude_dir`` skipped; sorted).
     A file named explicitly is taken whatever its extension. A path that does not exist raises
@@ -57,10 +58,14 @@ def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike],
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*")
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                           and not _is_within(f, excl))
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and not _is_within(f, excl)
+            )
         elif p.exists():
             files = [p]
         else:
@@ -162,8 +167,9 @@ def predict_files(
     part: dict[str, Any] | None = None
     try:
         dev = du.process_device(resolve_device(device)) if sharded else device
-        predictor = Predictor(weights, config=config, device=dev, score_thresh=score_thresh,
-                              policy=policy, mask_budget=mask_budget)
+        predictor = Predictor(
+            weights, config=config, device=dev, score_thresh=score_thresh, policy=policy, mask_budget=mask_budget
+        )
         out.mkdir(parents=True, exist_ok=True)
         part = _predict_part(predictor, files, mine, out, score_thresh, progress and rank == 0)
     except Exception as exc:  # noqa: BLE001
@@ -194,13 +200,15 @@ def _list_inputs(inputs, out: Path) -> list[Path]:
     files = find_images(inputs, exclude_dir=out if out.exists() else None)
     if not files:
         shown = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
-        raise DynaMaskError(f"no images found in {', '.join(shown) or '(no inputs)'} "
-                            f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DynaMaskError(
+            f"no images found in {', '.join(shown) or '(no inputs)'} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return files
 
 
-def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], out: Path, score_thresh: float,
-                  progress: bool) -> dict[str, Any]:
+def _predict_part(
+    predictor, files: Sequence[Path], positions: Sequence[int], out: Path, score_thresh: float, progress: bool
+) -> dict[str, Any]:
     """Predict ``files[p]`` for ``p`` in ``positions`` (image id ``p + 1``) and write their overlays;
     the entries per position, the skipped files and the counts."""
     from ..predictor import load_image_file
@@ -223,8 +231,9 @@ def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], ou
             bar.update(1)
             continue
         pred = predictor.predict(tensor)
-        entries = predictions_to_coco_results(pred, position + 1, predictor.cat_ids,
-                                              extra={"file_name": os.fspath(path)})
+        entries = predictions_to_coco_results(
+            pred, position + 1, predictor.cat_ids, extra={"file_name": os.fspath(path)}
+        )
         for e in entries:
             label = predictor.cat_ids.index(e["category_id"]) + 1
             e["category_name"] = predictor.class_names[label - 1]
@@ -241,8 +250,9 @@ def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], ou
     return {"entries": entries_at, "skipped": skipped, "written": written, "hist": hist, "count": len(positions)}
 
 
-def _write_predictions(json_path: str, parts: Sequence[dict[str, Any]], total: int, progress: bool, write_json,
-                       processes: int = 1) -> str:
+def _write_predictions(
+    json_path: str, parts: Sequence[dict[str, Any]], total: int, progress: bool, write_json, processes: int = 1
+) -> str:
     """``predictions.json`` from the parts of every process, in file order; the summary."""
     entries_at: dict[int, list[dict[str, Any]]] = {}
     hist = {14: 0, 28: 0, 56: 0, 112: 0}
@@ -259,11 +269,14 @@ def _write_predictions(json_path: str, parts: Sequence[dict[str, Any]], total: i
     ordered = [{"file_name": e["file_name"], **{k: v for k, v in e.items() if k != "file_name"}} for e in results]
     write_json(json_path, ordered)
 
-    shared = f" on {processes} processes ({'/'.join(str(p['count']) for p in parts)} image(s) each)" \
-        if processes > 1 else ""
-    summary = (f"predicted {written} image(s){shared}, {len(results)} instance(s) "
-               f"(resolutions: {', '.join(f'{r}: {n}' for r, n in hist.items())}); "
-               f"skipped {len(skipped)} unreadable image(s); wrote {json_path}")
+    shared = (
+        f" on {processes} processes ({'/'.join(str(p['count']) for p in parts)} image(s) each)" if processes > 1 else ""
+    )
+    summary = (
+        f"predicted {written} image(s){shared}, {len(results)} instance(s) "
+        f"(resolutions: {', '.join(f'{r}: {n}' for r, n in hist.items())}); "
+        f"skipped {len(skipped)} unreadable image(s); wrote {json_path}"
+    )
     logger.info(summary)
     if progress:
         print(summary, file=sys.stderr)

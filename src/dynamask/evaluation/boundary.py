@@ -73,7 +73,11 @@ def _band_iou(a: tuple[tuple, np.ndarray, int], b: tuple[tuple, np.ndarray, int]
     y0, y1 = max(ya, yb), min(ya + ha, yb + hb)
     inter = 0
     if x1 > x0 and y1 > y0:
-        inter = int(np.count_nonzero(band_a[y0 - ya:y1 - ya, x0 - xa:x1 - xa] & band_b[y0 - yb:y1 - yb, x0 - xb:x1 - xb]))
+        inter = int(
+            np.count_nonzero(
+                band_a[y0 - ya : y1 - ya, x0 - xa : x1 - xa] & band_b[y0 - yb : y1 - yb, x0 - xb : x1 - xb]
+            )
+        )
     union = na + nb - inter
     return inter / union if union > 0 else 0.0
 

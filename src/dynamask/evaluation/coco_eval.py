@@ -36,7 +36,9 @@ logger = logging.getLogger("dynamask.evaluation")
 
 IOU_TYPES = ("bbox", "segm", "boundary")
 #: AP keys (0–100 scale) produced by :func:`compute_coco_metrics`
-AP_KEYS: tuple[str, ...] = tuple(f"{kind}_{k}" for kind in IOU_TYPES for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+AP_KEYS: tuple[str, ...] = tuple(
+    f"{kind}_{k}" for kind in IOU_TYPES for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+)
 #: images per task of the IoU pass
 IMAGES_PER_TASK = 64
 #: below this many detections the IoU pass runs in this process (starting workers costs more)
@@ -57,8 +59,14 @@ def ap_summary(kind: str, precision: np.ndarray, max_dets: int) -> dict[str, flo
         valid = s[s > -1]
         return float(np.mean(valid)) * 100.0 if valid.size else None
 
-    return {f"{kind}_AP": mean(), f"{kind}_AP50": mean(iou=0.5), f"{kind}_AP75": mean(iou=0.75),
-            f"{kind}_APs": mean(area="small"), f"{kind}_APm": mean(area="medium"), f"{kind}_APl": mean(area="large")}
+    return {
+        f"{kind}_AP": mean(),
+        f"{kind}_AP50": mean(iou=0.5),
+        f"{kind}_AP75": mean(iou=0.75),
+        f"{kind}_APs": mean(area="small"),
+        f"{kind}_APm": mean(area="medium"),
+        f"{kind}_APl": mean(area="large"),
+    }
 
 
 def _available_cpus() -> int:
@@ -93,18 +101,23 @@ def _tasks(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[st
     g_order = np.argsort(gt.ann_image, kind="stable")  # file order within an image
     g_img = gt.ann_image[g_order]
     for lo in range(0, len(gt.image_ids), IMAGES_PER_TASK):
-        ids = gt.image_ids[lo:lo + IMAGES_PER_TASK]
+        ids = gt.image_ids[lo : lo + IMAGES_PER_TASK]
         d_off = np.searchsorted(d_img, np.r_[ids, ids[-1] + 1]) if ids.size else np.zeros(1, np.int64)
         g_off = np.searchsorted(g_img, np.r_[ids, ids[-1] + 1])
-        d_rows = rows[d_off[0]:d_off[-1]]
-        g_rows = g_order[g_off[0]:g_off[-1]]
+        d_rows = rows[d_off[0] : d_off[-1]]
+        g_rows = g_order[g_off[0] : g_off[-1]]
         yield {
-            "kinds": tuple(kinds), "ratio": ratio,
-            "sizes": np.stack([gt.heights[lo:lo + len(ids)], gt.widths[lo:lo + len(ids)]], 1),
-            "det_offsets": d_off - d_off[0], "gt_offsets": g_off - g_off[0],
-            "det_category": res.category_ids[d_rows], "det_box": res.boxes[d_rows],
+            "kinds": tuple(kinds),
+            "ratio": ratio,
+            "sizes": np.stack([gt.heights[lo : lo + len(ids)], gt.widths[lo : lo + len(ids)]], 1),
+            "det_offsets": d_off - d_off[0],
+            "gt_offsets": g_off - g_off[0],
+            "det_category": res.category_ids[d_rows],
+            "det_box": res.boxes[d_rows],
             "det_counts": [res.counts(i) for i in d_rows.tolist()] if masks else [],
-            "gt_category": gt.ann_category[g_rows], "gt_box": gt.ann_box[g_rows], "gt_crowd": gt.ann_crowd[g_rows],
+            "gt_category": gt.ann_category[g_rows],
+            "gt_box": gt.ann_box[g_rows],
+            "gt_crowd": gt.ann_crowd[g_rows],
             "gt_counts": [gt.counts(k) for k in g_rows.tolist()] if masks else [],
             "gt_rows": g_rows,
         }
@@ -134,8 +147,9 @@ def _workers(count: int):
         pool.terminate()
 
 
-def _iou_pass(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[str], ratio: float,
-              run, progress: bool):
+def _iou_pass(
+    res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[str], ratio: float, run, progress: bool
+):
     """{kind: {(image id, category): matrix}} over all images, and the mask area of each row."""
     ious: dict[str, dict[tuple[int, int], np.ndarray]] = {k: {} for k in kinds}
     areas: list[np.ndarray] = []
@@ -153,8 +167,9 @@ def _iou_pass(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence
     return ious, (np.concatenate(areas) if areas else np.zeros(0))
 
 
-def _precision_tasks(gt: GroundTruth, det: dict[str, np.ndarray], ious: dict[str, dict[tuple[int, int], np.ndarray]],
-                     max_dets: int):
+def _precision_tasks(
+    gt: GroundTruth, det: dict[str, np.ndarray], ious: dict[str, dict[tuple[int, int], np.ndarray]], max_dets: int
+):
     """The matcher's tasks: each IoU type × :data:`CATEGORIES_PER_CALL` categories, with their rows only."""
     cats = gt.category_ids
     img_ids = gt.image_ids.tolist()
@@ -168,14 +183,25 @@ def _precision_tasks(gt: GroundTruth, det: dict[str, np.ndarray], ious: dict[str
             chunk_of.setdefault(int(np.searchsorted(cats, c)) // CATEGORIES_PER_CALL, {})[i, c] = m
         for lo in range(0, len(cats), CATEGORIES_PER_CALL):
             hi = min(lo + CATEGORIES_PER_CALL, len(cats))
-            g = g_order[g_bounds[lo]:(g_bounds[hi] if hi < len(cats) else len(g_order))]
-            d = d_order[d_bounds[lo]:(d_bounds[hi] if hi < len(cats) else len(d_order))]
-            yield {"kind": kind, "first": lo, "img_ids": img_ids, "cat_ids": cats[lo:hi].tolist(),
-                   "max_dets": max_dets, "gt_image": gt.ann_image[g], "gt_category": gt.ann_category[g],
-                   "gt_area": gt.ann_area[g], "gt_crowd": gt.ann_crowd[g], "det_image": det["image"][d],
-                   "det_category": det["category"][d], "det_score": det["score"][d],
-                   "det_area": det["area_" + ("bbox" if kind == "bbox" else "mask")][d], "det_id": d + 1,
-                   "ious": chunk_of.get(lo // CATEGORIES_PER_CALL, {})}
+            g = g_order[g_bounds[lo] : (g_bounds[hi] if hi < len(cats) else len(g_order))]
+            d = d_order[d_bounds[lo] : (d_bounds[hi] if hi < len(cats) else len(d_order))]
+            yield {
+                "kind": kind,
+                "first": lo,
+                "img_ids": img_ids,
+                "cat_ids": cats[lo:hi].tolist(),
+                "max_dets": max_dets,
+                "gt_image": gt.ann_image[g],
+                "gt_category": gt.ann_category[g],
+                "gt_area": gt.ann_area[g],
+                "gt_crowd": gt.ann_crowd[g],
+                "det_image": det["image"][d],
+                "det_category": det["category"][d],
+                "det_score": det["score"][d],
+                "det_area": det["area_" + ("bbox" if kind == "bbox" else "mask")][d],
+                "det_id": d + 1,
+                "ious": chunk_of.get(lo // CATEGORIES_PER_CALL, {}),
+            }
 
 
 # --------------------------------------------------------------------------
@@ -197,8 +223,15 @@ def coco_precisions(
     every one has a mask); the arguments are :func:`compute_coco_metrics`'."""
     gt_data = _gt_dict(gt)
     res = results if isinstance(results, ResultSet) else results_from_entries(results)
-    kinds = [k for k, wanted in (("bbox", bool(res.has_box.all())), ("segm", bool(res.has_mask.all())),
-                                 ("boundary", boundary and bool(res.has_mask.all()))) if wanted]
+    kinds = [
+        k
+        for k, wanted in (
+            ("bbox", bool(res.has_box.all())),
+            ("segm", bool(res.has_mask.all())),
+            ("boundary", boundary and bool(res.has_mask.all())),
+        )
+        if wanted
+    ]
     garr = ground_truth_arrays(gt_data, img_ids, image_sizes, masks="segm" in kinds)
     if not len(garr.image_ids) or not kinds:
         return {}
@@ -207,12 +240,21 @@ def coco_precisions(
         cpu_count = _available_cpus() if len(rows) >= PARALLEL_MIN_DETECTIONS else 1
     with _workers(max(1, int(cpu_count))) as run:
         ious, mask_areas = _iou_pass(res, rows, garr, kinds, boundary_dilation_ratio, run, progress)
-        det = {"image": res.image_ids[rows], "category": res.category_ids[rows], "score": res.scores[rows],
-               "area_bbox": res.boxes[rows, 2] * res.boxes[rows, 3], "area_mask": mask_areas}
+        det = {
+            "image": res.image_ids[rows],
+            "category": res.category_ids[rows],
+            "score": res.scores[rows],
+            "area_bbox": res.boxes[rows, 2] * res.boxes[rows, 3],
+            "area_mask": mask_areas,
+        }
         parts: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in kinds}
         tasks = _precision_tasks(garr, det, ious, max_dets)
-        with progress_bar(len(kinds) * -(-len(garr.category_ids) // CATEGORIES_PER_CALL), "score (matching)",
-                          unit="task", enabled=progress) as bar:
+        with progress_bar(
+            len(kinds) * -(-len(garr.category_ids) // CATEGORIES_PER_CALL),
+            "score (matching)",
+            unit="task",
+            enabled=progress,
+        ) as bar:
             for kind, first, precision in run(precision_task, tasks):
                 parts[kind].append((first, precision))
                 bar.update(1)
@@ -243,8 +285,9 @@ def compute_coco_metrics(
     ``progress``: a progress line while it scores.
     """
     out: dict[str, float | None] = {k: None for k in AP_KEYS}
-    precisions = coco_precisions(gt, results, max_dets, img_ids, image_sizes, boundary, boundary_dilation_ratio,
-                                 cpu_count, progress)
+    precisions = coco_precisions(
+        gt, results, max_dets, img_ids, image_sizes, boundary, boundary_dilation_ratio, cpu_count, progress
+    )
     for kind, precision in precisions.items():
         out.update(ap_summary(kind, precision, max_dets))
     return out

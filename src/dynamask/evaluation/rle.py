@@ -82,10 +82,10 @@ def _runs_of_joined(chars: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np
     per_string[nonempty] = np.add.reduceat(end_flag, (char_end - lens)[nonempty], dtype=np.int64)
     gowner = np.repeat(np.arange(n), per_string)
     bad[gowner[glen > 12]] = True  # over 60 bits
-    x = (v[starts] & 0x1f).astype(np.int64)
+    x = (v[starts] & 0x1F).astype(np.int64)
     for k in range(1, min(int(glen.max(initial=0)), 12)):  # 5 bits a character, least significant first
         sel = np.flatnonzero(glen > k)
-        x[sel] += (v[starts[sel] + k] & 0x1f).astype(np.int64) << (5 * k)
+        x[sel] += (v[starts[sel] + k] & 0x1F).astype(np.int64) << (5 * k)
     neg = np.flatnonzero(v[ends] & 0x10)
     x[neg] -= np.left_shift(1, 5 * np.minimum(glen[neg], 12))
     # number j of a string is a run for j < 3; from 3 on it is the difference to run j - 2: runs
@@ -117,7 +117,7 @@ def crop_from_runs(runs: np.ndarray, height: int, box: tuple[int, int, int, int]
     flat = np.repeat(values, lengths)
     if flat.size < hi - lo:  # runs that end before the last column: background
         flat = np.concatenate((flat, np.zeros(hi - lo - flat.size, np.uint8)))
-    return np.ascontiguousarray(flat.reshape(w, height)[:, y:y + h].T)
+    return np.ascontiguousarray(flat.reshape(w, height)[:, y : y + h].T)
 
 
 def decode_crop(counts: bytes, height: int, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -17,8 +17,16 @@ import numpy as np
 from ..cocotools import mask_utils
 from .results import ResultSet
 
-__all__ = ["RESOLUTIONS", "SIZE_BINS", "resolution_histogram", "spearman_correlation", "resolution_complexity_pairs",
-           "resolution_complexity_spearman", "spearman_within_size_bins", "result_statistics"]
+__all__ = [
+    "RESOLUTIONS",
+    "SIZE_BINS",
+    "resolution_histogram",
+    "spearman_correlation",
+    "resolution_complexity_pairs",
+    "resolution_complexity_spearman",
+    "spearman_within_size_bins",
+    "result_statistics",
+]
 
 RESOLUTIONS = (14, 28, 56, 112)
 
@@ -59,7 +67,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(x) and xs[j + 1] == xs[i]:
             j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
         i = j + 1
     return ranks
 
@@ -84,7 +92,9 @@ def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float | None
 
 
 def resolution_complexity_pairs(
-    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_thresh: float = 0.5,
 ) -> tuple[list[float], list[float], list[float]]:
     """(chosen ``mask_resolution``, ``complexity`` of the matched gt instance, that instance's
     size √(w·h) of its box) for every matched detection.
@@ -104,6 +114,7 @@ def resolution_complexity_pairs(
     if not by_image:
         return [], [], []
     from ..data import segmentation_to_rle  # imports torch: only when the ground truth has a complexity
+
     dets: dict[int, list[Mapping[str, Any]]] = {}
     for r in results:
         if r.get("mask_resolution") is None or "segmentation" not in r:
@@ -150,7 +161,9 @@ def resolution_complexity_pairs(
 
 
 def resolution_complexity_spearman(
-    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_thresh: float = 0.5,
 ) -> tuple[float | None, int]:
     """(Spearman ρ between chosen ``mask_resolution`` and the ``complexity`` of the matched gt
     instance, number of matched pairs) over :func:`resolution_complexity_pairs`; ρ is None when
@@ -163,9 +176,12 @@ def resolution_complexity_spearman(
 SIZE_BINS: tuple[float, ...] = (48.0, 96.0, 160.0)
 
 
-def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequence[float],
-                              sizes: Sequence[float], bins: Sequence[float] = SIZE_BINS,
-                              ) -> tuple[float | None, dict[str, dict]]:
+def spearman_within_size_bins(
+    resolutions: Sequence[float],
+    complexities: Sequence[float],
+    sizes: Sequence[float],
+    bins: Sequence[float] = SIZE_BINS,
+) -> tuple[float | None, dict[str, dict]]:
     """ρ between resolution and complexity *within* bins of object size, so that a switch that
     only follows size cannot score: (the pair-weighted mean of the bins' ρ, per bin
     ``{"pairs", "rho"}``). A bin where every instance got the same resolution (or with < 3 pairs)
@@ -185,7 +201,6 @@ def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequen
             total += rho * int(keep.sum())
             weight += int(keep.sum())
     return (total / weight if weight else None), per_bin
-
 
 
 def result_statistics(gt: dict, results: ResultSet | Sequence[Mapping[str, Any]], n_img: int) -> dict[str, Any]:

@@ -110,9 +110,7 @@ def _box_params(boxes: Tensor) -> Tensor:
     return torch.stack((b[:, 0], b[:, 1], 2.0 / w, 2.0 / h), dim=1)
 
 
-def _paste_full(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int
-) -> None:
+def _paste_full(out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int) -> None:
     """Reference path: sample every image pixel for every instance, in chunks."""
     dev = masks.device
     params = _box_params(boxes)
@@ -138,9 +136,7 @@ def _paste_full(
 _BUCKETING = None
 
 
-def _paste_cropped(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int
-) -> None:
+def _paste_cropped(out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int) -> None:
     """Fast path: sample only a window around each box and scatter it into ``out``.
 
     Instances are bucketed by crop size (see ``_BUCKETING``) and each bucket
@@ -229,9 +225,7 @@ def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]
     return F.pad(masks, (1, 1, 1, 1)), new_boxes
 
 
-def _paste_into(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, chunk_pixels: int, geometry: str
-) -> None:
+def _paste_into(out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, chunk_pixels: int, geometry: str) -> None:
     masks = _as_nchw(masks)
     _check(masks, boxes)
     if masks.shape[0] == 0:
