@@ -63,9 +63,13 @@ SPARSE_POINTS = 784
 SPARSE_TARGET = 0.7
 SPARSE_FIXED = "sparse-fixed-112"
 SPARSE_DYNAMIC = f"sparse-dynamic@{SPARSE_TARGET}"
-ORDER = (["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"]
-         + [f"dynamic@{t}" for t in COST_TARGETS] + [f"paper@{t}" for t in PAPER_TARGETS] + [COMPARABLE_PAPER]
-         + [SPARSE_FIXED, SPARSE_DYNAMIC])
+ORDER = (
+    ["maskrcnn", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size"]
+    + [f"dynamic@{t}" for t in COST_TARGETS]
+    + [f"paper@{t}" for t in PAPER_TARGETS]
+    + [COMPARABLE_PAPER]
+    + [SPARSE_FIXED, SPARSE_DYNAMIC]
+)
 
 
 def head_widths(c: int) -> list[int]:
@@ -76,35 +80,82 @@ def head_widths(c: int) -> list[int]:
 def runs(detector: str, width: int) -> list[dict]:
     """The head trainings, in the order they run: the two heads the demo ships (Mask R-CNN and
     dynamic@0.4) first, so they are ready earliest; the order changes nothing in any run."""
-    common = [f"model.detector_weights={detector}", "model.freeze_detector=true", "model.mask_geometry=exact",
-              f"model.head_widths=[{','.join(map(str, head_widths(width)))}]",
-              f"model.maskrcnn_head_channels={width}"]
+    common = [
+        f"model.detector_weights={detector}",
+        "model.freeze_detector=true",
+        "model.mask_geometry=exact",
+        f"model.head_widths=[{','.join(map(str, head_widths(width)))}]",
+        f"model.maskrcnn_head_channels={width}",
+    ]
     cfg = str(DETECTOR_CONFIG)
 
     def fixed(r: int) -> dict:
         evals = [(f"fixed-{r}", f"fixed-{r}")] + ([("size", "size")] if r == 112 else [])
-        return {"name": f"fixed-{r}", "config": cfg, "evals": evals,
-                "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}", "model.refinement=dense"]}
+        return {
+            "name": f"fixed-{r}",
+            "config": cfg,
+            "evals": evals,
+            "overrides": common + ["model.head=dynamask", f"model.policy=fixed-{r}", "model.refinement=dense"],
+        }
 
     def switched(switch: str, target: float, signal: str = "edge") -> dict:
         name = f"{'dynamic' if switch == 'cost' else 'paper'}@{target}" if signal == "edge" else COMPARABLE_PAPER
         extra = [] if signal == "edge" else [f"model.paper_switch_signal={signal}"]
-        return {"name": name, "config": cfg, "evals": [(name, "dynamic")],
-                "overrides": common + ["model.head=dynamask", "model.policy=dynamic", f"model.switch={switch}",
-                                       f"model.mask_budget_target={target}", "model.refinement=dense"] + extra}
+        return {
+            "name": name,
+            "config": cfg,
+            "evals": [(name, "dynamic")],
+            "overrides": common
+            + [
+                "model.head=dynamask",
+                "model.policy=dynamic",
+                f"model.switch={switch}",
+                f"model.mask_budget_target={target}",
+                "model.refinement=dense",
+            ]
+            + extra,
+        }
 
-    maskrcnn = {"name": "maskrcnn", "config": cfg, "overrides": common + ["model.head=maskrcnn"],
-                "evals": [("maskrcnn", None)]}
-    points = ["model.refinement=points", f"model.refinement_points={SPARSE_POINTS}",
-              f"model.refinement_train_points={SPARSE_POINTS}"]
-    sparse = [{"name": SPARSE_FIXED, "config": cfg, "evals": [(SPARSE_FIXED, "fixed-112")],
-               "overrides": common + ["model.head=dynamask", "model.policy=fixed-112"] + points},
-              {"name": SPARSE_DYNAMIC, "config": cfg, "evals": [(SPARSE_DYNAMIC, "dynamic")],
-               "overrides": common + ["model.head=dynamask", "model.policy=dynamic", "model.switch=cost",
-                                      f"model.mask_budget_target={SPARSE_TARGET}"] + points}]
-    return ([maskrcnn, switched("cost", 0.4), fixed(112), fixed(28)]
-            + [switched("cost", t) for t in COST_TARGETS if t != 0.4] + [fixed(56), fixed(14)]
-            + [switched("paper", t) for t in PAPER_TARGETS] + [switched("paper", 0.4, "selection_cost")] + sparse)
+    maskrcnn = {
+        "name": "maskrcnn",
+        "config": cfg,
+        "overrides": common + ["model.head=maskrcnn"],
+        "evals": [("maskrcnn", None)],
+    }
+    points = [
+        "model.refinement=points",
+        f"model.refinement_points={SPARSE_POINTS}",
+        f"model.refinement_train_points={SPARSE_POINTS}",
+    ]
+    sparse = [
+        {
+            "name": SPARSE_FIXED,
+            "config": cfg,
+            "evals": [(SPARSE_FIXED, "fixed-112")],
+            "overrides": common + ["model.head=dynamask", "model.policy=fixed-112"] + points,
+        },
+        {
+            "name": SPARSE_DYNAMIC,
+            "config": cfg,
+            "evals": [(SPARSE_DYNAMIC, "dynamic")],
+            "overrides": common
+            + [
+                "model.head=dynamask",
+                "model.policy=dynamic",
+                "model.switch=cost",
+                f"model.mask_budget_target={SPARSE_TARGET}",
+            ]
+            + points,
+        },
+    ]
+    return (
+        [maskrcnn, switched("cost", 0.4), fixed(112), fixed(28)]
+        + [switched("cost", t) for t in COST_TARGETS if t != 0.4]
+        + [fixed(56), fixed(14)]
+        + [switched("paper", t) for t in PAPER_TARGETS]
+        + [switched("paper", 0.4, "selection_cost")]
+        + sparse
+    )
 
 
 def head_file(args, name: str) -> Path:
@@ -178,10 +229,19 @@ def save_partial(args, detector: Path, name: str) -> Path:
     texts = {t: (run_dir / t).read_text() for t in PARTIAL_TEXTS if (run_dir / t).exists()}
     out = partial_file(args, name)
     args.heads.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(str(out), {**{k: v for k, v in ckpt.items() if k not in ("model", "versions")}, "model": head,
-                               "detector_dtypes": dtypes, "detector_sha256": file_sha256(str(detector)),
-                               "texts": texts})
-    print(f"[partial] {name}: iteration {ckpt['iteration']} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)", flush=True)
+    save_checkpoint(
+        str(out),
+        {
+            **{k: v for k, v in ckpt.items() if k not in ("model", "versions")},
+            "model": head,
+            "detector_dtypes": dtypes,
+            "detector_sha256": file_sha256(str(detector)),
+            "texts": texts,
+        },
+    )
+    print(
+        f"[partial] {name}: iteration {ckpt['iteration']} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)", flush=True
+    )
     return out
 
 
@@ -222,13 +282,31 @@ def train_detector(args) -> Path:
         print(f"[detector] reusing {final}", flush=True)
         return final
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "dynamask", "train", "--config", str(DETECTOR_CONFIG), "--out", str(out),
-           "--device", "cpu", "--no-progress", f"data.train_json={args.data / 'train.json'}",
-           f"data.train_images={args.data / 'train'}", f"data.val_json={args.data / 'val.json'}",
-           f"data.val_images={args.data / 'val'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dynamask",
+        "train",
+        "--config",
+        str(DETECTOR_CONFIG),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        f"data.train_json={args.data / 'train.json'}",
+        f"data.train_images={args.data / 'train'}",
+        f"data.val_json={args.data / 'val.json'}",
+        f"data.val_images={args.data / 'val'}",
+    ]
     if args.quick:
-        cmd += ["solver.max_iter=4", "solver.steps=[]", "solver.warmup_iters=1", "solver.checkpoint_period=0",
-                "test.eval_period=0"]
+        cmd += [
+            "solver.max_iter=4",
+            "solver.steps=[]",
+            "solver.warmup_iters=1",
+            "solver.checkpoint_period=0",
+            "test.eval_period=0",
+        ]
     if (out / "checkpoint_last.pt").exists():
         cmd.append("--resume")
     print(f"[detector] training: {' '.join(cmd[3:])} (log: {out / 'train.log'})", flush=True)
@@ -246,10 +324,11 @@ def model_facts(weights: Path) -> dict:
 
     model, ckpt = model_from_checkpoint(str(weights))
     hp = ckpt.get("hyper_parameters") or {}
-    return {"params": sum(p.numel() for p in model.mask_branch.parameters()),
-            "switch": (hp.get("switch") if hp.get("head") == "dynamask" and hp.get("policy") == "dynamic"
-                       else None),
-            "widths": hp.get("head_widths") if hp.get("head") == "dynamask" else [hp.get("maskrcnn_head_channels")] * 4}
+    return {
+        "params": sum(p.numel() for p in model.mask_branch.parameters()),
+        "switch": (hp.get("switch") if hp.get("head") == "dynamask" and hp.get("policy") == "dynamic" else None),
+        "widths": hp.get("head_widths") if hp.get("head") == "dynamask" else [hp.get("maskrcnn_head_channels")] * 4,
+    }
 
 
 def judge(models: dict) -> dict:
@@ -261,12 +340,16 @@ def judge(models: dict) -> dict:
         "fixed112_minus_fixed28_boundary": full["boundary_AP"] - f28["boundary_AP"],
         "goal_fixed112_beats_fixed28_by_3_boundary": bool(full["boundary_AP"] >= f28["boundary_AP"] + 3),
         "dynamic_flops_vs_fixed112": ratio,
-        "goal_dynamic_matches_fixed112_at_40pct": bool(ratio <= 0.4 and d["segm_AP"] >= full["segm_AP"] - 0.5
-                                                       and d["boundary_AP"] >= full["boundary_AP"] - 0.5),
-        "dynamic_minus_maskrcnn": {"segm_AP": d["segm_AP"] - mrcnn["segm_AP"],
-                                   "boundary_AP": d["boundary_AP"] - mrcnn["boundary_AP"]},
-        "goal_dynamic_beats_maskrcnn": bool(d["segm_AP"] >= mrcnn["segm_AP"] + 3
-                                            and d["boundary_AP"] >= mrcnn["boundary_AP"] + 5),
+        "goal_dynamic_matches_fixed112_at_40pct": bool(
+            ratio <= 0.4 and d["segm_AP"] >= full["segm_AP"] - 0.5 and d["boundary_AP"] >= full["boundary_AP"] - 0.5
+        ),
+        "dynamic_minus_maskrcnn": {
+            "segm_AP": d["segm_AP"] - mrcnn["segm_AP"],
+            "boundary_AP": d["boundary_AP"] - mrcnn["boundary_AP"],
+        },
+        "goal_dynamic_beats_maskrcnn": bool(
+            d["segm_AP"] >= mrcnn["segm_AP"] + 3 and d["boundary_AP"] >= mrcnn["boundary_AP"] + 5
+        ),
         "rho_within_size": rho,
         "goal_rho_within_size": bool(rho is not None and rho >= 0.5),
     }
@@ -280,23 +363,32 @@ def markdown(result: dict) -> str:
     def num(v, fmt=".1f"):
         return "—" if v is None else format(v, fmt)
 
-    rows = ["| model | switch | mask params | GFLOPs/inst (vs fixed-112) | segm AP | AP50 | AP75 | APs | APm | APl "
-            "| boundary AP | 14/28/56/112 | ρ | ρ within size | training s |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    rows = [
+        "| model | switch | mask params | GFLOPs/inst (vs fixed-112) | segm AP | AP50 | AP75 | APs | APm | APl "
+        "| boundary AP | 14/28/56/112 | ρ | ρ within size | training s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
     for name, m in models.items():
         hist = m.get("resolution_histogram") or {}
         g = m["mask_gflops_per_instance"]
-        rows.append(f"| {name} | {m.get('switch') or '—'} | {m['params']:,} | {g:.3f} ({100 * g / full:.0f} %) "
-                    f"| {m['segm_AP']:.1f} | {num(m['AP50'])} | {num(m['AP75'])} | {num(m['APs'])} | {num(m['APm'])} "
-                    f"| {num(m['APl'])} | {m['boundary_AP']:.1f} | {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} "
-                    f"| {num(m.get('rho'), '.2f')} | {num(m.get('rho_within_size'), '.2f')} "
-                    f"| {num(walls.get(m.get('trained_as', name)), '.0f') if m.get('trained_as', name) == name else '(' + m['trained_as'] + ')'} |")
-    dial = ["| mask_budget | GFLOPs/inst (vs fixed-112) | segm AP | boundary AP | 14/28/56/112 |", "|---:|---:|---:|---:|---|"]
+        rows.append(
+            f"| {name} | {m.get('switch') or '—'} | {m['params']:,} | {g:.3f} ({100 * g / full:.0f} %) "
+            f"| {m['segm_AP']:.1f} | {num(m['AP50'])} | {num(m['AP75'])} | {num(m['APs'])} | {num(m['APm'])} "
+            f"| {num(m['APl'])} | {m['boundary_AP']:.1f} | {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} "
+            f"| {num(m.get('rho'), '.2f')} | {num(m.get('rho_within_size'), '.2f')} "
+            f"| {num(walls.get(m.get('trained_as', name)), '.0f') if m.get('trained_as', name) == name else '(' + m['trained_as'] + ')'} |"
+        )
+    dial = [
+        "| mask_budget | GFLOPs/inst (vs fixed-112) | segm AP | boundary AP | 14/28/56/112 |",
+        "|---:|---:|---:|---:|---|",
+    ]
     for d in result.get("dial") or []:
         hist = d.get("resolution_histogram") or {}
         g = d["mask_gflops_per_instance"]
-        dial.append(f"| {d['mask_budget']:.1f} | {g:.3f} ({100 * g / full:.0f} %) | {d['segm_AP']:.1f} | {d['boundary_AP']:.1f} "
-                    f"| {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} |")
+        dial.append(
+            f"| {d['mask_budget']:.1f} | {g:.3f} ({100 * g / full:.0f} %) | {d['segm_AP']:.1f} | {d['boundary_AP']:.1f} "
+            f"| {'/'.join(str(hist.get(str(r), 0)) for r in (14, 28, 56, 112))} |"
+        )
     return "\n".join(rows) + "\n\n" + "\n".join(dial)
 
 
@@ -313,12 +405,32 @@ def add_calibrated(result: dict, args) -> None:
         head = label.removesuffix(" calibrated")
         base_row = result["models"].get(head, {})
         result["models"][label] = {
-            **{k: r.get(k) for k in ("segm_AP", "boundary_AP", "bbox_AP", "mask_gflops_per_instance", "resolution_histogram",
-                                     "num_detections", "complexity_spearman", "complexity_spearman_within_size")},
-            "segm_AP50": r.get("segm_AP50"), "segm_AP75": r.get("segm_AP75"),
-            "AP50": r.get("segm_AP50"), "AP75": r.get("segm_AP75"), "APs": None, "APm": None, "APl": None,
-            "rho": r.get("complexity_spearman"), "rho_within_size": r.get("complexity_spearman_within_size"),
-            "params": base_row.get("params"), "switch": "cost", "widths": base_row.get("widths"), "trained_as": head,
+            **{
+                k: r.get(k)
+                for k in (
+                    "segm_AP",
+                    "boundary_AP",
+                    "bbox_AP",
+                    "mask_gflops_per_instance",
+                    "resolution_histogram",
+                    "num_detections",
+                    "complexity_spearman",
+                    "complexity_spearman_within_size",
+                )
+            },
+            "segm_AP50": r.get("segm_AP50"),
+            "segm_AP75": r.get("segm_AP75"),
+            "AP50": r.get("segm_AP50"),
+            "AP75": r.get("segm_AP75"),
+            "APs": None,
+            "APm": None,
+            "APl": None,
+            "rho": r.get("complexity_spearman"),
+            "rho_within_size": r.get("complexity_spearman_within_size"),
+            "params": base_row.get("params"),
+            "switch": "cost",
+            "widths": base_row.get("widths"),
+            "trained_as": head,
             "calibrated_on": sq["calibration_split"]["data"],
         }
     result["goals_issue25"] = {"default_head": sq["default_head"], "source": os.path.relpath(path, ROOT), **sq["goals"]}
@@ -343,8 +455,13 @@ def pilot(args, detector: Path, started: float) -> None:
     specs = [s for s in runs(str(detector), args.width) if s["name"] in PILOT_HEADS]
     out = args.out.parent / (args.out.name + "_pilot")
     saved = base.schedule
-    base.schedule = lambda iters: [f"solver.max_iter={iters}", "solver.steps=[]", f"solver.warmup_iters={min(100, iters)}",
-                                   f"solver.checkpoint_period={max(50, iters // 8)}", "test.eval_period=0"]
+    base.schedule = lambda iters: [
+        f"solver.max_iter={iters}",
+        "solver.steps=[]",
+        f"solver.warmup_iters={min(100, iters)}",
+        f"solver.checkpoint_period={max(50, iters // 8)}",
+        "test.eval_period=0",
+    ]
     try:
         walls = base.train_all(specs, argparse.Namespace(**{**vars(args), "iters": args.pilot}), out)
     finally:
@@ -357,8 +474,13 @@ def pilot(args, detector: Path, started: float) -> None:
         for r in recs:
             windows.setdefault((r["iteration"] - 1) // 100, []).append(mask_loss(r))
         curves[spec["name"]] = {str((w + 1) * 100): round(sum(v) / len(v), 4) for w, v in sorted(windows.items())}
-    result = {"iterations": args.pilot, "lr": "constant after 100 warm-up iterations",
-              "mask_loss_per_100_iterations": curves, "heads": list(PILOT_HEADS), **base.run_record(args, started, walls)}
+    result = {
+        "iterations": args.pilot,
+        "lr": "constant after 100 warm-up iterations",
+        "mask_loss_per_100_iterations": curves,
+        "heads": list(PILOT_HEADS),
+        **base.run_record(args, started, walls),
+    }
     path = args.results.with_name("accuracy_vs_cost_256_pilot.json")
     path.write_text(json.dumps(result, indent=1) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -377,38 +499,70 @@ def pilot(args, detector: Path, started: float) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=None, help="detailed shapes dataset (made if missing; "
-                   "default runs/shapes_detail)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="detailed shapes dataset (made if missing; default runs/shapes_detail)"
+    )
     p.add_argument("--train", type=int, default=2000, help="training images when the dataset is made")
     p.add_argument("--val", type=int, default=400, help="validation images when the dataset is made")
-    p.add_argument("--detector", type=Path, default=SHIPPED_DETECTOR,
-                   help="checkpoint whose detector all heads share, frozen (default: the shipped float16 one)")
-    p.add_argument("--train-detector", action="store_true",
-                   help="train the detector here instead (hours on a CPU; resumed when interrupted)")
-    p.add_argument("--detector-dir", type=Path, default=None,
-                   help="with --train-detector: its run folder (default runs/shapes_detail_detector_r18)")
-    p.add_argument("--heads", type=Path, default=None,
-                   help="trained head files (default benchmarks/results/accuracy_vs_cost_256_heads)")
-    p.add_argument("--save-partial", action="store_true",
-                   help="train nothing: keep every unfinished head's last checkpoint in --heads (NAME.partial.pt, "
-                        "without the detector) so that another machine or session resumes it from the repository")
-    p.add_argument("--eval-only", action="store_true",
-                   help="train nothing: evaluate the head files in --heads (all must be there)")
-    p.add_argument("--eval-ready", action="store_true",
-                   help="train nothing, write no table: evaluate the head files already in --heads and keep their "
-                        "results beside them (NAME.eval.json), e.g. beside trainings still running "
-                        "(with --jobs 1 for one thread)")
+    p.add_argument(
+        "--detector",
+        type=Path,
+        default=SHIPPED_DETECTOR,
+        help="checkpoint whose detector all heads share, frozen (default: the shipped float16 one)",
+    )
+    p.add_argument(
+        "--train-detector",
+        action="store_true",
+        help="train the detector here instead (hours on a CPU; resumed when interrupted)",
+    )
+    p.add_argument(
+        "--detector-dir",
+        type=Path,
+        default=None,
+        help="with --train-detector: its run folder (default runs/shapes_detail_detector_r18)",
+    )
+    p.add_argument(
+        "--heads",
+        type=Path,
+        default=None,
+        help="trained head files (default benchmarks/results/accuracy_vs_cost_256_heads)",
+    )
+    p.add_argument(
+        "--save-partial",
+        action="store_true",
+        help="train nothing: keep every unfinished head's last checkpoint in --heads (NAME.partial.pt, "
+        "without the detector) so that another machine or session resumes it from the repository",
+    )
+    p.add_argument(
+        "--eval-only", action="store_true", help="train nothing: evaluate the head files in --heads (all must be there)"
+    )
+    p.add_argument(
+        "--eval-ready",
+        action="store_true",
+        help="train nothing, write no table: evaluate the head files already in --heads and keep their "
+        "results beside them (NAME.eval.json), e.g. beside trainings still running "
+        "(with --jobs 1 for one thread)",
+    )
     p.add_argument("--iters", type=int, default=1500, help="training iterations per mask head")
     p.add_argument("--width", type=int, default=64, help="C: Mask R-CNN conv width and r-FPN stage-14 width")
     p.add_argument("--out", type=Path, default=None, help="head training runs (default runs/accuracy_vs_cost_256)")
-    p.add_argument("--results", type=Path, default=None,
-                   help="results JSON, plot beside it (default benchmarks/results/accuracy_vs_cost_256.json)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results JSON, plot beside it (default benchmarks/results/accuracy_vs_cost_256.json)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training")
     p.add_argument("--quick", action="store_true", help="tiny run to check the plumbing (numbers meaningless)")
-    p.add_argument("--pilot", type=int, default=0, metavar="N",
-                   help="instead of the benchmark: train maskrcnn, fixed-112 and dynamic@0.4 for N iterations at "
-                        "constant LR and plot their mask-loss curves (to choose --iters)")
+    p.add_argument(
+        "--pilot",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the benchmark: train maskrcnn, fixed-112 and dynamic@0.4 for N iterations at "
+        "constant LR and plot their mask-loss curves (to choose --iters)",
+    )
     args = p.parse_args(argv)
     suffix = "_quick" if args.quick else ""
     if args.quick:
@@ -416,8 +570,9 @@ def main(argv=None) -> None:
     args.data = args.data or ROOT / "runs" / f"shapes_detail{suffix}"
     args.detector_dir = args.detector_dir or ROOT / "runs" / f"shapes_detail_detector_r18{suffix}"
     args.out = args.out or ROOT / "runs" / f"accuracy_vs_cost_256{suffix}"
-    args.results = args.results or (args.out / "accuracy_vs_cost_256.json" if args.quick
-                                    else HERE / "results" / "accuracy_vs_cost_256.json")
+    args.results = args.results or (
+        args.out / "accuracy_vs_cost_256.json" if args.quick else HERE / "results" / "accuracy_vs_cost_256.json"
+    )
     args.heads = args.heads or (args.out / "heads" if args.quick else HERE / "results" / "accuracy_vs_cost_256_heads")
     args.final_eval = False  # every head is evaluated below, on the same images; not twice
 
@@ -446,13 +601,20 @@ def main(argv=None) -> None:
         return
     for spec in specs:
         name = spec["name"]
-        if (not head_file(args, name).exists() and partial_file(args, name).exists()
-                and not (args.out / name / "checkpoint_last.pt").exists()):
+        if (
+            not head_file(args, name).exists()
+            and partial_file(args, name).exists()
+            and not (args.out / name / "checkpoint_last.pt").exists()
+        ):
             restore_partial(args, detector, name)
     if not (args.eval_only or args.eval_ready):
-        base.train_all(specs, args, args.out,
-                       finished=lambda spec: head_file(args, spec["name"]).exists() or retired(args, spec["name"]),
-                       on_done=lambda spec: keep_head(args, detector, spec))
+        base.train_all(
+            specs,
+            args,
+            args.out,
+            finished=lambda spec: head_file(args, spec["name"]).exists() or retired(args, spec["name"]),
+            on_done=lambda spec: keep_head(args, detector, spec),
+        )
     walls = {}
     for spec in specs:
         spec["weights"] = head_file(args, spec["name"])
@@ -475,15 +637,24 @@ def main(argv=None) -> None:
         for name, _ in spec["evals"]:
             models[name].update(facts)
     result = {
-        "protocol": {"detector": os.path.relpath(detector, ROOT), "detector_config": os.path.relpath(DETECTOR_CONFIG, ROOT),
-                     "detector_frozen": True, "detector_trained_with": "Mask R-CNN head (4x conv 64)",
-                     "iterations_per_head": args.iters, "head_width": args.width,
-                     "r_fpn_widths": head_widths(args.width), "dataset": os.path.relpath(args.data, ROOT),
-                     "val_images": args.val, "dial_model": base.DIAL_MODEL, "quick": args.quick,
-                     "schedule": base.schedule(args.iters), "mask_geometry": "exact",
-                     "yardstick": {str(r): round(v, 4) for r, v in ys.mean_mask_iou().items()},
-                     "yardstick_boundary": {str(r): round(v, 4) for r, v in ys.mean_boundary_iou().items()},
-                     "head_files": os.path.relpath(args.heads, ROOT)},
+        "protocol": {
+            "detector": os.path.relpath(detector, ROOT),
+            "detector_config": os.path.relpath(DETECTOR_CONFIG, ROOT),
+            "detector_frozen": True,
+            "detector_trained_with": "Mask R-CNN head (4x conv 64)",
+            "iterations_per_head": args.iters,
+            "head_width": args.width,
+            "r_fpn_widths": head_widths(args.width),
+            "dataset": os.path.relpath(args.data, ROOT),
+            "val_images": args.val,
+            "dial_model": base.DIAL_MODEL,
+            "quick": args.quick,
+            "schedule": base.schedule(args.iters),
+            "mask_geometry": "exact",
+            "yardstick": {str(r): round(v, 4) for r, v in ys.mean_mask_iou().items()},
+            "yardstick_boundary": {str(r): round(v, 4) for r, v in ys.mean_boundary_iou().items()},
+            "head_files": os.path.relpath(args.heads, ROOT),
+        },
         **base.run_record(args, started, walls),
         # wall_time_s above is this invocation's (evaluation, and any training it did); the heads'
         # training seconds are summed from their metrics.jsonl, whichever invocation trained them

@@ -112,9 +112,17 @@ def make_dataset(out: Path, fraction: float, seed: int = 0) -> Path:
     for j, image_id in enumerate(owners.tolist()):
         crowd = rng.random() < 0.01
         segmentation, bbox = crowd_rle(rng) if crowd else polygon(rng)
-        annotations.append({"id": j + 1, "image_id": image_id, "category_id": int(rng.choice(COCO_IDS)),
-                            "segmentation": segmentation, "bbox": bbox, "area": round(bbox[2] * bbox[3] * 0.6, 2),
-                            "iscrowd": int(crowd)})
+        annotations.append(
+            {
+                "id": j + 1,
+                "image_id": image_id,
+                "category_id": int(rng.choice(COCO_IDS)),
+                "segmentation": segmentation,
+                "bbox": bbox,
+                "area": round(bbox[2] * bbox[3] * 0.6, 2),
+                "iscrowd": int(crowd),
+            }
+        )
     categories = [{"id": c, "name": f"category_{c}", "supercategory": "thing"} for c in COCO_IDS]
     tmp = ann_file.with_suffix(".tmp")
     tmp.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -188,8 +196,12 @@ FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHO
 
 
 def _child(code: str, what: str, env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=None if env is None else dict(os.environ, **env))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=None if env is None else dict(os.environ, **env),
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -210,7 +222,9 @@ def reference_source(rev: str, out: Path) -> Path:
     target = out / f"src_{rev}"
     if not (target / "src" / "dynamask").is_dir():
         target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True
+        )
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target / "src"
 
@@ -231,15 +245,23 @@ def make_result_set(out: Path, fraction: float = 1.0, seed: int = 0) -> tuple[Pa
     rng = np.random.default_rng(seed)
     n_images = max(1, round(VAL2017_IMAGES * fraction))
     n_anns = max(1, round(VAL2017_ANNOTATIONS * fraction))
-    images = [{"id": i + 1, "file_name": f"{i + 1:012d}.png", "width": WIDTH, "height": HEIGHT} for i in range(n_images)]
+    images = [
+        {"id": i + 1, "file_name": f"{i + 1:012d}.png", "width": WIDTH, "height": HEIGHT} for i in range(n_images)
+    ]
     owners = np.sort(rng.integers(1, n_images + 1, n_anns))
     annotations, by_image = [], {}
     for j, image_id in enumerate(owners.tolist()):
         crowd = rng.random() < 0.01
         segmentation, bbox = crowd_rle(rng) if crowd else polygon(rng)
-        ann = {"id": j + 1, "image_id": image_id, "category_id": int(rng.choice(COCO_IDS)),
-               "segmentation": segmentation, "bbox": bbox, "area": round(bbox[2] * bbox[3] * 0.6, 2),
-               "iscrowd": int(crowd)}
+        ann = {
+            "id": j + 1,
+            "image_id": image_id,
+            "category_id": int(rng.choice(COCO_IDS)),
+            "segmentation": segmentation,
+            "bbox": bbox,
+            "area": round(bbox[2] * bbox[3] * 0.6, 2),
+            "iscrowd": int(crowd),
+        }
         annotations.append(ann)
         if not crowd:
             by_image.setdefault(image_id, []).append(ann)
@@ -262,9 +284,15 @@ def make_result_set(out: Path, fraction: float = 1.0, seed: int = 0) -> tuple[Pa
                     category = int(rng.choice(COCO_IDS))
                 rle = mask_utils.merge(mask_utils.frPyObjects(parts, HEIGHT, WIDTH))
                 x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
-                dets.append({"image_id": image_id, "category_id": category, "score": round(float(rng.uniform(0.05, 1)), 4),
-                             "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                             "segmentation": {"size": [HEIGHT, WIDTH], "counts": rle["counts"].decode("ascii")}})
+                dets.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": category,
+                        "score": round(float(rng.uniform(0.05, 1)), 4),
+                        "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                        "segmentation": {"size": [HEIGHT, WIDTH], "counts": rle["counts"].decode("ascii")},
+                    }
+                )
             for det in dets:
                 f.write(("" if first else ",") + json.dumps(det))
                 first = False
@@ -326,14 +354,29 @@ def measure_evaluate_results(gt_file: Path, res_file: Path, out: Path, src: Path
     fresh ``out``): wall time, the peak RSS summed over its process tree (sampled every 0.1 s) and
     the 1-minute load average before and after (a shared machine)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "dynamask", "evaluate", "--results", str(res_file), "--gt", str(gt_file),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dynamask",
+        "evaluate",
+        "--results",
+        str(res_file),
+        "--gt",
+        str(gt_file),
+        "--out",
+        str(out),
+    ]
     load_before = os.getloadavg()[0]
     seconds, peak, _ = _run_tree(cmd, _env(src))
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"seconds": seconds, "peak_rss_mib": peak, "command": " ".join(cmd[1:]),
-            "load_avg_1min_before": load_before, "load_avg_1min_after": os.getloadavg()[0],
-            "metrics": {k: metrics.get(k) for k in ("segm_AP", "bbox_AP", "boundary_AP", "num_detections")}}
+    return {
+        "seconds": seconds,
+        "peak_rss_mib": peak,
+        "command": " ".join(cmd[1:]),
+        "load_avg_1min_before": load_before,
+        "load_avg_1min_after": os.getloadavg()[0],
+        "metrics": {k: metrics.get(k) for k in ("segm_AP", "bbox_AP", "boundary_AP", "num_detections")},
+    }
 
 
 def measure_breakdown(gt_file: Path, res_file: Path, src: Path = ROOT / "src") -> dict:
@@ -341,13 +384,18 @@ def measure_breakdown(gt_file: Path, res_file: Path, src: Path = ROOT / "src") -
     bbox without masks; segm without boxes; segm and boundary together — the boundary's share is
     their difference): the call's time and the process tree's peak RSS."""
     parts = {}
-    for name, drop, boundary in (("bbox", "segmentation", False), ("segm", "bbox", False),
-                                 ("segm+boundary", "bbox", True)):
+    for name, drop, boundary in (
+        ("bbox", "segmentation", False),
+        ("segm", "bbox", False),
+        ("segm+boundary", "bbox", True),
+    ):
         code = BREAKDOWN.format(src=str(src), gt=str(gt_file), res=str(res_file), drop=drop, boundary=boundary)
         wall, tree_peak, stdout = _run_tree([sys.executable, "-c", code], _env(src))
         parts[name] = json.loads(stdout.strip().splitlines()[-1]) | {"wall_seconds": wall, "peak_rss_mib": tree_peak}
-        print(f"  [{name}] {parts[name]['compute_seconds']:.0f} s in compute_coco_metrics, peak RSS "
-              f"{tree_peak:.0f} MiB", flush=True)
+        print(
+            f"  [{name}] {parts[name]['compute_seconds']:.0f} s in compute_coco_metrics, peak RSS {tree_peak:.0f} MiB",
+            flush=True,
+        )
     return parts
 
 
@@ -379,16 +427,25 @@ def main(argv=None) -> None:
     p.add_argument("--metrics-only", action="store_true")
     p.add_argument("--metrics-fraction", type=float, default=1.0, help="of val2017's size")
     p.add_argument("--breakdown", action="store_true", help="with --metrics: each kind of AP in a process of its own")
-    p.add_argument("--breakdown-only", action="store_true",
-                   help="with --metrics-only: add the breakdown to the recorded results file, no new evaluate run")
-    p.add_argument("--metrics-reference", metavar="REV", default=None,
-                   help="with --metrics: also score the result set with the package at REV (git archive), same run")
+    p.add_argument(
+        "--breakdown-only",
+        action="store_true",
+        help="with --metrics-only: add the breakdown to the recorded results file, no new evaluate run",
+    )
+    p.add_argument(
+        "--metrics-reference",
+        metavar="REV",
+        default=None,
+        help="with --metrics: also score the result set with the package at REV (git archive), same run",
+    )
     p.add_argument("--reference-breakdown", action="store_true", help="with --metrics-reference: its breakdown too")
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     started = time.time()
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "date": datetime.date.today().isoformat()}
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "date": datetime.date.today().isoformat(),
+    }
     if not args.metrics_only:
         out = args.out or ROOT / "runs" / f"coco_scale_{args.fraction:g}"
         ann_file = make_dataset(out, args.fraction)
@@ -396,29 +453,52 @@ def main(argv=None) -> None:
         print(f"[data] {ann_file} ({ann_file.stat().st_size / 2**20:.0f} MB)", flush=True)
         sources = {"dynamask": ROOT / "src"}
         if not args.skip_reference:
-            sources[f"dynamask@{args.reference}"] = reference_source(args.reference, ROOT / "runs" / "coco_scale_reference")
+            sources[f"dynamask@{args.reference}"] = reference_source(
+                args.reference, ROOT / "runs" / "coco_scale_reference"
+            )
         rows = {}
         for which in ["pycocotools", *sources]:
-            runs = [measure("pycocotools" if which == "pycocotools" else "dynamask", ann_file, images,
-                            sources.get(which, ROOT / "src")) for _ in range(args.runs)]
+            runs = [
+                measure(
+                    "pycocotools" if which == "pycocotools" else "dynamask",
+                    ann_file,
+                    images,
+                    sources.get(which, ROOT / "src"),
+                )
+                for _ in range(args.runs)
+            ]
             rows[which] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]} | {"runs": runs}
-            print(f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
-                  f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB", flush=True)
+            print(
+                f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
+                f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB",
+                flush=True,
+            )
         if args.cache:  # data.cache_records: the first start writes the records, the next ones map them
             cache = out / "records_cache"
             shutil.rmtree(cache, ignore_errors=True)
             fill = measure("dynamask-cache", ann_file, images, cache=cache)
             hits = [measure("dynamask-cache", ann_file, images, cache=cache) for _ in range(args.runs)]
             rows["dynamask (cache: first start)"] = {k: float(v) for k, v in fill.items()}
-            rows["dynamask (cache: next starts)"] = {k: float(np.median([r[k] for r in hits])) for k in hits[0]} | {"runs": hits}
+            rows["dynamask (cache: next starts)"] = {k: float(np.median([r[k] for r in hits])) for k in hits[0]} | {
+                "runs": hits
+            }
             for which in ("dynamask (cache: first start)", "dynamask (cache: next starts)"):
-                print(f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
-                      f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB", flush=True)
+                print(
+                    f"[construct {which}] {rows[which]['seconds']:.1f} s, peak RSS +{rows[which]['peak_rss_growth_mib']:.0f} MiB, "
+                    f"held +{rows[which]['held_rss_growth_mib']:.0f} MiB",
+                    flush=True,
+                )
         base, ours = rows["pycocotools"], rows["dynamask"]
-        result.update({"fraction": args.fraction, "annotation_file_mb": ann_file.stat().st_size / 2**20,
-                       "construction": rows, "time_ratio": ours["seconds"] / base["seconds"],
-                       "goal_time_within_1.5x": ours["seconds"] <= 1.5 * base["seconds"],
-                       "goal_memory_no_more": ours["peak_rss_growth_mib"] <= base["peak_rss_growth_mib"]})
+        result.update(
+            {
+                "fraction": args.fraction,
+                "annotation_file_mb": ann_file.stat().st_size / 2**20,
+                "construction": rows,
+                "time_ratio": ours["seconds"] / base["seconds"],
+                "goal_time_within_1.5x": ours["seconds"] <= 1.5 * base["seconds"],
+                "goal_memory_no_more": ours["peak_rss_growth_mib"] <= base["peak_rss_growth_mib"],
+            }
+        )
         if not args.skip_worker:
             items = args.worker_items or 10**9
             workers = {}
@@ -426,17 +506,22 @@ def main(argv=None) -> None:
                 for name, src in sources.items():
                     w = measure_worker(ann_file, images, items, src, env)
                     workers.setdefault(allocator, {})[name] = w
-                    print(f"[worker {name}, {allocator} malloc] {w['items']} items in {w['seconds']:.0f} s: USS "
-                          f"{w['uss_before_mib']:.0f} -> {w['uss_after_first_mib']:.0f} after the first item -> "
-                          f"{w['uss_after_mib']:.0f} MiB after the last (+{w['uss_growth_mib']:.0f}; "
-                          f"+{w['uss_growth_after_first_mib']:.0f} after the first)", flush=True)
+                    print(
+                        f"[worker {name}, {allocator} malloc] {w['items']} items in {w['seconds']:.0f} s: USS "
+                        f"{w['uss_before_mib']:.0f} -> {w['uss_after_first_mib']:.0f} after the first item -> "
+                        f"{w['uss_after_mib']:.0f} MiB after the last (+{w['uss_growth_mib']:.0f}; "
+                        f"+{w['uss_growth_after_first_mib']:.0f} after the first)",
+                        flush=True,
+                    )
             result["worker"] = workers
             ratios = {}
             for allocator, ws in workers.items():
                 ref = next((w for n, w in ws.items() if n != "dynamask"), None)
                 if ref is not None:
-                    ratios[allocator] = {key: ws["dynamask"][key] / ref[key] if ref[key] > 0 else None
-                                         for key in ("uss_growth_mib", "uss_growth_after_first_mib")}
+                    ratios[allocator] = {
+                        key: ws["dynamask"][key] / ref[key] if ref[key] > 0 else None
+                        for key in ("uss_growth_mib", "uss_growth_after_first_mib")
+                    }
             if ratios:
                 result["worker_growth_ratio"] = ratios
                 result["goal_worker_within_10pct"] = ratios["default"]["uss_growth_mib"] <= 0.10
@@ -452,8 +537,10 @@ def main(argv=None) -> None:
         else:
             m = measure_evaluate_results(gt_file, res_file, mout / "eval")
             m.update(metrics_fraction=args.metrics_fraction, results_file_mb=res_file.stat().st_size / 2**20)
-            print(f"[evaluate --results] {m['seconds']:.0f} s, peak RSS {m['peak_rss_mib']:.0f} MiB: {m['metrics']}",
-                  flush=True)
+            print(
+                f"[evaluate --results] {m['seconds']:.0f} s, peak RSS {m['peak_rss_mib']:.0f} MiB: {m['metrics']}",
+                flush=True,
+            )
         if args.breakdown or args.breakdown_only:
             m["breakdown"] = measure_breakdown(gt_file, res_file)
             m["breakdown_date"] = datetime.date.today().isoformat()
@@ -463,17 +550,28 @@ def main(argv=None) -> None:
             src = reference_source(args.metrics_reference, ROOT / "runs" / "coco_scale_reference")
             ref = measure_evaluate_results(gt_file, res_file, mout / "eval_reference", src)
             ref["source"] = f"git archive {args.metrics_reference} src/dynamask"
-            print(f"[evaluate --results @{args.metrics_reference}] {ref['seconds']:.0f} s, peak RSS "
-                  f"{ref['peak_rss_mib']:.0f} MiB: {ref['metrics']}", flush=True)
+            print(
+                f"[evaluate --results @{args.metrics_reference}] {ref['seconds']:.0f} s, peak RSS "
+                f"{ref['peak_rss_mib']:.0f} MiB: {ref['metrics']}",
+                flush=True,
+            )
             if args.reference_breakdown:
                 ref["breakdown"] = measure_breakdown(gt_file, res_file, src)
             result["evaluate_results_reference"] = ref
-            result["same_metrics_as_reference"] = {k: abs(m["metrics"][k] - ref["metrics"][k]) < 1e-4 * 100
-                                                   for k in ("segm_AP", "bbox_AP", "boundary_AP")}
-        result["goals"] = {"wall_s_at_most_90": m["seconds"] <= 90.0, "peak_rss_at_most_1.5_GiB": m["peak_rss_mib"] <= 1536.0}
+            result["same_metrics_as_reference"] = {
+                k: abs(m["metrics"][k] - ref["metrics"][k]) < 1e-4 * 100 for k in ("segm_AP", "bbox_AP", "boundary_AP")
+            }
+        result["goals"] = {
+            "wall_s_at_most_90": m["seconds"] <= 90.0,
+            "peak_rss_at_most_1.5_GiB": m["peak_rss_mib"] <= 1536.0,
+        }
         print(f"goals: {result['goals']}", flush=True)
     result["wall_time_s"] = round(time.time() - started, 1)
-    name = f"coco_scale_{args.fraction:g}.json" if not args.metrics_only else f"coco_scale_metrics_{args.metrics_fraction:g}.json"
+    name = (
+        f"coco_scale_{args.fraction:g}.json"
+        if not args.metrics_only
+        else f"coco_scale_metrics_{args.metrics_fraction:g}.json"
+    )
     path = args.results or HERE / "results" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -24,8 +24,10 @@ def load(path: Path) -> dict:
 
 
 def table(legacy: dict, exact: dict) -> str:
-    lines = ["| model | segm AP legacy → exact | AP75 legacy → exact | boundary AP legacy → exact | mask GFLOPs / inst (exact) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| model | segm AP legacy → exact | AP75 legacy → exact | boundary AP legacy → exact | mask GFLOPs / inst (exact) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, new in exact["models"].items():
         old = legacy["models"].get(name)
         if old is None:

@@ -39,7 +39,9 @@ def reference_source(rev: str, out: Path) -> Path:
     target = out / f"src_{rev}"
     if not (target / "src" / "dynamask").is_dir():
         target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True
+        )
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target / "src"
 
@@ -73,8 +75,16 @@ def main() -> None:
     if not (data / "val.json").exists():
         generate_shapes_dataset(data, 0, args.images, image_size=256, seed=0, detail=True)
     sources = {"new": ROOT / "src", "reference": reference_source(args.reference, args.work)}
-    tail = ["evaluate", "--weights", str(HEAD), "--device", "cpu", "--no-progress",
-            f"data.val_json={data / 'val.json'}", f"data.val_images={data / 'val'}"]
+    tail = [
+        "evaluate",
+        "--weights",
+        str(HEAD),
+        "--device",
+        "cpu",
+        "--no-progress",
+        f"data.val_json={data / 'val.json'}",
+        f"data.val_images={data / 'val'}",
+    ]
     tries: dict = {name: [] for name in sources}
     metrics: dict = {}
     for k in range(args.repeats):  # alternating, so that a disturbance of the (shared) machine hits both
@@ -87,30 +97,46 @@ def main() -> None:
             run["forward_s"] = round(args.images / metrics[name]["images_per_second"], 2)
             run["other_s"] = round(run["wall_s"] - run["forward_s"], 2)
             tries[name].append(run)
-            print(f"{name:>9} #{k + 1}: {run['wall_s']:6.1f} s wall ({run['forward_s']:.1f} s forward, "
-                  f"{run['other_s']:.1f} s the rest), {run['cpu_s']:6.1f} CPU-s (load {run['load_avg_1min_after']:.1f})",
-                  flush=True)
+            print(
+                f"{name:>9} #{k + 1}: {run['wall_s']:6.1f} s wall ({run['forward_s']:.1f} s forward, "
+                f"{run['other_s']:.1f} s the rest), {run['cpu_s']:6.1f} CPU-s (load {run['load_avg_1min_after']:.1f})",
+                flush=True,
+            )
     best = {name: min(t, key=lambda r: r["wall_s"]) for name, t in tries.items()}
-    diff = max(abs(metrics["new"][key] - metrics["reference"][key]) for key in AP
-               if metrics["new"][key] is not None and metrics["reference"][key] is not None)
+    diff = max(
+        abs(metrics["new"][key] - metrics["reference"][key])
+        for key in AP
+        if metrics["new"][key] is not None and metrics["reference"][key] is not None
+    )
     report = {
         "what": "dynamask evaluate --weights on the detailed shapes val set: this checkout vs the reference commit, "
-                "alternating; the fastest try of each kept (all tries listed)",
-        "command": " ".join(["dynamask", *[str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]],
-                             "data.val_json=... data.val_images=..."]),
+        "alternating; the fastest try of each kept (all tries listed)",
+        "command": " ".join(
+            [
+                "dynamask",
+                *[str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]],
+                "data.val_json=... data.val_images=...",
+            ]
+        ),
         "benchmark_command": "python benchmarks/evaluate_speed.py " + " ".join(sys.argv[1:]),
-        "reference": args.reference, "images": args.images, "omp_num_threads": args.threads,
-        "new": dict(best["new"], tries=tries["new"]), "reference_run": dict(best["reference"], tries=tries["reference"]),
+        "reference": args.reference,
+        "images": args.images,
+        "omp_num_threads": args.threads,
+        "new": dict(best["new"], tries=tries["new"]),
+        "reference_run": dict(best["reference"], tries=tries["reference"]),
         "wall_ratio_new_over_reference": round(best["new"]["wall_s"] / best["reference"]["wall_s"], 3),
-        "other_s_new_minus_reference": round(min(r["other_s"] for r in tries["new"])
-                                             - min(r["other_s"] for r in tries["reference"]), 2),
+        "other_s_new_minus_reference": round(
+            min(r["other_s"] for r in tries["new"]) - min(r["other_s"] for r in tries["reference"]), 2
+        ),
         "metrics_new": {k: metrics["new"][k] for k in (*AP, "num_detections", "images_per_second")},
         "max_ap_difference": diff,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "date": datetime.date.today().isoformat(),
     }
-    print(f"new {best['new']['wall_s']:.1f} s, reference {best['reference']['wall_s']:.1f} s wall; "
-          f"largest AP difference {diff:.2e}")
+    print(
+        f"new {best['new']['wall_s']:.1f} s, reference {best['reference']['wall_s']:.1f} s wall; "
+        f"largest AP difference {diff:.2e}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -30,8 +30,8 @@ import time
 from datetime import date
 
 import torch
-from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
 from torchvision.ops import MultiScaleRoIAlign
 
 from dynamask.atomic import write_bytes_atomic
@@ -45,8 +45,10 @@ NUM_CLASSES = 81
 
 def fpn_features(height, width, device):
     g = torch.Generator().manual_seed(0)
-    return {name: torch.randn(1, 256, height // s, width // s, generator=g).to(device)
-            for name, s in (("0", 4), ("1", 8), ("2", 16), ("3", 32), ("pool", 64))}
+    return {
+        name: torch.randn(1, 256, height // s, width // s, generator=g).to(device)
+        for name, s in (("0", 4), ("1", 8), ("2", 16), ("3", 32), ("pool", 64))
+    }
 
 
 def random_boxes(n, height, width, device):
@@ -80,6 +82,7 @@ def timed(fn, repeats, device):
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     with torch.no_grad():
         for _ in range(2):
             fn()
@@ -96,9 +99,11 @@ def timed(fn, repeats, device):
 def timed_round_robin(fns, repeats, device):
     """Median seconds of each of ``fns``, timed in turns (one call of each per round), so that a
     change of load on a shared machine hits every path alike and the ratios stay fair."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     times = [[] for _ in fns]
     with torch.no_grad():
         for fn in fns:
@@ -128,11 +133,19 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rois", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--points", type=int, nargs="+", default=[784, 1568],
-                        help="points per RoI and stage of the point-sparse rows (one set of rows per value)")
-    parser.add_argument("--only", metavar="REGEX",
-                        help="time only the DynaMask rows whose name matches (re.search), beside torchvision's; the "
-                             "JSON is then mask_branch_<device>_<tag>.json")
+    parser.add_argument(
+        "--points",
+        type=int,
+        nargs="+",
+        default=[784, 1568],
+        help="points per RoI and stage of the point-sparse rows (one set of rows per value)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="time only the DynaMask rows whose name matches (re.search), beside torchvision's; the "
+        "JSON is then mask_branch_<device>_<tag>.json",
+    )
     parser.add_argument("--tag", default="only", help="file-name tag of an --only run")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
@@ -152,21 +165,41 @@ def main(argv=None):
 
     # "deform" runs the device's default deformable kernel ("auto": gather form on CPU,
     # torchvision's op on CUDA); "deform-tv" forces torchvision's op; same weights.
-    heads = {fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="dense").to(device).eval()
-             for fam in ("deform", "conv")}
-    heads["deform-tv"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam="deform", deform_kernel="torchvision",
-                                     refinement="dense").to(device).eval()
+    heads = {
+        fam: DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="dense").to(device).eval()
+        for fam in ("deform", "conv")
+    }
+    heads["deform-tv"] = (
+        DynaMaskHead(NUM_CLASSES, "dynamic", fam="deform", deform_kernel="torchvision", refinement="dense")
+        .to(device)
+        .eval()
+    )
     heads["deform-tv"].load_state_dict(heads["deform"].state_dict())
     # point-sparse 56/112 stages (model.refinement=points, issue 31), same widths otherwise
     for fam in ("deform", "conv"):
         for n in args.points:
-            heads[f"{fam}, points {n}"] = DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="points",
-                                                       refinement_points=n).to(device).eval()
-    sparse = [(f"{fam}, points {n}", name) for fam in ("deform", "conv") for n in args.points
-              for name in ("fixed-56", "fixed-112", "dynamic 40/30/20/10")]
-    variants = ([("deform", f"fixed-{r}") for r in RESOLUTIONS]
-                + [("deform", "dynamic 40/30/20/10"), ("deform-tv", "fixed-112"), ("deform-tv", "dynamic 40/30/20/10"),
-                   ("conv", "fixed-112"), ("conv", "dynamic 40/30/20/10")] + sparse)
+            heads[f"{fam}, points {n}"] = (
+                DynaMaskHead(NUM_CLASSES, "dynamic", fam=fam, refinement="points", refinement_points=n)
+                .to(device)
+                .eval()
+            )
+    sparse = [
+        (f"{fam}, points {n}", name)
+        for fam in ("deform", "conv")
+        for n in args.points
+        for name in ("fixed-56", "fixed-112", "dynamic 40/30/20/10")
+    ]
+    variants = (
+        [("deform", f"fixed-{r}") for r in RESOLUTIONS]
+        + [
+            ("deform", "dynamic 40/30/20/10"),
+            ("deform-tv", "fixed-112"),
+            ("deform-tv", "dynamic 40/30/20/10"),
+            ("conv", "fixed-112"),
+            ("conv", "dynamic 40/30/20/10"),
+        ]
+        + sparse
+    )
     if args.only:
         variants = [(fam, name) for fam, name in variants if re.search(args.only, f"DynaMask {name} (FAM {fam})")]
     for fam, name in variants:
@@ -196,20 +229,32 @@ def main(argv=None):
     for m in (28, 112):
         g = torch.Generator().manual_seed(4)
         masks = torch.rand(args.rois, 1, m, m, generator=g).to(device)
-        ours = timed(lambda: paste_masks(masks, boxes[0], (height, width)), args.repeats, device)
-        theirs = timed(lambda: paste_masks_in_image(masks, boxes[0], (height, width)), args.repeats, device)
-        paste_rows.append({"mask_size": m, "ours_ms": ours * 1e3, "torchvision_ms": theirs * 1e3,
-                           "speedup": theirs / ours})
+        ours = timed(lambda: paste_masks(masks, boxes[0], (height, width)), args.repeats, device)  # noqa: B023 - timed() calls it within this iteration
+        theirs = timed(lambda: paste_masks_in_image(masks, boxes[0], (height, width)), args.repeats, device)  # noqa: B023 - timed() calls it within this iteration
+        paste_rows.append(
+            {"mask_size": m, "ours_ms": ours * 1e3, "torchvision_ms": theirs * 1e3, "speedup": theirs / ours}
+        )
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    result = {"date": date.today().isoformat(), "device": device_name, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "image": [height, width], "rois": args.rois,
-              "command": "python benchmarks/mask_branch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "mask_branch": rows, "paste": paste_rows}
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    )
+    result = {
+        "date": date.today().isoformat(),
+        "device": device_name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "image": [height, width],
+        "rois": args.rois,
+        "command": "python benchmarks/mask_branch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "mask_branch": rows,
+        "paste": paste_rows,
+    }
     by_path = {r["path"]: r["ms"] for r in rows}
     mix = "dynamic 40/30/20/10"
-    ratios = {"deform_vs_conv_fam_dynamic": (f"DynaMask {mix} (FAM deform)", f"DynaMask {mix} (FAM conv)"),
-              "deform_tv_vs_conv_fam_dynamic": (f"DynaMask {mix} (FAM deform-tv)", f"DynaMask {mix} (FAM conv)")}
+    ratios = {
+        "deform_vs_conv_fam_dynamic": (f"DynaMask {mix} (FAM deform)", f"DynaMask {mix} (FAM conv)"),
+        "deform_tv_vs_conv_fam_dynamic": (f"DynaMask {mix} (FAM deform-tv)", f"DynaMask {mix} (FAM conv)"),
+    }
     for fam in ("deform", "conv"):
         for n in args.points:
             for name in ("fixed-112", "dynamic 40/30/20/10"):
@@ -223,21 +268,27 @@ def main(argv=None):
     path = os.path.join(args.out, f"mask_branch_{device.type}" + (f"_{args.tag}" if args.only else "") + ".json")
     write_bytes_atomic(path, json.dumps(result, indent=2).encode())
 
-    print(f"# {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.rois} RoIs, image {height}x{width}, {result['date']}  -> {path}")
+    print(
+        f"# {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.rois} RoIs, image {height}x{width}, {result['date']}  -> {path}"
+    )
     print(f"{'mask branch':58s} {'ms':>9s} {'time x':>7s} {'GFLOPs':>8s} {'FLOPs x':>8s}")
     for r in rows:
         print(f"{r['path']:58s} {r['ms']:9.1f} {r['time_ratio']:7.2f} {r['gflops']:8.2f} {r['flops_ratio']:8.2f}")
     if "deform_tv_vs_conv_fam_dynamic" in result:
-        print(f"dynamic mix, deformable FAM / plain-conv FAM: {result['deform_vs_conv_fam_dynamic']:.2f} "
-              f"(torchvision's deform_conv2d: {result['deform_tv_vs_conv_fam_dynamic']:.2f})")
+        print(
+            f"dynamic mix, deformable FAM / plain-conv FAM: {result['deform_vs_conv_fam_dynamic']:.2f} "
+            f"(torchvision's deform_conv2d: {result['deform_tv_vs_conv_fam_dynamic']:.2f})"
+        )
     for key, value in result.items():
         if key.startswith("sparse_vs_dense"):
             print(f"{key}: {value:.3f}")
     print(f"{'paste 100 masks':44s} {'ours ms':>9s} {'tv ms':>9s} {'speedup':>8s}")
     for r in paste_rows:
-        print(f"{'  at ' + str(r['mask_size']) + 'x' + str(r['mask_size']):44s} {r['ours_ms']:9.1f} "
-              f"{r['torchvision_ms']:9.1f} {r['speedup']:8.1f}")
+        print(
+            f"{'  at ' + str(r['mask_size']) + 'x' + str(r['mask_size']):44s} {r['ours_ms']:9.1f} "
+            f"{r['torchvision_ms']:9.1f} {r['speedup']:8.1f}"
+        )
 
 
 if __name__ == "__main__":

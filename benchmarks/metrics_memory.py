@@ -65,21 +65,36 @@ def _data(n_images: int, n_gt: int, n_dets: int, size: int, seed: int = 0):
                 r = mu.encode(np.asfortranarray(m))
                 seg = {"size": [size, size], "counts": r["counts"].decode()}
             x0, y0 = max(cx - ax, 0), max(cy - ay, 0)
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1 + k % 3, "segmentation": seg,
-                         "bbox": [x0, y0, min(cx + ax, size) - x0, min(cy + ay, size) - y0],
-                         "area": float(np.pi * ax * ay), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1 + k % 3,
+                    "segmentation": seg,
+                    "bbox": [x0, y0, min(cx + ax, size) - x0, min(cy + ay, size) - y0],
+                    "area": float(np.pi * ax * ay),
+                    "iscrowd": 0,
+                }
+            )
         masks = np.zeros((size, size, n_dets), np.uint8, order="F")
         boxes = []
         for d in range(n_dets):
             cx, cy = rng.uniform(10, size - 10, 2)
             ax, ay = rng.uniform(4, size / 4, 2)
-            masks[:, :, d] = (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1)
+            masks[:, :, d] = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1
             boxes.append([max(cx - ax, 0), max(cy - ay, 0), 2 * ax, 2 * ay])
         for d, r in enumerate(mu.encode(masks)):
-            results.append({"image_id": i, "category_id": 1 + d % 3, "bbox": [round(v, 2) for v in boxes[d]],
-                            "score": round(float(rng.random()), 5),
-                            "segmentation": {"size": [size, size], "counts": r["counts"].decode()},
-                            "mask_resolution": 28, "mask_flops": 1.0e6})
+            results.append(
+                {
+                    "image_id": i,
+                    "category_id": 1 + d % 3,
+                    "bbox": [round(v, 2) for v in boxes[d]],
+                    "score": round(float(rng.random()), 5),
+                    "segmentation": {"size": [size, size], "counts": r["counts"].decode()},
+                    "mask_resolution": 28,
+                    "mask_flops": 1.0e6,
+                }
+            )
     gt = {"images": images, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}
     return gt, results
 
@@ -98,8 +113,13 @@ def _measure(module_path: str, args) -> dict:
     metrics = mod.compute_coco_metrics(gt, results, max_dets=100, cpu_count=1)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rss_before_mib": round(before, 1), "peak_rss_mib": round(peak, 1),
-            "growth_mib": round(peak - before, 1), "seconds": round(seconds, 1), "metrics": metrics}
+    return {
+        "rss_before_mib": round(before, 1),
+        "peak_rss_mib": round(peak, 1),
+        "growth_mib": round(peak - before, 1),
+        "seconds": round(seconds, 1),
+        "metrics": metrics,
+    }
 
 
 def main() -> None:
@@ -118,28 +138,49 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         old = os.path.join(tmp, "evaluate_before.py")
-        text = subprocess.run(["git", "-C", ROOT, "show", f"{args.reference}:src/dynamask/engine/evaluate.py"],
-                              check=True, capture_output=True, text=True).stdout
+        text = subprocess.run(
+            ["git", "-C", ROOT, "show", f"{args.reference}:src/dynamask/engine/evaluate.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         with open(old, "w") as f:
             f.write(text)
         new = os.path.join(ROOT, "src", "dynamask", "engine", "evaluate.py")
-        common = ["--images", str(args.images), "--gt", str(args.gt), "--dets", str(args.dets),
-                  "--size", str(args.size)]
+        common = [
+            "--images",
+            str(args.images),
+            "--gt",
+            str(args.gt),
+            "--dets",
+            str(args.dets),
+            "--size",
+            str(args.size),
+        ]
         runs = {}
         for name, path in (("before", old), ("after", new)):
-            proc = subprocess.run([sys.executable, __file__, "--_measure", path, *common], capture_output=True,
-                                  text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--_measure", path, *common], capture_output=True, text=True, check=True
+            )
             runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{name:>6}: +{runs[name]['growth_mib']:.0f} MiB over {runs[name]['rss_before_mib']:.0f} MiB "
-                  f"(peak {runs[name]['peak_rss_mib']:.0f} MiB), {runs[name]['seconds']:.1f} s")
+            print(
+                f"{name:>6}: +{runs[name]['growth_mib']:.0f} MiB over {runs[name]['rss_before_mib']:.0f} MiB "
+                f"(peak {runs[name]['peak_rss_mib']:.0f} MiB), {runs[name]['seconds']:.1f} s"
+            )
     same = runs["before"].pop("metrics") == runs["after"].pop("metrics")
     print(f"same metrics: {same}")
     report = {
         "what": "peak RSS growth of compute_coco_metrics (bbox, segm, boundary AP) on synthetic data",
-        "images": args.images, "gt_per_image": args.gt, "results": args.images * args.dets, "image_size": args.size,
-        "reference_commit": args.reference, "before": runs["before"], "after": runs["after"],
+        "images": args.images,
+        "gt_per_image": args.gt,
+        "results": args.images * args.dets,
+        "image_size": args.size,
+        "reference_commit": args.reference,
+        "before": runs["before"],
+        "after": runs["after"],
         "growth_saved_mib": round(runs["before"]["growth_mib"] - runs["after"]["growth_mib"], 1),
-        "same_metrics": same, "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "same_metrics": same,
+        "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/metrics_memory.py " + " ".join(sys.argv[1:]),
     }

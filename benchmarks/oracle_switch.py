@@ -35,15 +35,25 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from torchvision.ops import box_iou  # noqa: E402
+
 from dynamask.data import CocoInstanceDataset, collate_fn  # noqa: E402
 from dynamask.engine.evaluate import evaluate  # noqa: E402
 from dynamask.inference import model_from_checkpoint  # noqa: E402
 from dynamask.models.geometry import roi_mask_targets  # noqa: E402
 from dynamask.models.losses import selection_costs  # noqa: E402
-from torchvision.ops import box_iou  # noqa: E402
 
-KEEP = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gflops_per_instance",
-        "resolution_histogram", "complexity_spearman", "complexity_spearman_within_size")
+KEEP = (
+    "segm_AP",
+    "segm_AP50",
+    "segm_AP75",
+    "boundary_AP",
+    "bbox_AP",
+    "mask_gflops_per_instance",
+    "resolution_histogram",
+    "complexity_spearman",
+    "complexity_spearman_within_size",
+)
 
 
 def stage_costs_per_detection(model, dataset, max_images: int | None, resolution: int = 112):
@@ -74,8 +84,10 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
                 captured.clear()
                 learnt.clear()
                 if max(images[0].shape[-2:]) > sizes[1] or min(images[0].shape[-2:]) != sizes[0]:
-                    raise SystemExit(f"the oracle compares masks in image pixels: it needs images the model does "
-                                     f"not resize (min side {sizes[0]}, max {sizes[1]}); got {tuple(images[0].shape)}")
+                    raise SystemExit(
+                        f"the oracle compares masks in image pixels: it needs images the model does "
+                        f"not resize (min side {sizes[0]}, max {sizes[1]}); got {tuple(images[0].shape)}"
+                    )
                 out = model([torch.as_tensor(im).as_subclass(torch.Tensor) for im in images])[0]
                 tgt = targets[0]
                 boxes, labels = out["boxes"], out["labels"]
@@ -102,15 +114,19 @@ def stage_costs_per_detection(model, dataset, max_images: int | None, resolution
     return per_image
 
 
-def oracle_choices(per_image, stage_gflops: torch.Tensor, target_gflops: float, iterations: int = 60,
-                   unmatched: str = "learnt"):
+def oracle_choices(
+    per_image, stage_gflops: torch.Tensor, target_gflops: float, iterations: int = 60, unmatched: str = "learnt"
+):
     """Stage per detection minimising cost + λ·F_k/F_max, λ bisected so that the mean GFLOPs per
     detection meets ``target_gflops`` (at most, where reachable); unmatched detections keep the
     learnt switch's choice (``unmatched="learnt"``) or stop at stage 0 (``"14"``)."""
     costs = torch.cat([item[0] for item in per_image])
     matched = torch.cat([item[1] for item in per_image])
-    fallback = (torch.cat([item[2] for item in per_image]) if unmatched == "learnt"
-                else torch.zeros(costs.shape[0], dtype=torch.int64))
+    fallback = (
+        torch.cat([item[2] for item in per_image])
+        if unmatched == "learnt"
+        else torch.zeros(costs.shape[0], dtype=torch.int64)
+    )
     frac = stage_gflops / stage_gflops[-1]
 
     def choose(lam: float) -> torch.Tensor:
@@ -149,37 +165,62 @@ def evaluate_with_choices(model, dataset, choices_per_image: list, max_images: i
     head = model.roi_heads.mask_branch
     head.choice_hook = forced_choices(choices_per_image)
     try:
-        return evaluate(model=model, dataset=dataset, policy="dynamic", budget=1.0, device="cpu",
-                        progress=False, batch_size=1, max_images=max_images)
+        return evaluate(
+            model=model,
+            dataset=dataset,
+            policy="dynamic",
+            budget=1.0,
+            device="cpu",
+            progress=False,
+            batch_size=1,
+            max_images=max_images,
+        )
     finally:
         head.choice_hook = None
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--head", type=Path, default=HERE / "results" / "accuracy_vs_cost_256_heads" / "dynamic@0.4.pt",
-                   help="a trained DynaMask head file (or whole checkpoint)")
+    p.add_argument(
+        "--head",
+        type=Path,
+        default=HERE / "results" / "accuracy_vs_cost_256_heads" / "dynamic@0.4.pt",
+        help="a trained DynaMask head file (or whole checkpoint)",
+    )
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "shapes_detail", help="the benchmark's dataset")
-    p.add_argument("--fractions", type=float, nargs="*", default=[0.4],
-                   help="oracle targets (at most) as fractions of fixed-112's mask GFLOPs per instance, besides the "
-                        "learnt switch's own cost")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=[0.4],
+        help="oracle targets (at most) as fractions of fixed-112's mask GFLOPs per instance, besides the "
+        "learnt switch's own cost",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "oracle_switch_256.json")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--unmatched", choices=("learnt", "14"), default="learnt",
-                   help="stage of detections that match no object: the learnt switch's choice, or 14")
+    p.add_argument(
+        "--unmatched",
+        choices=("learnt", "14"),
+        default="learnt",
+        help="stage of detections that match no object: the learnt switch's choice, or 14",
+    )
     p.add_argument("--max-images", type=int, default=None, help="the first N validation images only (a quick check)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    dataset = CocoInstanceDataset(str(args.data / "val.json"), str(args.data / "val"), transforms=None,
-                                  keep_empty=True, validate_masks=False)
+    dataset = CocoInstanceDataset(
+        str(args.data / "val.json"), str(args.data / "val"), transforms=None, keep_empty=True, validate_masks=False
+    )
     model, _ = model_from_checkpoint(str(args.head))
     head = model.roi_heads.mask_branch
     n = args.max_images
     learnt = evaluate(model=model, dataset=dataset, policy="dynamic", device="cpu", progress=False, max_images=n)
     full = evaluate(model=model, dataset=dataset, policy="fixed-112", device="cpu", progress=False, max_images=n)
-    print(f"[learnt] segm {learnt['segm_AP']:.1f} boundary {learnt['boundary_AP']:.1f} "
-          f"GFLOPs {learnt['mask_gflops_per_instance']:.4f}", flush=True)
+    print(
+        f"[learnt] segm {learnt['segm_AP']:.1f} boundary {learnt['boundary_AP']:.1f} "
+        f"GFLOPs {learnt['mask_gflops_per_instance']:.4f}",
+        flush=True,
+    )
     per_image = stage_costs_per_detection(model, dataset, n)
     stage_gflops = head.stage_costs(with_switch=True).float() / 1e9
     rows = {"learnt switch": {k: learnt.get(k) for k in KEEP}, "fixed-112": {k: full.get(k) for k in KEEP}}
@@ -189,24 +230,40 @@ def main(argv=None) -> None:
         choices, lam = oracle_choices(per_image, stage_gflops, gflops, unmatched=args.unmatched)
         m = evaluate_with_choices(model, dataset, choices, n)
         rows[name] = {k: m.get(k) for k in KEEP} | {"price": lam, "target_gflops": gflops}
-        print(f"[{name}] segm {m['segm_AP']:.1f} boundary {m['boundary_AP']:.1f} "
-              f"GFLOPs {m['mask_gflops_per_instance']:.4f}", flush=True)
+        print(
+            f"[{name}] segm {m['segm_AP']:.1f} boundary {m['boundary_AP']:.1f} "
+            f"GFLOPs {m['mask_gflops_per_instance']:.4f}",
+            flush=True,
+        )
     matched = int(sum(int(item[1].sum()) for item in per_image))
-    result = {"head": str(args.head.relative_to(ROOT) if args.head.is_absolute() and args.head.is_relative_to(ROOT)
-                          else args.head),
-              "dataset": str(args.data), "val_images": n or len(dataset), "matched_detections": matched,
-              "detections": int(sum(item[1].shape[0] for item in per_image)), "unmatched_stage": args.unmatched,
-              "rows": rows,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1)}
+    result = {
+        "head": str(
+            args.head.relative_to(ROOT) if args.head.is_absolute() and args.head.is_relative_to(ROOT) else args.head
+        ),
+        "dataset": str(args.data),
+        "val_images": n or len(dataset),
+        "matched_detections": matched,
+        "detections": int(sum(item[1].shape[0] for item in per_image)),
+        "unmatched_stage": args.unmatched,
+        "rows": rows,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "date": datetime.date.today().isoformat(),
+        "wall_time_s": round(time.time() - started, 1),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=lambda o: {str(k): v for k, v in o.items()}
-                                   if isinstance(o, dict) else str(o)) + "\n")
+    args.out.write_text(
+        json.dumps(
+            result, indent=1, default=lambda o: {str(k): v for k, v in o.items()} if isinstance(o, dict) else str(o)
+        )
+        + "\n"
+    )
     print(f"{'choice':38s} {'segm AP':>8s} {'bnd AP':>7s} {'GFLOPs/inst':>12s}  14/28/56/112  rho-in-size")
     for name, r in rows.items():
         hist = r["resolution_histogram"] or {}
-        print(f"{name:38s} {r['segm_AP']:8.1f} {r['boundary_AP']:7.1f} {r['mask_gflops_per_instance']:12.4f}  "
-              f"{'/'.join(str(hist.get(k, 0)) for k in (14, 28, 56, 112)):12s} {r['complexity_spearman_within_size']}")
+        print(
+            f"{name:38s} {r['segm_AP']:8.1f} {r['boundary_AP']:7.1f} {r['mask_gflops_per_instance']:12.4f}  "
+            f"{'/'.join(str(hist.get(k, 0)) for k in (14, 28, 56, 112)):12s} {r['complexity_spearman_within_size']}"
+        )
     print(f"wrote {args.out}")
 
 

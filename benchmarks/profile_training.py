@@ -33,9 +33,19 @@ def build(which: str, size: int, device):
 
     torch.manual_seed(0)
     if which == "torchvision":
-        return MaskRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=9,
-                        min_size=size, max_size=size).to(device).train()
-    return dynamask_resnet18_fpn(9, policy="dynamic", refinement="dense", min_size=size, max_size=size).to(device).train()
+        return (
+            MaskRCNN(
+                resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5),
+                num_classes=9,
+                min_size=size,
+                max_size=size,
+            )
+            .to(device)
+            .train()
+        )
+    return (
+        dynamask_resnet18_fpn(9, policy="dynamic", refinement="dense", min_size=size, max_size=size).to(device).train()
+    )
 
 
 def profile_step(which: str, size: int, batch: int, device, top: int) -> dict:
@@ -63,8 +73,10 @@ def profile_step(which: str, size: int, batch: int, device, top: int) -> dict:
     seconds = time.perf_counter() - t
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
-             "calls": e.count} for e in events[:top]]
+    rows = [
+        {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in events[:top]
+    ]
     return {"step_s_profiled": seconds, "self_total_ms": total / 1e3, "top": rows}
 
 
@@ -77,10 +89,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    result = {"date": datetime.date.today().isoformat(), "device": platform.machine() if device.type == "cpu"
-              else torch.cuda.get_device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "setting": f"R18-FPN, {args.batch} x {args.size}x{args.size} shapes, SGD, one step after a warm-up",
-              "models": {w: profile_step(w, args.size, args.batch, device, args.top) for w in ("torchvision", "dynamask")}}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "device": platform.machine() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "setting": f"R18-FPN, {args.batch} x {args.size}x{args.size} shapes, SGD, one step after a warm-up",
+        "models": {w: profile_step(w, args.size, args.batch, device, args.top) for w in ("torchvision", "dynamask")},
+    }
     out = args.out or HERE / "results" / f"profile_training_{device.type}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     for which, r in result["models"].items():

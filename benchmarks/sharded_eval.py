@@ -56,8 +56,13 @@ def timed(cmd, env) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    return {"wall_s": round(wall, 2), "cpu_user_s": round(user, 2), "cpu_sys_s": round(system, 2),
-            "cpu_s": round(user + system, 2), "stderr_tail": proc.stderr[-600:]}
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_user_s": round(user, 2),
+        "cpu_sys_s": round(system, 2),
+        "cpu_s": round(user + system, 2),
+        "stderr_tail": proc.stderr[-600:],
+    }
 
 
 def main() -> None:
@@ -74,15 +79,35 @@ def main() -> None:
     data = args.work / f"detail_{args.images}"
     if not (data / "val.json").exists():
         generate_shapes_dataset(data, 0, args.images, image_size=256, seed=0, detail=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep
-           + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    tail = ["evaluate", "--weights", str(HEAD), "--device", "cpu", "--no-progress",
-            f"data.val_json={data / 'val.json'}", f"data.val_images={data / 'val'}"]
-    launchers = {"one_process": [sys.executable, "-m", "dynamask"],
-                 "two_processes": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                   "--nproc_per_node=2", "-m", "dynamask"]}
+    tail = [
+        "evaluate",
+        "--weights",
+        str(HEAD),
+        "--device",
+        "cpu",
+        "--no-progress",
+        f"data.val_json={data / 'val.json'}",
+        f"data.val_images={data / 'val'}",
+    ]
+    launchers = {
+        "one_process": [sys.executable, "-m", "dynamask"],
+        "two_processes": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dynamask",
+        ],
+    }
     tries: dict = {name: [] for name in launchers}
     startup_tries: dict = {name: [] for name in launchers}
     for k in range(args.repeats):  # alternating, so that a disturbance of the (shared) machine hits both
@@ -96,42 +121,61 @@ def main() -> None:
             run.pop("stderr_tail")
             run["images_per_second"] = json.loads((out / "metrics.json").read_text())["images_per_second"]
             tries[name].append(run)
-            print(f"{name:>13} #{k + 1}: {run['cpu_s']:7.1f} CPU-s (user {run['cpu_user_s']:.1f}, sys "
-                  f"{run['cpu_sys_s']:.1f}), {run['wall_s']:6.1f} s wall, {run['images_per_second']:.2f} img/s "
-                  f"forward; on 2 images {startup_tries[name][-1]['cpu_s']:.1f} CPU-s", flush=True)
+            print(
+                f"{name:>13} #{k + 1}: {run['cpu_s']:7.1f} CPU-s (user {run['cpu_user_s']:.1f}, sys "
+                f"{run['cpu_sys_s']:.1f}), {run['wall_s']:6.1f} s wall, {run['images_per_second']:.2f} img/s "
+                f"forward; on 2 images {startup_tries[name][-1]['cpu_s']:.1f} CPU-s",
+                flush=True,
+            )
     # the least disturbed try of each (least CPU time)
     runs = {name: dict(min(t, key=lambda r: r["cpu_s"]), tries=t) for name, t in tries.items()}
     startup = {name: dict(min(t, key=lambda r: r["cpu_s"]), tries=t) for name, t in startup_tries.items()}
     for name in launchers:
         shown = [str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]]
         launcher = "torchrun --standalone --nproc_per_node=2 -m dynamask" if name == "two_processes" else "dynamask"
-        runs[name]["command"] = " ".join(["OMP_NUM_THREADS=1", launcher, *shown,
-                                          "data.val_json=... data.val_images=...",
-                                          "--out", f"runs/sharded_eval/{name}"])
+        runs[name]["command"] = " ".join(
+            [
+                "OMP_NUM_THREADS=1",
+                launcher,
+                *shown,
+                "data.val_json=... data.val_images=...",
+                "--out",
+                f"runs/sharded_eval/{name}",
+            ]
+        )
     one, two = args.work / "one_process", args.work / "two_processes"
     same_results = (one / "coco_results.json").read_bytes() == (two / "coco_results.json").read_bytes()
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     skip = ("images_per_second", "eval_processes")
     same_metrics = {k: v for k, v in m1.items() if k not in skip} == {k: v for k, v in m2.items() if k not in skip}
     ratio = runs["two_processes"]["cpu_s"] / runs["one_process"]["cpu_s"]
-    marginal = ((runs["two_processes"]["cpu_s"] - startup["two_processes"]["cpu_s"])
-                / (runs["one_process"]["cpu_s"] - startup["one_process"]["cpu_s"]))
+    marginal = (runs["two_processes"]["cpu_s"] - startup["two_processes"]["cpu_s"]) / (
+        runs["one_process"]["cpu_s"] - startup["one_process"]["cpu_s"]
+    )
     wall = runs["two_processes"]["wall_s"] / runs["one_process"]["wall_s"]
-    print(f"CPU time, 2 processes / 1 process: {ratio:.3f} (wall {wall:.3f}); a launch on 2 images costs "
-          f"{startup['one_process']['cpu_s']:.1f} / {startup['two_processes']['cpu_s']:.1f} CPU-s, "
-          f"beyond it: {marginal:.3f}")
-    print(f"coco_results.json identical: {same_results}; metrics identical: {same_metrics} "
-          f"(segm AP {m1['segm_AP']:.4f} / {m2['segm_AP']:.4f}, boundary AP {m1['boundary_AP']:.4f} / "
-          f"{m2['boundary_AP']:.4f}, {m1['num_detections']} detections)")
+    print(
+        f"CPU time, 2 processes / 1 process: {ratio:.3f} (wall {wall:.3f}); a launch on 2 images costs "
+        f"{startup['one_process']['cpu_s']:.1f} / {startup['two_processes']['cpu_s']:.1f} CPU-s, "
+        f"beyond it: {marginal:.3f}"
+    )
+    print(
+        f"coco_results.json identical: {same_results}; metrics identical: {same_metrics} "
+        f"(segm AP {m1['segm_AP']:.4f} / {m2['segm_AP']:.4f}, boundary AP {m1['boundary_AP']:.4f} / "
+        f"{m2['boundary_AP']:.4f}, {m1['num_detections']} detections)"
+    )
     report = {
         "what": "dynamask evaluate, 1 process vs torchrun 2 processes (gloo), OMP_NUM_THREADS=1 each; CPU time = "
-                "user + sys of the whole process tree (RUSAGE_CHILDREN)",
-        "model": str(HEAD.relative_to(ROOT)), "images": args.images, "data": "detailed shapes 256 px, seed 0 (val)",
-        "runs": runs, "cpu_ratio_two_over_one": round(ratio, 4),
+        "user + sys of the whole process tree (RUSAGE_CHILDREN)",
+        "model": str(HEAD.relative_to(ROOT)),
+        "images": args.images,
+        "data": "detailed shapes 256 px, seed 0 (val)",
+        "runs": runs,
+        "cpu_ratio_two_over_one": round(ratio, 4),
         "startup_runs_2_images": startup,
         "cpu_ratio_beyond_startup": round(marginal, 4),
         "wall_ratio_two_over_one": round(wall, 4),
-        "coco_results_identical": same_results, "metrics_identical": same_metrics,
+        "coco_results_identical": same_results,
+        "metrics_identical": same_metrics,
         "metrics": {k: m1[k] for k in ("bbox_AP", "segm_AP", "boundary_AP", "num_images", "num_detections")},
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "date": datetime.date.today().isoformat(),

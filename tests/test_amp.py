@@ -8,8 +8,15 @@ from dynamask.models import dynamask_resnet18_fpn, maskrcnn_resnet18_fpn
 
 # narrow heads and FPN: bfloat16 matmuls and convolutions run on slow generic kernels on CPUs without
 # native bf16 (AVX2: ~10x fp32), and every path is exercised as well at these widths
-SMALL = dict(min_size=64, max_size=64, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-             box_batch_size_per_image=32, fpn_channels=32, box_representation_size=64)
+SMALL = dict(
+    min_size=64,
+    max_size=64,
+    rpn_pre_nms_top_n_train=100,
+    rpn_post_nms_top_n_train=50,
+    box_batch_size_per_image=32,
+    fpn_channels=32,
+    box_representation_size=64,
+)
 HEAD = dict(widths=(32, 32, 16, 16), reduced_channels=(8, 8, 8))
 
 
@@ -21,8 +28,15 @@ def test_bf16_autocast_training_step(head):
     elif head == "dynamask-fixed-112":
         model = dynamask_resnet18_fpn(9, policy="fixed-112", fam="deform", **HEAD, **SMALL)
     else:
-        model = dynamask_resnet18_fpn(9, policy="dynamic", fam="deform", switch=head.split("-")[1],
-                                      refinement="dense" if head == "dynamask-paper" else "points", **HEAD, **SMALL)
+        model = dynamask_resnet18_fpn(
+            9,
+            policy="dynamic",
+            fam="deform",
+            switch=head.split("-")[1],
+            refinement="dense" if head == "dynamask-paper" else "points",
+            **HEAD,
+            **SMALL,
+        )
     model.train()
     images, targets = make_shapes_tensors(2, (64, 64), seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):

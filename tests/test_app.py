@@ -35,16 +35,35 @@ def tiny_files(tmp_path_factory):
     from dynamask.models import build_model
 
     folder = tmp_path_factory.mktemp("tiny")
-    cfg = load_config(None, {"model.backbone": "resnet18", "model.policy": "dynamic", "input.min_size": 64,
-                             "input.max_size": 64, "model.box_score_thresh": 0.0, "model.box_detections_per_img": 5})
+    cfg = load_config(
+        None,
+        {
+            "model.backbone": "resnet18",
+            "model.policy": "dynamic",
+            "input.min_size": 64,
+            "input.max_size": 64,
+            "model.box_score_thresh": 0.0,
+            "model.box_detections_per_img": 5,
+        },
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 3).eval()
     ckpt = folder / "tiny.pt"
-    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ["a", "b"], "cat_ids": [1, 2],
-                "num_classes": 3, "iteration": 0}, ckpt)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ["a", "b"],
+            "cat_ids": [1, 2],
+            "num_classes": 3,
+            "iteration": 0,
+        },
+        ckpt,
+    )
     exported = folder / "tiny.ts"
-    export_model(prepare_for_export(model), "torchscript", str(exported), ["a", "b"], [1, 2],
-                 example=torch.rand(3, 64, 64))
+    export_model(
+        prepare_for_export(model), "torchscript", str(exported), ["a", "b"], [1, 2], example=torch.rand(3, 64, 64)
+    )
     return ckpt, exported
 
 
@@ -105,11 +124,14 @@ def test_render_shows_numbers_table_and_downloads(app):
     assert entries[0]["file_name"] == source[0] and "segmentation" in entries[0]
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"\x89PNG\r\n\x1a\n" + b"garbage" * 40, "not an image"),
-    (b"just some text, not an image", "not an image"),
-    (None, f"over the viewer's limit of {MAX_SIDE} px"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"garbage" * 40, "not an image"),
+        (b"just some text, not an image", "not an image"),
+        (None, f"over the viewer's limit of {MAX_SIDE} px"),
+    ],
+)
 def test_bad_images_give_a_message_and_the_app_keeps_working(app, tmp_path, content, needle):
     path = tmp_path / "bad.png"
     if content is None:  # a real PNG, small on disk, too wide
@@ -118,8 +140,9 @@ def test_bad_images_give_a_message_and_the_app_keeps_working(app, tmp_path, cont
         Image.new("RGB", (MAX_SIDE + 1, 4)).save(path)
     else:
         path.write_bytes(content)
-    message, overlay, reference, summary, rows, downloads = cb.render(app, cb.take_upload(str(path)), "dynamic",
-                                                                      1.0, 0.5)
+    message, overlay, reference, summary, rows, downloads = cb.render(
+        app, cb.take_upload(str(path)), "dynamic", 1.0, 0.5
+    )
     assert message.startswith("**Error:** bad.png: ") and needle in message
     assert overlay is None and summary == "" and downloads is None
     assert cb.render(app, _first(app), "dynamic", 1.0, 0.5)[0] == ""
@@ -210,8 +233,10 @@ def test_runs_from_two_threads_take_turns(app):
     image = read_image(source[0])
     viewer._forward = recorded
     try:
-        threads = [threading.Thread(target=viewer.run, args=(image, source[0], "dynamic", b, 0.5))
-                   for b in (_inside(viewer), 1.0)]
+        threads = [
+            threading.Thread(target=viewer.run, args=(image, source[0], "dynamic", b, 0.5))
+            for b in (_inside(viewer), 1.0)
+        ]
         for t in threads:
             t.start()
         for t in threads:

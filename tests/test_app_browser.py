@@ -55,8 +55,11 @@ def test_the_page_turns_the_dial_and_survives_a_corrupt_upload(tmp_path):
     free, low = seen["no_budget"], seen["lowest_budget"]
     assert low["gflops"] < free["gflops"], (free["summary"], low["summary"])
     assert low["count_14"] > free["count_14"], (free["summary"], low["summary"])
-    changed = np.any(free["overlay"] != low["overlay"], axis=-1).mean() if free["overlay"].shape == \
-        low["overlay"].shape else 1.0
+    changed = (
+        np.any(free["overlay"] != low["overlay"], axis=-1).mean()
+        if free["overlay"].shape == low["overlay"].shape
+        else 1.0
+    )
     assert changed > 0.005, f"only {changed:.2%} of the overlay's pixels changed"
     assert "broken.png" in seen["corrupt_message"] and "not an image" in seen["corrupt_message"]
     after = seen["good_after_corrupt"]

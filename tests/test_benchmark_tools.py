@@ -51,9 +51,14 @@ def test_partial_head_state_round_trip(tmp_path):
     save_checkpoint(str(detector), {"model": detector_state, "detector_only": True})
     model = {k: v.float() for k, v in detector_state.items()}
     model["roi_heads.mask_branch.conv.weight"] = torch.randn(5, 5, generator=g)
-    ckpt = {"model": model, "optimizer": {"state": {0: {"exp_avg": torch.randn(5, 5, generator=g)}}},
-            "scheduler": {"last_epoch": 375}, "iteration": 375, "config": {"seed": 0},
-            "rng": {"world_size": 1, "states": [{"torch": torch.get_rng_state()}]}}
+    ckpt = {
+        "model": model,
+        "optimizer": {"state": {0: {"exp_avg": torch.randn(5, 5, generator=g)}}},
+        "scheduler": {"last_epoch": 375},
+        "iteration": 375,
+        "config": {"seed": 0},
+        "rng": {"world_size": 1, "states": [{"torch": torch.get_rng_state()}]},
+    }
     run_dir = tmp_path / "runs" / "fixed-56"
     run_dir.mkdir(parents=True)
     save_checkpoint(str(run_dir / "checkpoint_last.pt"), ckpt)
@@ -69,7 +74,9 @@ def test_partial_head_state_round_trip(tmp_path):
     bench.restore_partial(again, detector, "fixed-56")
     restored = load_checkpoint(str(tmp_path / "elsewhere" / "fixed-56" / "checkpoint_last.pt"))
     original = load_checkpoint(str(run_dir / "checkpoint_last.pt"))
-    _same({k: v for k, v in original.items() if k != "versions"}, {k: v for k, v in restored.items() if k != "versions"})
+    _same(
+        {k: v for k, v in original.items() if k != "versions"}, {k: v for k, v in restored.items() if k != "versions"}
+    )
     assert (tmp_path / "elsewhere" / "fixed-56" / "metrics.jsonl").read_text() == '{"iteration": 20}\n'
 
     # a run whose "frozen" detector moved cannot be kept this way
@@ -87,8 +94,10 @@ def test_oracle_choices_meet_the_flops_target():
     oracle = _load("oracle_switch")
     stage_gflops = torch.tensor([0.05, 0.1, 0.2, 0.4])
     # image 1: a detection best at 112, one equally good everywhere, one unmatched; image 2: best at 28
-    costs = [torch.tensor([[1.0, 0.6, 0.2, 0.0], [0.3, 0.3, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0]]),
-             torch.tensor([[0.9, 0.1, 0.1, 0.1]])]
+    costs = [
+        torch.tensor([[1.0, 0.6, 0.2, 0.0], [0.3, 0.3, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0]]),
+        torch.tensor([[0.9, 0.1, 0.1, 0.1]]),
+    ]
     matched = [torch.tensor([True, True, False]), torch.tensor([True])]
     learnt = [torch.tensor([1, 1, 2]), torch.tensor([3])]  # the switch's own choices
     per_image = list(zip(costs, matched, learnt))
@@ -129,9 +138,15 @@ def test_evaluation_results_are_kept_per_head_and_redone_when_anything_changes(t
     heads.mkdir()
     for name in ("fixed-112", "dynamic@0.4"):
         (heads / f"{name}.pt").write_bytes(name.encode())
-    specs = [{"name": "fixed-112", "evals": [("fixed-112", "fixed-112"), ("size", "size")], "weights": heads / "fixed-112.pt"},
-             {"name": "dynamic@0.4", "evals": [("dynamic@0.4", "dynamic")], "weights": heads / "dynamic@0.4.pt"},
-             {"name": "fixed-14", "evals": [("fixed-14", "fixed-14")], "weights": heads / "fixed-14.pt"}]
+    specs = [
+        {
+            "name": "fixed-112",
+            "evals": [("fixed-112", "fixed-112"), ("size", "size")],
+            "weights": heads / "fixed-112.pt",
+        },
+        {"name": "dynamic@0.4", "evals": [("dynamic@0.4", "dynamic")], "weights": heads / "dynamic@0.4.pt"},
+        {"name": "fixed-14", "evals": [("fixed-14", "fixed-14")], "weights": heads / "fixed-14.pt"},
+    ]
     args = argparse.Namespace(data=tmp_path, jobs=1, threads=1)
     cache = lambda spec: heads / f"{spec['name']}.eval.json"  # noqa: E731
 
@@ -161,8 +176,13 @@ def test_a_retired_head_keeps_its_results_without_its_weights(tmp_path, monkeypa
     import dynamask.engine.evaluate as evaluate_module
 
     calls = []
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda weights, **kw: calls.append(weights) or
-                        {"segm_AP": 1.0, "boundary_AP": 1.0, "mask_gflops_per_instance": 0.1})
+    monkeypatch.setattr(
+        evaluate_module,
+        "evaluate",
+        lambda weights, **kw: (
+            calls.append(weights) or {"segm_AP": 1.0, "boundary_AP": 1.0, "mask_gflops_per_instance": 0.1}
+        ),
+    )
     monkeypatch.setattr(dynamask.data, "CocoInstanceDataset", lambda *a, **k: "dataset")
     (tmp_path / "val.json").write_text("{}")
     heads = tmp_path / "heads"
@@ -184,27 +204,67 @@ def test_markdown_tables_show_the_results_numbers():
     bench = _load("accuracy_vs_cost_256")
 
     def model(ap, g, hist, **extra):
-        return {"segm_AP": ap, "AP50": 60.0, "AP75": 40.0, "APs": None, "APm": 41.0, "APl": 55.0, "boundary_AP": ap - 10,
-                "mask_gflops_per_instance": g, "resolution_histogram": hist, "params": 123456, **extra}
+        return {
+            "segm_AP": ap,
+            "AP50": 60.0,
+            "AP75": 40.0,
+            "APs": None,
+            "APm": 41.0,
+            "APl": 55.0,
+            "boundary_AP": ap - 10,
+            "mask_gflops_per_instance": g,
+            "resolution_histogram": hist,
+            "params": 123456,
+            **extra,
+        }
 
-    result = {"models": {"fixed-112": model(44.2, 0.4, {"112": 10}, trained_as="fixed-112"),
-                         "size": model(40.0, 0.2, {"28": 5, "112": 5}, trained_as="fixed-112", rho=0.1),
-                         "dynamic@0.4": model(42.3, 0.1, {"14": 1, "28": 2, "56": 3, "112": 4}, switch="cost",
-                                              trained_as="dynamic@0.4", rho=0.45, rho_within_size=0.29)},
-              "train_wall_s": {"fixed-112": 4134.2, "dynamic@0.4": 3807.0},
-              "dial": [{"mask_budget": 0.4, "segm_AP": 40.1, "boundary_AP": 26.7, "mask_gflops_per_instance": 0.2,
-                        "resolution_histogram": {"14": 3}}]}
+    result = {
+        "models": {
+            "fixed-112": model(44.2, 0.4, {"112": 10}, trained_as="fixed-112"),
+            "size": model(40.0, 0.2, {"28": 5, "112": 5}, trained_as="fixed-112", rho=0.1),
+            "dynamic@0.4": model(
+                42.3,
+                0.1,
+                {"14": 1, "28": 2, "56": 3, "112": 4},
+                switch="cost",
+                trained_as="dynamic@0.4",
+                rho=0.45,
+                rho_within_size=0.29,
+            ),
+        },
+        "train_wall_s": {"fixed-112": 4134.2, "dynamic@0.4": 3807.0},
+        "dial": [
+            {
+                "mask_budget": 0.4,
+                "segm_AP": 40.1,
+                "boundary_AP": 26.7,
+                "mask_gflops_per_instance": 0.2,
+                "resolution_histogram": {"14": 3},
+            }
+        ],
+    }
     text = bench.markdown(result)
     lines = text.splitlines()
-    assert "| dynamic@0.4 | cost | 123,456 | 0.100 (25 %) | 42.3 | 60.0 | 40.0 | — | 41.0 | 55.0 | 32.3 | 1/2/3/4 | 0.45 | 0.29 | 3807 |" in lines
-    assert "| size | — | 123,456 | 0.200 (50 %) | 40.0 | 60.0 | 40.0 | — | 41.0 | 55.0 | 30.0 | 0/5/0/5 | 0.10 | — | (fixed-112) |" in lines
+    assert (
+        "| dynamic@0.4 | cost | 123,456 | 0.100 (25 %) | 42.3 | 60.0 | 40.0 | — | 41.0 | 55.0 | 32.3 | 1/2/3/4 | 0.45 | 0.29 | 3807 |"
+        in lines
+    )
+    assert (
+        "| size | — | 123,456 | 0.200 (50 %) | 40.0 | 60.0 | 40.0 | — | 41.0 | 55.0 | 30.0 | 0/5/0/5 | 0.10 | — | (fixed-112) |"
+        in lines
+    )
     assert "| 0.4 | 0.200 (50 %) | 40.1 | 26.7 | 3/0/0/0 |" in lines
 
 
-@pytest.mark.parametrize("head, switch, widths", [("maskrcnn", None, [64, 64, 64, 64]),
-                                                   ("sparse-fixed-112", None, [64, 43, 32, 21]),
-                                                   ("dynamic@0.4", "cost", [64, 43, 32, 21]),
-                                                   ("paper@0.4", "paper", [64, 43, 32, 21])])
+@pytest.mark.parametrize(
+    "head, switch, widths",
+    [
+        ("maskrcnn", None, [64, 64, 64, 64]),
+        ("sparse-fixed-112", None, [64, 43, 32, 21]),
+        ("dynamic@0.4", "cost", [64, 43, 32, 21]),
+        ("paper@0.4", "paper", [64, 43, 32, 21]),
+    ],
+)
 def test_model_facts_of_the_shipped_heads(head, switch, widths):
     """The table's switch / widths / params columns come from the head files themselves: a Mask R-CNN
     head has no switch even though its config carries the default ``policy: dynamic``."""
@@ -223,9 +283,17 @@ def test_score_floor_stops_low_scoring_detections_at_14():
     from dynamask.config import load_config
     from dynamask.models import build_model
 
-    cfg = load_config(None, {"model.backbone": "resnet18", "model.policy": "fixed-112", "input.min_size": 64,
-                             "input.max_size": 64, "model.box_score_thresh": 0.0,
-                             "model.box_detections_per_img": 20})
+    cfg = load_config(
+        None,
+        {
+            "model.backbone": "resnet18",
+            "model.policy": "fixed-112",
+            "input.min_size": 64,
+            "input.max_size": 64,
+            "model.box_score_thresh": 0.0,
+            "model.box_detections_per_img": 20,
+        },
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 3).eval()
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -249,8 +317,9 @@ def test_coco_scale_file_is_valid_coco(tmp_path):
     """benchmarks/coco_scale.py's synthetic file: COCO's 80 category ids, polygons and crowd RLEs that
     pycocotools decodes, image files of the size the json says (hard links to one PNG)."""
     bench = _load("coco_scale")
-    from dynamask.data import CocoInstanceDataset
     from pycocotools import mask as mask_utils
+
+    from dynamask.data import CocoInstanceDataset
 
     ann_file = bench.make_dataset(tmp_path, fraction=0.0005, seed=1)
     data = json.loads(ann_file.read_text())
@@ -263,7 +332,9 @@ def test_coco_scale_file_is_valid_coco(tmp_path):
         assert int(mask_utils.area(rle)) == int(a["bbox"][2] * a["bbox"][3])
     ds = CocoInstanceDataset(str(ann_file), str(tmp_path / "images"))
     image, target = ds[0]
-    assert tuple(image.shape[-2:]) == (bench.HEIGHT, bench.WIDTH) and target["masks"].shape[0] == target["boxes"].shape[0]
+    assert (
+        tuple(image.shape[-2:]) == (bench.HEIGHT, bench.WIDTH) and target["masks"].shape[0] == target["boxes"].shape[0]
+    )
     assert os.stat(tmp_path / "images" / data["images"][0]["file_name"]).st_nlink > 1
 
 

@@ -27,16 +27,31 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_config(shapes, tmp_path_factory):
-    cfg = load_config(None, {
-        "data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"],
-        "data.val_json": shapes["val_json"], "data.val_images": shapes["val_dir"], "data.num_workers": 0,
-        "model.backbone": "resnet18", "model.fam": "conv",
-        "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-        "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-        "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
-        "input.min_size": 64, "input.max_size": 64, "test.max_dets": 10,
-        "solver.ims_per_batch": 2, "solver.max_iter": 2, "solver.log_period": 1, "solver.checkpoint_period": 0,
-    })
+    cfg = load_config(
+        None,
+        {
+            "data.train_json": shapes["train_json"],
+            "data.train_images": shapes["train_dir"],
+            "data.val_json": shapes["val_json"],
+            "data.val_images": shapes["val_dir"],
+            "data.num_workers": 0,
+            "model.backbone": "resnet18",
+            "model.fam": "conv",
+            "model.rpn_pre_nms_top_n_train": 100,
+            "model.rpn_post_nms_top_n_train": 50,
+            "model.rpn_pre_nms_top_n_test": 50,
+            "model.rpn_post_nms_top_n_test": 20,
+            "model.box_batch_size_per_image": 16,
+            "model.box_detections_per_img": 10,
+            "input.min_size": 64,
+            "input.max_size": 64,
+            "test.max_dets": 10,
+            "solver.ims_per_batch": 2,
+            "solver.max_iter": 2,
+            "solver.log_period": 1,
+            "solver.checkpoint_period": 0,
+        },
+    )
     path = tmp_path_factory.mktemp("cli_cfg") / "small.yaml"
     save_config(cfg, path)
     return path
@@ -46,8 +61,9 @@ def run_cli(*args, cwd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "dynamask", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dynamask", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
 
 
 def assert_one_line_error(proc, *needles):
@@ -118,8 +134,16 @@ def test_shapes_creates_dataset(tmp_path, capsys):
 def test_errors_become_exit_codes(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    rc = cli.main(["train", f"data.train_json={bad}", f"data.train_images={tmp_path}", "--out",
-                   str(tmp_path / "o"), "model.backbone=resnet18"])
+    rc = cli.main(
+        [
+            "train",
+            f"data.train_json={bad}",
+            f"data.train_images={tmp_path}",
+            "--out",
+            str(tmp_path / "o"),
+            "model.backbone=resnet18",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: ") and str(bad) in err[-1]
 
@@ -150,8 +174,22 @@ def test_train_evaluate_predict_end_to_end(small_config, shapes, tmp_path, capsy
     torch.set_num_threads(1)
     try:
         out = tmp_path / "run"
-        assert cli.main(["train", "--config", str(small_config), "--out", str(out), "--no-progress",
-                         "--device", "cpu", "test.eval_period=0"]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--config",
+                    str(small_config),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                    "test.eval_period=0",
+                ]
+            )
+            == 0
+        )
         captured = capsys.readouterr()
         assert "model_final.pt" in captured.out
         assert "iter 2/2" in captured.err  # INFO logging on stderr
@@ -159,20 +197,52 @@ def test_train_evaluate_predict_end_to_end(small_config, shapes, tmp_path, capsy
         assert weights.is_file() and (out / "metrics.jsonl").is_file()
 
         # --resume with nothing left to do just rewrites the final model
-        assert cli.main(["train", "--config", str(small_config), "--out", str(out), "--resume",
-                         "--no-progress"]) == 0
+        assert cli.main(["train", "--config", str(small_config), "--out", str(out), "--resume", "--no-progress"]) == 0
         capsys.readouterr()
 
         ev = tmp_path / "eval"
-        assert cli.main(["evaluate", "--weights", str(weights), "--out", str(ev), "--max-images", "2",
-                         "--policy", "fixed-28", "--no-progress", "--device", "cpu"]) == 0
+        assert (
+            cli.main(
+                [
+                    "evaluate",
+                    "--weights",
+                    str(weights),
+                    "--out",
+                    str(ev),
+                    "--max-images",
+                    "2",
+                    "--policy",
+                    "fixed-28",
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert "segm" in capsys.readouterr().out
         assert (ev / "metrics.json").is_file()
 
         pred = tmp_path / "pred"
         first = sorted(os.listdir(shapes["val_dir"]))[0]
-        assert cli.main(["predict", "--weights", str(weights), os.path.join(shapes["val_dir"], first),
-                         "--out", str(pred), "--score-thresh", "0.0", "--no-progress", "--device", "cpu"]) == 0
+        assert (
+            cli.main(
+                [
+                    "predict",
+                    "--weights",
+                    str(weights),
+                    os.path.join(shapes["val_dir"], first),
+                    "--out",
+                    str(pred),
+                    "--score-thresh",
+                    "0.0",
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert "predictions" in capsys.readouterr().out
         assert (pred / "predictions.json").is_file()
     finally:

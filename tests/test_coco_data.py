@@ -10,7 +10,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
-from dynamask.models.geometry import boxes_to_mask_frame
 
 from dynamask.data import (
     SKIP_REASONS,
@@ -22,6 +21,7 @@ from dynamask.data import (
     load_coco_json,
     load_image,
 )
+from dynamask.models.geometry import boxes_to_mask_frame
 
 # pycocotools decode under NumPy 2 warns about __array__(copy=...); not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -61,8 +61,8 @@ def write_json(path, data):
     return path
 
 
-RLE_MASK = rect_mask(5, 15, 40, 50)       # uncompressed RLE annotation
-CRLE_MASK = rect_mask(30, 40, 2, 8)       # compressed RLE annotation
+RLE_MASK = rect_mask(5, 15, 40, 50)  # uncompressed RLE annotation
+CRLE_MASK = rect_mask(30, 40, 2, 8)  # compressed RLE annotation
 CROWD_MASK = rect_mask(0, 4, 0, 64)
 
 
@@ -70,6 +70,7 @@ def compressed(mask):
     rle = mask_utils.encode(np.asfortranarray(mask))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
 
 @pytest.fixture
 def coco_files(tmp_path):
@@ -80,40 +81,111 @@ def coco_files(tmp_path):
     square = [[10, 10, 30, 10, 30, 30, 10, 30]]
     anns = [
         # kept: polygon, uncompressed RLE, compressed RLE, partially outside (clipped)
-        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 20, 20], "area": 400.0,
-         "segmentation": square, "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [40, 5, 10, 10], "area": 100.0,
-         "segmentation": uncompressed_rle(RLE_MASK), "iscrowd": 0},
-        {"id": 3, "image_id": 1, "category_id": 42, "bbox": [2, 30, 6, 10], "area": 60.0,
-         "segmentation": compressed(CRLE_MASK)},
-        {"id": 4, "image_id": 1, "category_id": 3, "bbox": [55, 40, 20, 20], "area": 400.0,
-         "segmentation": [[55, 40, 75, 40, 75, 60, 55, 60]], "iscrowd": 0},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 7,
+            "bbox": [10, 10, 20, 20],
+            "area": 400.0,
+            "segmentation": square,
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [40, 5, 10, 10],
+            "area": 100.0,
+            "segmentation": uncompressed_rle(RLE_MASK),
+            "iscrowd": 0,
+        },
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 42,
+            "bbox": [2, 30, 6, 10],
+            "area": 60.0,
+            "segmentation": compressed(CRLE_MASK),
+        },
+        {
+            "id": 4,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [55, 40, 20, 20],
+            "area": 400.0,
+            "segmentation": [[55, 40, 75, 40, 75, 60, 55, 60]],
+            "iscrowd": 0,
+        },
         # crowd: excluded from targets, not counted as skipped
-        {"id": 5, "image_id": 1, "category_id": 3, "bbox": [0, 0, 64, 4], "area": 256.0,
-         "segmentation": uncompressed_rle(CROWD_MASK), "iscrowd": 1},
-        {"id": 6, "image_id": 3, "category_id": 7, "bbox": [0, 0, 64, 4], "area": 256.0,
-         "segmentation": uncompressed_rle(CROWD_MASK), "iscrowd": 1},
+        {
+            "id": 5,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [0, 0, 64, 4],
+            "area": 256.0,
+            "segmentation": uncompressed_rle(CROWD_MASK),
+            "iscrowd": 1,
+        },
+        {
+            "id": 6,
+            "image_id": 3,
+            "category_id": 7,
+            "bbox": [0, 0, 64, 4],
+            "area": 256.0,
+            "segmentation": uncompressed_rle(CROWD_MASK),
+            "iscrowd": 1,
+        },
         # skipped
-        {"id": 7, "image_id": 1, "category_id": 7, "bbox": [5, 5, 0.5, 10],
-         "segmentation": [[5, 5, 5.5, 5, 5.5, 15, 5, 15]]},                                   # degenerate_box
-        {"id": 8, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5, 5],
-         "segmentation": [[1, 2, 3, 4]]},                                                     # empty (2 points)
+        {
+            "id": 7,
+            "image_id": 1,
+            "category_id": 7,
+            "bbox": [5, 5, 0.5, 10],
+            "segmentation": [[5, 5, 5.5, 5, 5.5, 15, 5, 15]],
+        },  # degenerate_box
+        {
+            "id": 8,
+            "image_id": 1,
+            "category_id": 7,
+            "bbox": [0, 0, 5, 5],
+            "segmentation": [[1, 2, 3, 4]],
+        },  # empty (2 points)
         {"id": 9, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5, 5], "segmentation": []},  # empty
-        {"id": 10, "image_id": 1, "category_id": 7, "bbox": [20, 20, 2, 2],
-         "segmentation": [[20.1, 20.1, 20.2, 20.1, 20.2, 20.2]]},                             # rasterises empty
-        {"id": 11, "image_id": 1, "category_id": 99, "bbox": [10, 10, 20, 20],
-         "segmentation": square},                                                             # unknown_category
-        {"id": 12, "image_id": 1, "category_id": 3, "bbox": [100, 100, 10, 10],
-         "segmentation": [[100, 100, 110, 100, 110, 110, 100, 110]]},                         # outside_image
-        {"id": 13, "image_id": 999, "category_id": 3, "bbox": [10, 10, 20, 20],
-         "segmentation": square},                                                             # unknown_image
-        {"id": 14, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20]},                # missing_segmentation
+        {
+            "id": 10,
+            "image_id": 1,
+            "category_id": 7,
+            "bbox": [20, 20, 2, 2],
+            "segmentation": [[20.1, 20.1, 20.2, 20.1, 20.2, 20.2]],
+        },  # rasterises empty
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 99,
+            "bbox": [10, 10, 20, 20],
+            "segmentation": square,
+        },  # unknown_category
+        {
+            "id": 12,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [100, 100, 10, 10],
+            "segmentation": [[100, 100, 110, 100, 110, 110, 100, 110]],
+        },  # outside_image
+        {
+            "id": 13,
+            "image_id": 999,
+            "category_id": 3,
+            "bbox": [10, 10, 20, 20],
+            "segmentation": square,
+        },  # unknown_image
+        {"id": 14, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20]},  # missing_segmentation
     ]
     data = {
         "images": [
             {"id": 1, "file_name": "a.png", "width": W, "height": H},
-            {"id": 2, "file_name": "b.png", "width": W, "height": H},   # no annotations
-            {"id": 3, "file_name": "c.png", "width": W, "height": H},   # crowd only
+            {"id": 2, "file_name": "b.png", "width": W, "height": H},  # no annotations
+            {"id": 3, "file_name": "c.png", "width": W, "height": H},  # crowd only
         ],
         "annotations": anns,
         "categories": [
@@ -232,7 +304,9 @@ def test_image_modes(tmp_path):
     g = load_image(tmp_path / "gray.png")
     torch.testing.assert_close(g[0], torch.from_numpy(gray).float() / 255)
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
-    torch.testing.assert_close(load_image(tmp_path / "rgba.png"), torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255)
+    torch.testing.assert_close(
+        load_image(tmp_path / "rgba.png"), torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255
+    )
     d = load_image(tmp_path / "deep.png")
     assert d[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
     assert d[0, 0, 1].item() == pytest.approx(32768 / 65535)
@@ -242,8 +316,10 @@ def test_image_modes(tmp_path):
 
     # the same through the dataset
     data = {
-        "images": [{"id": i + 1, "file_name": n, "width": W, "height": H}
-                   for i, n in enumerate(["gray.png", "rgba.png", "deep.png", "pal.png"])],
+        "images": [
+            {"id": i + 1, "file_name": n, "width": W, "height": H}
+            for i, n in enumerate(["gray.png", "rgba.png", "deep.png", "pal.png"])
+        ],
         "annotations": [],
         "categories": [{"id": 1, "name": "x"}],
     }
@@ -281,8 +357,11 @@ def test_missing_top_level_key(tmp_path, key):
 def test_annotation_missing_field(tmp_path, field):
     ann = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "segmentation": [[0, 0, 4, 0, 4, 4]]}
     del ann[field]
-    data = {"images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
-            "annotations": [ann], "categories": [{"id": 1, "name": "x"}]}
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
+        "annotations": [ann],
+        "categories": [{"id": 1, "name": "x"}],
+    }
     path = write_json(tmp_path / "x.json", data)
     with pytest.raises(DatasetError) as e:
         load_coco_json(path)
@@ -291,15 +370,30 @@ def test_annotation_missing_field(tmp_path, field):
 
 
 def test_bad_bbox_and_segmentation(tmp_path):
-    base = {"images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
-            "categories": [{"id": 1, "name": "x"}]}
-    path = write_json(tmp_path / "x.json", dict(base, annotations=[
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4]}]))
+    base = {
+        "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    path = write_json(
+        tmp_path / "x.json", dict(base, annotations=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4]}])
+    )
     with pytest.raises(DatasetError, match="'bbox'"):
         load_coco_json(path)
-    path = write_json(tmp_path / "y.json", dict(base, annotations=[
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4],
-         "segmentation": {"size": [10, 10], "counts": [100]}}]))
+    path = write_json(
+        tmp_path / "y.json",
+        dict(
+            base,
+            annotations=[
+                {
+                    "id": 1,
+                    "image_id": 1,
+                    "category_id": 1,
+                    "bbox": [0, 0, 4, 4],
+                    "segmentation": {"size": [10, 10], "counts": [100]},
+                }
+            ],
+        ),
+    )
     with pytest.raises(DatasetError) as e:
         CocoInstanceDataset(path, tmp_path)
     assert str(path) in str(e.value) and "'segmentation'" in str(e.value)
@@ -309,9 +403,11 @@ def test_missing_and_unreadable_image(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"this is not a png")
     save_rgb(tmp_path / "small.png", h=10, w=10)
     data = {
-        "images": [{"id": 1, "file_name": "missing.png", "width": W, "height": H},
-                   {"id": 2, "file_name": "broken.png", "width": W, "height": H},
-                   {"id": 3, "file_name": "small.png", "width": W, "height": H}],
+        "images": [
+            {"id": 1, "file_name": "missing.png", "width": W, "height": H},
+            {"id": 2, "file_name": "broken.png", "width": W, "height": H},
+            {"id": 3, "file_name": "small.png", "width": W, "height": H},
+        ],
         "annotations": [],
         "categories": [{"id": 1, "name": "x"}],
     }
@@ -350,8 +446,11 @@ def _check_consistent(image, target, atol=1.0):
 
 def test_train_transform_flip_keeps_boxes_and_masks_in_step(shapes_ds):
     plain = CocoInstanceDataset(shapes_ds / "train.json", shapes_ds / "train")
-    flipped = CocoInstanceDataset(shapes_ds / "train.json", shapes_ds / "train",
-                                  transforms=build_transforms(True, flip_prob=1.0, color_jitter=False))
+    flipped = CocoInstanceDataset(
+        shapes_ds / "train.json",
+        shapes_ds / "train",
+        transforms=build_transforms(True, flip_prob=1.0, color_jitter=False),
+    )
     for i in range(len(plain)):
         img0, t0 = plain[i]
         img1, t1 = flipped[i]
@@ -393,8 +492,9 @@ def test_sanitize_drops_all_instance_fields():
     masks[0, 2:8, 2:8] = 1
     masks[2, 10:15, 10:18] = 1
     target = {
-        "boxes": tv_tensors.BoundingBoxes([[2, 2, 8, 8], [5, 5, 5.5, 9], [10, 10, 18, 15]],
-                                          format="XYXY", canvas_size=(20, 20)),
+        "boxes": tv_tensors.BoundingBoxes(
+            [[2, 2, 8, 8], [5, 5, 5.5, 9], [10, 10, 18, 15]], format="XYXY", canvas_size=(20, 20)
+        ),
         "labels": torch.tensor([1, 2, 3]),
         "masks": tv_tensors.Mask(masks),
         "image_id": 7,

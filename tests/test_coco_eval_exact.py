@@ -60,8 +60,9 @@ def _faster_coco_eval_boundary(gt: dict, results: list, max_dets: int) -> np.nda
     quiet = logging.getLogger("faster_coco_eval").debug
     coco = COCO(copy.deepcopy(gt), print_function=quiet)
     dt = coco.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in copy.deepcopy(results)])
-    E = COCOeval_faster(coco, dt, iouType="boundary", print_function=quiet, boundary_dilation_ratio=0.02,
-                        boundary_cpu_count=1)
+    E = COCOeval_faster(
+        coco, dt, iouType="boundary", print_function=quiet, boundary_dilation_ratio=0.02, boundary_cpu_count=1
+    )
     E.params.imgIds = sorted(img["id"] for img in gt["images"])
     E.params.maxDets = max_dets_list(max_dets)
     E.evaluate()
@@ -121,12 +122,20 @@ def _hostile_set(seed: int = 0):
             seg = _rle(m)
             if k == 2:  # uncompressed RLE, as COCO stores crowds
                 seg = {"size": [h, w], "counts": _uncompressed(m)}
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "segmentation": seg,
-                         "area": area, "bbox": [float(v) for v in mask_utils.toBbox(mask_utils.encode(
-                             np.asfortranarray(m)))], "iscrowd": int(k == 3 and i % 2 == 0)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cat,
+                    "segmentation": seg,
+                    "area": area,
+                    "bbox": [float(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m)))],
+                    "iscrowd": int(k == 3 and i % 2 == 0),
+                }
+            )
             if i == 6:  # an image without detections: every object missed
                 continue
-            for j in range(3):  # near-copies, some with the same score
+            for _j in range(3):  # near-copies, some with the same score
                 moved = np.roll(m, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1))
                 dets.append(_det(i, cat if cat != 9 else 5, round(float(rng.uniform(0.3, 1.0)), 1), moved))
         if i != 6:
@@ -135,8 +144,17 @@ def _hostile_set(seed: int = 0):
                 m = np.zeros((h, w), np.uint8) if empty else _blob(rng, h, w)
                 dets.append(_det(i, 1, round(float(rng.uniform(0, 1)), 1), m))
     # a polygon ground truth (rasterised the pycocotools way)
-    anns.append({"id": len(anns) + 1, "image_id": 4, "category_id": 2, "iscrowd": 0, "area": 900.0,
-                 "segmentation": [[10, 10, 60, 12, 55, 50, 12, 45]], "bbox": [10, 10, 50, 40]})
+    anns.append(
+        {
+            "id": len(anns) + 1,
+            "image_id": 4,
+            "category_id": 2,
+            "iscrowd": 0,
+            "area": 900.0,
+            "segmentation": [[10, 10, 60, 12, 55, 50, 12, 45]],
+            "bbox": [10, 10, 50, 40],
+        }
+    )
     gt = {"images": images, "annotations": anns, "categories": categories}
     return gt, dets
 
@@ -200,8 +218,9 @@ def test_shapes_validation_set_equals_the_references(tmp_path):
             warnings.simplefilter("ignore", DeprecationWarning)
             m = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
         for shift in (0, 1, 3):
-            results.append(_det(ann["image_id"], ann["category_id"], round(float(rng.uniform()), 2),
-                                np.roll(m, shift, axis=1)))
+            results.append(
+                _det(ann["image_id"], ann["category_id"], round(float(rng.uniform()), 2), np.roll(m, shift, axis=1))
+            )
     _assert_exact(gt, results)
 
 
@@ -213,7 +232,7 @@ def test_crop_decoding_and_totals_match_pycocotools():
         m = _blob(rng, h, w, touch_border=bool(rng.integers(2)))
         seg = _rle(m)
         x, y, bw, bh = (int(v) for v in mask_utils.toBbox({"size": [h, w], "counts": seg["counts"].encode()}))
-        np.testing.assert_array_equal(decode_crop(seg["counts"].encode(), h, (x, y, bw, bh)), m[y:y + bh, x:x + bw])
+        np.testing.assert_array_equal(decode_crop(seg["counts"].encode(), h, (x, y, bw, bh)), m[y : y + bh, x : x + bw])
         assert rle_totals([seg["counts"]]).tolist() == [h * w]
     assert rle_totals(["", "abc", "0?"]).tolist() == [0, -1, 15]
 
@@ -231,9 +250,11 @@ def test_results_file_read_in_small_pieces_is_the_same(tmp_path, monkeypatch):
     utf16 = tmp_path / "utf16.json"  # not UTF-8: read whole, the same entries
     utf16.write_bytes(json.dumps(dets).encode("utf-16"))
     assert len(results_file.read_results_file(utf16, gt)) == len(dets)
-    for text, needle in (('[{"image_id": 1}] x', "invalid JSON at line 1"),
-                         ('[{"image_id": 1}, {"image_id": ', "invalid JSON at line 1"),  # a bad entry, then bad JSON
-                         ('{"annotations": []}', "got a JSON object")):
+    for text, needle in (
+        ('[{"image_id": 1}] x', "invalid JSON at line 1"),
+        ('[{"image_id": 1}, {"image_id": ', "invalid JSON at line 1"),  # a bad entry, then bad JSON
+        ('{"annotations": []}', "got a JSON object"),
+    ):
         path.write_text(text)
         with pytest.raises(DynaMaskError, match=needle):
             results_file.read_results_file(path, gt)
@@ -247,10 +268,16 @@ def test_scoring_a_results_file_does_not_import_torch(tmp_path):
     gt, dets = _hostile_set()
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "r.json").write_text(json.dumps(dets))
-    code = ("import sys; from dynamask.cli import main; "
-            f"rc = main(['evaluate', '--results', {str(tmp_path / 'r.json')!r}, '--gt', {str(tmp_path / 'gt.json')!r}, "
-            "'--no-progress']); print('torch' in sys.modules, rc)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
+    code = (
+        "import sys; from dynamask.cli import main; "
+        f"rc = main(['evaluate', '--results', {str(tmp_path / 'r.json')!r}, '--gt', {str(tmp_path / 'gt.json')!r}, "
+        "'--no-progress']); print('torch' in sys.modules, rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False 0" and "boundary" in proc.stdout

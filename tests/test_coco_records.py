@@ -87,8 +87,15 @@ def test_parallel_check_equals_serial(shapes, monkeypatch, tmp_path):
     first = data["images"][0]["id"]
     for k in range(5):  # polygons that cover no pixel centre
         x = 3.1 + 7 * k
-        data["annotations"].append({"id": 10_000 + k, "image_id": first, "category_id": data["categories"][0]["id"],
-                                    "bbox": [x, 3.1, 2, 2], "segmentation": [[x, 3.1, x + 0.2, 3.1, x + 0.2, 3.3]]})
+        data["annotations"].append(
+            {
+                "id": 10_000 + k,
+                "image_id": first,
+                "category_id": data["categories"][0]["id"],
+                "bbox": [x, 3.1, 2, 2],
+                "segmentation": [[x, 3.1, x + 0.2, 3.1, x + 0.2, 3.3]],
+            }
+        )
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(data))
     serial = CocoInstanceDataset(path, shapes["train_dir"], workers=1)
@@ -130,8 +137,11 @@ def test_targets_match_rasterising_the_json(shapes):
         assert len(idx) == target["masks"].shape[0]
         for m, j in zip(target["masks"], idx.tolist()):
             seg = anns[j]["segmentation"]
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, info["height"], info["width"])) \
-                if isinstance(seg, list) else seg
+            rle = (
+                mask_utils.merge(mask_utils.frPyObjects(seg, info["height"], info["width"]))
+                if isinstance(seg, list)
+                else seg
+            )
             assert torch.equal(m, torch.from_numpy(mask_utils.decode(rle)))
 
 

@@ -171,7 +171,10 @@ def test_cityscapes_config():
 
 
 def test_base_inheritance(tmp_path):
-    write(tmp_path / "base.yaml", "model:\n  policy: fixed-28\n  backbone: resnet18\nsolver:\n  max_iter: 100\n  steps: [50, 80]\n")
+    write(
+        tmp_path / "base.yaml",
+        "model:\n  policy: fixed-28\n  backbone: resnet18\nsolver:\n  max_iter: 100\n  steps: [50, 80]\n",
+    )
     write(tmp_path / "sub" / "mid.yaml", "_base_: ../base.yaml\nsolver:\n  max_iter: 200\n")
     child = write(tmp_path / "sub" / "child.yaml", "_base_: mid.yaml\nmodel:\n  policy: size\n")
     cfg = C.load_config(child)
@@ -558,8 +561,10 @@ def test_config_command_bad_key_is_one_line_error(cli_main, tmp_path):
     rc, out, err = cli_main("config", "solver.max_iters=100")
     assert rc == 2 and out == ""
     assert err.strip().splitlines() == [
-        "error: command line: unknown config key 'solver.max_iters' (did you mean 'solver.max_iter'?)"]
+        "error: command line: unknown config key 'solver.max_iters' (did you mean 'solver.max_iter'?)"
+    ]
     path = write(tmp_path / "bad.yaml", "model:\n  polcy: size\n")
     rc, _, err = cli_main("config", "--config", path)
     assert rc == 2 and err.strip().splitlines() == [
-        f"error: {path}: unknown config key 'model.polcy' (did you mean 'model.policy'?)"]
+        f"error: {path}: unknown config key 'model.polcy' (did you mean 'model.policy'?)"
+    ]

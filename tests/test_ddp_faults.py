@@ -25,8 +25,10 @@ from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 from dynamask.inference import load_checkpoint
 
-pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc"),
-              pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 
 ITERS = 12
 
@@ -36,18 +38,34 @@ def ddp_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_faults")
     shapes = generate_shapes_dataset(root / "shapes", 8, 2, image_size=64)
     (Path(shapes["train_dir"]) / "000003.png").write_bytes(b"not a png")  # skipped wherever it comes up
-    ov = {"data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"], "data.num_workers": 0,
-          "model.backbone": "resnet18", "model.fam": "conv",
-          # a narrow model: the faults are under test, not the network's width
-          "model.fpn_channels": 32, "model.box_representation_size": 64, "model.head_widths": [16, 16, 8, 8],
-          "model.head_reduced_channels": [8, 8, 8],
-          "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-          "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-          "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
-          "input.min_size": 64, "input.max_size": 64,
-          "solver.ims_per_batch": 2, "solver.max_iter": ITERS, "solver.log_period": 1,
-          "solver.checkpoint_period": 2, "solver.warmup_iters": 2, "solver.base_lr": 0.02,
-          "solver.dist_timeout_s": 20, "seed": 3}
+    ov = {
+        "data.train_json": shapes["train_json"],
+        "data.train_images": shapes["train_dir"],
+        "data.num_workers": 0,
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
+        # a narrow model: the faults are under test, not the network's width
+        "model.fpn_channels": 32,
+        "model.box_representation_size": 64,
+        "model.head_widths": [16, 16, 8, 8],
+        "model.head_reduced_channels": [8, 8, 8],
+        "model.rpn_pre_nms_top_n_train": 100,
+        "model.rpn_post_nms_top_n_train": 50,
+        "model.rpn_pre_nms_top_n_test": 50,
+        "model.rpn_post_nms_top_n_test": 20,
+        "model.box_batch_size_per_image": 16,
+        "model.box_detections_per_img": 10,
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "solver.ims_per_batch": 2,
+        "solver.max_iter": ITERS,
+        "solver.log_period": 1,
+        "solver.checkpoint_period": 2,
+        "solver.warmup_iters": 2,
+        "solver.base_lr": 0.02,
+        "solver.dist_timeout_s": 20,
+        "seed": 3,
+    }
     path = root / "ddp.yaml"
     save_config(load_config(None, ov), path)
     return path
@@ -58,9 +76,24 @@ def launch(cfg_path, out, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "dynamask", "train", "--config", str(cfg_path), "--out", str(out), "--device", "cpu",
-           "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dynamask",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"{out.name}.log", "w")  # a file, not a pipe: a full pipe would block the workers
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -75,7 +108,7 @@ def _stat(pid):
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return fields[0], int(fields[1])
 
 
@@ -130,8 +163,11 @@ def finish(proc, started, ranks=(), limit=60.0):
     """Wait for the launcher and its workers to end within ``limit`` seconds of ``started``."""
     proc.wait(timeout=limit)
     output = proc.log_path.read_text()
-    wait_until(lambda: not any(alive(pid) for pid in ranks), max(1.0, limit - (time.monotonic() - started)),
-               "every worker to exit")
+    wait_until(
+        lambda: not any(alive(pid) for pid in ranks),
+        max(1.0, limit - (time.monotonic() - started)),
+        "every worker to exit",
+    )
     assert time.monotonic() - started < limit
     return output
 

@@ -9,13 +9,13 @@ from dynamask.models.deform_conv import deform_conv2d, deform_conv2d_gather
 from dynamask.models.flops import count_flops
 
 CASES = [  # (N, C, Cout, H, W, stride, padding, dilation, offset scale)
-    (2, 5, 4, 7, 9, 1, 1, 1, 0.0),    # zero offsets: the FAM's initial state, taps on integer positions
+    (2, 5, 4, 7, 9, 1, 1, 1, 0.0),  # zero offsets: the FAM's initial state, taps on integer positions
     (2, 5, 4, 7, 9, 1, 1, 1, 0.7),
-    (1, 3, 6, 6, 6, 1, 1, 1, 4.0),    # many taps land off the map
-    (3, 4, 2, 5, 8, 1, 1, 1, 12.0),   # nearly all taps off the map
+    (1, 3, 6, 6, 6, 1, 1, 1, 4.0),  # many taps land off the map
+    (3, 4, 2, 5, 8, 1, 1, 1, 12.0),  # nearly all taps off the map
     (2, 6, 3, 9, 9, 2, 0, 1, 0.5),
     (1, 4, 5, 8, 7, 1, 2, 2, 1.5),
-    (2, 8, 8, 1, 1, 1, 1, 1, 0.3),    # 1×1 map
+    (2, 8, 8, 1, 1, 1, 1, 1, 0.3),  # 1×1 map
 ]
 
 
@@ -37,7 +37,7 @@ def test_gather_equals_torchvision_forward_and_gradients(case):
         grads = torch.autograd.grad(out, leaves, grad_out)
         results.append((out, *grads))
     for ref, got, name in zip(results[0], results[1], ("output", "d input", "d offset", "d weight", "d bias")):
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023 - called within this iteration
 
 
 def test_without_bias_and_kernel_choice():
@@ -53,15 +53,18 @@ def test_without_bias_and_kernel_choice():
 
 def test_measured_flops_equal_torchvision_ops():
     x, offset, weight = torch.randn(2, 8, 10, 10), torch.randn(2, 18, 10, 10), torch.randn(6, 8, 3, 3)
-    flops = {k: count_flops(deform_conv2d, x, offset, weight, padding=1, kernel=k)[0] for k in ("gather", "torchvision")}
+    flops = {
+        k: count_flops(deform_conv2d, x, offset, weight, padding=1, kernel=k)[0] for k in ("gather", "torchvision")
+    }
     assert flops["gather"] == flops["torchvision"] > 0
 
 
 def test_fam_kernels_give_the_same_masks_and_flops():
     torch.manual_seed(0)
     # 20 detections (not the default 100) through the 112x112 stages: every sampling path, a fifth of the cost
-    model = dynamask_resnet18_fpn(3, fam="deform", min_size=96, max_size=96, policy="fixed-112",
-                                  box_detections_per_img=20).eval()
+    model = dynamask_resnet18_fpn(
+        3, fam="deform", min_size=96, max_size=96, policy="fixed-112", box_detections_per_img=20
+    ).eval()
     head = model.mask_branch
     with torch.no_grad():  # move the offsets away from zero so that sampling is really fractional
         for fam in head.aggregators:

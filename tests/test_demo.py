@@ -7,21 +7,51 @@ import pytest
 
 from dynamask.cli import main
 from dynamask.data import generate_shapes_dataset
-from dynamask.engine.demo import (FIXED_28, FIXED_112, GATED_112, dial_budgets, gallery_images, shipped_files,
-                                  verdict_sentences)
+from dynamask.engine.demo import (
+    FIXED_28,
+    FIXED_112,
+    GATED_112,
+    dial_budgets,
+    gallery_images,
+    shipped_files,
+    verdict_sentences,
+)
 from dynamask.errors import DynaMaskError
 
 ROWS = [
-    {"name": "dynamic", "segm_AP": 50.0, "boundary_AP": 40.0, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.20,
-     "complexity_spearman": 0.61, "complexity_spearman_within_size": 0.55},
-    {"name": "dynamic, budget 0.5", "segm_AP": 49.0, "boundary_AP": 38.0, "bbox_AP": 65.7,
-     "mask_gflops_per_instance": 0.15},
-    {"name": "dynamic, budget 0.3", "segm_AP": 47.0, "boundary_AP": 35.0, "bbox_AP": 65.7,
-     "mask_gflops_per_instance": 0.10},
+    {
+        "name": "dynamic",
+        "segm_AP": 50.0,
+        "boundary_AP": 40.0,
+        "bbox_AP": 65.7,
+        "mask_gflops_per_instance": 0.20,
+        "complexity_spearman": 0.61,
+        "complexity_spearman_within_size": 0.55,
+    },
+    {
+        "name": "dynamic, budget 0.5",
+        "segm_AP": 49.0,
+        "boundary_AP": 38.0,
+        "bbox_AP": 65.7,
+        "mask_gflops_per_instance": 0.15,
+    },
+    {
+        "name": "dynamic, budget 0.3",
+        "segm_AP": 47.0,
+        "boundary_AP": 35.0,
+        "bbox_AP": 65.7,
+        "mask_gflops_per_instance": 0.10,
+    },
     {"name": FIXED_28, "segm_AP": 46.0, "boundary_AP": 33.0, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.09},
     {"name": FIXED_112, "segm_AP": 50.5, "boundary_AP": 40.2, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.40},
-    {"name": GATED_112, "segm_AP": 48.0, "boundary_AP": 37.5, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.20,
-     "score_floor": 0.42},
+    {
+        "name": GATED_112,
+        "segm_AP": 48.0,
+        "boundary_AP": 37.5,
+        "bbox_AP": 65.7,
+        "mask_gflops_per_instance": 0.20,
+        "score_floor": 0.42,
+    },
     {"name": "Mask R-CNN", "segm_AP": 45.0, "boundary_AP": 32.0, "bbox_AP": 65.7, "mask_gflops_per_instance": 0.08},
 ]
 
@@ -81,8 +111,10 @@ def test_gallery_prefers_images_with_large_simple_and_detailed_objects(tmp_path)
 
     def score(image):  # the smaller of the largest simple and the largest detailed box side
         anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
-        sides = {kind: [(a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in anns if (a["category_id"] in detail) == kind]
-                 for kind in (True, False)}
+        sides = {
+            kind: [(a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in anns if (a["category_id"] in detail) == kind]
+            for kind in (True, False)
+        }
         return min(max(sides[True], default=0), max(sides[False], default=0))
 
     scores = sorted((score(im) for im in coco["images"]), reverse=True)

@@ -46,8 +46,9 @@ DETAIL_IDS = [int(c["id"]) for c in DETAIL_CATEGORIES]
 def detail_set():
     """100 images at 256 px with detail=True (the acceptance set) and its yardstick."""
     images, targets = make_shapes_tensors(100, 256, seed=0, detail=True)
-    ys = yardstick([t["masks"] for t in targets], [t["boxes"] for t in targets],
-                   labels_by_image=[t["labels"] for t in targets])
+    ys = yardstick(
+        [t["masks"] for t in targets], [t["boxes"] for t in targets], labels_by_image=[t["labels"] for t in targets]
+    )
     return targets, ys
 
 
@@ -59,8 +60,10 @@ def test_acceptance_round_trip_yardstick(detail_set):
     mask = ys.mean_mask_iou()
     simple = ys.of_categories(SIMPLE_IDS)
     detail = ys.of_categories(DETAIL_IDS)
-    report = (f"all: {ys.format(3)}\nsimple ({simple.num_instances}): {simple.format(3)}\n"
-              f"detail ({detail.num_instances}): {detail.format(3)}")
+    report = (
+        f"all: {ys.format(3)}\nsimple ({simple.num_instances}): {simple.format(3)}\n"
+        f"detail ({detail.num_instances}): {detail.format(3)}"
+    )
     assert 0.80 <= mask[28] <= 0.90, report
     assert mask[112] >= 0.98, report
     assert simple.num_instances >= ys.num_instances / 3.0, report
@@ -140,8 +143,15 @@ def test_detail_false_renders_as_before(seed, index):
 
 def test_detail_false_dataset_and_categories_unchanged(tmp_path):
     assert [(c["id"], c["name"], c["supercategory"]) for c in SHAPE_CATEGORIES] == [
-        (1, "ellipse", "easy"), (2, "rectangle", "easy"), (3, "triangle", "easy"), (4, "star", "hard"),
-        (5, "gear", "hard"), (6, "blob", "hard"), (7, "ring", "hard"), (8, "cross", "hard")]
+        (1, "ellipse", "easy"),
+        (2, "rectangle", "easy"),
+        (3, "triangle", "easy"),
+        (4, "star", "hard"),
+        (5, "gear", "hard"),
+        (6, "blob", "hard"),
+        (7, "ring", "hard"),
+        (8, "cross", "hard"),
+    ]
     assert shape_categories() == shape_categories(False) == SHAPE_CATEGORIES
     full = shape_categories(True)
     assert full[:8] == SHAPE_CATEGORIES
@@ -182,8 +192,12 @@ def test_detail_deterministic_by_seed_and_matches_tensors(tmp_path):
 
     # the round trip of the written files is the round trip of the tensors
     from_files = yardstick_from_coco(tmp_path / "a/train.json", resolutions=(28, 112))
-    in_memory = yardstick([t["masks"] for t in targets], [t["boxes"] for t in targets], resolutions=(28, 112),
-                          labels_by_image=[t["labels"] for t in targets])
+    in_memory = yardstick(
+        [t["masks"] for t in targets],
+        [t["boxes"] for t in targets],
+        resolutions=(28, 112),
+        labels_by_image=[t["labels"] for t in targets],
+    )
     assert np.array_equal(from_files.labels, in_memory.labels)
     for r in (28, 112):
         assert np.allclose(from_files.mask_iou[r], in_memory.mask_iou[r])
@@ -251,12 +265,16 @@ def test_cli_shapes_detail_prints_yardstick(tmp_path, capsys):
     assert [c["id"] for c in val["categories"]] == list(range(1, 15))
     lines = [line for line in text.splitlines() if line.startswith("yardstick (val, exact geometry")]
     assert len(lines) == 1, text
-    nums = re.search(r"mask IoU at 14/28/56/112: ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+); "
-                     r"boundary IoU: ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+)", lines[0])
+    nums = re.search(
+        r"mask IoU at 14/28/56/112: ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+); "
+        r"boundary IoU: ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+)",
+        lines[0],
+    )
     assert nums, lines[0]
     expected = yardstick_from_coco(out / "val.json")
     assert [float(v) for v in nums.groups()[:4]] == pytest.approx(
-        [expected.mean_mask_iou()[r] for r in (14, 28, 56, 112)], abs=0.006)
+        [expected.mean_mask_iou()[r] for r in (14, 28, 56, 112)], abs=0.006
+    )
 
     plain = tmp_path / "plain"
     assert cli.main(["shapes", "--out", str(plain), "--train", "1", "--val", "3", "--size", "64"]) == 0

@@ -11,8 +11,7 @@ from torchvision.models.detection import MaskRCNN
 
 from dynamask.models import dynamask_resnet18_fpn, maskrcnn_resnet18_fpn
 
-SETTINGS = dict(min_size=96, max_size=128, box_score_thresh=0.0, box_detections_per_img=20,
-                rpn_post_nms_top_n_test=100)
+SETTINGS = dict(min_size=96, max_size=128, box_score_thresh=0.0, box_detections_per_img=20, rpn_post_nms_top_n_test=100)
 
 
 def _torchvision_twin(ours):

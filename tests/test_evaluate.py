@@ -13,7 +13,6 @@ from pycocotools import mask as mask_utils
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
-from dynamask.models import build_model
 from dynamask.engine.evaluate import (
     AP_KEYS,
     METRIC_KEYS,
@@ -25,18 +24,44 @@ from dynamask.engine.evaluate import (
     spearman_correlation,
 )
 from dynamask.errors import DynaMaskError
+from dynamask.models import build_model
 
-REQUIRED = ["bbox_AP", "segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl", "boundary_AP",
-            "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
-            "num_images", "num_detections", "policy", "mask_budget", "complexity_spearman"]
+REQUIRED = [
+    "bbox_AP",
+    "segm_AP",
+    "segm_AP50",
+    "segm_AP75",
+    "segm_APs",
+    "segm_APm",
+    "segm_APl",
+    "boundary_AP",
+    "mask_gflops_per_instance",
+    "mask_gflops_per_image",
+    "resolution_histogram",
+    "images_per_second",
+    "num_images",
+    "num_detections",
+    "policy",
+    "mask_budget",
+    "complexity_spearman",
+]
 
 
 def _tiny_cfg(shapes, **over):
     base = {
-        "model.backbone": "resnet18", "model.fam": "conv", "input.min_size": 64, "input.max_size": 64,
-        "data.val_json": shapes["val_json"], "data.val_images": shapes["val_dir"], "data.num_workers": 0,
-        "model.box_score_thresh": 0.0, "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 40,
-        "model.box_detections_per_img": 8, "test.max_dets": 8, "test.score_thresh": 0.0,
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "data.val_json": shapes["val_json"],
+        "data.val_images": shapes["val_dir"],
+        "data.num_workers": 0,
+        "model.box_score_thresh": 0.0,
+        "model.rpn_pre_nms_top_n_test": 100,
+        "model.rpn_post_nms_top_n_test": 40,
+        "model.box_detections_per_img": 8,
+        "test.max_dets": 8,
+        "test.score_thresh": 0.0,
     }
     base.update(over)
     return load_config(None, base)
@@ -61,8 +86,17 @@ def checkpoint(shapes, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes + 1)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ds.class_names, "cat_ids": ds.cat_ids,
-                "num_classes": ds.num_classes + 1, "iteration": 0}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ds.class_names,
+            "cat_ids": ds.cat_ids,
+            "num_classes": ds.num_classes + 1,
+            "iteration": 0,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -77,8 +111,15 @@ def _gt_as_results(gt, transform=None):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 m = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
             seg = masks_to_rles(transform(m)[None])[0]
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": list(ann["bbox"]),
-                        "score": 1.0, "segmentation": seg})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": list(ann["bbox"]),
+                "score": 1.0,
+                "segmentation": seg,
+            }
+        )
     return results
 
 
@@ -151,12 +192,28 @@ def test_crowd_regions_are_ignored(gt):
     crowd = np.zeros((h, w), np.uint8)
     crowd[:10, :10] = 1  # a crowd region nobody detects ...
     rle = masks_to_rles(crowd[None])[0]
-    gt["annotations"].append({"id": 10_000, "image_id": img["id"], "category_id": gt["categories"][0]["id"],
-                              "segmentation": rle, "area": 100.0, "bbox": [0, 0, 10, 10], "iscrowd": 1})
+    gt["annotations"].append(
+        {
+            "id": 10_000,
+            "image_id": img["id"],
+            "category_id": gt["categories"][0]["id"],
+            "segmentation": rle,
+            "area": 100.0,
+            "bbox": [0, 0, 10, 10],
+            "iscrowd": 1,
+        }
+    )
     results = _gt_as_results(gt)
     # ... and a detection lying on it: neither a miss nor a false positive
-    results.append({"image_id": img["id"], "category_id": gt["categories"][0]["id"], "bbox": [0, 0, 10, 10],
-                    "score": 0.99, "segmentation": rle})
+    results.append(
+        {
+            "image_id": img["id"],
+            "category_id": gt["categories"][0]["id"],
+            "bbox": [0, 0, 10, 10],
+            "score": 0.99,
+            "segmentation": rle,
+        }
+    )
     m = compute_coco_metrics(gt, results, max_dets=100)
     assert m["segm_AP"] == pytest.approx(100.0)
     assert m["bbox_AP"] == pytest.approx(100.0)

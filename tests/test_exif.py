@@ -17,9 +17,9 @@ from PIL import Image, ImageOps
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset, load_image
 from dynamask.data.coco import DatasetError
-from dynamask.models import build_model
 from dynamask.engine.evaluate import evaluate
 from dynamask.engine.predict import predict_files
+from dynamask.models import build_model
 from dynamask.predictor import Predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,9 +51,17 @@ def _coco(tmp_path, images, name="ann.json"):
     data = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
     for i, (fn, w, h) in enumerate(images, start=1):
         data["images"].append({"id": i, "file_name": fn, "width": w, "height": h})
-        data["annotations"].append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "area": 100.0,
-                                    "bbox": [2, 3, 10, 10],
-                                    "segmentation": [[2, 3, 12, 3, 12, 13, 2, 13]]})
+        data["annotations"].append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 100.0,
+                "bbox": [2, 3, 10, 10],
+                "segmentation": [[2, 3, 12, 3, 12, 13, 2, 13]],
+            }
+        )
     path = tmp_path / name
     path.write_text(json.dumps(data))
     return str(path)
@@ -152,9 +160,18 @@ def shapes(tmp_path_factory):
 
 
 def _cfg(val_json=None, val_dir=None):
-    over = {"model.backbone": "resnet18", "model.fam": "conv", "input.min_size": 64, "input.max_size": 64,
-            "model.box_score_thresh": 0.0, "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 40,
-            "model.box_detections_per_img": 6, "test.score_thresh": 0.0, "data.num_workers": 0}
+    over = {
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "model.box_score_thresh": 0.0,
+        "model.rpn_pre_nms_top_n_test": 100,
+        "model.rpn_post_nms_top_n_test": 40,
+        "model.box_detections_per_img": 6,
+        "test.score_thresh": 0.0,
+        "data.num_workers": 0,
+    }
     if val_json:
         over.update({"data.val_json": val_json, "data.val_images": val_dir})
     return load_config(None, over)
@@ -167,8 +184,17 @@ def checkpoint(shapes, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes + 1)
     path = tmp_path_factory.mktemp("ckpt_exif") / "model.pt"
-    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ds.class_names, "cat_ids": ds.cat_ids,
-                "num_classes": ds.num_classes + 1, "iteration": 0}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ds.class_names,
+            "cat_ids": ds.cat_ids,
+            "num_classes": ds.num_classes + 1,
+            "iteration": 0,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -187,8 +213,9 @@ def test_predict_files_upright_and_no_not_writable_warning(checkpoint, tmp_path)
     _photo(photos / "scan.png", orientation=8, seed=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        json_path = predict_files(checkpoint, [str(photos)], str(tmp_path / "out"), score_thresh=0.0, device="cpu",
-                                  progress=False)
+        json_path = predict_files(
+            checkpoint, [str(photos)], str(tmp_path / "out"), score_thresh=0.0, device="cpu", progress=False
+        )
     assert not [w for w in caught if "not writable" in str(w.message)], [str(w.message) for w in caught]
     for stem in ("phone", "scan"):
         with Image.open(tmp_path / "out" / f"{stem}_overlay.png") as im:
@@ -218,12 +245,22 @@ def test_evaluate_swapped_width_height_is_a_named_error(checkpoint, shapes, tmp_
     last.write_text(json.dumps(data))
     model = build_model(_cfg(), 4)
     ran = []
-    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
-             "masks": torch.zeros(0, 1, 48, 64)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 1, 48, 64),
+    }
     model.forward = lambda images, *a, **k: ran.append(1) or [dict(empty) for _ in images]
     with pytest.raises(DatasetError, match=data["images"][-1]["file_name"] + ".*'width'/'height'"):
-        evaluate(_cfg(str(last), shapes["val_dir"]), model=model, cat_ids=[1, 2, 3], device="cpu", progress=False,
-                 batch_size=1)
+        evaluate(
+            _cfg(str(last), shapes["val_dir"]),
+            model=model,
+            cat_ids=[1, 2, 3],
+            device="cpu",
+            progress=False,
+            batch_size=1,
+        )
     assert not ran
 
 
@@ -255,7 +292,12 @@ def test_image_conversion_gives_torch_writable_arrays(tmp_path):
         "        image_to_tensor(Image.open(p).convert(m) if m != 'I;16' else Image.new(m, (1, 1)))\n"
         "print('done')\n"
     )
-    r = subprocess.run([sys.executable, "-W", "always", "-c", code, str(tmp_path)], capture_output=True, text=True,
-                       timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0 and "done" in r.stdout, r.stderr
     assert "not writable" not in r.stderr, r.stderr

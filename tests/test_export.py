@@ -9,22 +9,31 @@ import torch
 
 from dynamask import cli
 from dynamask.config import load_config
-from dynamask.models import build_model
 from dynamask.export import ExportedRunner, export_model, prepare_for_export, read_metadata, verify_export
+from dynamask.models import build_model
 from dynamask.predictor import Predictor
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
 # random init: detection scores sit around 0.34, so this threshold gives different counts per image
-SETTINGS = {"model.backbone": "resnet18", "model.fam": "deform", "model.policy": "dynamic", "input.min_size": SIZE,
-            "input.max_size": SIZE, "model.box_score_thresh": 0.345, "model.box_detections_per_img": 30,
-            "model.rpn_pre_nms_top_n_test": 200, "model.rpn_post_nms_top_n_test": 60}
+SETTINGS = {
+    "model.backbone": "resnet18",
+    "model.fam": "deform",
+    "model.policy": "dynamic",
+    "input.min_size": SIZE,
+    "input.max_size": SIZE,
+    "model.box_score_thresh": 0.345,
+    "model.box_detections_per_img": 30,
+    "model.rpn_pre_nms_top_n_test": 200,
+    "model.rpn_post_nms_top_n_test": 60,
+}
 
 
 def _model(policy="dynamic", refinement="dense"):
-    cfg = load_config(None, {**SETTINGS, "model.policy": policy, "model.refinement": refinement,
-                             "model.refinement_points": 300})
+    cfg = load_config(
+        None, {**SETTINGS, "model.policy": policy, "model.refinement": refinement, "model.refinement_points": 300}
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 4)
     with torch.no_grad():  # offsets away from zero: the deformable sampling is really fractional
@@ -76,7 +85,10 @@ def test_point_refinement_exports_with_the_same_masks(fmt, tmp_path):
     runner = ExportedRunner(path)
     resolutions = set()
     g = torch.Generator().manual_seed(7)
-    other_sizes = [torch.rand(3, SIZE, SIZE // 2, generator=g), torch.rand(3, SIZE // 2, SIZE, generator=g)]  # padded apart
+    other_sizes = [
+        torch.rand(3, SIZE, SIZE // 2, generator=g),
+        torch.rand(3, SIZE // 2, SIZE, generator=g),
+    ]  # padded apart
     for image in _images(4) + other_sizes:
         with torch.no_grad():
             ref = model([image])[0]
@@ -97,11 +109,33 @@ def test_point_refinement_exports_with_the_same_masks(fmt, tmp_path):
 def test_export_command_and_predictor_on_the_file(tmp_path, capsys):
     model, cfg = _model()
     ckpt = tmp_path / "model.pt"
-    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ["a", "b", "c"], "cat_ids": [1, 2, 3],
-                "num_classes": 4, "iteration": 0}, ckpt)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ["a", "b", "c"],
+            "cat_ids": [1, 2, 3],
+            "num_classes": 4,
+            "iteration": 0,
+        },
+        ckpt,
+    )
     out = tmp_path / "size.onnx"
-    rc = cli.main(["export", "--weights", str(ckpt), "--format", "onnx", "--policy", "size", "--out", str(out),
-                   "--verify-images", "3"])
+    rc = cli.main(
+        [
+            "export",
+            "--weights",
+            str(ckpt),
+            "--format",
+            "onnx",
+            "--policy",
+            "size",
+            "--out",
+            str(out),
+            "--verify-images",
+            "3",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file(), text
     assert "policy size" in text and "-> OK" in text
@@ -117,10 +151,13 @@ def test_export_command_and_predictor_on_the_file(tmp_path, capsys):
         exported.policy = "fixed-28"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--budget", "0.5"], "budget dial (--budget 0.5) cannot be exported"),
-    (["--format", "tflite"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--budget", "0.5"], "budget dial (--budget 0.5) cannot be exported"),
+        (["--format", "tflite"], "invalid choice"),
+    ],
+)
 def test_export_refusals(tmp_path, capsys, args, needle):
     model, cfg = _model("fixed-28")
     ckpt = tmp_path / "model.pt"
@@ -147,9 +184,21 @@ def test_export_verifies_on_validation_images(tmp_path, capsys):
 
     shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_detail_dynamask_c64.pt"
     shapes = generate_shapes_dataset(tmp_path / "shapes", 1, 3, image_size=(192, 288), detail=True)
-    rc = cli.main(["export", "--weights", str(shipped), "--format", "torchscript", "--policy", "size",
-                   "--out", str(tmp_path / "m.pt"), f"data.val_json={shapes['val_json']}",
-                   f"data.val_images={shapes['val_dir']}"])
+    rc = cli.main(
+        [
+            "export",
+            "--weights",
+            str(shipped),
+            "--format",
+            "torchscript",
+            "--policy",
+            "size",
+            "--out",
+            str(tmp_path / "m.pt"),
+            f"data.val_json={shapes['val_json']}",
+            f"data.val_images={shapes['val_dir']}",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "verified on 3 validation image(s)" in text and "-> OK" in text
@@ -170,14 +219,24 @@ def test_multilevel_roi_pool_export_keeps_the_roi_count_per_level_dynamic(tmp_pa
 
     torch.manual_seed(0)
     feats = [torch.rand(1, 8, 256 // s, 256 // s) for s in (4, 8, 16, 32)]
-    one_per_level = torch.tensor([[0, 0, 20, 20], [0, 0, 90, 90], [0, 0, 180, 180], [0, 0, 250, 250.]])
+    one_per_level = torch.tensor([[0, 0, 20, 20], [0, 0, 90, 90], [0, 0, 180, 180], [0, 0, 250, 250.0]])
     path = str(tmp_path / "pool.onnx")
     names = ["f0", "f1", "f2", "f3", "boxes"]
-    torch.onnx.export(Wrapper(), (*feats, one_per_level), path, input_names=names, output_names=["out"],
-                      dynamic_axes={"boxes": {0: "n"}, "out": {0: "n"}}, opset_version=ONNX_OPSET, dynamo=False)
+    torch.onnx.export(
+        Wrapper(),
+        (*feats, one_per_level),
+        path,
+        input_names=names,
+        output_names=["out"],
+        dynamic_axes={"boxes": {0: "n"}, "out": {0: "n"}},
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for boxes in (torch.tensor([[0, 0, 20, 20], [5, 5, 30, 30], [0, 0, 250, 250.]]),  # levels 0, 0, 3
-                  torch.tensor([[0, 0, 250, 250.]])):
+    for boxes in (
+        torch.tensor([[0, 0, 20, 20], [5, 5, 30, 30], [0, 0, 250, 250.0]]),  # levels 0, 0, 3
+        torch.tensor([[0, 0, 250, 250.0]]),
+    ):
         got = session.run(None, {**{n: f.numpy() for n, f in zip(names, feats)}, "boxes": boxes.numpy()})[0]
         want = Wrapper()(*feats, boxes)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)

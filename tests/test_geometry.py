@@ -4,14 +4,20 @@ legacy geometry is kept bit for bit, and checkpoints that record no geometry run
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from dynamask.data.shapes import SHAPE_CATEGORIES, make_shapes_tensors
-from dynamask.models import (MASK_GEOMETRIES, DynaMaskHead, MaskRoIPool, dynamask_resnet18_fpn,
-                             maskrcnn_resnet18_fpn, roi_mask_targets, round_trip_iou)
+from dynamask.models import (
+    MASK_GEOMETRIES,
+    DynaMaskHead,
+    MaskRoIPool,
+    dynamask_resnet18_fpn,
+    maskrcnn_resnet18_fpn,
+    roi_mask_targets,
+    round_trip_iou,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,8 +62,14 @@ def test_torchvision_round_trip_reproduces_the_legacy_loss(shapes_ground_truth):
 def test_legacy_targets_are_mask_rcnn_targets_bit_for_bit(shapes_ground_truth):
     masks, boxes = shapes_ground_truth[0]["masks"], shapes_ground_truth[0]["boxes"]
     order = torch.tensor([1, 0, 1]) % len(boxes)
-    legacy = roi_align(masks[order][:, None].float(), torch.cat([torch.arange(3.0)[:, None], boxes[order]], 1),
-                       (28, 28), spatial_scale=1.0, sampling_ratio=2, aligned=False)[:, 0]
+    legacy = roi_align(
+        masks[order][:, None].float(),
+        torch.cat([torch.arange(3.0)[:, None], boxes[order]], 1),
+        (28, 28),
+        spatial_scale=1.0,
+        sampling_ratio=2,
+        aligned=False,
+    )[:, 0]
     ours = roi_mask_targets(masks, boxes[order], 28, geometry="torchvision", batch_index=order)
     assert torch.equal(ours, legacy)
 
@@ -102,8 +114,16 @@ def test_features_and_targets_peak_in_the_same_cell(geometry):
     P4 / P3 / P2 features and in the target, at every level (exact geometry). The legacy geometry
     pools the shared feature half a cell away, so there its peak is not where the target's is."""
     size, channels = 320, 4
-    head = DynaMaskHead(3, policy="fixed-112", in_channels=channels, widths=(8, 8, 8, 8),
-                        reduced_channels=(4, 4, 4), fam="conv", mask_geometry=geometry, refinement="dense")
+    head = DynaMaskHead(
+        3,
+        policy="fixed-112",
+        in_channels=channels,
+        widths=(8, 8, 8, 8),
+        reduced_channels=(4, 4, 4),
+        fam="conv",
+        mask_geometry=geometry,
+        refinement="dense",
+    )
     shapes = [(size, size)]
     x0, y0 = 32, 48  # a multiple of every stride
     cell = (5, 9)  # (row, col) of the RoI cell the square is put in
@@ -122,11 +142,12 @@ def test_features_and_targets_peak_in_the_same_cell(geometry):
         pixel = (y0 // stride + cell[0], x0 // stride + cell[1])
         features = _bright_pixel_features(size, channels, {level: pixel})
         box = torch.tensor([[x0, y0, x0 + 14 * stride, y0 + 14 * stride]], dtype=torch.float32)
-        checks.append((f"shared 14x14 from P{int(level) + 2}", head.roi_pool(features, [box], shapes), box, pixel,
-                       stride))
+        checks.append(
+            (f"shared 14x14 from P{int(level) + 2}", head.roi_pool(features, [box], shapes), box, pixel, stride)
+        )
     for name, pooled, box, pixel, stride in checks:
         gt = torch.zeros(1, size, size, dtype=torch.uint8)
-        gt[0, pixel[0] * stride:(pixel[0] + 1) * stride, pixel[1] * stride:(pixel[1] + 1) * stride] = 1
+        gt[0, pixel[0] * stride : (pixel[0] + 1) * stride, pixel[1] * stride : (pixel[1] + 1) * stride] = 1
         target = roi_mask_targets(gt, box, pooled.shape[-1], geometry=geometry)
         assert _peak(target) == (cell, True), name
         feature_peak = _peak(pooled)
@@ -242,8 +263,17 @@ def test_predictor_uses_the_checkpoints_geometry_whatever_the_config_default(pre
 
     ckpt = torch.load(pre_geometry_checkpoint, map_location="cpu", weights_only=True)
     config = tmp_path / "model.yaml"
-    save_config(load_config(None, {f"model.{k}": v for k, v in ckpt["config"]["model"].items()
-                                   if k not in ("detector_weights", "init_weights")}), config)
+    save_config(
+        load_config(
+            None,
+            {
+                f"model.{k}": v
+                for k, v in ckpt["config"]["model"].items()
+                if k not in ("detector_weights", "init_weights")
+            },
+        ),
+        config,
+    )
     assert load_config(config)["model"]["mask_geometry"] == "exact"  # the config says the default
     predictor = Predictor(pre_geometry_checkpoint, config=config)
     assert predictor.model.mask_geometry == "torchvision"
@@ -251,8 +281,8 @@ def test_predictor_uses_the_checkpoints_geometry_whatever_the_config_default(pre
 
 def test_config_key_is_checked_and_reaches_the_model():
     from dynamask.config import load_config
-    from dynamask.models import build_model
     from dynamask.errors import ConfigError
+    from dynamask.models import build_model
 
     cfg = load_config(ROOT / "configs" / "shapes_maskrcnn_r18.yaml", {"model.mask_geometry": "torchvision"})
     assert build_model(cfg, 3).mask_geometry == "torchvision"
@@ -261,8 +291,8 @@ def test_config_key_is_checked_and_reaches_the_model():
 
 
 def test_a_checkpoint_with_an_unknown_geometry_is_refused_by_name(tmp_path):
-    from dynamask.inference import load_checkpoint, model_from_checkpoint
     from dynamask.errors import DynaMaskError
+    from dynamask.inference import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(str(ROOT / "checkpoints" / "shapes_detail_maskrcnn_c64.pt"))  # head + its detector
     for key in ("detector", "detector_only"):

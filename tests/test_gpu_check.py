@@ -14,10 +14,26 @@ def test_gpu_check_quick_on_cpu_without_pycocotools(tmp_path):
     blocker = tmp_path / "block" / "pycocotools"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('pycocotools is blocked in this test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(ROOT / "src")]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(ROOT / "src")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check_cpu_quick.json").read_text())
     assert result["quick"] is True
@@ -36,10 +52,12 @@ def test_pycocotools_missing_gives_a_clear_error(tmp_path):
     blocker = tmp_path / "pycocotools"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('blocked')\n")
-    code = ("import numpy as np\nfrom dynamask.data import segmentation_to_rle\n"
-            "from dynamask.cocotools import mask_utils\n"
-            "try:\n    mask_utils.encode(np.zeros((2, 2), order='F', dtype=np.uint8))\n"
-            "except ImportError as e:\n    print('ERR', e)\n")
+    code = (
+        "import numpy as np\nfrom dynamask.data import segmentation_to_rle\n"
+        "from dynamask.cocotools import mask_utils\n"
+        "try:\n    mask_utils.encode(np.zeros((2, 2), order='F', dtype=np.uint8))\n"
+        "except ImportError as e:\n    print('ERR', e)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

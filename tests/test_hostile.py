@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamask import cli
-from dynamask.config import ConfigError, load_config, save_config
+from dynamask.config import ConfigError, load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset
 from dynamask.data.coco import DatasetError
 from dynamask.errors import DynaMaskError
@@ -25,13 +25,26 @@ pytestmark = [
 ]
 
 TINY = {
-    "data.num_workers": 0, "model.backbone": "resnet18", "model.fam": "conv", "model.fpn_channels": 32,
-    "model.box_representation_size": 64, "model.head_widths": [16, 16, 8, 8], "model.head_reduced_channels": [8, 8, 8],
-    "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-    "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-    "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
-    "input.min_size": 48, "input.max_size": 48, "test.max_dets": 10,
-    "solver.ims_per_batch": 2, "solver.max_iter": 2, "solver.log_period": 1, "solver.checkpoint_period": 0,
+    "data.num_workers": 0,
+    "model.backbone": "resnet18",
+    "model.fam": "conv",
+    "model.fpn_channels": 32,
+    "model.box_representation_size": 64,
+    "model.head_widths": [16, 16, 8, 8],
+    "model.head_reduced_channels": [8, 8, 8],
+    "model.rpn_pre_nms_top_n_train": 100,
+    "model.rpn_post_nms_top_n_train": 50,
+    "model.rpn_pre_nms_top_n_test": 50,
+    "model.rpn_post_nms_top_n_test": 20,
+    "model.box_batch_size_per_image": 16,
+    "model.box_detections_per_img": 10,
+    "input.min_size": 48,
+    "input.max_size": 48,
+    "test.max_dets": 10,
+    "solver.ims_per_batch": 2,
+    "solver.max_iter": 2,
+    "solver.log_period": 1,
+    "solver.checkpoint_period": 0,
     "test.eval_period": 0,
 }
 
@@ -54,8 +67,16 @@ def base(tmp_path_factory):
     """A valid tiny dataset and a checkpoint trained on it (2 iterations)."""
     root = tmp_path_factory.mktemp("hostile")
     shapes = generate_shapes_dataset(root / "data", 4, 2, image_size=48)
-    cfg = load_config(None, {**TINY, "data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"],
-                             "data.val_json": shapes["val_json"], "data.val_images": shapes["val_dir"]})
+    cfg = load_config(
+        None,
+        {
+            **TINY,
+            "data.train_json": shapes["train_json"],
+            "data.train_images": shapes["train_dir"],
+            "data.val_json": shapes["val_json"],
+            "data.val_images": shapes["val_dir"],
+        },
+    )
     from dynamask.engine.train import train
 
     torch.set_num_threads(1)
@@ -133,8 +154,18 @@ def test_bad_coco_file_is_one_line_error_before_training(base, tmp_path, capsys,
     else:
         _mutate_json(data / "train.json", mutate)
     out = tmp_path / "out"
-    rc, err = run(["train", "--out", str(out), "--no-progress", f"data.train_json={data / 'train.json'}",
-                   f"data.train_images={data / 'train'}"] + [f"{k}={v}" for k, v in TINY.items()], capsys)
+    rc, err = run(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--no-progress",
+            f"data.train_json={data / 'train.json'}",
+            f"data.train_images={data / 'train'}",
+        ]
+        + [f"{k}={v}" for k, v in TINY.items()],
+        capsys,
+    )
     expect_error(rc, err, str(data / "train.json"), *needles)
     assert not (out / "checkpoint_last.pt").exists() and not leftovers(out)
 
@@ -143,8 +174,18 @@ def test_bad_coco_file_is_one_line_error_before_training(base, tmp_path, capsys,
 
 
 def _train(data, out, capsys, *extra):
-    argv = ["train", "--out", str(out), "--no-progress", f"data.train_json={data / 'train.json'}",
-            f"data.train_images={data / 'train'}"] + [f"{k}={v}" for k, v in TINY.items()] + list(extra)
+    argv = (
+        [
+            "train",
+            "--out",
+            str(out),
+            "--no-progress",
+            f"data.train_json={data / 'train.json'}",
+            f"data.train_images={data / 'train'}",
+        ]
+        + [f"{k}={v}" for k, v in TINY.items()]
+        + list(extra)
+    )
     return run(argv, capsys)
 
 
@@ -152,9 +193,10 @@ def test_skipped_annotations_are_counted_and_training_runs(base, tmp_path, capsy
     data = copy_data(base, tmp_path)
 
     def mutate(d):
-        d["annotations"][0]["category_id"] = 999      # unknown category
-        d["annotations"][1]["bbox"] = [5, 5, -3, 4]   # negative width
-        d["annotations"][2]["image_id"] = 12345       # unknown image
+        d["annotations"][0]["category_id"] = 999  # unknown category
+        d["annotations"][1]["bbox"] = [5, 5, -3, 4]  # negative width
+        d["annotations"][2]["image_id"] = 12345  # unknown image
+
     _mutate_json(data / "train.json", mutate)
     rc, err = _train(data, tmp_path / "out", capsys)
     assert rc == 0, err
@@ -165,7 +207,7 @@ def test_skipped_annotations_are_counted_and_training_runs(base, tmp_path, capsy
 
 def test_missing_and_corrupt_images_are_skipped_not_fatal(base, tmp_path, capsys):
     data = copy_data(base, tmp_path)
-    (data / "train" / "000001.png").unlink()                          # missing: dropped up front
+    (data / "train" / "000001.png").unlink()  # missing: dropped up front
     (data / "train" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt: skipped mid-epoch
     out = tmp_path / "out"
     rc, err = _train(data, out, capsys, "solver.max_iter=3")
@@ -181,8 +223,18 @@ def test_wrong_image_folder_is_an_error_before_training(base, tmp_path, capsys):
     data = copy_data(base, tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    rc, err = run(["train", "--out", str(tmp_path / "out"), "--no-progress", f"data.train_json={data / 'train.json'}",
-                   f"data.train_images={empty}"] + [f"{k}={v}" for k, v in TINY.items()], capsys)
+    rc, err = run(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            f"data.train_json={data / 'train.json'}",
+            f"data.train_images={empty}",
+        ]
+        + [f"{k}={v}" for k, v in TINY.items()],
+        capsys,
+    )
     expect_error(rc, err, "data.train_images", "none of the 4 image files", str(empty))
 
 
@@ -224,8 +276,10 @@ def test_bad_checkpoints_for_evaluate_and_predict(base, tmp_path, capsys):
     for name, (content, needle) in cases.items():
         path = tmp_path / name
         path.write_bytes(content)
-        for cmd in (["evaluate", "--weights", str(path), "--out", str(tmp_path / "ev")],
-                    ["predict", "--weights", str(path), base["shapes"]["val_dir"], "--out", str(tmp_path / "pr")]):
+        for cmd in (
+            ["evaluate", "--weights", str(path), "--out", str(tmp_path / "ev")],
+            ["predict", "--weights", str(path), base["shapes"]["val_dir"], "--out", str(tmp_path / "pr")],
+        ):
             rc, err = run(cmd, capsys)
             expect_error(rc, err, str(path), needle)
     rc, err = run(["evaluate", "--weights", str(other)], capsys)
@@ -237,8 +291,19 @@ def test_bad_checkpoints_for_evaluate_and_predict(base, tmp_path, capsys):
 def test_bad_validation_set_for_evaluate(base, tmp_path, capsys):
     data = copy_data(base, tmp_path)
     _mutate_json(data / "val.json", lambda d: d.pop("images") and None)
-    rc, err = run(["evaluate", "--weights", base["weights"], f"data.val_json={data / 'val.json'}",
-                   f"data.val_images={data / 'val'}", "--out", str(tmp_path / "ev"), "--no-progress"], capsys)
+    rc, err = run(
+        [
+            "evaluate",
+            "--weights",
+            base["weights"],
+            f"data.val_json={data / 'val.json'}",
+            f"data.val_images={data / 'val'}",
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     expect_error(rc, err, str(data / "val.json"), "'images'")
     assert not (tmp_path / "ev" / "metrics.json").exists() and not leftovers(tmp_path / "ev")
 
@@ -262,8 +327,9 @@ def test_predict_skips_unreadable_images_and_counts_them(base, tmp_path, capsys)
 
 
 def test_predict_bad_paths(base, tmp_path, capsys):
-    rc, err = run(["predict", "--weights", base["weights"], str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
-                  capsys)
+    rc, err = run(
+        ["predict", "--weights", base["weights"], str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys
+    )
     expect_error(rc, err, "nowhere")
     blocker = tmp_path / "file_not_folder"
     blocker.write_text("x")
@@ -275,16 +341,32 @@ def test_predict_bad_paths(base, tmp_path, capsys):
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True) | st.text(max_size=5),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=3),
     max_leaves=6,
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(section=st.sampled_from(["annotations", "images", "categories"]), field=st.sampled_from(
-    ["id", "image_id", "category_id", "bbox", "segmentation", "iscrowd", "area", "file_name", "width", "height",
-     "name"]), value=JSON_VALUES)
+@given(
+    section=st.sampled_from(["annotations", "images", "categories"]),
+    field=st.sampled_from(
+        [
+            "id",
+            "image_id",
+            "category_id",
+            "bbox",
+            "segmentation",
+            "iscrowd",
+            "area",
+            "file_name",
+            "width",
+            "height",
+            "name",
+        ]
+    ),
+    value=JSON_VALUES,
+)
 def test_any_corrupted_field_is_loaded_or_named(base, section, field, value):
     """Whatever value lands in whatever field: the dataset loads (maybe with counted skips) and
     every sample decodes, or a DatasetError names the file — no other exception."""
@@ -301,9 +383,23 @@ def test_any_corrupted_field_is_loaded_or_named(base, section, field, value):
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=st.sampled_from(["solver.base_lr", "solver.max_iter", "model.policy", "model.head_widths",
-                            "input.min_size", "data.num_workers", "model.mask_budget_target", "seed",
-                            "solver.steps", "model.fam"]), value=JSON_VALUES)
+@given(
+    key=st.sampled_from(
+        [
+            "solver.base_lr",
+            "solver.max_iter",
+            "model.policy",
+            "model.head_widths",
+            "input.min_size",
+            "data.num_workers",
+            "model.mask_budget_target",
+            "seed",
+            "solver.steps",
+            "model.fam",
+        ]
+    ),
+    value=JSON_VALUES,
+)
 def test_any_config_value_is_accepted_or_named(key, value):
     try:
         load_config(None, {key: value})

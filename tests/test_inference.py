@@ -51,7 +51,7 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     base = module.split(".") if is_package else module.split(".")[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -79,8 +79,13 @@ def _imports(module: str) -> list:
         elif isinstance(node, ast.Call):  # importlib.import_module("dynamask....") / __import__
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-            if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
-                    and isinstance(node.args[0].value, str) and node.args[0].value.startswith("dynamask"):
+            if (
+                name in ("import_module", "__import__")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and node.args[0].value.startswith("dynamask")
+            ):
                 found.append((node.args[0].value, None, node.lineno))
     return found
 
@@ -104,8 +109,9 @@ def _module_aliases(module: str) -> dict:
 
 
 def test_the_package_was_found():
-    assert {"dynamask.inference", "dynamask.predictor", "dynamask.engine.evaluate", "dynamask.models.detector"} \
-        <= set(MODULES)
+    assert {"dynamask.inference", "dynamask.predictor", "dynamask.engine.evaluate", "dynamask.models.detector"} <= set(
+        MODULES
+    )
 
 
 def test_no_module_imports_a_private_name_of_another_module():
@@ -121,8 +127,13 @@ def test_no_module_imports_a_private_name_of_another_module():
                 problems.append(f"{module}:{line} imports {name or target} from {target}")
         aliases = _module_aliases(module)
         for node in ast.walk(MODULES[module][0]):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                    and node.value.id in aliases and _is_private(node.attr) and aliases[node.value.id] != module:
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and _is_private(node.attr)
+                and aliases[node.value.id] != module
+            ):
                 problems.append(f"{module}:{node.lineno} uses {node.value.id}.{node.attr} of {aliases[node.value.id]}")
     assert not problems, "private names used across modules (make them public):\n" + "\n".join(problems)
 

@@ -9,8 +9,15 @@ from dynamask.models.losses import budget_loss
 from dynamask.models.policy import choose_under_budget, size_rule
 
 SIZE = 96
-SMALL = dict(min_size=SIZE, max_size=SIZE, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
-             rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+SMALL = dict(
+    min_size=SIZE,
+    max_size=SIZE,
+    rpn_pre_nms_top_n_train=200,
+    rpn_post_nms_top_n_train=100,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=50,
+    box_batch_size_per_image=32,
+)
 
 
 def make_batch(n=2, size=SIZE, seed=0):
@@ -174,11 +181,11 @@ def test_dynamic_mask_equals_fixed_k_for_its_choice(model):
         for i, m in zip(idx.tolist(), masks):
             by_index[i] = m
     checked = 0
-    for k, r in enumerate(RESOLUTIONS):
+    for _k, r in enumerate(RESOLUTIONS):
         head.policy = f"fixed-{r}"
         with torch.no_grad():
             fixed = head.forward_infer(features, boxes, labels, shapes)[0]
-        (idx, masks), = fixed["mask_groups"]
+        ((idx, masks),) = fixed["mask_groups"]
         for i, m in zip(idx.tolist(), masks):
             if int(dyn["mask_resolution"][i]) == r:
                 assert by_index[i].shape == m.shape == (1, r, r)
@@ -236,8 +243,13 @@ def test_train_step_without_positives():
     torch.manual_seed(0)
     m = dynamask_resnet18_fpn(3, fam="conv", **SMALL).train()
     images = [torch.rand(3, SIZE, SIZE)]
-    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                "masks": torch.zeros(0, SIZE, SIZE, dtype=torch.uint8)}]
+    targets = [
+        {
+            "boxes": torch.zeros(0, 4),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, SIZE, SIZE, dtype=torch.uint8),
+        }
+    ]
     losses = m(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -322,9 +334,13 @@ def test_selection_multiplier_prices_compute_to_meet_the_target():
     from dynamask.models.losses import selection_multiplier
 
     fractions = torch.tensor([0.1, 0.25, 0.5, 1.0])
-    costs = torch.tensor([[0.9, 0.5, 0.3, 0.1],     # gains a lot from fine stages
-                          [0.2, 0.19, 0.18, 0.17],  # barely gains
-                          [0.5, 0.2, 0.19, 0.18]])  # 28 is enough
+    costs = torch.tensor(
+        [
+            [0.9, 0.5, 0.3, 0.1],  # gains a lot from fine stages
+            [0.2, 0.19, 0.18, 0.17],  # barely gains
+            [0.5, 0.2, 0.19, 0.18],
+        ]
+    )  # 28 is enough
     assert selection_multiplier(costs, fractions, 1.0) == 0.0  # no budget pressure: free compute
     lam = selection_multiplier(costs, fractions, 0.45)
     chosen = torch.argmin(costs + lam * fractions, dim=1)
@@ -394,5 +410,10 @@ def test_switch_learns_lambda_and_old_checkpoints_keep_their_choices():
     # heads without a switch: old checkpoints carried λ buffers, new ones do not
     fixed = dynamask_resnet18_fpn(3, policy="fixed-112", min_size=64, max_size=64)
     assert not any("price" in k or "lambda" in k for k in fixed.state_dict())
-    fixed.load_state_dict({**fixed.state_dict(), prefix + "switch_lambda": torch.zeros(()),
-                           prefix + "switch_lambda_updates": torch.zeros((), dtype=torch.int64)})
+    fixed.load_state_dict(
+        {
+            **fixed.state_dict(),
+            prefix + "switch_lambda": torch.zeros(()),
+            prefix + "switch_lambda_updates": torch.zeros((), dtype=torch.int64),
+        }
+    )

@@ -45,9 +45,26 @@ def two_nodes(tmp_path, name, *args, timeout=240):
         env.pop(k, None)
     procs, logs = [], []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-               "--rdzv-id", name, "-m", "dynamask", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node),
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            name,
+            "-m",
+            "dynamask",
+            *args,
+        ]
         log = tmp_path / f"{name}.node{node}.log"
         with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the node
             procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True))
@@ -72,19 +89,40 @@ def two_nodes(tmp_path, name, *args, timeout=240):
 def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     shapes = generate_shapes_dataset(root / "shapes", 6, 3, image_size=64)
-    ov = {"data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"],
-          "data.val_json": shapes["val_json"], "data.val_images": shapes["val_dir"], "data.num_workers": 0,
-          "model.backbone": "resnet18", "model.fam": "conv",
-          # a narrow model: the launch is under test, not the network
-          "model.fpn_channels": 32, "model.box_representation_size": 64, "model.head_widths": [16, 16, 8, 8],
-          "model.head_reduced_channels": [8, 8, 8],
-          "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-          "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-          "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10, "model.box_score_thresh": 0.0,
-          "input.min_size": 64, "input.max_size": 64, "test.eval_period": EVAL_PERIOD, "test.max_dets": 10,
-          "test.score_thresh": 0.0, "solver.ims_per_batch": 2, "solver.max_iter": ITERS, "solver.log_period": 1,
-          "solver.checkpoint_period": 0, "solver.warmup_iters": 2, "solver.base_lr": 0.02,
-          "solver.dist_timeout_s": 60, "seed": 3}
+    ov = {
+        "data.train_json": shapes["train_json"],
+        "data.train_images": shapes["train_dir"],
+        "data.val_json": shapes["val_json"],
+        "data.val_images": shapes["val_dir"],
+        "data.num_workers": 0,
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
+        # a narrow model: the launch is under test, not the network
+        "model.fpn_channels": 32,
+        "model.box_representation_size": 64,
+        "model.head_widths": [16, 16, 8, 8],
+        "model.head_reduced_channels": [8, 8, 8],
+        "model.rpn_pre_nms_top_n_train": 100,
+        "model.rpn_post_nms_top_n_train": 50,
+        "model.rpn_pre_nms_top_n_test": 50,
+        "model.rpn_post_nms_top_n_test": 20,
+        "model.box_batch_size_per_image": 16,
+        "model.box_detections_per_img": 10,
+        "model.box_score_thresh": 0.0,
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "test.eval_period": EVAL_PERIOD,
+        "test.max_dets": 10,
+        "test.score_thresh": 0.0,
+        "solver.ims_per_batch": 2,
+        "solver.max_iter": ITERS,
+        "solver.log_period": 1,
+        "solver.checkpoint_period": 0,
+        "solver.warmup_iters": 2,
+        "solver.base_lr": 0.02,
+        "solver.dist_timeout_s": 60,
+        "seed": 3,
+    }
     path = root / "multinode.yaml"
     save_config(load_config(None, ov), path)
     return path
@@ -92,8 +130,9 @@ def config(tmp_path_factory):
 
 def test_two_nodes_train_with_sharded_evaluation_then_evaluate_sharded(config, tmp_path):
     out = tmp_path / "run"
-    logs = two_nodes(tmp_path, "train", "train", "--config", str(config), "--out", str(out), "--device", "cpu",
-                     "--no-progress")
+    logs = two_nodes(
+        tmp_path, "train", "train", "--config", str(config), "--out", str(out), "--device", "cpu", "--no-progress"
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     final = records[-1]
     assert final["event"] == "final" and final["world_size"] == 2 and len(set(final["weights_sha256"])) == 1
@@ -104,8 +143,18 @@ def test_two_nodes_train_with_sharded_evaluation_then_evaluate_sharded(config, t
     assert all(r["metrics"]["eval_processes"] == 2 and r["metrics"]["num_images"] == 3 for r in evals)
 
     ev = tmp_path / "eval"
-    logs = two_nodes(tmp_path, "evaluate", "evaluate", "--weights", str(out / "model_final.pt"), "--out", str(ev),
-                     "--device", "cpu", "--no-progress")
+    logs = two_nodes(
+        tmp_path,
+        "evaluate",
+        "evaluate",
+        "--weights",
+        str(out / "model_final.pt"),
+        "--out",
+        str(ev),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert sum(text.count("metrics written to") for text in logs) == 1  # rank 0 (either node) prints, once
     sharded = json.loads((ev / "metrics.json").read_text())
     single = evaluate(weights=str(out / "model_final.pt"), device="cpu", progress=False)

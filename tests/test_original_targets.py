@@ -42,8 +42,11 @@ def detailed_shapes():
 
 
 # (min_size, max_size): COCO-like upscale, 2× and 4× downscale
-SETTINGS = {"up_800": lambda side: (800, 1333), "down_2x": lambda side: (side // 2, 1333),
-            "down_4x": lambda side: (side // 4, 1333)}
+SETTINGS = {
+    "up_800": lambda side: (800, 1333),
+    "down_2x": lambda side: (side // 2, 1333),
+    "down_4x": lambda side: (side // 4, 1333),
+}
 
 
 def _samples(name, voc_photo, detailed_shapes):
@@ -59,13 +62,22 @@ def test_pipeline_round_trip_equals_native(data, setting, voc_photo, detailed_sh
         min_size, max_size = SETTINGS[setting](min(image.shape[-2:]))
         native = native_round_trip_iou(masks, boxes, RESOLUTIONS)
         for flip in (False, True):
-            out, kept = pipeline_round_trip_iou(image, masks, boxes, min_size=min_size, max_size=max_size,
-                                                mask_targets="original", flip=flip, resolutions=RESOLUTIONS)
+            out, kept = pipeline_round_trip_iou(
+                image,
+                masks,
+                boxes,
+                min_size=min_size,
+                max_size=max_size,
+                mask_targets="original",
+                flip=flip,
+                resolutions=RESOLUTIONS,
+            )
             assert kept.numel() == masks.shape[0]  # nothing this large drops out
             for r in RESOLUTIONS:
                 piped[flip, r].append(out[r])
-        old, _ = pipeline_round_trip_iou(image, masks, boxes, min_size=min_size, max_size=max_size,
-                                         mask_targets="resized", resolutions=RESOLUTIONS)
+        old, _ = pipeline_round_trip_iou(
+            image, masks, boxes, min_size=min_size, max_size=max_size, mask_targets="resized", resolutions=RESOLUTIONS
+        )
         for r in RESOLUTIONS:
             native_all[r].append(native[r])
             resized[r].append(old[r])
@@ -93,17 +105,24 @@ def test_targets_map_rois_back_exactly(voc_photo):
 
 
 def _legacy_and_new_transform(geometry, mask_targets, min_size=(64, 96)):
-    model = dynamask_resnet18_fpn(3, policy="fixed-28", mask_geometry=geometry, mask_targets=mask_targets,
-                                  refinement="dense",
-                                  min_size=min_size, max_size=200)
+    model = dynamask_resnet18_fpn(
+        3,
+        policy="fixed-28",
+        mask_geometry=geometry,
+        mask_targets=mask_targets,
+        refinement="dense",
+        min_size=min_size,
+        max_size=200,
+    )
     model.train()
     reference = GeneralizedRCNNTransform(min_size, 200, model.transform.image_mean, model.transform.image_std)
     reference.train()
     return model, reference
 
 
-@pytest.mark.parametrize("geometry,mask_targets", [("torchvision", "original"), ("torchvision", "resized"),
-                                                   ("exact", "resized")])
+@pytest.mark.parametrize(
+    "geometry,mask_targets", [("torchvision", "original"), ("torchvision", "resized"), ("exact", "resized")]
+)
 def test_resized_and_legacy_paths_unchanged_bit_for_bit(geometry, mask_targets):
     """The legacy geometry (whatever mask_targets says) and mask_targets="resized" resize the masks
     exactly as torchvision's transform does, and the targets are then today's, bit for bit."""
@@ -128,12 +147,23 @@ def test_original_targets_keep_masks_and_train_multiscale():
     resolution, and a multi-scale training step (min_size a list) runs for the DynaMask and the
     Mask R-CNN heads."""
     images, targets = make_shapes_tensors(2, 96, seed=7, detail=True)
-    for build in (lambda: dynamask_resnet18_fpn(15, policy="dynamic", fam="conv", fpn_channels=32,
-                                                box_representation_size=64, widths=(16, 16, 8, 8),
-                                                reduced_channels=(8, 8, 8), min_size=(64, 128), max_size=256,
-                                                mask_rois_per_image=4),
-                  lambda: maskrcnn_resnet18_fpn(15, fpn_channels=32, box_representation_size=64,
-                                                mask_head_channels=16, min_size=(64, 128), max_size=256)):
+    for build in (
+        lambda: dynamask_resnet18_fpn(
+            15,
+            policy="dynamic",
+            fam="conv",
+            fpn_channels=32,
+            box_representation_size=64,
+            widths=(16, 16, 8, 8),
+            reduced_channels=(8, 8, 8),
+            min_size=(64, 128),
+            max_size=256,
+            mask_rois_per_image=4,
+        ),
+        lambda: maskrcnn_resnet18_fpn(
+            15, fpn_channels=32, box_representation_size=64, mask_head_channels=16, min_size=(64, 128), max_size=256
+        ),
+    ):
         model = build()
         assert model.mask_targets == "original" and not model.transform.resize_masks
         model.train()

@@ -36,10 +36,22 @@ def test_overfit_small_set_reaches_high_mask_iou():
         torch.manual_seed(0)
         images, targets = make_shapes_tensors(4, SIZE, seed=3, max_objects=2, min_size_frac=0.35, max_size_frac=0.7)
         model = dynamask_resnet18_fpn(
-            9, fam="conv", min_size=SIZE, max_size=SIZE, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-            rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_batch_size_per_image=32,
-            box_detections_per_img=10, mask_rois_per_image=4, widths=(48, 32, 24, 16), reduced_channels=(16, 16, 8),
-            fpn_channels=64, box_representation_size=256)
+            9,
+            fam="conv",
+            min_size=SIZE,
+            max_size=SIZE,
+            rpn_pre_nms_top_n_train=100,
+            rpn_post_nms_top_n_train=50,
+            rpn_pre_nms_top_n_test=50,
+            rpn_post_nms_top_n_test=20,
+            box_batch_size_per_image=32,
+            box_detections_per_img=10,
+            mask_rois_per_image=4,
+            widths=(48, 32, 24, 16),
+            reduced_channels=(16, 16, 8),
+            fpn_channels=64,
+            box_representation_size=256,
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[LR_DROP], gamma=0.1)
         model.train()

@@ -12,10 +12,20 @@ from dynamask.models.mask_switch import CostSwitch, PaperSwitch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = dict(min_size=64, max_size=64, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-             rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30, box_batch_size_per_image=32,
-             fam="conv", widths=(32, 32, 16, 16), reduced_channels=(8, 8, 8), fpn_channels=32,
-             box_representation_size=64)
+SMALL = dict(
+    min_size=64,
+    max_size=64,
+    rpn_pre_nms_top_n_train=100,
+    rpn_post_nms_top_n_train=50,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=30,
+    box_batch_size_per_image=32,
+    fam="conv",
+    widths=(32, 32, 16, 16),
+    reduced_channels=(8, 8, 8),
+    fpn_channels=32,
+    box_representation_size=64,
+)
 
 
 def shapes_batch(n=2, size=64, seed=0):
@@ -30,8 +40,14 @@ def mask_branch_inputs(model, n=4, seed=0):
         batch, targets = model.transform(images, targets)
         features = model.backbone(batch.tensors)
     rois = [t["boxes"] for t in targets]
-    return (features, rois, batch.image_sizes, [t["masks"] for t in targets], [t["labels"] for t in targets],
-            [torch.arange(len(r)) for r in rois])
+    return (
+        features,
+        rois,
+        batch.image_sizes,
+        [t["masks"] for t in targets],
+        [t["labels"] for t in targets],
+        [torch.arange(len(r)) for r in rois],
+    )
 
 
 def expected_fraction(head, inputs):
@@ -150,8 +166,9 @@ def test_paper_path_holds_no_price_and_its_cost_is_counted():
 
 def test_paper_widths_parameter_count_by_hand():
     classes = 81
-    head = DynaMaskHead(classes, policy="dynamic", in_channels=256, widths="paper", fam="deform", switch="paper",
-                        refinement="dense")
+    head = DynaMaskHead(
+        classes, policy="dynamic", in_channels=256, widths="paper", fam="deform", switch="paper", refinement="dense"
+    )
     assert (head.widths, head.reduced_channels) == ((256, 128, 64, 32), (256, 128, 64))
     w, r, c = (256, 128, 64, 32), (256, 128, 64), 256
 
@@ -183,13 +200,21 @@ def test_width_presets_and_lists():
 
 def test_config_keys_and_checkpoint_records():
     from dynamask.config import load_config
+    from dynamask.errors import ConfigError
     from dynamask.inference import checkpoint_mismatches, hyper_parameters
     from dynamask.models import build_model
-    from dynamask.errors import ConfigError
 
-    cfg = load_config(None, {"model.backbone": "resnet18", "model.switch": "paper", "model.refinement": "dense",
-                             "model.head_widths": "paper",
-                             "model.fpn_channels": 64, "model.box_representation_size": 64})
+    cfg = load_config(
+        None,
+        {
+            "model.backbone": "resnet18",
+            "model.switch": "paper",
+            "model.refinement": "dense",
+            "model.head_widths": "paper",
+            "model.fpn_channels": 64,
+            "model.box_representation_size": 64,
+        },
+    )
     model = build_model(cfg, 4)
     assert isinstance(model.mask_branch.switch, PaperSwitch) and model.mask_branch.widths == (256, 128, 64, 32)
     hp = hyper_parameters(cfg, 4)
@@ -225,14 +250,26 @@ def test_comparable_signal_option_trains_the_paper_switch_on_selection_costs():
     head.zero_grad()
     losses["loss_mask_edge"].backward()
     assert head.switch.fc2.weight.grad is None or head.switch.fc2.weight.grad.abs().sum() == 0
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (head.predictors[k].logits.weight for k in range(4)))
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in (head.predictors[k].logits.weight for k in range(4))
+    )
     with pytest.raises(ValueError, match="paper_signal"):
         DynaMaskHead(9, switch="paper", refinement="dense", paper_signal="edges")
     from dynamask.config import load_config
     from dynamask.models.detector import build_model
 
-    cfg = load_config(None, ["model.switch=paper", "model.refinement=dense", "model.paper_switch_signal=selection_cost",
-                             "model.backbone=resnet18",
-                             "model.fpn_channels=32"])
+    cfg = load_config(
+        None,
+        [
+            "model.switch=paper",
+            "model.refinement=dense",
+            "model.paper_switch_signal=selection_cost",
+            "model.backbone=resnet18",
+            "model.fpn_channels=32",
+        ],
+    )
     assert build_model(cfg, 3).mask_branch.paper_signal == "selection_cost"
-    assert build_model(load_config(None, ["model.backbone=resnet18", "model.fpn_channels=32"]), 3).mask_branch.paper_signal == "edge"
+    assert (
+        build_model(load_config(None, ["model.backbone=resnet18", "model.fpn_channels=32"]), 3).mask_branch.paper_signal
+        == "edge"
+    )

@@ -35,7 +35,7 @@ def disc_with_spoke(size=256, cx=110, cy=128, radius=90, thickness=2, x_end=250)
     yy, xx = np.mgrid[0:size, 0:size]
     disc = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= radius * radius
     spoke = np.zeros_like(disc)
-    spoke[cy - 1:cy - 1 + thickness, cx:x_end] = True
+    spoke[cy - 1 : cy - 1 + thickness, cx:x_end] = True
     mask = disc | spoke
     ys, xs = np.nonzero(mask)
     box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import roi_align
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from dynamask.config import load_config
 from dynamask.errors import DynaMaskError
@@ -18,22 +18,42 @@ from dynamask.models import RESOLUTIONS, build_model, dynamask_resnet18_fpn
 from dynamask.models.dynamask_head import DynaMaskHead
 from dynamask.models.flops import count_flops
 from dynamask.models.paste import paste_masks
+from dynamask.models.point_refine import (
+    PointStage,
+    grid_cell_points,
+    importance_points,
+    most_uncertain_cells,
+    point_targets,
+    refine_at_points,
+    sample_in_image,
+    sample_in_rois,
+    upsample2,
+)
 from dynamask.models.roi_utils import level_scale
-from dynamask.models.point_refine import (PointStage, grid_cell_points, importance_points, most_uncertain_cells,
-                                          point_targets, refine_at_points, sample_in_image, sample_in_rois, upsample2)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 96
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(min_size=SIZE, max_size=SIZE, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
-             rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
-             fpn_channels=32, box_representation_size=64, widths=(32, 24, 16, 12), reduced_channels=(8, 8, 4))
+SMALL = dict(
+    min_size=SIZE,
+    max_size=SIZE,
+    rpn_pre_nms_top_n_train=200,
+    rpn_post_nms_top_n_train=100,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=50,
+    box_batch_size_per_image=32,
+    fpn_channels=32,
+    box_representation_size=64,
+    widths=(32, 24, 16, 12),
+    reduced_channels=(8, 8, 4),
+)
 
 
 def head_inputs(n_boxes=12, channels=32, size=SIZE, batch=1, seed=1):
     g = torch.Generator().manual_seed(seed)
-    features = {str(i): torch.randn(batch, channels, size // 2 ** (i + 2), size // 2 ** (i + 2), generator=g)
-                for i in range(4)}
+    features = {
+        str(i): torch.randn(batch, channels, size // 2 ** (i + 2), size // 2 ** (i + 2), generator=g) for i in range(4)
+    }
     boxes, labels = [], []
     for _ in range(batch):
         xy = torch.rand(n_boxes, 2, generator=g) * (size * 0.6)
@@ -95,7 +115,7 @@ def test_image_points_read_where_roi_align_reads(batch):
     rois = torch.cat([torch.cat([torch.full((b.shape[0], 1), float(i)), b], 1) for i, b in enumerate(boxes)])
     side = 9
     points = grid_cell_points(torch.arange(side * side).expand(rois.shape[0], -1), side)
-    for name, feature in features.items():
+    for _name, feature in features.items():
         scale = feature.shape[-1] / SIZE
         ref = roi_align(feature, rois, (side, side), spatial_scale=scale, sampling_ratio=1, aligned=True)
         got = sample_in_image(feature, rois, points, shapes)
@@ -151,8 +171,17 @@ def test_edge_targets_mark_points_within_one_cell_of_the_outline():
 @pytest.mark.parametrize("policy", ["fixed-14", "fixed-28", "fixed-56", "fixed-112", "dynamic"])
 def test_flops_equal_the_counter_with_the_grid_sample_formula(policy):
     torch.manual_seed(0)
-    head = DynaMaskHead(3, policy="dynamic", in_channels=32, widths=(32, 24, 16, 12), reduced_channels=(8, 8, 4),
-                        fam="conv", refinement="points", refinement_points=150, budget_target=0.9).eval()
+    head = DynaMaskHead(
+        3,
+        policy="dynamic",
+        in_channels=32,
+        widths=(32, 24, 16, 12),
+        reduced_channels=(8, 8, 4),
+        fam="conv",
+        refinement="points",
+        refinement_points=150,
+        budget_target=0.9,
+    ).eval()
     head.policy = policy
     features, boxes, labels, shapes = head_inputs(n_boxes=10)
     flops, out = count_flops(head.forward_infer, features, boxes, labels, shapes)
@@ -166,8 +195,10 @@ def test_flops_equal_the_counter_with_the_grid_sample_formula(policy):
 def test_point_stages_cost_a_fraction_of_dense_ones_and_grow_with_points():
     kw = dict(in_channels=128, widths=(64, 43, 32, 21), reduced_channels=(16, 16, 8), fam="conv", policy="fixed-112")
     dense = DynaMaskHead(2, refinement="dense", **kw).flops_table()["cumulative"]
-    sparse = {n: DynaMaskHead(2, refinement="points", refinement_points=n, **kw).flops_table()["cumulative"]
-              for n in (196, 784, 20000)}
+    sparse = {
+        n: DynaMaskHead(2, refinement="points", refinement_points=n, **kw).flops_table()["cumulative"]
+        for n in (196, 784, 20000)
+    }
     assert sparse[196][:2] == dense[:2]  # 14 and 28 are the dense stages
     assert sparse[196][3] < sparse[784][3] < sparse[20000][3] < 0.6 * dense[3]
     head = DynaMaskHead(2, refinement="points", refinement_points=20000, **kw)
@@ -176,8 +207,15 @@ def test_point_stages_cost_a_fraction_of_dense_ones_and_grow_with_points():
 
 # ------------------------------------------------------------------------- the option itself
 def test_points_head_has_point_stages_instead_of_dense_fine_stages():
-    head = DynaMaskHead(3, policy="dynamic", in_channels=32, widths=(32, 24, 16, 12), reduced_channels=(8, 8, 4),
-                        refinement="points", budget_target=0.9)
+    head = DynaMaskHead(
+        3,
+        policy="dynamic",
+        in_channels=32,
+        widths=(32, 24, 16, 12),
+        reduced_channels=(8, 8, 4),
+        refinement="points",
+        budget_target=0.9,
+    )
     assert len(head.predictors) == 2 and len(head.aggregators) == 1 and len(head.point_stages) == 2
     assert not any(k.startswith(("predictors.2", "aggregators.1")) for k in head.state_dict())
     h56 = DynaMaskHead(3, policy="fixed-56", in_channels=32, refinement="points")
@@ -200,8 +238,9 @@ def test_paper_switch_with_points_is_refused_with_a_clear_message():
 
 def test_training_step_supervises_every_stage_and_the_switch():
     torch.manual_seed(0)
-    m = dynamask_resnet18_fpn(3, fam="conv", refinement="points", refinement_points=64, mask_budget_target=0.9,
-                              **SMALL).train()
+    m = dynamask_resnet18_fpn(
+        3, fam="conv", refinement="points", refinement_points=64, mask_budget_target=0.9, **SMALL
+    ).train()
     from test_model import make_batch
 
     images, targets = make_batch()
@@ -222,14 +261,18 @@ def test_training_supervises_the_train_points_and_refines_with_the_inference_poi
 
     sampled, refined = [], []
     real_sample, real_refine = head_module.importance_points, head_module.refine_at_points
-    monkeypatch.setattr(head_module, "importance_points",
-                        lambda coarse, count: sampled.append(count) or real_sample(coarse, count))
-    monkeypatch.setattr(head_module, "refine_at_points",
-                        lambda stage, coarse, count, *a, **k: refined.append(count) or real_refine(stage, coarse, count,
-                                                                                                   *a, **k))
+    monkeypatch.setattr(
+        head_module, "importance_points", lambda coarse, count: sampled.append(count) or real_sample(coarse, count)
+    )
+    monkeypatch.setattr(
+        head_module,
+        "refine_at_points",
+        lambda stage, coarse, count, *a, **k: refined.append(count) or real_refine(stage, coarse, count, *a, **k),
+    )
     torch.manual_seed(0)
-    m = dynamask_resnet18_fpn(3, fam="conv", refinement_points=100, refinement_train_points=40,
-                              mask_budget_target=0.9, **SMALL).train()
+    m = dynamask_resnet18_fpn(
+        3, fam="conv", refinement_points=100, refinement_train_points=40, mask_budget_target=0.9, **SMALL
+    ).train()
     from test_model import make_batch
 
     images, targets = make_batch()
@@ -245,9 +288,13 @@ def test_points_are_the_default_for_new_models_and_configs():
     cfg = load_config(None, {})
     assert cfg["model"]["refinement"] == "points"
     assert (cfg["model"]["refinement_points"], cfg["model"]["refinement_train_points"]) == (
-        point_refine.INFERENCE_POINTS, point_refine.TRAINING_POINTS)
-    assert (schema.INFERENCE_POINTS, schema.TRAINING_POINTS) == (point_refine.INFERENCE_POINTS,
-                                                                 point_refine.TRAINING_POINTS)
+        point_refine.INFERENCE_POINTS,
+        point_refine.TRAINING_POINTS,
+    )
+    assert (schema.INFERENCE_POINTS, schema.TRAINING_POINTS) == (
+        point_refine.INFERENCE_POINTS,
+        point_refine.TRAINING_POINTS,
+    )
     head = DynaMaskHead(3, in_channels=32)
     assert head.refinement == "points" and head.refinement_points == point_refine.INFERENCE_POINTS
     assert len(head.point_stages) == 2 and len(head.aggregators) == 1
@@ -263,13 +310,31 @@ def _checkpoint(model, cfg, path, drop_refinement=False):
     if drop_refinement:
         cfg["model"].pop("refinement")
         cfg["model"].pop("refinement_points")
-    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ["a", "b"], "cat_ids": [1, 2],
-                "num_classes": 3, "iteration": 0}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ["a", "b"],
+            "cat_ids": [1, 2],
+            "num_classes": 3,
+            "iteration": 0,
+        },
+        path,
+    )
 
 
-SETTINGS = {"model.backbone": "resnet18", "model.fam": "conv", "input.min_size": 64, "input.max_size": 64,
-            "model.fpn_channels": 32, "model.box_representation_size": 64, "model.head_widths": [32, 24, 16, 12],
-            "model.box_score_thresh": 0.0, "model.box_detections_per_img": 20, "model.mask_budget_target": 0.9}
+SETTINGS = {
+    "model.backbone": "resnet18",
+    "model.fam": "conv",
+    "input.min_size": 64,
+    "input.max_size": 64,
+    "model.fpn_channels": 32,
+    "model.box_representation_size": 64,
+    "model.head_widths": [32, 24, 16, 12],
+    "model.box_score_thresh": 0.0,
+    "model.box_detections_per_img": 20,
+    "model.mask_budget_target": 0.9,
+}
 
 
 def test_checkpoints_record_the_refinement_and_old_ones_read_dense(tmp_path, monkeypatch):
@@ -307,11 +372,13 @@ def test_checkpoints_record_the_refinement_and_old_ones_read_dense(tmp_path, mon
 
 def _defaults_with_points(with_defaults):
     """``with_defaults`` as it would be once ``points`` is the default refinement."""
+
     def patched(cfg):
         out = with_defaults(cfg)
         if "refinement" not in (cfg.get("model") or {}):
             out["model"]["refinement"] = "points"
         return out
+
     return patched
 
 
@@ -335,12 +402,21 @@ def test_a_small_overfit_reaches_the_dense_heads_iou():
     results = {}
     for refinement in ("dense", "points"):
         torch.manual_seed(0)
-        head = DynaMaskHead(2, policy="fixed-112", in_channels=16, widths=(16, 16, 16, 16), reduced_channels=(8, 8, 8),
-                            fam="conv", refinement=refinement, refinement_points=400)
+        head = DynaMaskHead(
+            2,
+            policy="fixed-112",
+            in_channels=16,
+            widths=(16, 16, 16, 16),
+            reduced_channels=(8, 8, 8),
+            fam="conv",
+            refinement=refinement,
+            refinement_points=400,
+        )
         opt = torch.optim.Adam(head.parameters(), lr=3e-3)
         for _ in range(150):
-            losses = head.forward_train(features, [box], [(size, size)], [gt[None]], [torch.tensor([1])],
-                                        [torch.tensor([0])])
+            losses = head.forward_train(
+                features, [box], [(size, size)], [gt[None]], [torch.tensor([1])], [torch.tensor([0])]
+            )
             opt.zero_grad()
             sum(losses.values()).backward()
             opt.step()
@@ -349,7 +425,9 @@ def test_a_small_overfit_reaches_the_dense_heads_iou():
         for r in (28, 112):
             head.policy = f"fixed-{r}"
             with torch.no_grad():
-                (_, masks), = head.forward_infer(features, [box], [torch.tensor([1])], [(size, size)])[0]["mask_groups"]
+                ((_, masks),) = head.forward_infer(features, [box], [torch.tensor([1])], [(size, size)])[0][
+                    "mask_groups"
+                ]
             pasted = paste_masks(masks, box, (size, size))[0, 0] >= 0.5
             ious[r] = _iou(pasted, gt.bool())
         results[refinement] = ious
@@ -393,15 +471,29 @@ def test_calibrate_re_prices_a_point_head_for_other_refinement_points(tmp_path, 
     from dynamask.cli import main
     from dynamask.data import generate_shapes_dataset
 
-    cfg = load_config(None, {**SETTINGS, "model.refinement": "points", "model.refinement_points": 100,
-                             "model.box_score_thresh": 0.0})
+    cfg = load_config(
+        None, {**SETTINGS, "model.refinement": "points", "model.refinement_points": 100, "model.box_score_thresh": 0.0}
+    )
     torch.manual_seed(0)
     _checkpoint(build_model(cfg, 3).eval(), cfg, tmp_path / "p.pt")
     shapes = generate_shapes_dataset(tmp_path / "held", 0, 2, image_size=64, seed=1)
     out = tmp_path / "c.pt"
-    args = ["calibrate", "--weights", str(tmp_path / "p.pt"), "--data-json", str(shapes["val_json"]),
-            "--data-images", str(shapes["val_dir"]), "--out", str(out), "--device", "cpu", "--no-progress",
-            "--target", "0.9"]
+    args = [
+        "calibrate",
+        "--weights",
+        str(tmp_path / "p.pt"),
+        "--data-json",
+        str(shapes["val_json"]),
+        "--data-images",
+        str(shapes["val_dir"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--target",
+        "0.9",
+    ]
     assert main(args + ["--refinement-points", "300"]) == 0
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["calibration"]["refinement_points"] == 300 and ckpt["config"]["model"]["refinement_points"] == 300
@@ -427,8 +519,17 @@ def test_a_mask_rcnn_checkpoint_that_predates_the_key_still_loads(tmp_path):
     model = build_model(cfg, 3).eval()
     hp = inference.hyper_parameters(cfg, 3)
     hp.pop("refinement")
-    torch.save({"model": model.state_dict(), "config": cfg, "hyper_parameters": hp, "class_names": ["a", "b"],
-                "num_classes": 3, "iteration": 0}, tmp_path / "m.pt")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "hyper_parameters": hp,
+            "class_names": ["a", "b"],
+            "num_classes": 3,
+            "iteration": 0,
+        },
+        tmp_path / "m.pt",
+    )
     loaded, _ = inference.model_from_checkpoint(str(tmp_path / "m.pt"))
     assert loaded.mask_branch.__class__.__name__ == "MaskRCNNBranch"
 
@@ -448,10 +549,17 @@ def test_row_gather_reads_what_grid_sample_reads(batch):
         size = torch.tensor([feature.shape[-1], feature.shape[-2]], dtype=feature.dtype)
         xy = rois[:, None, 1:3] + points * (rois[:, None, 3:] - rois[:, None, 1:3])
         grid = (2.0 * xy * scale / size - 1.0)[:, :, None, :]
-        ref = torch.stack([F.grid_sample(feature[int(b):int(b) + 1], g[None], mode="bilinear", padding_mode="border",
-                                         align_corners=False)[0, :, :, 0].t() for b, g in zip(rois[:, 0], grid)])
+        ref = torch.stack(
+            [
+                F.grid_sample(
+                    feature[int(b) : int(b) + 1], g[None], mode="bilinear", padding_mode="border", align_corners=False
+                )[0, :, :, 0].t()
+                for b, g in zip(rois[:, 0], grid)
+            ]
+        )
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)  # coordinates rounded differently
     maps = torch.randn(points.shape[0], 3, 14, 14)
-    ref = F.grid_sample(maps, (2 * points - 1)[:, :, None], mode="bilinear", padding_mode="border",
-                        align_corners=False)[..., 0].transpose(1, 2)
+    ref = F.grid_sample(
+        maps, (2 * points - 1)[:, :, None], mode="bilinear", padding_mode="border", align_corners=False
+    )[..., 0].transpose(1, 2)
     torch.testing.assert_close(sample_in_rois(maps, points), ref, atol=1e-6, rtol=1e-6)

@@ -14,9 +14,9 @@ from PIL import Image
 
 from dynamask.config import load_config
 from dynamask.data import CocoInstanceDataset, generate_shapes_dataset, load_image
-from dynamask.models import build_model
 from dynamask.engine.predict import find_images, predict_files
 from dynamask.errors import DynaMaskError
+from dynamask.models import build_model
 from dynamask.predictor import Predictor, image_to_tensor
 from dynamask.visualize import RESOLUTION_COLORS, draw_overlay, plot_ap_vs_flops, save_gallery
 
@@ -30,17 +30,34 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(shapes, tmp_path_factory):
-    cfg = load_config(None, {
-        "model.backbone": "resnet18", "model.fam": "conv", "input.min_size": 64, "input.max_size": 64,
-        "model.box_score_thresh": 0.0, "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 40,
-        "model.box_detections_per_img": 6,
-    })
+    cfg = load_config(
+        None,
+        {
+            "model.backbone": "resnet18",
+            "model.fam": "conv",
+            "input.min_size": 64,
+            "input.max_size": 64,
+            "model.box_score_thresh": 0.0,
+            "model.rpn_pre_nms_top_n_test": 100,
+            "model.rpn_post_nms_top_n_test": 40,
+            "model.box_detections_per_img": 6,
+        },
+    )
     ds = CocoInstanceDataset(shapes["val_json"], shapes["val_dir"])
     torch.manual_seed(0)
     model = build_model(cfg, ds.num_classes + 1)
     path = tmp_path_factory.mktemp("ckpt_pred") / "model.pt"
-    torch.save({"model": model.state_dict(), "config": cfg, "class_names": ds.class_names, "cat_ids": ds.cat_ids,
-                "num_classes": ds.num_classes + 1, "iteration": 0}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg,
+            "class_names": ds.class_names,
+            "cat_ids": ds.cat_ids,
+            "num_classes": ds.num_classes + 1,
+            "iteration": 0,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -153,8 +170,16 @@ def test_predict_files_folder(checkpoint, shapes, tmp_path, caplog, capsys):
     files = {p["file_name"] for p in preds}
     assert all(not f.endswith("corrupt.png") for f in files)
     p = preds[0]
-    assert {"file_name", "image_id", "category_id", "bbox", "score", "segmentation", "mask_resolution",
-            "mask_flops"} <= set(p)
+    assert {
+        "file_name",
+        "image_id",
+        "category_id",
+        "bbox",
+        "score",
+        "segmentation",
+        "mask_resolution",
+        "mask_flops",
+    } <= set(p)
     assert isinstance(p["segmentation"]["counts"], str)
 
     # the overlay differs from the input exactly where things are drawn (masks)
@@ -188,9 +213,14 @@ def test_draw_overlay_marks_masks():
     mask = torch.zeros(2, 1, 80, 80)
     mask[0, 0, 40:70, 40:70] = 0.9
     mask[1, 0, 5:15, 60:75] = 0.9
-    pred = {"boxes": torch.tensor([[40.0, 40.0, 70.0, 70.0], [60.0, 5.0, 75.0, 15.0]]),
-            "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.1]),
-            "masks": mask, "mask_resolution": torch.tensor([112, 14]), "mask_flops": torch.tensor([1e8, 1e7])}
+    pred = {
+        "boxes": torch.tensor([[40.0, 40.0, 70.0, 70.0], [60.0, 5.0, 75.0, 15.0]]),
+        "labels": torch.tensor([1, 2]),
+        "scores": torch.tensor([0.9, 0.1]),
+        "masks": mask,
+        "mask_resolution": torch.tensor([112, 14]),
+        "mask_flops": torch.tensor([1e8, 1e7]),
+    }
     out = draw_overlay(img, pred, ["a", "b"], score_thresh=0.5, legend=False)
     assert out.shape == img.shape and out.dtype == np.uint8
     assert not np.array_equal(out[50:65, 50:65], img[50:65, 50:65])  # inside the drawn mask
@@ -208,9 +238,11 @@ def test_gallery_and_plot(tmp_path):
     path = save_gallery(tiles, tmp_path / "g.png", cols=2)
     g = cv2.imread(path)
     assert g.shape[0] == 2 * 40 + 3 * 4 and g.shape[1] == 2 * 50 + 3 * 4
-    points = [{"name": "fixed-28", "gflops": 0.5, "segm_AP": 30.0, "boundary_AP": 20.0},
-              {"name": "dynamic", "gflops": 0.3, "segm_AP": 32.0, "boundary_AP": 23.5},
-              {"name": "no-boundary", "gflops": 0.2, "segm_AP": 25.0, "boundary_AP": None}]
+    points = [
+        {"name": "fixed-28", "gflops": 0.5, "segm_AP": 30.0, "boundary_AP": 20.0},
+        {"name": "dynamic", "gflops": 0.3, "segm_AP": 32.0, "boundary_AP": 23.5},
+        {"name": "no-boundary", "gflops": 0.2, "segm_AP": 25.0, "boundary_AP": None},
+    ]
     out = plot_ap_vs_flops(points, tmp_path / "plots" / "ap_vs_flops.png")
     im = cv2.imread(out)
     assert im is not None and im.shape[0] > 100

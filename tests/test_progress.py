@@ -33,8 +33,11 @@ def test_lines_every_interval_and_a_final_line_when_stopped_early():
         bar.update()
     bar.close()
     lines = out.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines] == ["predict: 1/7 img (14 %)", "predict: 2/7 img (28 %)",
-                                                      "predict: 3/7 img (42 %)"]
+    assert [line.split(",")[0] for line in lines] == [
+        "predict: 1/7 img (14 %)",
+        "predict: 2/7 img (28 %)",
+        "predict: 3/7 img (42 %)",
+    ]
     with progress_bar(None, "demo", stream=out) as unknown:  # no total: a count
         unknown.update(5)
     assert out.getvalue().splitlines()[-1].startswith("demo: 5 img, ")

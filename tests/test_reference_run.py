@@ -14,13 +14,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.recorded, pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+pytestmark = [
+    pytest.mark.recorded,
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("reference_training_run", ROOT / "tools" / "reference_training_run.py")
+    spec = importlib.util.spec_from_file_location(
+        "reference_training_run", ROOT / "tools" / "reference_training_run.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -74,4 +79,8 @@ def test_training_run_matches_the_recorded_reference(tmp_path):
         if got["sha256"] == want["sha256"]:
             continue
         # (the sum cancels out to near zero in many tensors; the norm does not)
-        assert math.isclose(got["norm"], want["norm"], rel_tol=WEIGHT_NORM_REL, abs_tol=WEIGHT_NORM_ABS), (name, got, want)
+        assert math.isclose(got["norm"], want["norm"], rel_tol=WEIGHT_NORM_REL, abs_tol=WEIGHT_NORM_ABS), (
+            name,
+            got,
+            want,
+        )

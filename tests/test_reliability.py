@@ -19,9 +19,9 @@ from dynamask.data import generate_shapes_dataset
 from dynamask.engine import build as build_mod
 from dynamask.engine import checkpointing as checkpointing_mod
 from dynamask.engine import train as train_mod
-from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.engine.train import train
 from dynamask.errors import DynaMaskError
+from dynamask.inference import load_checkpoint, model_from_checkpoint
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -37,18 +37,34 @@ def shapes(tmp_path_factory):
 
 def overrides(shapes, **extra):
     ov = {
-        "data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"],
-        "data.val_json": shapes["val_json"], "data.val_images": shapes["val_dir"], "data.num_workers": 0,
-        "model.backbone": "resnet18", "model.fam": "conv", "model.fpn_channels": 32,
-        "model.box_representation_size": 64, "model.head_widths": [16, 16, 8, 8],
-        "model.head_reduced_channels": [8, 8, 8], "model.maskrcnn_head_channels": 16,
-        "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-        "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-        "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
-        "input.min_size": 64, "input.max_size": 64,
-        "solver.ims_per_batch": 2, "solver.max_iter": 12, "solver.log_period": 1,
-        "solver.checkpoint_period": 2, "solver.warmup_iters": 2, "solver.base_lr": 0.01,
-        "test.eval_period": 0, "seed": 5,
+        "data.train_json": shapes["train_json"],
+        "data.train_images": shapes["train_dir"],
+        "data.val_json": shapes["val_json"],
+        "data.val_images": shapes["val_dir"],
+        "data.num_workers": 0,
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
+        "model.fpn_channels": 32,
+        "model.box_representation_size": 64,
+        "model.head_widths": [16, 16, 8, 8],
+        "model.head_reduced_channels": [8, 8, 8],
+        "model.maskrcnn_head_channels": 16,
+        "model.rpn_pre_nms_top_n_train": 100,
+        "model.rpn_post_nms_top_n_train": 50,
+        "model.rpn_pre_nms_top_n_test": 50,
+        "model.rpn_post_nms_top_n_test": 20,
+        "model.box_batch_size_per_image": 16,
+        "model.box_detections_per_img": 10,
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "solver.ims_per_batch": 2,
+        "solver.max_iter": 12,
+        "solver.log_period": 1,
+        "solver.checkpoint_period": 2,
+        "solver.warmup_iters": 2,
+        "solver.base_lr": 0.01,
+        "test.eval_period": 0,
+        "seed": 5,
     }
     ov.update(extra)
     return ov
@@ -76,9 +92,24 @@ def test_kill9_then_resume_reaches_the_same_final_metrics(shapes, straight, tmp_
     config = tmp_path / "cfg.yaml"
     save_config(cfg_of(shapes), str(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dynamask", "train", "--config", str(config), "--out", str(out),
-                             "--device", "cpu", "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynamask",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt_path = out / "checkpoint_last.pt"
     deadline = time.time() + 120
     killed_at = None
@@ -152,12 +183,15 @@ def test_checkpoint_carries_hyper_parameters_and_loads_weights_only(straight):
     assert ckpt["class_names"][0] == "ellipse" and set(ckpt["versions"]) >= {"dynamask", "torch", "torchvision"}
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"model.backbone": "resnet34"}, "backbone: checkpoint 'resnet18', requested 'resnet34'"),
-    ({"model.head": "maskrcnn"}, "head: checkpoint 'dynamask', requested 'maskrcnn'"),
-    ({"model.head_widths": [32, 16, 8, 8]}, "head_widths"),
-    ({"model.fpn_channels": 64}, "fpn_channels"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"model.backbone": "resnet34"}, "backbone: checkpoint 'resnet18', requested 'resnet34'"),
+        ({"model.head": "maskrcnn"}, "head: checkpoint 'dynamask', requested 'maskrcnn'"),
+        ({"model.head_widths": [32, 16, 8, 8]}, "head_widths"),
+        ({"model.fpn_channels": 64}, "fpn_channels"),
+    ],
+)
 def test_checkpoint_that_does_not_fit_is_named(shapes, straight, tmp_path, change, needle, capsys):
     out, _ = straight
     weights = str(out / "model_final.pt")
@@ -181,8 +215,20 @@ def test_policy_and_class_mismatches(shapes, straight, tmp_path):
     assert model.policy == "fixed-28"
     # a fixed-28 model cannot be asked for 112 or for the switch
     small = tmp_path / "fixed28"
-    train(cfg_of(shapes, **{"model.policy": "fixed-28", "solver.max_iter": 1, "test.eval_period": 0,
-                            "data.val_json": None, "data.val_images": None}), str(small), progress=False)
+    train(
+        cfg_of(
+            shapes,
+            **{
+                "model.policy": "fixed-28",
+                "solver.max_iter": 1,
+                "test.eval_period": 0,
+                "data.val_json": None,
+                "data.val_images": None,
+            },
+        ),
+        str(small),
+        progress=False,
+    )
     for policy in ("fixed-112", "dynamic"):
         with pytest.raises(DynaMaskError, match=f"policy: checkpoint 'fixed-28'.*requested '{policy}'"):
             model_from_checkpoint(str(small / "model_final.pt"), cfg_of(shapes, **{"model.policy": policy}))
@@ -195,8 +241,19 @@ def test_policy_and_class_mismatches(shapes, straight, tmp_path):
     with open(other["train_json"], "w") as f:
         json.dump(data, f)
     with pytest.raises(DynaMaskError) as info:
-        train(cfg_of(shapes, **{"model.init_weights": weights, "data.train_json": other["train_json"],
-                                "data.train_images": other["train_dir"], "data.val_json": None,
-                                "data.val_images": None}), str(tmp_path / "ft"), progress=False)
+        train(
+            cfg_of(
+                shapes,
+                **{
+                    "model.init_weights": weights,
+                    "data.train_json": other["train_json"],
+                    "data.train_images": other["train_dir"],
+                    "data.val_json": None,
+                    "data.val_images": None,
+                },
+            ),
+            str(tmp_path / "ft"),
+            progress=False,
+        )
     msg = str(info.value)
     assert "model.init_weights" in msg and "classes: checkpoint 8 (ellipse" in msg and "requested 3" in msg

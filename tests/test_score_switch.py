@@ -26,9 +26,20 @@ SHIPPED_SOURCE = ROOT / "benchmarks" / "results" / "accuracy_vs_cost_256_heads" 
 
 def _small_model(**kw):
     torch.manual_seed(0)
-    return dynamask_resnet18_fpn(4, policy="dynamic", fam="conv", fpn_channels=32, box_representation_size=64,
-                                 widths=(16, 16, 8, 8), reduced_channels=(8, 8, 8), min_size=96, max_size=96,
-                                 box_score_thresh=0.0, box_detections_per_img=20, **kw)
+    return dynamask_resnet18_fpn(
+        4,
+        policy="dynamic",
+        fam="conv",
+        fpn_channels=32,
+        box_representation_size=64,
+        widths=(16, 16, 8, 8),
+        reduced_channels=(8, 8, 8),
+        min_size=96,
+        max_size=96,
+        box_score_thresh=0.0,
+        box_detections_per_img=20,
+        **kw,
+    )
 
 
 def test_detection_scores_reach_the_switch():
@@ -36,7 +47,7 @@ def test_detection_scores_reach_the_switch():
     model.mask_branch.switch_log = []
     with torch.no_grad():
         out = model([torch.rand(3, 96, 96), torch.rand(3, 96, 96)])
-    (outputs, scores), = model.mask_branch.switch_log
+    ((outputs, scores),) = model.mask_branch.switch_log
     assert scores is not None and outputs.shape[0] == scores.shape[0] > 0
     assert torch.equal(scores, torch.cat([o["scores"] for o in out]))
 
@@ -46,7 +57,7 @@ def test_unlikely_detection_stops_at_14_even_when_compute_is_cheap():
     assert int(switch.uses_score) == 1  # new heads are confidence-aware
     fractions = torch.tensor([0.05, 0.2, 0.5, 1.0])
     outputs = torch.tensor([[1.5, 0.8, 0.3, 0.0]]).repeat(6, 1)  # the finest stage looks best by far
-    switch.price.fill_(1e-3)                                       # and compute is nearly free
+    switch.price.fill_(1e-3)  # and compute is nearly free
     confident = switch.scores(outputs, fractions, torch.ones(6)).argmax(dim=1)
     assert confident.tolist() == [3] * 6
     for s in (0.0, 1e-4, 1e-6):
@@ -86,8 +97,10 @@ def test_dial_stays_monotone_with_scores():
     costs = torch.tensor([1.0, 2.5, 6.0, 13.0])
     outputs = torch.rand(200, 4) * 2
     weighted = switch.scores(outputs, costs / costs[-1], torch.rand(200))
-    means = [float(costs[choose_under_budget(weighted, costs, b)].mean() / costs[-1])
-             for b in (1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1)]
+    means = [
+        float(costs[choose_under_budget(weighted, costs, b)].mean() / costs[-1])
+        for b in (1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1)
+    ]
     assert all(a >= b - 1e-9 for a, b in zip(means, means[1:]))
     assert means[-1] <= 0.1 + 1e-6 or means[-1] == pytest.approx(float(costs[0] / costs[-1]))
 
@@ -95,7 +108,7 @@ def test_dial_stays_monotone_with_scores():
 def test_fit_score_map_is_monotone_and_keeps_the_identity_where_empty():
     rng = np.random.default_rng(0)
     scores = rng.uniform(0.0, 0.6, 500)
-    real = rng.uniform(size=500) < scores ** 2  # a detector that is overconfident
+    real = rng.uniform(size=500) < scores**2  # a detector that is overconfident
     knots = np.linspace(0, 1, 11)
     fitted = fit_score_map(scores, real, knots)
     assert np.all(np.diff(fitted) >= -1e-12)
@@ -110,8 +123,9 @@ def held_out(tmp_path_factory):
     for seed, images in ((1, 12), (2, 8)):
         root = tmp_path_factory.mktemp(f"held_out_{seed}")
         generate_shapes_dataset(root, 0, images, image_size=256, seed=seed, detail=True)
-        out[seed] = CocoInstanceDataset(str(root / "val.json"), str(root / "val"), transforms=None,
-                                        keep_empty=True, validate_masks=False)
+        out[seed] = CocoInstanceDataset(
+            str(root / "val.json"), str(root / "val"), transforms=None, keep_empty=True, validate_masks=False
+        )
     return out
 
 
@@ -147,14 +161,46 @@ def test_calibrate_command_writes_a_calibrated_checkpoint(held_out, tmp_path, ca
 
     data, root = held_out[2].ann_file, held_out[2].image_dir
     out = tmp_path / "calibrated.pt"
-    code = main(["calibrate", "--weights", str(OLD_HEAD), "--data-json", str(data), "--data-images", str(root),
-                 "--out", str(out), "--max-images", "3", "--target", "0.35", "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "calibrate",
+            "--weights",
+            str(OLD_HEAD),
+            "--data-json",
+            str(data),
+            "--data-images",
+            str(root),
+            "--out",
+            str(out),
+            "--max-images",
+            "3",
+            "--target",
+            "0.35",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     model, ckpt = model_from_checkpoint(str(out))  # a head file: its detector is found from the new place
     assert int(model.mask_branch.switch.uses_score) == 1
     assert ckpt["calibration"]["target"] == pytest.approx(0.35) and ckpt["calibration"]["images"] == 3
-    assert main(["calibrate", "--weights", str(out), "--data-json", str(data), "--data-images", str(root),
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--weights",
+                str(out),
+                "--data-json",
+                str(data),
+                "--data-images",
+                str(root),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "new file" in capsys.readouterr().err
 
 
@@ -173,7 +219,7 @@ def test_score_floor_stops_detections_at_14_without_the_switch():
     head.switch_log = []
     with torch.no_grad():
         gated = model(images)
-    (outputs, seen), = head.switch_log
+    ((outputs, seen),) = head.switch_log
     below = scores < floor
     assert 0 < int(below.sum()) < scores.numel()
     assert outputs.shape[0] == int((~below).sum()) and bool((seen >= floor).all())

@@ -43,8 +43,9 @@ VAL_IMAGES = 5
 @pytest.fixture(scope="module")
 def detail(tmp_path_factory):
     """The first validation images of the demo's detailed shapes (256 px)."""
-    return generate_shapes_dataset(tmp_path_factory.mktemp("sharded_detail"), 0, VAL_IMAGES, image_size=256, seed=0,
-                                   detail=True)
+    return generate_shapes_dataset(
+        tmp_path_factory.mktemp("sharded_detail"), 0, VAL_IMAGES, image_size=256, seed=0, detail=True
+    )
 
 
 def overrides(detail):
@@ -55,8 +56,16 @@ def torchrun(*args, nproc=2, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "dynamask", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "dynamask",
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
@@ -72,8 +81,22 @@ def one_process(detail, tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert cli.main(["evaluate", "--weights", str(HEAD), "--out", str(out), "--device", "cpu", "--no-progress",
-                         *overrides(detail)]) == 0
+        assert (
+            cli.main(
+                [
+                    "evaluate",
+                    "--weights",
+                    str(HEAD),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                    *overrides(detail),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(n)
         log.handlers[:], log.level, log.propagate = saved
@@ -93,8 +116,9 @@ def test_shard_positions_deal_whole_batches():
 def test_sharded_evaluate_matches_one_process(detail, one_process, tmp_path):
     metrics, one = one_process
     two = tmp_path / "two"
-    proc = torchrun("evaluate", "--weights", str(HEAD), "--out", str(two), "--device", "cpu", "--no-progress",
-                    *overrides(detail))
+    proc = torchrun(
+        "evaluate", "--weights", str(HEAD), "--out", str(two), "--device", "cpu", "--no-progress", *overrides(detail)
+    )
     assert f"evaluated {VAL_IMAGES} image(s) on 2 processes (3/2 image(s) each)" in proc.stderr
     assert proc.stdout.count("metrics written to") == 1  # rank 0 prints, once
     assert (two / "coco_results.json").read_bytes() == (one / "coco_results.json").read_bytes()
@@ -126,9 +150,21 @@ def test_sharded_predict_matches_one_process(detail, tmp_path):
     assert "on 2 processes (5/2 image(s) each)" in proc.stderr and "skipped 1 unreadable image(s)" in proc.stderr
     assert proc.stdout.count("predictions written to") == 1
     names = sorted(os.listdir(one))
-    assert names == sorted(os.listdir(two)) == sorted(
-        ["predictions.json", "x_overlay.png", "x-2_overlay.png", "x-2-2_overlay.png", "w_overlay.png",
-         "y_overlay.png", "z_overlay.png"])
+    assert (
+        names
+        == sorted(os.listdir(two))
+        == sorted(
+            [
+                "predictions.json",
+                "x_overlay.png",
+                "x-2_overlay.png",
+                "x-2-2_overlay.png",
+                "w_overlay.png",
+                "y_overlay.png",
+                "z_overlay.png",
+            ]
+        )
+    )
     for name in names:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     entries = json.loads((two / "predictions.json").read_text())
@@ -147,13 +183,33 @@ def run(argv, capsys):
 def test_results_file_scores_as_the_run_that_wrote_it(detail, one_process, tmp_path, capsys):
     metrics, one = one_process
     out = tmp_path / "scored"
-    rc, stdout, err = run(["evaluate", "--results", str(one / "coco_results.json"), "--gt", detail["val_json"],
-                           "--out", str(out), f"test.max_dets={metrics['max_dets']}"], capsys)
+    rc, stdout, err = run(
+        [
+            "evaluate",
+            "--results",
+            str(one / "coco_results.json"),
+            "--gt",
+            detail["val_json"],
+            "--out",
+            str(out),
+            f"test.max_dets={metrics['max_dets']}",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     saved = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(saved) and saved["results_file"] == str(one / "coco_results.json")
-    same = (*AP_KEYS, "mask_gflops_per_instance", "mask_gflops_per_image", "num_images", "num_detections",
-            "complexity_spearman", "complexity_spearman_within_size", "complexity_pairs", "max_dets")
+    same = (
+        *AP_KEYS,
+        "mask_gflops_per_instance",
+        "mask_gflops_per_image",
+        "num_images",
+        "num_detections",
+        "complexity_spearman",
+        "complexity_spearman_within_size",
+        "complexity_pairs",
+        "max_dets",
+    )
     single = json.loads((one / "metrics.json").read_text())
     assert {k: saved[k] for k in same} == {k: single[k] for k in same}
     assert saved["resolution_histogram"] == single["resolution_histogram"]
@@ -162,8 +218,9 @@ def test_results_file_scores_as_the_run_that_wrote_it(detail, one_process, tmp_p
     assert "images / s" not in stdout  # no model ran
 
     # the ground truth from the config (data.val_json) instead of --gt; no --out: nothing written
-    rc, stdout2, err = run(["evaluate", "--results", str(one / "coco_results.json"),
-                            f"data.val_json={detail['val_json']}"], capsys)
+    rc, stdout2, err = run(
+        ["evaluate", "--results", str(one / "coco_results.json"), f"data.val_json={detail['val_json']}"], capsys
+    )
     assert rc == 0, err
     assert stdout2.splitlines()[:5] == stdout.splitlines()[:5]
 
@@ -181,8 +238,11 @@ def _bad_results(detail, one_process):
     h, w = first["segmentation"]["size"]
     return {
         "not_json": ("{[", "invalid JSON at line 1"),
-        "gt_file": (gt, "a COCO results file is a JSON list of detections, got a JSON object (this one has "
-                        "'annotations': a ground-truth file?"),
+        "gt_file": (
+            gt,
+            "a COCO results file is a JSON list of detections, got a JSON object (this one has "
+            "'annotations': a ground-truth file?",
+        ),
         "number": (3, "a JSON list of detections, got a JSON int"),
         "not_object": ([first, "x"], "entry 1 must be an object, got str"),
         "no_score": (without("score"), "entry 0: missing field 'score'"),
@@ -190,18 +250,23 @@ def _bad_results(detail, one_process):
         "no_category_id": (without("category_id"), "entry 0: missing field 'category_id'"),
         "str_image_id": (entry(image_id="1"), "entry 0: field 'image_id' must be an integer, got '1'"),
         "nan_score": (entry(score=float("nan")), "entry 0: field 'score' must be a finite number"),
-        "no_box_no_mask": ([{k: v for k, v in first.items() if k not in ("bbox", "segmentation")}],
-                           "entry 0: needs a field 'bbox' or 'segmentation'"),
+        "no_box_no_mask": (
+            [{k: v for k, v in first.items() if k not in ("bbox", "segmentation")}],
+            "entry 0: needs a field 'bbox' or 'segmentation'",
+        ),
         "bad_bbox": (entry(bbox=[1, 2, 3]), "entry 0: field 'bbox' must be [x, y, width, height]"),
         "unknown_image": (entry(image_id=999), "entry 0: field 'image_id' 999 is not an image of"),
         "unknown_category": (entry(category_id=999), "entry 0: field 'category_id' 999 is not a category of"),
         "polygon": (entry(segmentation=[[1, 1, 5, 1, 5, 5]]), "entry 0: field 'segmentation' is a polygon list"),
-        "wrong_size": (entry(segmentation={**first["segmentation"], "size": [h + 1, w]}),
-                       f"entry 0: field 'segmentation.size' [{h + 1}, {w}] is not the size of image"),
-        "corrupt_counts": (entry(segmentation={**first["segmentation"], "counts": "abc"}),
-                           "entry 0: field 'segmentation.counts' is not a compressed RLE"),
-        "short_counts": (entry(segmentation={"size": [h, w], "counts": "0?"}),
-                         "has runs over 15 pixels"),
+        "wrong_size": (
+            entry(segmentation={**first["segmentation"], "size": [h + 1, w]}),
+            f"entry 0: field 'segmentation.size' [{h + 1}, {w}] is not the size of image",
+        ),
+        "corrupt_counts": (
+            entry(segmentation={**first["segmentation"], "counts": "abc"}),
+            "entry 0: field 'segmentation.counts' is not a compressed RLE",
+        ),
+        "short_counts": (entry(segmentation={"size": [h, w], "counts": "0?"}), "has runs over 15 pixels"),
         "bad_resolution": (entry(mask_resolution="28"), "entry 0: field 'mask_resolution' must be an integer"),
     }
 
@@ -210,21 +275,23 @@ def test_bad_results_files_are_one_line_errors(detail, one_process, tmp_path, ca
     for name, (content, needle) in _bad_results(detail, one_process).items():
         path = tmp_path / f"{name}.json"
         path.write_text(content if isinstance(content, str) else json.dumps(content))
-        rc, _, err = run(["evaluate", "--results", str(path), "--gt", detail["val_json"],
-                          "--out", str(tmp_path / "out")], capsys)
+        rc, _, err = run(
+            ["evaluate", "--results", str(path), "--gt", detail["val_json"], "--out", str(tmp_path / "out")], capsys
+        )
         assert rc == 2, (name, err)
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (name, err)
         assert str(path) in err and needle in err, (name, needle, err)
     assert not (tmp_path / "out").exists()
     results = str(one_process[1] / "coco_results.json")
     for argv, needle in (
-            (["--results", str(tmp_path / "missing.json"), "--gt", detail["val_json"]], "results file not found"),
-            (["--results", results], "give the ground truth with --gt"),
-            (["--results", results, "--gt", str(tmp_path / "no_gt.json")], "no_gt.json"),
-            (["--results", results, "--gt", detail["val_json"], "--weights", str(HEAD)], "not both"),
-            (["--results", results, "--gt", detail["val_json"], "--policy", "fixed-28"], "--policy only apply"),
-            ([], "give --weights CKPT"),
-            (["--weights", str(HEAD), "--gt", detail["val_json"]], "--gt goes with --results")):
+        (["--results", str(tmp_path / "missing.json"), "--gt", detail["val_json"]], "results file not found"),
+        (["--results", results], "give the ground truth with --gt"),
+        (["--results", results, "--gt", str(tmp_path / "no_gt.json")], "no_gt.json"),
+        (["--results", results, "--gt", detail["val_json"], "--weights", str(HEAD)], "not both"),
+        (["--results", results, "--gt", detail["val_json"], "--policy", "fixed-28"], "--policy only apply"),
+        ([], "give --weights CKPT"),
+        (["--weights", str(HEAD), "--gt", detail["val_json"]], "--gt goes with --results"),
+    ):
         rc, _, err = run(["evaluate", *argv], capsys)
         assert rc == 2 and needle in err, (argv, err)
 
@@ -251,6 +318,8 @@ def test_empty_and_uncompressed_results(detail, one_process, tmp_path):
         plain.append({**r, "segmentation": {"size": seg["size"], "counts": counts}})
     path = tmp_path / "plain.json"
     path.write_text(json.dumps(plain))
-    a, b = evaluate_results(path, detail["val_json"]), evaluate_results(one_process[1] / "coco_results.json",
-                                                                        detail["val_json"])
+    a, b = (
+        evaluate_results(path, detail["val_json"]),
+        evaluate_results(one_process[1] / "coco_results.json", detail["val_json"]),
+    )
     assert {k: a[k] for k in AP_KEYS} == {k: b[k] for k in AP_KEYS}

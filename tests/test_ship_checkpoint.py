@@ -11,9 +11,9 @@ import torch
 
 from dynamask.config import load_config
 from dynamask.engine.build import save_checkpoint
+from dynamask.errors import DynaMaskError
 from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.models import build_model
-from dynamask.errors import DynaMaskError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -24,18 +24,31 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(folder: Path, head: str, seed: int, detector_state=None) -> Path:
-    cfg = load_config(None, {"model.backbone": "resnet18", "model.head": head, "model.fam": "conv",
-                             "model.policy": "fixed-28", "input.min_size": 64, "input.max_size": 64,
-                             "model.fpn_channels": 32, "model.box_representation_size": 64,
-                             "model.maskrcnn_head_channels": 16, "model.head_widths": [16, 16, 8, 8],
-                             "model.box_score_thresh": 0.0})
+    cfg = load_config(
+        None,
+        {
+            "model.backbone": "resnet18",
+            "model.head": head,
+            "model.fam": "conv",
+            "model.policy": "fixed-28",
+            "input.min_size": 64,
+            "input.max_size": 64,
+            "model.fpn_channels": 32,
+            "model.box_representation_size": 64,
+            "model.maskrcnn_head_channels": 16,
+            "model.head_widths": [16, 16, 8, 8],
+            "model.box_score_thresh": 0.0,
+        },
+    )
     torch.manual_seed(seed)
     model = build_model(cfg, 3)
     if detector_state is not None:
         model.load_detector_state(detector_state)
     folder.mkdir(parents=True)
-    save_checkpoint(str(folder / "model_final.pt"), {"model": model.state_dict(), "config": cfg,
-                                                     "class_names": ["a", "b"], "num_classes": 3, "iteration": 5})
+    save_checkpoint(
+        str(folder / "model_final.pt"),
+        {"model": model.state_dict(), "config": cfg, "class_names": ["a", "b"], "num_classes": 3, "iteration": 5},
+    )
     return folder
 
 
@@ -85,6 +98,8 @@ def test_head_refuses_other_detectors(tmp_path):
 def test_shipped_files_name_no_absolute_repository_path(tmp_path):
     inside = str(ROOT / "runs" / "data" / "train.json")
     cfg = {"data": {"train_json": inside, "val_json": "/elsewhere/val.json"}, "steps": [str(ROOT / "a"), 3]}
-    assert repo_relative(cfg) == {"data": {"train_json": "runs/data/train.json", "val_json": "/elsewhere/val.json"},
-                                  "steps": ["a", 3]}
+    assert repo_relative(cfg) == {
+        "data": {"train_json": "runs/data/train.json", "val_json": "/elsewhere/val.json"},
+        "steps": ["a", 3],
+    }
     assert repo_relative(inside, ROOT / "checkpoints") == "../runs/data/train.json"

@@ -13,7 +13,6 @@ import torch
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 from dynamask.engine import train as train_mod
-from dynamask.inference import load_checkpoint, model_from_checkpoint
 from dynamask.engine.train import (
     InfiniteShardSampler,
     NonFiniteLossError,
@@ -25,6 +24,7 @@ from dynamask.engine.train import (
     train,
 )
 from dynamask.errors import ConfigError, DynaMaskError
+from dynamask.inference import load_checkpoint, model_from_checkpoint
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -32,9 +32,20 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask_14",
-             "loss_mask_28", "loss_mask_56", "loss_mask_112", "loss_mask_edge", "loss_mask_select",
-             "loss_mask_budget", "loss_mask_switch")
+LOSS_KEYS = (
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+    "loss_mask_14",
+    "loss_mask_28",
+    "loss_mask_56",
+    "loss_mask_112",
+    "loss_mask_edge",
+    "loss_mask_select",
+    "loss_mask_budget",
+    "loss_mask_switch",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +55,31 @@ def shapes(tmp_path_factory):
 
 def small_overrides(shapes, **extra):
     ov = {
-        "data.train_json": shapes["train_json"], "data.train_images": shapes["train_dir"],
+        "data.train_json": shapes["train_json"],
+        "data.train_images": shapes["train_dir"],
         "data.num_workers": 0,
-        "model.backbone": "resnet18", "model.fam": "conv",
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
         # a narrow model (as in test_reliability): the loop is under test, not the network's width
-        "model.fpn_channels": 32, "model.box_representation_size": 64, "model.head_widths": [16, 16, 8, 8],
-        "model.head_reduced_channels": [8, 8, 8], "model.maskrcnn_head_channels": 16,
-        "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-        "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-        "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
-        "input.min_size": 64, "input.max_size": 64,
-        "solver.ims_per_batch": 2, "solver.max_iter": 4, "solver.log_period": 1,
-        "solver.checkpoint_period": 0, "solver.warmup_iters": 2, "solver.base_lr": 0.02,
+        "model.fpn_channels": 32,
+        "model.box_representation_size": 64,
+        "model.head_widths": [16, 16, 8, 8],
+        "model.head_reduced_channels": [8, 8, 8],
+        "model.maskrcnn_head_channels": 16,
+        "model.rpn_pre_nms_top_n_train": 100,
+        "model.rpn_post_nms_top_n_train": 50,
+        "model.rpn_pre_nms_top_n_test": 50,
+        "model.rpn_post_nms_top_n_test": 20,
+        "model.box_batch_size_per_image": 16,
+        "model.box_detections_per_img": 10,
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "solver.ims_per_batch": 2,
+        "solver.max_iter": 4,
+        "solver.log_period": 1,
+        "solver.checkpoint_period": 0,
+        "solver.warmup_iters": 2,
+        "solver.base_lr": 0.02,
         "seed": 3,
     }
     ov.update(extra)
@@ -130,9 +154,11 @@ def test_sampler_is_deterministic_resumable_and_sharded():
 def test_seeded_dataset_is_pure_and_leaves_global_rng_alone(shapes):
     from dynamask.data import CocoInstanceDataset, build_transforms
 
-    ds = CocoInstanceDataset(shapes["train_json"], shapes["train_dir"],
-                             transforms=build_transforms(True, min_size=[48, 64], max_size=64, flip_prob=0.5,
-                                                         color_jitter=True))
+    ds = CocoInstanceDataset(
+        shapes["train_json"],
+        shapes["train_dir"],
+        transforms=build_transforms(True, min_size=[48, 64], max_size=64, flip_prob=0.5, color_jitter=True),
+    )
     sds = SeededDataset(ds, seed=5)
     before = torch.get_rng_state()
     a = [sds[(e, 2)][0] for e in range(4)]
@@ -274,8 +300,11 @@ def test_nonfinite_losses_skipped_then_abort(shapes, tmp_path, monkeypatch):
     # one non-finite step only: training completes
     bad.clear()
     bad.add(2)
-    summary = train(small_cfg(shapes, **{"solver.max_iter": 3, "solver.max_nonfinite_steps": 2}),
-                    str(tmp_path / "nan_once"), progress=False)
+    summary = train(
+        small_cfg(shapes, **{"solver.max_iter": 3, "solver.max_nonfinite_steps": 2}),
+        str(tmp_path / "nan_once"),
+        progress=False,
+    )
     assert summary["iteration"] == 3 and summary["nonfinite_steps"] == 1
 
 
@@ -304,9 +333,18 @@ def test_resume_without_checkpoint_and_missing_data_keys(shapes, tmp_path):
 def test_periodic_checkpoint_and_eval_during_training(shapes, tmp_path):
     pytest.importorskip("dynamask.engine.evaluate")
     out = tmp_path / "with_eval"
-    cfg = small_cfg(shapes, **{"solver.max_iter": 2, "solver.checkpoint_period": 1, "test.eval_period": 1,
-                               "data.val_json": shapes["val_json"], "data.val_images": shapes["val_dir"],
-                               "test.max_dets": 10, "solver.amp": "bf16"})  # amp: ignored on CPU
+    cfg = small_cfg(
+        shapes,
+        **{
+            "solver.max_iter": 2,
+            "solver.checkpoint_period": 1,
+            "test.eval_period": 1,
+            "data.val_json": shapes["val_json"],
+            "data.val_images": shapes["val_dir"],
+            "test.max_dets": 10,
+            "solver.amp": "bf16",
+        },
+    )  # amp: ignored on CPU
     summary = train(cfg, str(out), progress=False)
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "eval"]
     assert [r["iteration"] for r in evals] == [1, 2]
@@ -322,9 +360,23 @@ def test_ddp_two_processes_gloo(shapes, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "dynamask", "train", "--config", str(cfg_path), "--out", str(out), "--device", "cpu",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dynamask",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr
@@ -342,15 +394,22 @@ def test_data_stream_is_independent_of_worker_count(shapes):
     """Batches are a pure function of (seed, epoch, index): same with 0 or 2 loader workers."""
     from dynamask.data import CocoInstanceDataset, build_transforms, collate_fn
 
-    ds = CocoInstanceDataset(shapes["train_json"], shapes["train_dir"],
-                             transforms=build_transforms(True, min_size=[48, 64], max_size=64, flip_prob=0.5,
-                                                         color_jitter=True))
+    ds = CocoInstanceDataset(
+        shapes["train_json"],
+        shapes["train_dir"],
+        transforms=build_transforms(True, min_size=[48, 64], max_size=64, flip_prob=0.5, color_jitter=True),
+    )
 
     def batches(workers, start_position=0, n=5):
         sampler = InfiniteShardSampler(len(ds), seed=2, start_position=start_position)
-        loader = torch.utils.data.DataLoader(SeededDataset(ds, seed=2), batch_size=2, sampler=sampler,
-                                             num_workers=workers, collate_fn=collate_fn,
-                                             generator=torch.Generator().manual_seed(2))
+        loader = torch.utils.data.DataLoader(
+            SeededDataset(ds, seed=2),
+            batch_size=2,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            generator=torch.Generator().manual_seed(2),
+        )
         it = iter(loader)
         out = [next(it) for _ in range(n)]
         del it

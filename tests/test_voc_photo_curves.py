@@ -52,11 +52,21 @@ def test_dataset_round_trips_the_photo(curves, tmp_path):
 
 def test_runs_and_their_folders(curves, tmp_path):
     specs = curves.specs(["fixed-28", "sparse-fixed-112"], [0, 1])
-    assert [s["name"] for s in specs] == ["fixed-28_seed0", "fixed-28_seed1", "sparse-fixed-112_seed0",
-                                          "sparse-fixed-112_seed1"]
+    assert [s["name"] for s in specs] == [
+        "fixed-28_seed0",
+        "fixed-28_seed1",
+        "sparse-fixed-112_seed0",
+        "sparse-fixed-112_seed1",
+    ]
     sparse = specs[2]["overrides"]
-    for o in ("input.min_size=375", "input.max_size=500", "model.policy=fixed-112", "model.refinement=points",
-              "model.refinement_points=784", "seed=0"):
+    for o in (
+        "input.min_size=375",
+        "input.max_size=500",
+        "model.policy=fixed-112",
+        "model.refinement=points",
+        "model.refinement_points=784",
+        "seed=0",
+    ):
         assert o in sparse
     sched = curves.schedule(100, 25)
     assert "test.eval_period=25" in sched and "solver.max_iter=100" in sched
@@ -79,19 +89,33 @@ def test_runs_and_their_folders(curves, tmp_path):
 
 
 def test_curves_from_metrics(curves, tmp_path):
-    recs = [{"iteration": 2, "loss_mask_28": 0.5, "total_loss": 3.0, "time_per_iter": 4.0},
-            {"iteration": 2, "event": "eval", "metrics": {"segm_AP": 10.0, "boundary_AP": 5.0, "bbox_AP": 20.0}},
-            {"iteration": 4, "loss_mask_28": 0.4, "total_loss": 2.0, "time_per_iter": 2.0},
-            {"iteration": 4, "event": "eval_failed", "error": "ValueError: x"}]
+    recs = [
+        {"iteration": 2, "loss_mask_28": 0.5, "total_loss": 3.0, "time_per_iter": 4.0},
+        {"iteration": 2, "event": "eval", "metrics": {"segm_AP": 10.0, "boundary_AP": 5.0, "bbox_AP": 20.0}},
+        {"iteration": 4, "loss_mask_28": 0.4, "total_loss": 2.0, "time_per_iter": 2.0},
+        {"iteration": 4, "event": "eval_failed", "error": "ValueError: x"},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     m = curves.read_metrics(tmp_path)
-    assert m["curve"] == [{"iteration": 2, "segm_AP": 10.0, "boundary_AP": 5.0, "bbox_AP": 20.0, "segm_AP50": None,
-                           "segm_AP75": None, "num_detections": None}]
+    assert m["curve"] == [
+        {
+            "iteration": 2,
+            "segm_AP": 10.0,
+            "boundary_AP": 5.0,
+            "bbox_AP": 20.0,
+            "segm_AP50": None,
+            "segm_AP75": None,
+            "num_detections": None,
+        }
+    ]
     assert m["eval_failed"] == [{"iteration": 4, "error": "ValueError: x"}]
     assert m["s_per_iter"] == 3.0 and [r["loss_mask_28"] for r in m["losses"]] == [0.5, 0.4]
     final = {"boundary_AP": 10.0, "segm_AP": 20.0}
-    runs = {"fixed-28_seed0": {"final": final}, "fixed-28_seed1": {"final": final},
-            "sparse-fixed-112_seed0": {"final": {"boundary_AP": 13.0, "segm_AP": 20.0}},
-            "sparse-fixed-112_seed1": {"final": {"boundary_AP": 14.0, "segm_AP": 19.9}}}
+    runs = {
+        "fixed-28_seed0": {"final": final},
+        "fixed-28_seed1": {"final": final},
+        "sparse-fixed-112_seed0": {"final": {"boundary_AP": 13.0, "segm_AP": 20.0}},
+        "sparse-fixed-112_seed1": {"final": {"boundary_AP": 14.0, "segm_AP": 19.9}},
+    }
     goals = curves.judge(runs, [0, 1])["P4"]
     assert goals["per_seed"]["0"]["met"] and not goals["per_seed"]["1"]["met"] and not goals["met"]

@@ -97,9 +97,17 @@ def open_browser(width=1400, height=1150):
         raise RuntimeError("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
-                BLOCK_OTHER_HOSTS, f"--window-size={width},{height}", "--disable-background-networking",
-                "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-proxy-server",
+        BLOCK_OTHER_HOSTS,
+        f"--window-size={width},{height}",
+        "--disable-background-networking",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(service=Service(found[1]), options=options)
@@ -115,8 +123,10 @@ def _wait(driver, condition, timeout, what):
         if value:
             return value
         time.sleep(0.2)
-    raise TimeoutError(f"the page did not show {what} within {timeout:.0f} s; message: {_text(driver, 'dm-message')!r}"
-                       f"; summary: {_text(driver, 'dm-summary')!r}")
+    raise TimeoutError(
+        f"the page did not show {what} within {timeout:.0f} s; message: {_text(driver, 'dm-message')!r}"
+        f"; summary: {_text(driver, 'dm-summary')!r}"
+    )
 
 
 def _text(driver, elem_id) -> str:
@@ -142,8 +152,9 @@ def _numbers(summary: str) -> dict:
 
 def _upload(driver, elem_id, path):
     """Gradio puts an upload button's file input just before the button."""
-    driver.find_element("xpath", f"//*[@id='{elem_id}']/preceding-sibling::input[@type='file'][1]"
-                        ).send_keys(os.fspath(path))
+    driver.find_element("xpath", f"//*[@id='{elem_id}']/preceding-sibling::input[@type='file'][1]").send_keys(
+        os.fspath(path)
+    )
 
 
 def external_requests(driver) -> list:
@@ -164,21 +175,33 @@ def walk(driver, url, good_image, corrupt_file, screenshot=None, timeout=60.0) -
 
     seen = {}
     driver.get(url)
-    labels = _wait(driver, lambda d: [e.text for e in d.find_elements("css selector", "#dm-sample label")],
-                   timeout, "the sample images")
+    labels = _wait(
+        driver,
+        lambda d: [e.text for e in d.find_elements("css selector", "#dm-sample label")],
+        timeout,
+        "the sample images",
+    )
     _wait(driver, lambda d: "mask GFLOPs" in _text(d, "dm-summary"), timeout, "the first sample rendered")
     pick = labels[1]
     driver.find_element("xpath", f"//*[@id='dm-sample']//label[normalize-space()='{pick}']").click()
-    summary = _wait(driver, lambda d: (t := _text(d, "dm-summary")) and f"image: {pick}" in t and "no budget" in t
-                    and t, timeout, f"{pick} at no budget")
+    summary = _wait(
+        driver,
+        lambda d: (t := _text(d, "dm-summary")) and f"image: {pick}" in t and "no budget" in t and t,
+        timeout,
+        f"{pick} at no budget",
+    )
     seen["no_budget"] = {**_numbers(summary), "overlay": _overlay(driver), "summary": summary}
 
     budget = driver.find_element("css selector", "#dm-budget input[type=range]")
     driver.execute_script("arguments[0].focus()", budget)
     budget.send_keys(Keys.HOME)
     lowest = budget.get_attribute("min")
-    summary = _wait(driver, lambda d: (t := _text(d, "dm-summary")) and f"budget {float(lowest):.3f}" in t and t,
-                    timeout, f"the run at budget {lowest}")
+    summary = _wait(
+        driver,
+        lambda d: (t := _text(d, "dm-summary")) and f"budget {float(lowest):.3f}" in t and t,
+        timeout,
+        f"the run at budget {lowest}",
+    )
     seen["lowest_budget"] = {**_numbers(summary), "overlay": _overlay(driver), "summary": summary, "budget": lowest}
     if screenshot:
         save_screenshot(driver, screenshot)
@@ -187,8 +210,9 @@ def walk(driver, url, good_image, corrupt_file, screenshot=None, timeout=60.0) -
     seen["corrupt_message"] = _wait(driver, lambda d: _text(d, "dm-message"), timeout, "an error message")
     _upload(driver, "dm-upload", good_image)
     name = os.path.basename(os.fspath(good_image))
-    summary = _wait(driver, lambda d: (t := _text(d, "dm-summary")) and f"image: {name}" in t and t, timeout,
-                    f"the uploaded {name}")
+    summary = _wait(
+        driver, lambda d: (t := _text(d, "dm-summary")) and f"image: {name}" in t and t, timeout, f"the uploaded {name}"
+    )
     seen["good_after_corrupt"] = {**_numbers(summary), "summary": summary, "message": _text(driver, "dm-message")}
     seen["external_requests"] = external_requests(driver)
     return seen
@@ -201,11 +225,15 @@ def save_screenshot(driver, path, limit=SCREENSHOT_LIMIT) -> int:
 
     image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     for scale, colours in ((1.0, 256), (1.0, 128), (0.8, 128), (0.6, 64), (0.4, 32)):
-        shown = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS) \
-            if scale < 1 else image
+        shown = (
+            image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+            if scale < 1
+            else image
+        )
         buffer = io.BytesIO()
         shown.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
-            buffer, format="PNG", optimize=True)
+            buffer, format="PNG", optimize=True
+        )
         if buffer.tell() <= limit:
             break
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -242,10 +270,12 @@ def main(argv=None) -> int:
                 driver.quit()
         finally:
             stop_server(proc)
-    print(f"wrote {args.screenshot} ({os.path.getsize(args.screenshot)} bytes); GFLOPs "
-          f"{seen['no_budget']['gflops']} -> {seen['lowest_budget']['gflops']}, 14×14 instances "
-          f"{seen['no_budget']['count_14']} -> {seen['lowest_budget']['count_14']}; external requests: "
-          f"{len(seen['external_requests'])}")
+    print(
+        f"wrote {args.screenshot} ({os.path.getsize(args.screenshot)} bytes); GFLOPs "
+        f"{seen['no_budget']['gflops']} -> {seen['lowest_budget']['gflops']}, 14×14 instances "
+        f"{seen['no_budget']['count_14']} -> {seen['lowest_budget']['count_14']}; external requests: "
+        f"{len(seen['external_requests'])}"
+    )
     return 0
 
 

@@ -20,7 +20,6 @@ the default there; the table says which capability each run had.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import math
@@ -48,11 +47,20 @@ SETTINGS = {
     "mkl_avx2": (1, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
     # what .ci/run's second pass sets on an AVX2 (or older) machine, and on an AVX-512 one
     "ci_second_pass": (1, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}),
-    "ci_second_pass_on_avx512": (1, {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                                     "MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
+    "ci_second_pass_on_avx512": (
+        1,
+        {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    ),
     # everything at once, and two threads
-    "all_low_2threads": (2, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
-                             "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "MKL_CBWR": "COMPATIBLE"}),
+    "all_low_2threads": (
+        2,
+        {
+            "ATEN_CPU_CAPABILITY": "default",
+            "ONEDNN_MAX_CPU_ISA": "SSE41",
+            "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+            "MKL_CBWR": "COMPATIBLE",
+        },
+    ),
     # the shapes are drawn with NumPy (sin/cos) and OpenCV (fillPoly): their SIMD dispatch
     # (NumPy 2.4 groups its features; x86-64-v2 is its baseline and cannot be turned off)
     "numpy_v2_only": (1, {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"}),
@@ -97,9 +105,10 @@ def worker(threads: int, only: list[str]) -> dict:
         tool = _module(ROOT / "tools" / "reference_training_run.py", "reference_training_run")
         with tempfile.TemporaryDirectory() as tmp:
             run = tool.reference_run(tmp)
-        result["reference_run"] = {"metrics": run["metrics"],
-                                   "weights": {k: {"norm": v["norm"], "sha256": v["sha256"]}
-                                               for k, v in run["weights"].items()}}
+        result["reference_run"] = {
+            "metrics": run["metrics"],
+            "weights": {k: {"norm": v["norm"], "sha256": v["sha256"]} for k, v in run["weights"].items()},
+        }
     if "shapes" in only:
         result["shapes"] = _shape_digests()
     result["seconds"] = time.perf_counter() - t0
@@ -115,12 +124,19 @@ def deviations(result: dict) -> dict:
     out = {}
     if "train_step" in result:
         ref = json.loads((ROOT / "tests/data/train_step_losses.json").read_text())["steps"][0]
-        losses = [abs(got[k] - v) for got in result["train_step"].values() for k, v in ref.items() if k.startswith("loss")]
-        grads = [_rel(got[k], v) for got in result["train_step"].values() for k, v in ref.items()
-                 if not k.startswith("loss")]
+        losses = [
+            abs(got[k] - v) for got in result["train_step"].values() for k, v in ref.items() if k.startswith("loss")
+        ]
+        grads = [
+            _rel(got[k], v) for got in result["train_step"].values() for k, v in ref.items() if not k.startswith("loss")
+        ]
         out["train_step loss |d|"] = max(losses)
-        out["train_step loss rel"] = max(_rel(got[k], v) for got in result["train_step"].values()
-                                         for k, v in ref.items() if k.startswith("loss") and v)
+        out["train_step loss rel"] = max(
+            _rel(got[k], v)
+            for got in result["train_step"].values()
+            for k, v in ref.items()
+            if k.startswith("loss") and v
+        )
         out["train_step grad_norm rel"] = max(grads)
     if "reference_run" in result:
         ref = json.loads((ROOT / "tests/data/reference_training_run.json").read_text())
@@ -146,10 +162,16 @@ def deviations(result: dict) -> dict:
                 else:
                     late = max(late, _rel(got[key], value) if abs(value) > 1e-5 else 0.0)
         shared = [k for k in ref["weights"] if k in now["weights"]]
-        big = [_rel(now["weights"][k]["norm"], ref["weights"][k]["norm"]) for k in shared
-               if abs(ref["weights"][k]["norm"]) >= 0.1]
-        small = [abs(now["weights"][k]["norm"] - ref["weights"][k]["norm"]) for k in shared
-                 if abs(ref["weights"][k]["norm"]) < 0.1]
+        big = [
+            _rel(now["weights"][k]["norm"], ref["weights"][k]["norm"])
+            for k in shared
+            if abs(ref["weights"][k]["norm"]) >= 0.1
+        ]
+        small = [
+            abs(now["weights"][k]["norm"] - ref["weights"][k]["norm"])
+            for k in shared
+            if abs(ref["weights"][k]["norm"]) < 0.1
+        ]
         out["ref_run schedule/counters rel"] = exact
         out["ref_run mismatched fields"] = mismatched
         out["ref_run iter<=6 floats rel"] = early
@@ -158,8 +180,9 @@ def deviations(result: dict) -> dict:
         out["ref_run weight norm rel (norm >= 0.1)"] = max(big, default=0.0)
         out["ref_run weight norm |d| (norm < 0.1)"] = max(small, default=0.0)
         out["ref_run weight tensors added or missing"] = len(set(now["weights"]) ^ set(ref["weights"]))
-        out["ref_run weights bit-equal"] = sum(now["weights"][k]["sha256"] == v["sha256"] for k, v in ref["weights"].items()
-                                               if k in now["weights"]) / len(ref["weights"])
+        out["ref_run weights bit-equal"] = sum(
+            now["weights"][k]["sha256"] == v["sha256"] for k, v in ref["weights"].items() if k in now["weights"]
+        ) / len(ref["weights"])
     if "shapes" in result:
         s = result["shapes"]
         out["shapes pinned digests differing"] = sum(s["digests"][k] != d for k, d in s["pinned"].items())
@@ -179,8 +202,12 @@ def main() -> None:
 
     results, table = {}, {}
     base_shapes = None
-    natural = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                             capture_output=True, text=True, env={**os.environ, "ATEN_CPU_CAPABILITY": ""}).stdout.strip()
+    natural = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ATEN_CPU_CAPABILITY": ""},
+    ).stdout.strip()
     print(f"this CPU: torch capability {natural}, {os.cpu_count()} CPUs")
     levels = ["DEFAULT", "AVX2", "AVX512"]
     for name in args.settings:
@@ -190,8 +217,12 @@ def main() -> None:
             print(f"\n{name}: skipped (torch would run {wanted} kernels on a CPU without them)")
             continue
         full_env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", name, "--only", *args.only],
-                              env=full_env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--only", *args.only],
+            env=full_env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
@@ -200,11 +231,14 @@ def main() -> None:
         table[name] = deviations(res)
         if "shapes" in res:
             base_shapes = base_shapes or res["shapes"]["digests"]
-            table[name]["shapes: renders differing from the first setting's (of %d)" % len(base_shapes)] = sum(
-                res["shapes"]["digests"][k] != v for k, v in base_shapes.items())
+            table[name][f"shapes: renders differing from the first setting's (of {len(base_shapes)})"] = sum(
+                res["shapes"]["digests"][k] != v for k, v in base_shapes.items()
+            )
         env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "-"
-        print(f"\n{name}: {res['threads']} thread(s), capability {res['capability']}, {env_text}, {res['seconds']:.0f} s",
-              flush=True)
+        print(
+            f"\n{name}: {res['threads']} thread(s), capability {res['capability']}, {env_text}, {res['seconds']:.0f} s",
+            flush=True,
+        )
         for key, value in table[name].items():
             print(f"  {key:58s} {value:.3g}" if isinstance(value, float) else f"  {key:58s} {value}", flush=True)
     if table:
@@ -214,8 +248,11 @@ def main() -> None:
             worst = max(values)
             if "bit-equal" in key:
                 worst = min(values)
-            print(f"  {key:58s} {worst:.3g}" if isinstance(worst, float) and not math.isnan(worst) else
-                  f"  {key:58s} {worst}")
+            print(
+                f"  {key:58s} {worst:.3g}"
+                if isinstance(worst, float) and not math.isnan(worst)
+                else f"  {key:58s} {worst}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

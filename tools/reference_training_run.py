@@ -30,16 +30,30 @@ ITERATIONS = 20
 
 def overrides(data: dict) -> dict:
     return {
-        "data.train_json": data["train_json"], "data.train_images": data["train_dir"],
+        "data.train_json": data["train_json"],
+        "data.train_images": data["train_dir"],
         "data.num_workers": 0,
-        "model.backbone": "resnet18", "model.fam": "conv", "model.policy": "dynamic", "model.refinement": "dense",
-        "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-        "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 20,
-        "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 10,
-        "input.min_size": 64, "input.max_size": 64,
-        "solver.ims_per_batch": 2, "solver.max_iter": ITERATIONS, "solver.log_period": 1,
-        "solver.checkpoint_period": 10, "solver.warmup_iters": 5, "solver.steps": [15],
-        "solver.base_lr": 0.02, "test.eval_period": 0, "seed": 7,
+        "model.backbone": "resnet18",
+        "model.fam": "conv",
+        "model.policy": "dynamic",
+        "model.refinement": "dense",
+        "model.rpn_pre_nms_top_n_train": 100,
+        "model.rpn_post_nms_top_n_train": 50,
+        "model.rpn_pre_nms_top_n_test": 50,
+        "model.rpn_post_nms_top_n_test": 20,
+        "model.box_batch_size_per_image": 16,
+        "model.box_detections_per_img": 10,
+        "input.min_size": 64,
+        "input.max_size": 64,
+        "solver.ims_per_batch": 2,
+        "solver.max_iter": ITERATIONS,
+        "solver.log_period": 1,
+        "solver.checkpoint_period": 10,
+        "solver.warmup_iters": 5,
+        "solver.steps": [15],
+        "solver.base_lr": 0.02,
+        "test.eval_period": 0,
+        "seed": 7,
     }
 
 
@@ -53,8 +67,11 @@ def weights_digest(state: dict) -> dict:
     for name, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
         f = t.double()
-        out[name] = {"sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest(),
-                     "sum": float(f.sum()), "norm": float(f.norm())}
+        out[name] = {
+            "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest(),
+            "sum": float(f.sum()),
+            "norm": float(f.norm()),
+        }
     return out
 
 
@@ -85,8 +102,10 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     last = [r for r in result["metrics"] if "total_loss" in r][-1]
-    print(f"{len(result['metrics'])} metrics records, last total_loss {last['total_loss']:.6f}, "
-          f"{len(result['weights'])} weight tensors")
+    print(
+        f"{len(result['metrics'])} metrics records, last total_loss {last['total_loss']:.6f}, "
+        f"{len(result['weights'])} weight tensors"
+    )
 
 
 if __name__ == "__main__":

@@ -39,11 +39,15 @@ def main(argv=None) -> None:
     print("| input size | targets | IoU at 28 | 56 | 112 |")
     print("|---|---|---:|---:|---:|")
     print(f"| {w}×{h}, no resize (native) | — | " + " | ".join(f"{native[r].mean():.3f}" for r in (28, 56, 112)) + " |")
-    for label, (lo, hi) in (("800/1333 (upscale)", (800, 1333)), (f"{min(h, w) // 2} (2× down)", (min(h, w) // 2, 1333)),
-                            (f"{min(h, w) // 4} (4× down)", (min(h, w) // 4, 1333))):
+    for label, (lo, hi) in (
+        ("800/1333 (upscale)", (800, 1333)),
+        (f"{min(h, w) // 2} (2× down)", (min(h, w) // 2, 1333)),
+        (f"{min(h, w) // 4} (4× down)", (min(h, w) // 4, 1333)),
+    ):
         for mode, name in (("resized", "resized bitmaps"), ("original", "original masks")):
-            out, _ = pipeline_round_trip_iou(image, masks, boxes, min_size=lo, max_size=hi, mask_targets=mode,
-                                             flip=args.flip)
+            out, _ = pipeline_round_trip_iou(
+                image, masks, boxes, min_size=lo, max_size=hi, mask_targets=mode, flip=args.flip
+            )
             print(f"| {label} | {name} | " + " | ".join(f"{out[r].mean():.3f}" for r in (28, 56, 112)) + " |")
 
 

@@ -62,9 +62,13 @@ def ship(run: Path, out: Path, detector_only: bool = False, detector: Path | Non
     elif detector is not None:
         shipped = load_checkpoint(str(detector))["model"]
         for k, v in state.items():
-            if not k.startswith(MASK_BRANCH_PREFIX) and (k not in shipped or not torch.equal(shipped[k].to(v.dtype), v)):
-                raise SystemExit(f"{run}: its detector differs from {detector} at {k!r}; a head file can only "
-                                 f"reference the detector it was trained on (model.freeze_detector)")
+            if not k.startswith(MASK_BRANCH_PREFIX) and (
+                k not in shipped or not torch.equal(shipped[k].to(v.dtype), v)
+            ):
+                raise SystemExit(
+                    f"{run}: its detector differs from {detector} at {k!r}; a head file can only "
+                    f"reference the detector it was trained on (model.freeze_detector)"
+                )
         record["model"] = {k: v for k, v in state.items() if k.startswith(MASK_BRANCH_PREFIX)}
         record["detector"] = os.path.relpath(os.path.abspath(detector), os.path.dirname(os.path.abspath(out)))
         record["detector_sha256"] = file_sha256(str(detector))
@@ -89,8 +93,10 @@ def main(argv=None):
     group.add_argument("--detector", type=Path, help="ship the mask branch alone, referencing this shipped detector")
     args = p.parse_args(argv)
     record = ship(args.run, args.out, args.detector_only, args.detector)
-    print(f"{args.out}: {args.out.stat().st_size / 2**20:.1f} MiB, {len(record['model'])} tensors, "
-          f"iteration {record.get('iteration')}" + (f", detector {record['detector']}" if "detector" in record else ""))
+    print(
+        f"{args.out}: {args.out.stat().st_size / 2**20:.1f} MiB, {len(record['model'])} tensors, "
+        f"iteration {record.get('iteration')}" + (f", detector {record['detector']}" if "detector" in record else "")
+    )
 
 
 if __name__ == "__main__":

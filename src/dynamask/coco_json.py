@@ -12,15 +12,29 @@ import gc
 import json
 import math
 import os
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import DynaMaskError as _ErrorBase
 
-__all__ = ["DatasetError", "load_coco_json", "read_json", "validate_coco_dict", "validate_header",
-           "validate_annotation", "gc_paused", "is_int", "is_number", "four_finite_numbers", "ann_where",
-           "REQUIRED_TOP_LEVEL", "REQUIRED_ANN_FIELDS", "PLAIN_NUMBERS"]
+__all__ = [
+    "DatasetError",
+    "load_coco_json",
+    "read_json",
+    "validate_coco_dict",
+    "validate_header",
+    "validate_annotation",
+    "gc_paused",
+    "is_int",
+    "is_number",
+    "four_finite_numbers",
+    "ann_where",
+    "REQUIRED_TOP_LEVEL",
+    "REQUIRED_ANN_FIELDS",
+    "PLAIN_NUMBERS",
+]
 
 REQUIRED_TOP_LEVEL = ("images", "annotations", "categories")
 REQUIRED_ANN_FIELDS = ("image_id", "category_id", "bbox")
@@ -46,8 +60,7 @@ PLAIN_NUMBERS = (int, float)
 
 def four_finite_numbers(values: Sequence[Any]) -> bool:
     a, b, c, d = values
-    if type(a) in PLAIN_NUMBERS and type(b) in PLAIN_NUMBERS and type(c) in PLAIN_NUMBERS \
-            and type(d) in PLAIN_NUMBERS:
+    if type(a) in PLAIN_NUMBERS and type(b) in PLAIN_NUMBERS and type(c) in PLAIN_NUMBERS and type(d) in PLAIN_NUMBERS:
         try:
             return math.isfinite(a) and math.isfinite(b) and math.isfinite(c) and math.isfinite(d)
         except OverflowError:  # an integer beyond a float's range
@@ -65,8 +78,9 @@ def ann_where(path: str, i: int, ann: dict) -> str:
 
 def validate_coco_dict(data: Any, path: str, annotations: bool = True) -> None:
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: top level must be a JSON object with keys "
-                           f"{list(REQUIRED_TOP_LEVEL)}, got {type(data).__name__}")
+        raise DatasetError(
+            f"{path}: top level must be a JSON object with keys {list(REQUIRED_TOP_LEVEL)}, got {type(data).__name__}"
+        )
     for key in REQUIRED_TOP_LEVEL:
         if key not in data:
             raise DatasetError(f"{path}: missing top-level key '{key}'")
@@ -129,11 +143,13 @@ def validate_annotation(path: str, i: int, ann: Any) -> None:
         raise DatasetError(f"{ann_where(path, i, ann)}: field 'image_id' must be an integer, got {ann['image_id']!r}")
     if type(ann["category_id"]) is not int and not is_int(ann["category_id"]):
         raise DatasetError(
-            f"{ann_where(path, i, ann)}: field 'category_id' must be an integer, got {ann['category_id']!r}")
+            f"{ann_where(path, i, ann)}: field 'category_id' must be an integer, got {ann['category_id']!r}"
+        )
     bbox = ann["bbox"]
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and four_finite_numbers(bbox)):
-        raise DatasetError(f"{ann_where(path, i, ann)}: field 'bbox' must be [x, y, width, height] "
-                           f"with 4 finite numbers, got {bbox!r}")
+        raise DatasetError(
+            f"{ann_where(path, i, ann)}: field 'bbox' must be [x, y, width, height] with 4 finite numbers, got {bbox!r}"
+        )
     if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
         raise DatasetError(f"{ann_where(path, i, ann)}: field 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
     area = ann.get("area")
@@ -147,14 +163,19 @@ def validate_annotation(path: str, i: int, ann: Any) -> None:
             raise DatasetError(f"{ann_where(path, i, ann)}: RLE field 'segmentation' needs 'counts' and 'size'")
         size = seg["size"]
         if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v >= 0 for v in size)):
-            raise DatasetError(f"{ann_where(path, i, ann)}: field 'segmentation.size' must be [height, width], "
-                               f"got {size!r}")
+            raise DatasetError(
+                f"{ann_where(path, i, ann)}: field 'segmentation.size' must be [height, width], got {size!r}"
+            )
         if not isinstance(seg["counts"], (list, str, bytes)):
-            raise DatasetError(f"{ann_where(path, i, ann)}: field 'segmentation.counts' must be a list "
-                               f"(uncompressed RLE) or a string (compressed RLE), got {type(seg['counts']).__name__}")
+            raise DatasetError(
+                f"{ann_where(path, i, ann)}: field 'segmentation.counts' must be a list "
+                f"(uncompressed RLE) or a string (compressed RLE), got {type(seg['counts']).__name__}"
+            )
         return
-    raise DatasetError(f"{ann_where(path, i, ann)}: field 'segmentation' must be a list of polygons or an RLE "
-                       f"object, got {type(seg).__name__}")
+    raise DatasetError(
+        f"{ann_where(path, i, ann)}: field 'segmentation' must be a list of polygons or an RLE "
+        f"object, got {type(seg).__name__}"
+    )
 
 
 @contextlib.contextmanager
@@ -190,10 +211,12 @@ def read_json(path: str) -> Any:
         with gc_paused():
             return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
+        raise DatasetError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}"
+        ) from None
 
 
-def load_coco_json(path: Union[str, os.PathLike]) -> dict:
+def load_coco_json(path: str | os.PathLike) -> dict:
     """Read a COCO annotation file and validate its structure.
 
     Raises :class:`DatasetError` (message names the file, and the JSON error
@@ -207,4 +230,3 @@ def load_coco_json(path: Union[str, os.PathLike]) -> dict:
     data = read_json(path)
     validate_coco_dict(data, path)
     return data
-

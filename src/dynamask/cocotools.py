@@ -15,8 +15,10 @@ class _MaskAPI:
         try:
             from pycocotools import mask
         except ImportError as exc:
-            raise ImportError(f"pycocotools is needed for COCO masks (pycocotools.mask.{name}); "
-                              f"install it with `pip install pycocotools`") from exc
+            raise ImportError(
+                f"pycocotools is needed for COCO masks (pycocotools.mask.{name}); "
+                f"install it with `pip install pycocotools`"
+            ) from exc
         return getattr(mask, name)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,17 +44,20 @@ class ExportableModel(nn.Module):
         return tuple(out[k] for k in OUTPUT_NAMES)
 
 
-def prepare_for_export(model: nn.Module, policy: Optional[str] = None, budget: Optional[float] = None) -> nn.Module:
+def prepare_for_export(model: nn.Module, policy: str | None = None, budget: float | None = None) -> nn.Module:
     """Set the policy (and refuse what a graph cannot hold), deformable kernel "gather", eval mode."""
     if policy is not None:
         model.policy = policy
     if model.policy not in EXPORTABLE_POLICIES:
-        raise DynaMaskError(f"export: policy {model.policy!r} cannot be exported; supported: "
-                            f"{', '.join(EXPORTABLE_POLICIES)}")
+        raise DynaMaskError(
+            f"export: policy {model.policy!r} cannot be exported; supported: {', '.join(EXPORTABLE_POLICIES)}"
+        )
     if budget is not None and float(budget) < 1.0:
-        raise DynaMaskError(f"export: the test-time budget dial (--budget {budget}) cannot be exported: it solves "
-                            f"for a price per image in Python; supported: the policies {', '.join(EXPORTABLE_POLICIES)} "
-                            f"with the budget the model was trained for (--budget 1.0 or none)")
+        raise DynaMaskError(
+            f"export: the test-time budget dial (--budget {budget}) cannot be exported: it solves "
+            f"for a price per image in Python; supported: the policies {', '.join(EXPORTABLE_POLICIES)} "
+            f"with the budget the model was trained for (--budget 1.0 or none)"
+        )
     model.mask_budget = 1.0
     if hasattr(model.mask_branch, "deform_kernel"):
         model.mask_branch.deform_kernel = "gather"
@@ -79,16 +82,28 @@ def example_image(model: nn.Module, seed: int = 0) -> Tensor:
     return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def export_model(model: nn.Module, fmt: str, out: str, class_names: Sequence[str] = (),
-                 cat_ids: Optional[Sequence[int]] = None, example: Optional[Tensor] = None) -> str:
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    out: str,
+    class_names: Sequence[str] = (),
+    cat_ids: Sequence[int] | None = None,
+    example: Tensor | None = None,
+) -> str:
     """Write ``model`` (prepared with :func:`prepare_for_export`) to ``out`` as ONNX or TorchScript."""
     if fmt not in EXPORT_FORMATS:
         raise DynaMaskError(f"export: format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     wrapper = ExportableModel(model).eval()
     example = example_image(model) if example is None else example
-    meta = {"class_names": list(class_names), "cat_ids": list(cat_ids) if cat_ids is not None else None,
-            "policy": model.policy, "mask_geometry": model.mask_geometry, "outputs": list(OUTPUT_NAMES),
-            "input": "image: float32 3xHxW in [0, 1]", "mask_flops_by_resolution": mask_flops_by_resolution(model)}
+    meta = {
+        "class_names": list(class_names),
+        "cat_ids": list(cat_ids) if cat_ids is not None else None,
+        "policy": model.policy,
+        "mask_geometry": model.mask_geometry,
+        "outputs": list(OUTPUT_NAMES),
+        "input": "image: float32 3xHxW in [0, 1]",
+        "mask_flops_by_resolution": mask_flops_by_resolution(model),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python values: handled by design
@@ -105,11 +120,24 @@ def _export_onnx(wrapper: nn.Module, example: Tensor, out: str, meta: dict) -> N
         import onnx
     except ImportError as exc:
         raise DynaMaskError("export --format onnx needs the onnx package: pip install 'dynamask[export]'") from exc
-    dynamic = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"},
-               "scores": {0: "detections"}, "masks": {0: "detections", 2: "height", 3: "width"},
-               "mask_resolution": {0: "detections"}}
-    torch.onnx.export(wrapper, (example,), out, input_names=["image"], output_names=list(OUTPUT_NAMES),
-                      dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False)
+    dynamic = {
+        "image": {1: "height", 2: "width"},
+        "boxes": {0: "detections"},
+        "labels": {0: "detections"},
+        "scores": {0: "detections"},
+        "masks": {0: "detections", 2: "height", 3: "width"},
+        "mask_resolution": {0: "detections"},
+    }
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        out,
+        input_names=["image"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes=dynamic,
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
     proto = onnx.load(out)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "dynamask", json.dumps(meta)
@@ -158,8 +186,9 @@ class ExportedRunner:
         out = dict(zip(OUTPUT_NAMES, outs))
         table = self.metadata.get("mask_flops_by_resolution") or {}
         if table:
-            out["mask_flops"] = torch.tensor([table.get(str(int(r)), float("nan")) for r in out["mask_resolution"]],
-                                             dtype=torch.float32)
+            out["mask_flops"] = torch.tensor(
+                [table.get(str(int(r)), float("nan")) for r in out["mask_resolution"]], dtype=torch.float32
+            )
         return out
 
 
@@ -176,8 +205,9 @@ def is_exported_file(path: str) -> bool:
         return any("/code/" in name or name.startswith("code/") for name in z.namelist())
 
 
-def verify_export(model: nn.Module, runner: ExportedRunner, images: Sequence[Tensor], box_tol: float = 1e-3,
-                  mask_iou: float = 0.99) -> dict:
+def verify_export(
+    model: nn.Module, runner: ExportedRunner, images: Sequence[Tensor], box_tol: float = 1e-3, mask_iou: float = 0.99
+) -> dict:
     """Compare an exported file with the PyTorch model on ``images``: detections matched by box
     IoU; every match within ``box_tol`` pixels and with mask IoU (at 0.5) ≥ ``mask_iou``, and the
     same number of detections. Returns per-image records and ``ok``."""
@@ -190,8 +220,16 @@ def verify_export(model: nn.Module, runner: ExportedRunner, images: Sequence[Ten
             ref = model([image])[0]
         got = runner(image)
         n_ref, n_got = ref["boxes"].shape[0], got["boxes"].shape[0]
-        rec = {"image": i, "size": list(image.shape[-2:]), "detections": n_ref, "exported_detections": n_got,
-               "max_box_diff": 0.0, "min_mask_iou": 1.0, "same_labels": True, "same_resolution": True}
+        rec = {
+            "image": i,
+            "size": list(image.shape[-2:]),
+            "detections": n_ref,
+            "exported_detections": n_got,
+            "max_box_diff": 0.0,
+            "min_mask_iou": 1.0,
+            "same_labels": True,
+            "same_resolution": True,
+        }
         if n_ref and n_got:
             iou = box_iou(ref["boxes"], got["boxes"])
             match = iou.argmax(dim=1)
@@ -203,8 +241,16 @@ def verify_export(model: nn.Module, runner: ExportedRunner, images: Sequence[Ten
             rec["min_mask_iou"] = float(ious.min())
             rec["same_labels"] = bool(torch.equal(ref["labels"], got["labels"][match]))
             rec["same_resolution"] = bool(torch.equal(ref["mask_resolution"].cpu(), got["mask_resolution"][match]))
-        rec["ok"] = (n_ref == n_got and rec["max_box_diff"] <= box_tol and rec["min_mask_iou"] >= mask_iou
-                     and rec["same_labels"] and rec["same_resolution"])
+        rec["ok"] = (
+            n_ref == n_got
+            and rec["max_box_diff"] <= box_tol
+            and rec["min_mask_iou"] >= mask_iou
+            and rec["same_labels"]
+            and rec["same_resolution"]
+        )
         records.append(rec)
-    return {"images": records, "ok": all(r["ok"] for r in records),
-            "detection_counts": sorted({r["detections"] for r in records})}
+    return {
+        "images": records,
+        "ok": all(r["ok"] for r in records),
+        "detection_counts": sorted({r["detections"] for r in records}),
+    }

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -52,8 +52,18 @@ __all__ = [
 MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
 
 #: model config keys that decide the shapes of the weights (and so whether a checkpoint fits)
-ARCHITECTURE_KEYS = ("head", "backbone", "fam", "fpn_channels", "box_representation_size", "head_widths",
-                     "head_reduced_channels", "maskrcnn_head_channels", "switch", "refinement")
+ARCHITECTURE_KEYS = (
+    "head",
+    "backbone",
+    "fam",
+    "fpn_channels",
+    "box_representation_size",
+    "head_widths",
+    "head_reduced_channels",
+    "maskrcnn_head_channels",
+    "switch",
+    "refinement",
+)
 #: the subset the detector (all but the mask branch) depends on
 DETECTOR_ARCHITECTURE_KEYS = ("backbone", "fpn_channels", "box_representation_size")
 
@@ -82,7 +92,7 @@ def resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def apply_policy(model, policy: Optional[str], budget: Optional[float]) -> None:
+def apply_policy(model, policy: str | None, budget: float | None) -> None:
     """Set a loaded model's resolution ``policy`` and test-time mask ``budget`` (``None`` leaves
     either as it is). The model refuses what it cannot run (e.g. a policy needing stages a
     fixed-28 model lacks) with a ValueError; that is turned into a :class:`DynaMaskError` naming
@@ -135,12 +145,15 @@ def _with_detector(path: str, ckpt: dict) -> dict:
     ref = str(ckpt["detector"])
     det_path = ref if os.path.isabs(ref) else os.path.join(os.path.dirname(os.path.abspath(path)), ref)
     if not os.path.isfile(det_path):
-        raise DynaMaskError(f"{path}: holds only a mask head; its detector {ref!r} was not found "
-                            f"(looked for {det_path})")
+        raise DynaMaskError(
+            f"{path}: holds only a mask head; its detector {ref!r} was not found (looked for {det_path})"
+        )
     expected = ckpt.get("detector_sha256")
     if expected and file_sha256(det_path) != expected:
-        raise DynaMaskError(f"{path}: the detector file {det_path} is not the one this head was trained on "
-                            f"(its sha256 differs from the head's 'detector_sha256')")
+        raise DynaMaskError(
+            f"{path}: the detector file {det_path} is not the one this head was trained on "
+            f"(its sha256 differs from the head's 'detector_sha256')"
+        )
     detector = load_checkpoint(det_path)
     merged = {k: v for k, v in detector["model"].items() if not k.startswith(MASK_BRANCH_PREFIX)}
     merged.update(ckpt["model"])
@@ -166,9 +179,15 @@ def with_defaults(cfg: dict) -> dict:
 def hyper_parameters(cfg: dict, num_classes: int) -> dict:
     """What a checkpoint records about the model it holds (num_classes counts the background).
     Head widths are recorded resolved (lists, never a preset name or null)."""
-    return _resolved({**{k: cfg["model"].get(k) for k in ARCHITECTURE_KEYS}, "policy": cfg["model"].get("policy"),
-                      "mask_geometry": cfg["model"].get("mask_geometry"),
-                      "mask_targets": cfg["model"].get("mask_targets"), "num_classes": int(num_classes)})
+    return _resolved(
+        {
+            **{k: cfg["model"].get(k) for k in ARCHITECTURE_KEYS},
+            "policy": cfg["model"].get("policy"),
+            "mask_geometry": cfg["model"].get("mask_geometry"),
+            "mask_targets": cfg["model"].get("mask_targets"),
+            "num_classes": int(num_classes),
+        }
+    )
 
 
 def _resolved(hp: dict) -> dict:
@@ -179,8 +198,13 @@ def _resolved(hp: dict) -> dict:
     if hp.get("head") != "dynamask":
         return hp
     widths, reduced = resolve_widths(hp.get("head_widths"), hp.get("head_reduced_channels"))
-    return {**hp, "head_widths": list(widths), "head_reduced_channels": list(reduced),
-            "switch": hp.get("switch") or "cost", "refinement": hp.get("refinement") or LEGACY_REFINEMENT}
+    return {
+        **hp,
+        "head_widths": list(widths),
+        "head_reduced_channels": list(reduced),
+        "switch": hp.get("switch") or "cost",
+        "refinement": hp.get("refinement") or LEGACY_REFINEMENT,
+    }
 
 
 def checkpoint_geometry(ckpt: dict) -> str:
@@ -205,7 +229,9 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None, detector_only: bool = False) -> list[str]:
+def checkpoint_mismatches(
+    ckpt: dict, cfg: dict, num_classes: int | None = None, detector_only: bool = False
+) -> list[str]:
     """Human-readable differences between the model a checkpoint holds and the one ``cfg`` asks
     for ("backbone: checkpoint resnet18, requested resnet50"); empty when it fits. A policy
     differs harmlessly when the checkpoint's model has every stage the requested one needs."""
@@ -216,8 +242,7 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
         ck_cfg = ckpt.get("config")
         if not isinstance(ck_cfg, dict) or "model" not in ck_cfg:
             return []
-        have = hyper_parameters(with_defaults(ck_cfg),
-                                ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
+        have = hyper_parameters(with_defaults(ck_cfg), ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
     have = _resolved(have)
     if have.get("head") == "dynamask":  # never the defaults' value for a checkpoint that predates the key
         have["refinement"] = checkpoint_refinement(ckpt)
@@ -240,8 +265,10 @@ def checkpoint_mismatches(ckpt: dict, cfg: dict, num_classes: int | None = None,
     if not detector_only and have.get("head") == want.get("head") == "dynamask":
         hp, wp = have.get("policy"), want.get("policy")
         if hp and wp and hp != wp and (stages_needed(wp) > stages_needed(hp) or (wp == "dynamic" and hp != "dynamic")):
-            out.append(f"policy: checkpoint {hp!r} (a model with {stages_needed(hp)} stage(s)"
-                       f"{' and a switch' if hp == 'dynamic' else ''}), requested {wp!r}")
+            out.append(
+                f"policy: checkpoint {hp!r} (a model with {stages_needed(hp)} stage(s)"
+                f"{' and a switch' if hp == 'dynamic' else ''}), requested {wp!r}"
+            )
     return out
 
 
@@ -254,7 +281,12 @@ def _torchvision_model(path: str, state: dict, cfg: dict | None):
     head, mask branch untrained), ResNet-50-FPN as torchvision builds it unless ``cfg`` says
     otherwise, COCO label space for 91-class files."""
     from .models.detector import build_model
-    from .models.torchvision_weights import coco_label_space, file_num_classes, has_mask_head, load_torchvision_detection
+    from .models.torchvision_weights import (
+        coco_label_space,
+        file_num_classes,
+        has_mask_head,
+        load_torchvision_detection,
+    )
 
     cfg = with_defaults(cfg or {"model": {"backbone": "resnet50", "head": "maskrcnn"}})
     n = file_num_classes(state)
@@ -270,8 +302,13 @@ def _torchvision_model(path: str, state: dict, cfg: dict | None):
         record = {"class_names": [c for _, c in cats], "cat_ids": [i for i, _ in cats]}
     else:
         record = {"class_names": [f"class_{i}" for i in range(1, n)], "cat_ids": None}
-    record.update(num_classes=n, config=build_cfg, source="torchvision", mask_head_loaded=with_mask,
-                  hyper_parameters=hyper_parameters(build_cfg, n))
+    record.update(
+        num_classes=n,
+        config=build_cfg,
+        source="torchvision",
+        mask_head_loaded=with_mask,
+        hyper_parameters=hyper_parameters(build_cfg, n),
+    )
     return model, record
 
 
@@ -316,8 +353,9 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
         build_cfg["model"]["policy"] = carried["model"]["policy"]
     geometry = checkpoint_geometry(ckpt)
     if geometry not in MASK_GEOMETRIES:
-        raise DynaMaskError(f"{path}: the checkpoint's mask_geometry {geometry!r} is not one of "
-                            f"{', '.join(MASK_GEOMETRIES)}")
+        raise DynaMaskError(
+            f"{path}: the checkpoint's mask_geometry {geometry!r} is not one of {', '.join(MASK_GEOMETRIES)}"
+        )
     build_cfg["model"]["mask_geometry"] = geometry
     build_cfg["model"]["refinement"] = checkpoint_refinement(ckpt)
     model = build_model(build_cfg, num_classes)
@@ -325,9 +363,11 @@ def model_from_checkpoint(path: str, cfg: dict | None = None):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[0:3]
-        raise DynaMaskError(f"{path}: checkpoint does not fit the requested model "
-                            f"(head={cfg['model']['head']}, policy={cfg['model']['policy']}, "
-                            f"backbone={cfg['model']['backbone']}, classes={num_classes - 1}): {' '.join(first)}") from None
+        raise DynaMaskError(
+            f"{path}: checkpoint does not fit the requested model "
+            f"(head={cfg['model']['head']}, policy={cfg['model']['policy']}, "
+            f"backbone={cfg['model']['backbone']}, classes={num_classes - 1}): {' '.join(first)}"
+        ) from None
     if requested_policy and cfg["model"].get("head") != "maskrcnn" and requested_policy != model.policy:
         model.policy = requested_policy
     warn_stale_price(path, ckpt, model)
@@ -346,6 +386,10 @@ def warn_stale_price(path: str, ckpt: dict, model) -> None:
     was = calibration.get("refinement_points") or trained
     if was and int(was) != head.refinement_points:
         how = "calibrated" if calibration.get("refinement_points") else "trained"
-        warnings.warn(f"{path}: the switch was {how} with model.refinement_points={int(was)}; with "
-                      f"{head.refinement_points} its stage costs differ and its budget no longer holds: "
-                      f"run `dynamask calibrate` with the new value", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: the switch was {how} with model.refinement_points={int(was)}; with "
+            f"{head.refinement_points} its stage costs differ and its budget no longer holds: "
+            f"run `dynamask calibrate` with the new value",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -13,14 +13,15 @@ filtered by ``score_thresh``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DynaMaskError
 from .data.coco import pil_image_to_tensor
+from .errors import DynaMaskError
 from .inference import apply_policy, model_from_checkpoint, resolve_device
 
 __all__ = ["Predictor", "image_to_tensor", "load_image_file"]
@@ -28,7 +29,7 @@ __all__ = ["Predictor", "image_to_tensor", "load_image_file"]
 OUTPUT_KEYS = ("boxes", "labels", "scores", "masks", "mask_resolution", "mask_flops")
 
 
-def load_image_file(path: Union[str, os.PathLike]) -> torch.Tensor:
+def load_image_file(path: str | os.PathLike) -> torch.Tensor:
     """:func:`dynamask.data.load_image` of the photo as shown upright (its EXIF orientation applied),
     with a :class:`DynaMaskError` naming the file on failure."""
     from .data import load_image
@@ -57,8 +58,9 @@ def _scale_to_unit(t: torch.Tensor, what: str) -> torch.Tensor:
         if t.numel() and not bool(torch.isfinite(t).all()):
             raise DynaMaskError(f"{what}: image has non-finite values")
         if t.numel() and float(t.max()) > 1.0 + 1e-6:
-            raise DynaMaskError(f"{what}: float images must be in [0, 1] (max is {float(t.max()):.3g}); "
-                                f"divide by 255 or pass uint8")
+            raise DynaMaskError(
+                f"{what}: float images must be in [0, 1] (max is {float(t.max()):.3g}); divide by 255 or pass uint8"
+            )
         return t.clamp(0.0, 1.0)
     raise DynaMaskError(f"{what}: unsupported image dtype {t.dtype}")
 
@@ -112,14 +114,16 @@ def image_to_tensor(image: Any) -> torch.Tensor:
         if t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):  # H×W×C given
             t = t.permute(2, 0, 1)
         if t.shape[0] not in (1, 3, 4):
-            raise DynaMaskError(f"tensor image must have 1, 3 or 4 channels first (C×H×W), got shape "
-                                f"{tuple(image.shape)}")
+            raise DynaMaskError(
+                f"tensor image must have 1, 3 or 4 channels first (C×H×W), got shape {tuple(image.shape)}"
+            )
         t = _scale_to_unit(t[:3], "tensor image")
         if t.shape[0] == 1:
             t = t.expand(3, -1, -1)
         return t.contiguous()
-    raise DynaMaskError(f"unsupported image type {type(image).__name__} "
-                        f"(use a path, a PIL image, a numpy array or a torch tensor)")
+    raise DynaMaskError(
+        f"unsupported image type {type(image).__name__} (use a path, a PIL image, a numpy array or a torch tensor)"
+    )
 
 
 class Predictor:
@@ -132,9 +136,16 @@ class Predictor:
     ``class_names``, ``cat_ids``, ``score_thresh``, ``device``, ``config``.
     """
 
-    def __init__(self, weights: Union[str, os.PathLike], config: Union[None, str, os.PathLike, dict] = None,
-                 device: Any = None, score_thresh: float = 0.5, policy: Optional[str] = None,
-                 mask_budget: Optional[float] = None, batch_size: int = 4):
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        config: None | str | os.PathLike | dict = None,
+        device: Any = None,
+        score_thresh: float = 0.5,
+        policy: str | None = None,
+        mask_budget: float | None = None,
+        batch_size: int = 4,
+    ):
         if isinstance(config, (str, os.PathLike)):
             from .config import load_config
 
@@ -154,15 +165,16 @@ class Predictor:
                     self._settable(name)
             self.model, self.config, self.device = None, config, torch.device("cpu")
             self.class_names = [str(n) for n in self.runner.metadata.get("class_names") or []]
-            self.cat_ids = [int(c) for c in (self.runner.metadata.get("cat_ids")
-                                             or range(1, len(self.class_names) + 1))]
+            self.cat_ids = [
+                int(c) for c in (self.runner.metadata.get("cat_ids") or range(1, len(self.class_names) + 1))
+            ]
             return
         self.model, ckpt = model_from_checkpoint(self.weights, config)
         self.config = config or ckpt.get("config")
         num_classes = int(ckpt.get("num_classes") or len(ckpt.get("class_names", [])) + 1)
         names = ckpt.get("class_names") or [f"class {i}" for i in range(1, num_classes)]
-        self.class_names: List[str] = [str(n) for n in names]
-        self.cat_ids: List[int] = [int(c) for c in (ckpt.get("cat_ids") or range(1, len(self.class_names) + 1))]
+        self.class_names: list[str] = [str(n) for n in names]
+        self.cat_ids: list[int] = [int(c) for c in (ckpt.get("cat_ids") or range(1, len(self.class_names) + 1))]
         self.device = resolve_device(device)
         apply_policy(self.model, policy, mask_budget)
         self.model.to(self.device).eval()
@@ -191,7 +203,7 @@ class Predictor:
             raise DynaMaskError(f"{self.weights}: an exported file holds its own policy ({name} cannot be set)")
 
     # ------------------------------------------------------------ inference
-    def _postprocess(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _postprocess(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         scores = out["scores"].detach().float().cpu()
         order = torch.argsort(scores, descending=True, stable=True)
         order = order[scores[order] >= self.score_thresh]
@@ -204,26 +216,28 @@ class Predictor:
         return result
 
     @torch.inference_mode()
-    def _run(self, tensors: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    def _run(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         if self.runner is not None:
             return [self._postprocess(self.runner(t)) for t in tensors]
         outs = self.model([t.to(self.device) for t in tensors])
         return [self._postprocess(o) for o in outs]
 
-    def predict(self, image: Any) -> Dict[str, torch.Tensor]:
+    def predict(self, image: Any) -> dict[str, torch.Tensor]:
         """Predict one image (path, PIL image, numpy array or tensor); see the module docstring."""
         return self._run([image_to_tensor(image)])[0]
 
-    def predict_batch(self, images: Sequence[Any], batch_size: Optional[int] = None) -> List[Dict[str, torch.Tensor]]:
+    def predict_batch(self, images: Sequence[Any], batch_size: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Predict several images (any mix of supported types), ``batch_size`` per forward pass."""
         bs = max(1, int(batch_size or self.batch_size))
         tensors = [image_to_tensor(im) for im in images]
-        results: List[Dict[str, torch.Tensor]] = []
+        results: list[dict[str, torch.Tensor]] = []
         for i in range(0, len(tensors), bs):
-            results.extend(self._run(tensors[i:i + bs]))
+            results.extend(self._run(tensors[i : i + bs]))
         return results
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(weights={self.weights!r}, classes={len(self.class_names)}, "
-                f"policy={self.policy!r}, mask_budget={self.mask_budget}, score_thresh={self.score_thresh}, "
-                f"device={str(self.device)!r})")
+        return (
+            f"{type(self).__name__}(weights={self.weights!r}, classes={len(self.class_names)}, "
+            f"policy={self.policy!r}, mask_budget={self.mask_budget}, score_thresh={self.score_thresh}, "
+            f"device={str(self.device)!r})"
+        )

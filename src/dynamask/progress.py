@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Optional
+from typing import IO
 
 
 def _is_terminal(stream) -> bool:
@@ -25,8 +25,15 @@ def _is_terminal(stream) -> bool:
 class LineProgress:
     """Plain-line progress for logs: at most ~11 lines plus one per ``interval_s`` of run time."""
 
-    def __init__(self, total: Optional[int], desc: str, unit: str = "it", stream: Optional[IO[str]] = None,
-                 interval_s: float = 10.0, steps: int = 10):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        stream: IO[str] | None = None,
+        interval_s: float = 10.0,
+        steps: int = 10,
+    ):
         self.total = int(total) if total is not None else None
         self.desc, self.unit = desc, unit
         self.stream = stream if stream is not None else sys.stderr
@@ -86,8 +93,14 @@ class _NoProgress:
         pass
 
 
-def progress_bar(total: Optional[int], desc: str, unit: str = "img", enabled: bool = True,
-                 stream: Optional[IO[str]] = None, interval_s: float = 10.0):
+def progress_bar(
+    total: int | None,
+    desc: str,
+    unit: str = "img",
+    enabled: bool = True,
+    stream: IO[str] | None = None,
+    interval_s: float = 10.0,
+):
     """A progress reporter with ``update(n)`` and ``close()`` (also a context manager).
 
     ``enabled=False``: reports nothing. ``stream`` (default: ``sys.stderr`` at call time) a terminal:

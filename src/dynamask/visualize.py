@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-from .atomic import atomic_path, write_bytes_atomic
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
+
+from .atomic import atomic_path, write_bytes_atomic
 
 __all__ = [
     "RESOLUTION_COLORS",
@@ -32,14 +34,14 @@ __all__ = [
 ]
 
 #: RGB colour per mask resolution (coarse = warm, fine = cool): fixed, so figures are comparable.
-RESOLUTION_COLORS: Dict[int, Tuple[int, int, int]] = {
-    14: (230, 38, 38),    # red
-    28: (255, 150, 0),    # orange
-    56: (40, 180, 60),    # green
+RESOLUTION_COLORS: dict[int, tuple[int, int, int]] = {
+    14: (230, 38, 38),  # red
+    28: (255, 150, 0),  # orange
+    56: (40, 180, 60),  # green
     112: (40, 110, 235),  # blue
 }
 #: colour of an instance whose resolution is missing or not one of the four
-UNKNOWN_RESOLUTION_COLOR: Tuple[int, int, int] = (160, 160, 160)
+UNKNOWN_RESOLUTION_COLOR: tuple[int, int, int] = (160, 160, 160)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _HALO = (15, 15, 15)
@@ -90,7 +92,7 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _text_color(bg: Tuple[int, int, int]) -> Tuple[int, int, int]:
+def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
     luminance = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
@@ -123,14 +125,15 @@ def _draw_legend(canvas: np.ndarray, counts: Mapping[int, int], font_scale: floa
         y += row_h
         color = RESOLUTION_COLORS[res]
         cv2.rectangle(canvas, (x0 + pad, y - swatch), (x0 + pad + swatch, y), color, -1)
-        cv2.putText(canvas, text, (x0 + 2 * pad + swatch, y), _FONT, font_scale, (255, 255, 255), thickness,
-                    cv2.LINE_AA)
+        cv2.putText(
+            canvas, text, (x0 + 2 * pad + swatch, y), _FONT, font_scale, (255, 255, 255), thickness, cv2.LINE_AA
+        )
 
 
 def draw_overlay(
     image_uint8_hwc: np.ndarray,
     prediction: Mapping[str, Any],
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     score_thresh: float = 0.5,
     *,
     alpha: float = 0.3,
@@ -164,8 +167,9 @@ def draw_overlay(
     boxes = _to_numpy(prediction.get("boxes")).astype(np.float64).reshape(n, 4) if n else np.zeros((0, 4))
     labels = _to_numpy(prediction.get("labels")).astype(np.int64).reshape(-1) if n else np.zeros((0,), np.int64)
     res_raw = prediction.get("mask_resolution")
-    resolutions = (_to_numpy(res_raw).astype(np.int64).reshape(-1) if res_raw is not None and n
-                   else np.zeros((n,), np.int64))
+    resolutions = (
+        _to_numpy(res_raw).astype(np.int64).reshape(-1) if res_raw is not None and n else np.zeros((n,), np.int64)
+    )
     masks = prediction.get("masks")
     masks = _to_numpy(masks) if masks is not None and n else None
     if masks is not None:
@@ -178,7 +182,7 @@ def draw_overlay(
 
     keep = np.nonzero(scores >= score_thresh)[0]
     keep = keep[np.argsort(scores[keep], kind="stable")]  # ascending: best drawn last (on top)
-    counts: Dict[int, int] = {r: 0 for r in RESOLUTION_COLORS}
+    counts: dict[int, int] = {r: 0 for r in RESOLUTION_COLORS}
 
     # masks first (fill + outline), then boxes and text, so text is never covered by a fill
     for i in keep:
@@ -197,8 +201,9 @@ def draw_overlay(
         if not binary.any():
             continue
         region = canvas[binary].astype(np.float32)
-        canvas[binary] = np.clip(np.rint((1 - alpha) * region + alpha * np.asarray(color, np.float32)),
-                                 0, 255).astype(np.uint8)
+        canvas[binary] = np.clip(np.rint((1 - alpha) * region + alpha * np.asarray(color, np.float32)), 0, 255).astype(
+            np.uint8
+        )
         contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
         # dark halo under the coloured outline: legible on any background
         cv2.drawContours(canvas, contours, -1, _HALO, line_thick + 2, cv2.LINE_AA)
@@ -231,8 +236,13 @@ def draw_overlay(
 # --------------------------------------------------------------------------
 # gallery
 # --------------------------------------------------------------------------
-def save_gallery(overlays: Sequence[np.ndarray], path: str | os.PathLike, cols: int = 4,
-                 gap: int = 4, background: Tuple[int, int, int] = (255, 255, 255)) -> str:
+def save_gallery(
+    overlays: Sequence[np.ndarray],
+    path: str | os.PathLike,
+    cols: int = 4,
+    gap: int = 4,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> str:
     """Tile RGB images (any sizes; each is centred in a cell of the largest size) into one PNG
     with ``cols`` columns and a ``gap``-pixel margin; written atomically. Returns the path."""
     if not overlays:
@@ -250,7 +260,7 @@ def save_gallery(overlays: Sequence[np.ndarray], path: str | os.PathLike, cols: 
         r, c = divmod(k, cols)
         y = gap + r * (cell_h + gap) + (cell_h - img.shape[0]) // 2
         x = gap + c * (cell_w + gap) + (cell_w - img.shape[1]) // 2
-        out[y:y + img.shape[0], x:x + img.shape[1]] = img
+        out[y : y + img.shape[0], x : x + img.shape[1]] = img
     return write_png(path, out)
 
 
@@ -261,16 +271,24 @@ def _place_labels(ax, fig, xs, ys, names, fontsize=8) -> None:
     """Label each point without overlapping earlier labels or points: the first free spot among
     eight around the point (greedy, in display coordinates)."""
     renderer = fig.canvas.get_renderer()
-    offsets = [(6, 5, "left", "bottom"), (6, -5, "left", "top"), (-6, 5, "right", "bottom"),
-               (-6, -5, "right", "top"), (0, 10, "center", "bottom"), (0, -10, "center", "top"),
-               (10, 0, "left", "center"), (-10, 0, "right", "center")]
+    offsets = [
+        (6, 5, "left", "bottom"),
+        (6, -5, "left", "top"),
+        (-6, 5, "right", "bottom"),
+        (-6, -5, "right", "top"),
+        (0, 10, "center", "bottom"),
+        (0, -10, "center", "top"),
+        (10, 0, "left", "center"),
+        (-10, 0, "right", "center"),
+    ]
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
     placed = []
     for (x, y), name in zip(zip(xs, ys), names):
         chosen = None
         for dx, dy, ha, va in offsets:
-            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                               fontsize=fontsize)
+            text = ax.annotate(
+                name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=fontsize
+            )
             box = text.get_window_extent(renderer).expanded(1.05, 1.15)
             hits_point = any(box.contains(px, py) for px, py in points)
             if not hits_point and not any(box.overlaps(other) for other in placed):
@@ -279,15 +297,20 @@ def _place_labels(ax, fig, xs, ys, names, fontsize=8) -> None:
             text.remove()
         if chosen is None:  # crowded: keep the first spot
             dx, dy, ha, va = offsets[0]
-            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                               fontsize=fontsize)
+            text = ax.annotate(
+                name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=fontsize
+            )
             chosen = text.get_window_extent(renderer)
         placed.append(chosen)
 
 
-def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                     title: Optional[str] = None, xlabel: str = "mask-head GFLOPs per instance",
-                     line_label: str = "test-time budget dial") -> str:
+def plot_ap_vs_flops(
+    points: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str | None = None,
+    xlabel: str = "mask-head GFLOPs per instance",
+    line_label: str = "test-time budget dial",
+) -> str:
     """Plot accuracy against mask-head cost; two panels: segm AP and boundary AP (0–100) vs GFLOPs.
 
     ``points``: dicts with ``name``, ``gflops``, ``segm_AP`` and ``boundary_AP`` (a missing/None AP
@@ -320,8 +343,15 @@ def plot_ap_vs_flops(points: Sequence[Mapping[str, Any]], path: str | os.PathLik
         if xs:
             line = sorted((x, y) for x, y, o in zip(xs, ys, on_line) if o)
             if len(line) > 1:
-                ax.plot([x for x, _ in line], [y for _, y in line], "-", color="tab:orange", lw=1.5, zorder=2,
-                        label=line_label)
+                ax.plot(
+                    [x for x, _ in line],
+                    [y for _, y in line],
+                    "-",
+                    color="tab:orange",
+                    lw=1.5,
+                    zorder=2,
+                    label=line_label,
+                )
                 ax.legend(loc="lower right", fontsize=8)
             ax.scatter(xs, ys, s=36, zorder=3, color=["tab:orange" if o else "tab:blue" for o in on_line])
             pad_x = 0.18 * (max(xs) - min(xs) or max(abs(max(xs)), 1e-3))

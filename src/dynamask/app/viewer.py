@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -42,13 +41,15 @@ def default_weights() -> Path:
     needed = [folder / SHIPPED["dynamask"], folder / SHIPPED["detector"]]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise DynaMaskError(f"the app starts from the shipped checkpoints and these are missing: {', '.join(missing)} "
-                            f"(run it from a clone of the repository, or give a model: dynamask app --weights FILE; "
-                            f"checkpoints/README.md has the commands that make the shipped files)")
+        raise DynaMaskError(
+            f"the app starts from the shipped checkpoints and these are missing: {', '.join(missing)} "
+            f"(run it from a clone of the repository, or give a model: dynamask app --weights FILE; "
+            f"checkpoints/README.md has the commands that make the shipped files)"
+        )
     return needed[0]
 
 
-def read_image(path: os.PathLike | str, shown_name: Optional[str] = None) -> torch.Tensor:
+def read_image(path: os.PathLike | str, shown_name: str | None = None) -> torch.Tensor:
     """An uploaded or sample image as a 3×H×W tensor, upright; the size is checked from the header
     before the pixels are decoded, so a huge file is refused without filling memory."""
     from PIL import Image, UnidentifiedImageError
@@ -62,8 +63,9 @@ def read_image(path: os.PathLike | str, shown_name: Optional[str] = None) -> tor
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DynaMaskError(f"{name}: not an image this viewer can read ({type(exc).__name__})") from None
     if max(width, height) > MAX_SIDE:
-        raise DynaMaskError(f"{name}: {width}×{height} px is over the viewer's limit of {MAX_SIDE} px a side; "
-                            f"shrink it first")
+        raise DynaMaskError(
+            f"{name}: {width}×{height} px is over the viewer's limit of {MAX_SIDE} px a side; shrink it first"
+        )
     try:
         return load_image_file(path)
     except DynaMaskError as exc:
@@ -75,21 +77,21 @@ class View:
     """One run as the page shows it."""
 
     overlay: np.ndarray
-    reference: Optional[np.ndarray]  # the same head at fixed-112, None when it has no 112 stage
-    rows: List[list]  # shown instances: class, score, resolution, mask MFLOPs
-    shown_counts: Dict[int, int]  # shown instances per resolution
+    reference: np.ndarray | None  # the same head at fixed-112, None when it has no 112 stage
+    rows: list[list]  # shown instances: class, score, resolution, mask MFLOPs
+    shown_counts: dict[int, int]  # shown instances per resolution
     detections: int  # every detection the mask branch ran on (the threshold only hides)
     mask_gflops: float  # spent on every detection
-    reference_gflops: Optional[float]
+    reference_gflops: float | None
     model_seconds: float
-    mask_seconds: Optional[float]  # None for exported files (one opaque call)
+    mask_seconds: float | None  # None for exported files (one opaque call)
     policy: str
     budget: float
-    score_floor: Optional[float] = None  # the gated control's floor
-    coco_results: List[dict] = field(default_factory=list)
+    score_floor: float | None = None  # the gated control's floor
+    coco_results: list[dict] = field(default_factory=list)
 
     @property
-    def share(self) -> Optional[float]:
+    def share(self) -> float | None:
         """The image's mask GFLOPs as a fraction of the same head at fixed-112."""
         if not self.reference_gflops:
             return None
@@ -128,13 +130,14 @@ class Viewer:
         except DynaMaskError as exc:
             raise DynaMaskError(f"cannot load the model: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - onnxruntime / torch.jit raise many types on a broken file
-            raise DynaMaskError(f"cannot load the model: {self.weights}: not a readable checkpoint or exported "
-                                f"model ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                                ) from None
+            raise DynaMaskError(
+                f"cannot load the model: {self.weights}: not a readable checkpoint or exported "
+                f"model ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            ) from None
         self.exported = self.predictor.runner is not None
         self.class_names = list(self.predictor.class_names)
         self._lock = threading.Lock()
-        self._reference_cache: Dict[str, tuple] = {}
+        self._reference_cache: dict[str, tuple] = {}
         branch = None if self.exported else self.predictor.model.mask_branch
         self.stages = getattr(branch, "num_stages", 0)
         self.has_switch = getattr(branch, "switch", None) is not None
@@ -144,24 +147,28 @@ class Viewer:
         self.policies = self._policies()
 
     # ------------------------------------------------------------ what the page offers
-    def _policies(self) -> List[str]:
+    def _policies(self) -> list[str]:
         if self.exported or not self.stages:
             return [self.predictor.policy]
         usable = [p for p in POLICIES if stages_needed(p) <= self.stages and (p != "dynamic" or self.has_switch)]
         return usable + ([GATED] if self.has_switch and self.stages == len(RESOLUTIONS) else [])
 
     @property
-    def controls_note(self) -> Optional[str]:
+    def controls_note(self) -> str | None:
         """Why the policy and budget controls are disabled, or None when they work."""
         if self.exported:
-            return (f"{self.name} is an exported file: it holds its policy ({self.predictor.policy}) in its graph, and "
-                    f"the budget dial solves for a price per image in Python, which an exported file cannot; load the "
-                    f"checkpoint it came from to turn them.")
+            return (
+                f"{self.name} is an exported file: it holds its policy ({self.predictor.policy}) in its graph, and "
+                f"the budget dial solves for a price per image in Python, which an exported file cannot; load the "
+                f"checkpoint it came from to turn them."
+            )
         if not self.stages:
             return "this is a Mask R-CNN head: one 28×28 mask per instance, nothing to switch or budget."
         if not self.has_switch:
-            return (f"this head was trained as {self.predictor.policy}: it has no Mask Switch, so no budget; "
-                    f"the policies it can run are listed.")
+            return (
+                f"this head was trained as {self.predictor.policy}: it has no Mask Switch, so no budget; "
+                f"the policies it can run are listed."
+            )
         return None
 
     @property
@@ -171,12 +178,20 @@ class Viewer:
     def describe(self) -> str:
         """One paragraph on the model: file, kind, classes."""
         kind = "exported file" if self.exported else ("DynaMask head" if self.stages else "Mask R-CNN head")
-        return (f"**Model:** `{self.name}` ({kind}, policy {self.predictor.policy}). "
-                f"**Classes ({len(self.class_names)}):** {', '.join(self.class_names)}.")
+        return (
+            f"**Model:** `{self.name}` ({kind}, policy {self.predictor.policy}). "
+            f"**Classes ({len(self.class_names)}):** {', '.join(self.class_names)}."
+        )
 
     # ------------------------------------------------------------ running
-    def run(self, image: torch.Tensor, image_key: str, policy: str = "dynamic", budget: float = NO_BUDGET,
-            score_thresh: float = 0.5) -> View:
+    def run(
+        self,
+        image: torch.Tensor,
+        image_key: str,
+        policy: str = "dynamic",
+        budget: float = NO_BUDGET,
+        score_thresh: float = 0.5,
+    ) -> View:
         """Predict ``image`` with ``policy`` (a :data:`POLICIES` entry or :data:`GATED`) under
         ``budget`` (dynamic and the gated control only) and show the detections scoring at least
         ``score_thresh``; ``image_key`` names the image for the fixed-112 cache."""
@@ -190,16 +205,18 @@ class Viewer:
         with self._lock:
             pred, model_s, mask_s, floor = self._predict(image, policy, budget)
             reference = self._reference(image, image_key)
-        return self._view(image, pred, reference, policy, budget, float(score_thresh), model_s, mask_s, floor,
-                          image_key)
+        return self._view(
+            image, pred, reference, policy, budget, float(score_thresh), model_s, mask_s, floor, image_key
+        )
 
     def _checked_budget(self, policy: str, budget: float) -> float:
         budget = float(budget)
         if policy not in ("dynamic", GATED) or not self.has_switch:
             return NO_BUDGET
         if not self.lowest_budget - 1e-6 <= budget <= 1.0:
-            raise DynaMaskError(f"budget {budget:g} is outside this head's range "
-                                f"[{self.lowest_budget:.3f}, 1] (1 = no budget)")
+            raise DynaMaskError(
+                f"budget {budget:g} is outside this head's range [{self.lowest_budget:.3f}, 1] (1 = no budget)"
+            )
         return max(budget, self.lowest_budget)
 
     def _forward(self, image: torch.Tensor) -> tuple:
@@ -231,7 +248,7 @@ class Viewer:
             model.mask_score_floor = 0.0
             model.policy, model.mask_budget = self.home_policy, NO_BUDGET
 
-    def _reference(self, image: torch.Tensor, image_key: str) -> Optional[dict]:
+    def _reference(self, image: torch.Tensor, image_key: str) -> dict | None:
         """The same head at fixed-112 (cached per image: it does not depend on the controls)."""
         if self.exported or self.stages < len(RESOLUTIONS):
             return None
@@ -250,8 +267,11 @@ class Viewer:
 
         pixels = (image.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         overlay = draw_overlay(pixels, pred, self.class_names, score_thresh, min_display_size=OVERLAY_MIN_SIZE)
-        ref_overlay = (draw_overlay(pixels, reference, self.class_names, score_thresh,
-                                    min_display_size=OVERLAY_MIN_SIZE) if reference is not None else None)
+        ref_overlay = (
+            draw_overlay(pixels, reference, self.class_names, score_thresh, min_display_size=OVERLAY_MIN_SIZE)
+            if reference is not None
+            else None
+        )
         shown = (pred["scores"] >= score_thresh).nonzero().flatten().tolist()
         counts = {r: 0 for r in RESOLUTIONS}
         rows = []
@@ -261,23 +281,45 @@ class Viewer:
             counts[res] = counts.get(res, 0) + 1
             label = int(pred["labels"][i])
             name = self.class_names[label - 1] if 1 <= label <= len(self.class_names) else f"class {label}"
-            rows.append([len(rows) + 1, name, round(float(pred["scores"][i]), 3), f"{res}×{res}",
-                         round(float(flops[i]) / 1e6, 1) if flops is not None else None])
+            rows.append(
+                [
+                    len(rows) + 1,
+                    name,
+                    round(float(pred["scores"][i]), 3),
+                    f"{res}×{res}",
+                    round(float(flops[i]) / 1e6, 1) if flops is not None else None,
+                ]
+            )
         total = float(flops.double().sum()) / 1e9 if flops is not None else float("nan")
-        ref_total = (float(reference["mask_flops"].double().sum()) / 1e9
-                     if reference is not None and "mask_flops" in reference else None)
-        return View(overlay=overlay, reference=ref_overlay, rows=rows, shown_counts=counts,
-                    detections=int(len(pred["scores"])), mask_gflops=total, reference_gflops=ref_total,
-                    model_seconds=model_s, mask_seconds=mask_s, policy=policy, budget=budget, score_floor=floor,
-                    coco_results=self._coco(pred, score_thresh, image_key))
+        ref_total = (
+            float(reference["mask_flops"].double().sum()) / 1e9
+            if reference is not None and "mask_flops" in reference
+            else None
+        )
+        return View(
+            overlay=overlay,
+            reference=ref_overlay,
+            rows=rows,
+            shown_counts=counts,
+            detections=int(len(pred["scores"])),
+            mask_gflops=total,
+            reference_gflops=ref_total,
+            model_seconds=model_s,
+            mask_seconds=mask_s,
+            policy=policy,
+            budget=budget,
+            score_floor=floor,
+            coco_results=self._coco(pred, score_thresh, image_key),
+        )
 
-    def _coco(self, pred: dict, score_thresh: float, image_key: str) -> List[dict]:
+    def _coco(self, pred: dict, score_thresh: float, image_key: str) -> list[dict]:
         """The shown detections as COCO results, as ``dynamask predict`` writes them."""
         from ..engine.evaluate import predictions_to_coco_results
 
         cat_ids = self.predictor.cat_ids
-        entries = predictions_to_coco_results(pred, 1, cat_ids, score_thresh=score_thresh,
-                                              extra={"file_name": image_key})
+        entries = predictions_to_coco_results(
+            pred, 1, cat_ids, score_thresh=score_thresh, extra={"file_name": image_key}
+        )
         for e in entries:
             e["category_name"] = self.class_names[cat_ids.index(e["category_id"])]
         return entries

@@ -35,7 +35,8 @@ PyYAML would read that as a string), and duplicate keys in one mapping are an
 error instead of silently keeping the last one.
 """
 
-from typing import Any, Dict, List, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import ConfigError  # noqa: F401  (re-exported: engine.train imports it from here)
 from .loading import default_config, flatten, get, load_config, set_, validate
@@ -84,12 +85,12 @@ __all__ = [
 ]
 
 
-def valid_keys() -> List[str]:
+def valid_keys() -> list[str]:
     """All valid dotted leaf keys, in definition order."""
     return list(FIELDS)
 
 
-def key_docs() -> Dict[str, str]:
+def key_docs() -> dict[str, str]:
     """Every dotted leaf key with its one-line description."""
     return {key: field.description or "" for key, field in FIELDS.items()}
 

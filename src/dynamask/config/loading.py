@@ -11,15 +11,15 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from .schema import DEFAULTS, FIELDS, PATH_KEYS, SECTIONS, Config, bounds_text, kind, kind_name
+from .schema import DEFAULTS, FIELDS, PATH_KEYS, SECTIONS, Config, bounds_text, integral_value, kind, kind_name
 from .schema import inline_value as _fmt
-from .schema import integral_value
 from .yamlio import StrictLoader, read_yaml
 
 # --------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def get(cfg: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
     return node
 
 
-def set_(cfg: Dict[str, Any], key: str, value: Any) -> None:
+def set_(cfg: dict[str, Any], key: str, value: Any) -> None:
     """``set_(cfg, "solver.base_lr", 0.01)``; creates missing intermediate dicts."""
     parts = key.split(".")
     node = cfg
@@ -65,12 +65,12 @@ def set_(cfg: Dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def flatten(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``{"solver.base_lr": 0.02, ...}`` for every leaf of ``cfg``."""
     return {k: v for k, v, is_section in _walk(cfg) if not is_section}
 
 
-def default_config() -> Dict[str, Any]:
+def default_config() -> dict[str, Any]:
     """A fresh (deep) copy of :data:`DEFAULTS`."""
     return copy.deepcopy(DEFAULTS)
 
@@ -80,7 +80,7 @@ def default_config() -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-def _suggest(key: str, candidates: Iterable[str]) -> Optional[str]:
+def _suggest(key: str, candidates: Iterable[str]) -> str | None:
     candidates = list(candidates)
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if match:
@@ -89,7 +89,7 @@ def _suggest(key: str, candidates: Iterable[str]) -> Optional[str]:
     same_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]
     if same_leaf:
         return same_leaf[0]
-    by_leaf: Dict[str, str] = {}
+    by_leaf: dict[str, str] = {}
     for c in candidates:
         by_leaf.setdefault(c.rsplit(".", 1)[-1], c)
     match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
@@ -109,7 +109,7 @@ def _unknown_key_error(key: str, source: str, section: str = "") -> ConfigError:
     return ConfigError(msg)
 
 
-def _key_of(loc: Tuple[Any, ...]) -> str:
+def _key_of(loc: tuple[Any, ...]) -> str:
     """The dotted config key an error location points into (union tags and list indices dropped)."""
     key = ""
     for part in loc:
@@ -122,7 +122,7 @@ def _key_of(loc: Tuple[Any, ...]) -> str:
 _BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
-def _leaf_message(err: Dict[str, Any], key: str, value: Any) -> str:
+def _leaf_message(err: dict[str, Any], key: str, value: Any) -> str:
     shape, nullable, choices = kind(key)
     name = kind_name(shape)
     if value is None:
@@ -141,8 +141,9 @@ def _leaf_message(err: Dict[str, Any], key: str, value: Any) -> str:
     return f"'{key}' must be {name}{' or null' if nullable else ''}, got {_fmt(value)} ({type(value).__name__})"
 
 
-def _to_config_error(err: Dict[str, Any], raw: Mapping[str, Any], sources: Mapping[str, str],
-                     source: str) -> ConfigError:
+def _to_config_error(
+    err: dict[str, Any], raw: Mapping[str, Any], sources: Mapping[str, str], source: str
+) -> ConfigError:
     key = _key_of(err["loc"])
     if err["type"] == "min_max_size":
         src = sources.get("input.max_size") or sources.get("input.min_size") or "config"
@@ -157,13 +158,16 @@ def _to_config_error(err: Dict[str, Any], raw: Mapping[str, Any], sources: Mappi
         return _unknown_key_error(shown, source, key.rpartition(".")[0])
     if key in SECTIONS:
         first = next(iter(SECTIONS[key].model_fields))
-        return ConfigError(f"{source}: '{key}' is a section and must be a mapping of keys "
-                           f"(e.g. {key}.{first}: ...), got {_fmt(err['input'])}")
+        return ConfigError(
+            f"{source}: '{key}' is a section and must be a mapping of keys "
+            f"(e.g. {key}.{first}: ...), got {_fmt(err['input'])}"
+        )
     return ConfigError(f"{source}: {_leaf_message(err, key, get(raw, key))}")
 
 
-def _check(raw: Dict[str, Any], order: List[str], sources: Mapping[str, str], source: str,
-           partial: bool) -> Dict[str, Any]:
+def _check(
+    raw: dict[str, Any], order: list[str], sources: Mapping[str, str], source: str, partial: bool
+) -> dict[str, Any]:
     """Validate ``raw`` with the schema; the plain dict, or the first problem in ``order`` raised.
 
     ``partial`` skips the checks across keys, which only hold once every layer is merged.
@@ -173,7 +177,7 @@ def _check(raw: Dict[str, Any], order: List[str], sources: Mapping[str, str], so
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
 
-    def position(err: Dict[str, Any]) -> int:
+    def position(err: dict[str, Any]) -> int:
         key = _key_of(err["loc"])
         return order.index(key) if key in order else len(order)
 
@@ -194,7 +198,7 @@ def _resolve_path(value: Any, base_dir: str) -> Any:
     return os.path.normpath(os.path.abspath(p))
 
 
-def _merge(cfg: Dict[str, Any], data: Mapping[Any, Any], order: List[str], prefix: str = "") -> None:
+def _merge(cfg: dict[str, Any], data: Mapping[Any, Any], order: list[str], prefix: str = "") -> None:
     """Copy ``data`` into ``cfg`` unchecked, noting each key set in ``order`` (YAML order)."""
     for raw_key, value in data.items():
         name = str(raw_key)
@@ -208,10 +212,11 @@ def _merge(cfg: Dict[str, Any], data: Mapping[Any, Any], order: List[str], prefi
             order.append(key)
 
 
-def _apply(cfg: Dict[str, Any], data: Mapping[Any, Any], source: str, base_dir: str,
-           sources: Dict[str, str]) -> Dict[str, Any]:
+def _apply(
+    cfg: dict[str, Any], data: Mapping[Any, Any], source: str, base_dir: str, sources: dict[str, str]
+) -> dict[str, Any]:
     """One layer on top of ``cfg``: the new validated config, its paths made absolute."""
-    order: List[str] = []
+    order: list[str] = []
     raw = copy.deepcopy(cfg)
     _merge(raw, data, order)
     out = _check(raw, order, {}, source, partial=True)
@@ -222,10 +227,10 @@ def _apply(cfg: Dict[str, Any], data: Mapping[Any, Any], source: str, base_dir: 
     return out
 
 
-def _apply_file(cfg: Dict[str, Any], path: str, sources: Dict[str, str], stack: Tuple[str, ...]) -> Dict[str, Any]:
+def _apply_file(cfg: dict[str, Any], path: str, sources: dict[str, str], stack: tuple[str, ...]) -> dict[str, Any]:
     real = os.path.realpath(path)
     if real in stack:
-        chain = " -> ".join(list(stack[stack.index(real):]) + [real])
+        chain = " -> ".join(list(stack[stack.index(real) :]) + [real])
         raise ConfigError(f"{path}: circular _base_ inheritance: {chain}")
     data = read_yaml(path)
     if data is None:
@@ -248,7 +253,7 @@ def _apply_file(cfg: Dict[str, Any], path: str, sources: Dict[str, str], stack: 
     return _apply(cfg, data, path, base_dir, sources)
 
 
-def _parse_override(item: str) -> Tuple[str, Any]:
+def _parse_override(item: str) -> tuple[str, Any]:
     if not isinstance(item, str) or "=" not in item:
         raise ConfigError(f"command line: override {item!r} must have the form key=value (e.g. solver.max_iter=200)")
     key, text = item.split("=", 1)
@@ -267,9 +272,9 @@ def _parse_override(item: str) -> Tuple[str, Any]:
 
 
 def load_config(
-    path: Optional[Union[str, os.PathLike]] = None,
-    overrides: Union[Iterable[str], Mapping[str, Any]] = (),
-) -> Dict[str, Any]:
+    path: str | os.PathLike | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> dict[str, Any]:
     """Build a validated config: defaults <- YAML file (with ``_base_``) <- overrides.
 
     ``overrides`` is an iterable of ``"dotted.key=value"`` strings (values are
@@ -277,7 +282,7 @@ def load_config(
     Raises :class:`ConfigError` for any problem.
     """
     cfg = default_config()
-    sources: Dict[str, str] = {}
+    sources: dict[str, str] = {}
     if path is not None:
         cfg = _apply_file(cfg, os.fspath(path), sources, ())
     if isinstance(overrides, Mapping):
@@ -298,7 +303,7 @@ def load_config(
     return _check(cfg, [], sources, "config", partial=False)
 
 
-def validate(cfg: Mapping[str, Any], source: str = "config") -> Dict[str, Any]:
+def validate(cfg: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     """Check a config dict built in code; returns a normalised deep copy.
 
     Every key must be known and every leaf present, with a valid value.

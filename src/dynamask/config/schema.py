@@ -9,10 +9,9 @@ strict (no ``"5"`` for 5, no ``true`` for 1) except that an integral float
 
 import math
 import typing
-from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -22,38 +21,51 @@ from pydantic_core import PydanticCustomError
 # --------------------------------------------------------------------------
 
 #: mask-resolution policies of the DynaMask head
-POLICIES: Tuple[str, ...] = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size")
+POLICIES: tuple[str, ...] = ("dynamic", "fixed-14", "fixed-28", "fixed-56", "fixed-112", "size")
 #: mask heads: DynaMask, or the plain Mask R-CNN 28x28 head (baseline)
-HEADS: Tuple[str, ...] = ("dynamask", "maskrcnn")
+HEADS: tuple[str, ...] = ("dynamask", "maskrcnn")
 #: feature aggregation module of the DynaMask head
-FAMS: Tuple[str, ...] = ("deform", "conv")
-DEFORM_KERNELS: Tuple[str, ...] = ("auto", "gather", "torchvision")
+FAMS: tuple[str, ...] = ("deform", "conv")
+DEFORM_KERNELS: tuple[str, ...] = ("auto", "gather", "torchvision")
 #: where a box's mask cells lie (models/geometry.py): continuous boxes, or Mask R-CNN's legacy geometry
-MASK_GEOMETRIES: Tuple[str, ...] = ("exact", "torchvision")
+MASK_GEOMETRIES: tuple[str, ...] = ("exact", "torchvision")
 #: where training's mask targets come from (models/detector.py DynaMaskRCNN.mask_targets)
-MASK_TARGETS: Tuple[str, ...] = ("original", "resized")
+MASK_TARGETS: tuple[str, ...] = ("original", "resized")
 #: Mask Switch Module: this project's cost-regressing switch, or the authors' (models/mask_switch.py)
-SWITCHES: Tuple[str, ...] = ("cost", "paper")
+SWITCHES: tuple[str, ...] = ("cost", "paper")
 #: what trains the authors' switch (models/dynamask_head.py, DynaMaskHead.PAPER_SIGNALS)
-PAPER_SIGNALS: Tuple[str, ...] = ("edge", "selection_cost")
+PAPER_SIGNALS: tuple[str, ...] = ("edge", "selection_cost")
 #: how the DynaMask head's 56 and 112 stages are computed (models/point_refine.py)
-REFINEMENTS: Tuple[str, ...] = ("dense", "points")
+REFINEMENTS: tuple[str, ...] = ("dense", "points")
 #: point_refine.INFERENCE_POINTS / TRAINING_POINTS (the config does not import the model; a test holds them equal)
 INFERENCE_POINTS, TRAINING_POINTS = 1568, 784
 #: named DynaMask head widths (models/dynamask_head.py, WIDTH_PRESETS)
-WIDTH_PRESETS: Tuple[str, ...] = ("balanced", "paper")
+WIDTH_PRESETS: tuple[str, ...] = ("balanced", "paper")
 #: backbones accepted by torchvision's resnet_fpn_backbone
-BACKBONES: Tuple[str, ...] = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+BACKBONES: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
 )
-OPTIMIZERS: Tuple[str, ...] = ("sgd", "adamw")
-AMP_MODES: Tuple[str, ...] = ("none", "bf16", "fp16")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 
 #: keys holding filesystem paths that are resolved relative to the YAML file
-PATH_KEYS: Tuple[str, ...] = (
-    "data.train_json", "data.train_images", "data.val_json", "data.val_images",
-    "model.weights_backbone", "model.init_weights", "model.detector_weights",
+PATH_KEYS: tuple[str, ...] = (
+    "data.train_json",
+    "data.train_images",
+    "data.val_json",
+    "data.val_images",
+    "model.weights_backbone",
+    "model.init_weights",
+    "model.detector_weights",
 )
 
 # --------------------------------------------------------------------------
@@ -84,15 +96,15 @@ def _rule(check, text: str) -> AfterValidator:
     return AfterValidator(run)
 
 
-def _choice(options: Tuple[str, ...]) -> Any:
+def _choice(options: tuple[str, ...]) -> Any:
     return Literal[options]  # type: ignore[valid-type]
 
 
 Int = Annotated[int, BeforeValidator(integral_value)]
 #: scalar floats must be finite (list items are checked by their rules)
 Float = Annotated[float, Field(allow_inf_nan=False)]
-IntList = Annotated[List[Int], BeforeValidator(_listify)]
-FloatList = Annotated[List[float], BeforeValidator(_listify)]
+IntList = Annotated[list[Int], BeforeValidator(_listify)]
+FloatList = Annotated[list[float], BeforeValidator(_listify)]
 NonEmpty = Annotated[str, _rule(lambda v: v.strip() != "", "must not be empty")]
 Path = Optional[Annotated[str, _rule(lambda v: v.strip() != "", "must be a path or null, not an empty string")]]
 
@@ -119,8 +131,11 @@ class DataConfig(_Section):
     val_images: Path = _doc(None, "folder of the validation images")
     keep_empty: bool = _doc(False, "keep training images that have no usable instance (as negatives)")
     num_workers: Int = _doc(2, "DataLoader worker processes (0 = load in the main process)", ge=0)
-    cache_records: bool = _doc(True, "keep the training set's parsed records in OUTPUT/cache (keyed on the "
-                                     "file's hash) and map them from there on the next start, in every rank")
+    cache_records: bool = _doc(
+        True,
+        "keep the training set's parsed records in OUTPUT/cache (keyed on the "
+        "file's hash) and map them from there on the next start, in every rank",
+    )
 
 
 class ModelConfig(_Section):
@@ -129,59 +144,89 @@ class ModelConfig(_Section):
     head: _choice(HEADS) = _doc("dynamask", "mask head: dynamask (dynamic resolution) or maskrcnn (28x28 baseline)")
     policy: _choice(POLICIES) = _doc("dynamic", "DynaMask resolution policy: dynamic, fixed-14/28/56/112 or size")
     backbone: _choice(BACKBONES) = _doc("resnet50", "ResNet-FPN backbone (torchvision name, e.g. resnet18, resnet50)")
-    num_classes: Optional[Int] = _doc(None, "object categories, background excluded (null = from the training set)",
-                                      ge=1)
+    num_classes: Optional[Int] = _doc(
+        None, "object categories, background excluded (null = from the training set)", ge=1
+    )
     fam: _choice(FAMS) = _doc("deform", "feature aggregation module of the DynaMask head: deform or conv")
     deform_kernel: _choice(DEFORM_KERNELS) = _doc(
-        "auto", "deformable FAM conv: auto (torchvision's op on CUDA, gather elsewhere), gather or torchvision")
+        "auto", "deformable FAM conv: auto (torchvision's op on CUDA, gather elsewhere), gather or torchvision"
+    )
     mask_geometry: _choice(MASK_GEOMETRIES) = _doc(
-        "exact", "mask cells of a box: exact (continuous box) or torchvision (Mask R-CNN's legacy geometry)")
+        "exact", "mask cells of a box: exact (continuous box) or torchvision (Mask R-CNN's legacy geometry)"
+    )
     mask_targets: _choice(MASK_TARGETS) = _doc(
-        "original", "training mask targets: original (ground truth at its own resolution, RoIs mapped back onto "
-                    "it) or resized (bitmaps resized with the image, torchvision's way); the torchvision geometry "
-                    "always uses resized")
+        "original",
+        "training mask targets: original (ground truth at its own resolution, RoIs mapped back onto "
+        "it) or resized (bitmaps resized with the image, torchvision's way); the torchvision geometry "
+        "always uses resized",
+    )
     fpn_channels: Int = _doc(256, "FPN width (torchvision: 256); the CPU configs use less", ge=1)
     box_representation_size: Int = _doc(1024, "box head hidden width (torchvision: 1024)", ge=1)
-    head_widths: Optional[Annotated[
-        Union[str, IntList],
-        _rule(lambda v: v in WIDTH_PRESETS if isinstance(v, str) else len(v) == 4 and all(x > 0 for x in v),
-              f"must be {' or '.join(repr(p) for p in WIDTH_PRESETS)} or 4 positive widths (14, 28, 56, 112)"),
-    ]] = _doc(None, "DynaMask widths at 14/28/56/112: balanced, paper or a list of four (null = balanced)")
-    head_reduced_channels: Optional[Annotated[
-        IntList, _rule(lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 positive widths (14, 28, 56)")
-    ]] = _doc(None, "DynaMask reduced image-feature widths at 14/28/56 (null = those of head_widths)")
+    head_widths: Optional[
+        Annotated[
+            Union[str, IntList],
+            _rule(
+                lambda v: v in WIDTH_PRESETS if isinstance(v, str) else len(v) == 4 and all(x > 0 for x in v),
+                f"must be {' or '.join(repr(p) for p in WIDTH_PRESETS)} or 4 positive widths (14, 28, 56, 112)",
+            ),
+        ]
+    ] = _doc(None, "DynaMask widths at 14/28/56/112: balanced, paper or a list of four (null = balanced)")
+    head_reduced_channels: Optional[
+        Annotated[
+            IntList, _rule(lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 positive widths (14, 28, 56)")
+        ]
+    ] = _doc(None, "DynaMask reduced image-feature widths at 14/28/56 (null = those of head_widths)")
     switch: _choice(SWITCHES) = _doc("cost", "Mask Switch Module: cost (regresses selection costs) or paper (authors')")
     paper_switch_signal: _choice(PAPER_SIGNALS) = _doc(
-        "edge", "what teaches the paper switch quality: edge (the authors': each stage's edge loss against its own "
-        "target, stage-weighted) or selection_cost (each stage's mask error against one 112x112 target)")
+        "edge",
+        "what teaches the paper switch quality: edge (the authors': each stage's edge loss against its own "
+        "target, stage-weighted) or selection_cost (each stage's mask error against one 112x112 target)",
+    )
     refinement: _choice(REFINEMENTS) = _doc(
-        "points", "DynaMask 56 and 112 stages: points (only the most uncertain points of the upsampled coarser mask "
-                  "are re-predicted, from features sampled there) or dense (convolutions over the whole map)")
-    refinement_points: Int = _doc(INFERENCE_POINTS, "points re-predicted per instance at each point stage at inference "
-                                                    "(refinement: points)", ge=1)
-    refinement_train_points: Int = _doc(TRAINING_POINTS, "points supervised per RoI at each point stage in training, "
-                                                         "importance-sampled (refinement: points)", ge=1)
+        "points",
+        "DynaMask 56 and 112 stages: points (only the most uncertain points of the upsampled coarser mask "
+        "are re-predicted, from features sampled there) or dense (convolutions over the whole map)",
+    )
+    refinement_points: Int = _doc(
+        INFERENCE_POINTS, "points re-predicted per instance at each point stage at inference (refinement: points)", ge=1
+    )
+    refinement_train_points: Int = _doc(
+        TRAINING_POINTS,
+        "points supervised per RoI at each point stage in training, importance-sampled (refinement: points)",
+        ge=1,
+    )
     maskrcnn_head_channels: Int = _doc(256, "conv width of the Mask R-CNN baseline head (torchvision: 256)", ge=1)
     weights_backbone: Path = _doc(None, "local ImageNet checkpoint (.pth) for the backbone (null = random init)")
     init_weights: Path = _doc(None, "dynamask checkpoint whose weights initialise training (fine-tuning)")
     detector_weights: Path = _doc(None, "checkpoint whose detector initialises training; the mask branch is new")
     freeze_detector: bool = _doc(False, "train only the mask branch; the detector keeps its weights and BN stats")
-    trainable_backbone_layers: Int = _doc(3, "backbone stages trained, counted from the top (5 from random init)",
-                                          ge=0, le=5)
-    mask_budget_target: Float = _doc(0.5, "training target of the mean mask cost, as a fraction of the largest mask",
-                                     gt=0, le=1)
+    trainable_backbone_layers: Int = _doc(
+        3, "backbone stages trained, counted from the top (5 from random init)", ge=0, le=5
+    )
+    mask_budget_target: Float = _doc(
+        0.5, "training target of the mean mask cost, as a fraction of the largest mask", gt=0, le=1
+    )
     mask_budget: Float = _doc(1.0, "test-time budget dial: 1.0 = as trained, lower = cheaper masks", gt=0, le=1)
-    mask_score_floor: Float = _doc(0.0, "detections scoring below this stop at 14x14 without the switch (a control "
-                                   "for experiments; 0 = off)", ge=0, le=1)
-    budget_weight: Optional[Float] = _doc(None, "weight of the paper's budget hinge (null = 0 for cost, 0.3 for paper)",
-                                          ge=0)
-    balance_weight: Optional[Float] = _doc(None, "weight of the resolution-balance term (null = 0 for cost, 0.8 for "
-                                                 "paper)", ge=0)
+    mask_score_floor: Float = _doc(
+        0.0,
+        "detections scoring below this stop at 14x14 without the switch (a control for experiments; 0 = off)",
+        ge=0,
+        le=1,
+    )
+    budget_weight: Optional[Float] = _doc(
+        None, "weight of the paper's budget hinge (null = 0 for cost, 0.3 for paper)", ge=0
+    )
+    balance_weight: Optional[Float] = _doc(
+        None, "weight of the resolution-balance term (null = 0 for cost, 0.8 for paper)", ge=0
+    )
     switch_cost_weight: Float = _doc(1.0, "weight of the switch's regression of each stage's selection cost", ge=0)
-    stage_loss_weights: Annotated[FloatList, _rule(
-        lambda v: len(v) == 4 and all(x >= 0 for x in v),
-        "must be a list of 4 non-negative weights (stages 14, 28, 56, 112)",
-    )] = _doc([0.25, 0.5, 0.75, 1.0], "mask-loss weight of each refinement stage (14, 28, 56, 112 px)")
+    stage_loss_weights: Annotated[
+        FloatList,
+        _rule(
+            lambda v: len(v) == 4 and all(x >= 0 for x in v),
+            "must be a list of 4 non-negative weights (stages 14, 28, 56, 112)",
+        ),
+    ] = _doc([0.25, 0.5, 0.75, 1.0], "mask-loss weight of each refinement stage (14, 28, 56, 112 px)")
     edge_loss_weight: Float = _doc(1.0, "weight of the boundary (edge) mask loss", ge=0)
     select_loss_weight: Float = _doc(0.0, "weight of the paper's Gumbel-softmax selection loss", ge=0)
     gumbel_tau: Float = _doc(0.5, "temperature of the Gumbel-softmax resolution selector", gt=0)
@@ -190,11 +235,11 @@ class ModelConfig(_Section):
     rpn_pre_nms_top_n_test: Int = _doc(1000, "RPN proposals kept before NMS, per image, at test time", ge=1)
     rpn_post_nms_top_n_test: Int = _doc(1000, "RPN proposals kept after NMS, per image, at test time", ge=1)
     box_batch_size_per_image: Int = _doc(512, "RoIs sampled per image for the box and mask heads in training", ge=1)
-    mask_rois_per_image: Optional[Int] = _doc(None, "at most this many positive RoIs per image train the mask head "
-                                                    "(null = all)", ge=1)
+    mask_rois_per_image: Optional[Int] = _doc(
+        None, "at most this many positive RoIs per image train the mask head (null = all)", ge=1
+    )
     box_detections_per_img: Int = _doc(100, "maximum detections per image returned by the detector", ge=1)
     box_score_thresh: Float = _doc(0.05, "detector's minimum class score for a detection to be returned", ge=0, le=1)
-
 
     @model_validator(mode="after")
     def _points_need(self, info: ValidationInfo) -> "ModelConfig":
@@ -202,9 +247,11 @@ class ModelConfig(_Section):
         if info.context and info.context.get("partial") or self.refinement != "points" or self.head != "dynamask":
             return self
         if self.switch == "paper" and self.policy == "dynamic":
-            text = ("'model.switch' paper cannot be used with 'model.refinement' points: the authors' switch is "
-                    "trained on every stage's dense edge map, which point stages do not compute (use switch cost, or "
-                    "refinement dense)")
+            text = (
+                "'model.switch' paper cannot be used with 'model.refinement' points: the authors' switch is "
+                "trained on every stage's dense edge map, which point stages do not compute (use switch cost, or "
+                "refinement dense)"
+            )
             raise PydanticCustomError("points_switch", "{text}", {"text": text})
         if self.mask_geometry != "exact":
             text = "'model.refinement' points needs 'model.mask_geometry' exact (or set 'model.refinement' dense)"
@@ -215,10 +262,13 @@ class ModelConfig(_Section):
 class InputConfig(_Section):
     """Image resizing and training augmentation."""
 
-    min_size: Annotated[Union[Int, IntList], _rule(
-        lambda v: v > 0 if isinstance(v, int) else len(v) > 0 and all(x > 0 for x in v),
-        "must be a positive integer or a non-empty list of positive integers",
-    )] = _doc(800, "shorter image side after resizing; a list = random choice per training image, last at test")
+    min_size: Annotated[
+        Union[Int, IntList],
+        _rule(
+            lambda v: v > 0 if isinstance(v, int) else len(v) > 0 and all(x > 0 for x in v),
+            "must be a positive integer or a non-empty list of positive integers",
+        ),
+    ] = _doc(800, "shorter image side after resizing; a list = random choice per training image, last at test")
     max_size: Int = _doc(1333, "upper bound on the longer image side after resizing", ge=1)
     flip_prob: Float = _doc(0.5, "probability of a horizontal flip in training", ge=0, le=1)
     color_jitter: Float = _doc(0.0, "strength of colour jitter in training (0 = off)", ge=0)
@@ -247,20 +297,27 @@ class SolverConfig(_Section):
     weight_decay: Float = _doc(1e-4, "weight decay", ge=0)
     warmup_iters: Int = _doc(500, "linear warm-up length in steps", ge=0)
     warmup_factor: Float = _doc(0.001, "LR multiplier at the first warm-up step", gt=0, le=1)
-    steps: Annotated[IntList, _rule(
-        lambda v: all(x > 0 for x in v) and all(a < b for a, b in zip(v, v[1:])),
-        "must be a strictly increasing list of positive step numbers",
-    )] = _doc([60000, 80000], "steps at which the LR is multiplied by gamma")
+    steps: Annotated[
+        IntList,
+        _rule(
+            lambda v: all(x > 0 for x in v) and all(a < b for a, b in zip(v, v[1:])),
+            "must be a strictly increasing list of positive step numbers",
+        ),
+    ] = _doc([60000, 80000], "steps at which the LR is multiplied by gamma")
     gamma: Float = _doc(0.1, "LR decay factor at each of solver.steps", gt=0)
     clip_grad_norm: Optional[Annotated[Float, _rule(lambda v: v > 0, "must be > 0 (or null to disable clipping)")]] = (
-        _doc(None, "clip the gradient norm to this value (null = no clipping)"))
+        _doc(None, "clip the gradient norm to this value (null = no clipping)")
+    )
     switch_lr_multiplier: Float = _doc(10.0, "learning rate of the Mask Switch Module relative to base_lr", gt=0)
     amp: _choice(AMP_MODES) = _doc("none", "mixed precision: none, bf16 or fp16 (fp16 uses a gradient scaler)")
     checkpoint_period: Int = _doc(5000, "save a checkpoint every N steps (0 = only at the end)", ge=0)
     log_period: Int = _doc(20, "log losses every N steps", ge=1)
     max_nonfinite_steps: Int = _doc(10, "abort after this many consecutive steps with a non-finite loss", ge=0)
-    dist_timeout_s: Float = _doc(1800.0, "multi-process runs: seconds a collective waits for a hung process "
-                                         "before every rank stops with an error", gt=0)
+    dist_timeout_s: Float = _doc(
+        1800.0,
+        "multi-process runs: seconds a collective waits for a hung process before every rank stops with an error",
+        gt=0,
+    )
 
 
 class TestConfig(_Section):
@@ -290,10 +347,14 @@ class Config(_Section):
 
 def inline_value(v: Any) -> str:
     """A value as in an error message: strings quoted, the rest as inline YAML."""
-    return repr(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+    return (
+        repr(v)
+        if isinstance(v, str)
+        else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+    )
 
 
-def _walk_fields(model: Type[BaseModel], prefix: str = ""):
+def _walk_fields(model: type[BaseModel], prefix: str = ""):
     for name, field in model.model_fields.items():
         sub = field.annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel):
@@ -304,11 +365,11 @@ def _walk_fields(model: Type[BaseModel], prefix: str = ""):
 
 
 #: dotted leaf key -> its pydantic field, in definition order
-FIELDS: Dict[str, FieldInfo] = {k: f for k, f, sub in _walk_fields(Config) if sub is None}
+FIELDS: dict[str, FieldInfo] = {k: f for k, f, sub in _walk_fields(Config) if sub is None}
 #: dotted section name -> its model class
-SECTIONS: Dict[str, Type[BaseModel]] = {k: sub for k, _, sub in _walk_fields(Config) if sub is not None}
+SECTIONS: dict[str, type[BaseModel]] = {k: sub for k, _, sub in _walk_fields(Config) if sub is not None}
 
-DEFAULTS: Dict[str, Any] = Config().model_dump()
+DEFAULTS: dict[str, Any] = Config().model_dump()
 
 _KIND_NAMES = {
     "int": "an integer",
@@ -331,12 +392,12 @@ def _shape(tp: Any) -> str:
         return "_or_".join(_shape(a) for a in typing.get_args(tp))
     if origin is Literal:
         return "str"
-    if origin in (list, List):
+    if origin is list:
         return "list_" + _shape(typing.get_args(tp)[0])
     return {int: "int", float: "float", str: "str", bool: "bool"}[tp]
 
 
-def kind(key: str) -> Tuple[str, bool, Optional[Tuple[str, ...]]]:
+def kind(key: str) -> tuple[str, bool, Optional[tuple[str, ...]]]:
     """(type name for messages, nullable, allowed choices or None) of a leaf key."""
     tp = FIELDS[key].annotation
     args = typing.get_args(tp)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ class StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             self.flatten_mapping(node)
-            seen: Dict[Any, int] = {}
+            seen: dict[Any, int] = {}
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
                 try:
@@ -72,7 +73,7 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
 
 def read_yaml(path: str) -> Any:
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -122,7 +123,7 @@ def config_to_yaml(cfg: Mapping[str, Any]) -> str:
     """The config as YAML text (sections separated by blank lines, lists inline)."""
     plain = _plain(cfg)
     chunks = ["# dynamask resolved config\n"]
-    scalars: Dict[str, Any] = {}
+    scalars: dict[str, Any] = {}
     for k, v in plain.items():
         if isinstance(v, dict):
             chunks.append(_dump({k: v}))
@@ -158,7 +159,7 @@ def config_to_documented_yaml(cfg: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_config(cfg: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
+def save_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write ``config_to_yaml(cfg)`` to ``path`` atomically (temp file + os.replace)."""
     from ..atomic import write_bytes_atomic
 

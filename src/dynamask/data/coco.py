@@ -21,21 +21,32 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from ..cocotools import mask_utils
 from torchvision import tv_tensors
 
-from .records import (CACHE_FORMAT, MAX_ABS_COORDINATE, RECORD_FIELDS, InstanceRecords, RecordsBuilder, load_cache,
-                      polygons_rasterise_nonempty, save_cache)
-
-from ..coco_json import DatasetError, ann_where as _ann_where, gc_paused as _gc_paused, load_coco_json
-from ..coco_json import read_json as _read_json, validate_annotation as _validate_annotation
+from ..coco_json import DatasetError, load_coco_json
+from ..coco_json import ann_where as _ann_where
+from ..coco_json import gc_paused as _gc_paused
+from ..coco_json import read_json as _read_json
+from ..coco_json import validate_annotation as _validate_annotation
 from ..coco_json import validate_header as _validate_header
+from ..cocotools import mask_utils
+from .records import (
+    CACHE_FORMAT,
+    MAX_ABS_COORDINATE,
+    RECORD_FIELDS,
+    InstanceRecords,
+    RecordsBuilder,
+    load_cache,
+    polygons_rasterise_nonempty,
+    save_cache,
+)
 
 __all__ = [
     "DatasetError",
@@ -50,13 +61,13 @@ __all__ = [
 logger = logging.getLogger("dynamask.data")
 
 #: Reasons an annotation is left out of the training target (keys of ``skip_counts``).
-SKIP_REASONS: Tuple[str, ...] = (
-    "unknown_category",      # category_id not listed in "categories"
-    "unknown_image",         # image_id not listed in "images"
-    "degenerate_box",        # bbox width/height < min_box_size (before or after clipping)
-    "outside_image",         # bbox entirely outside the image
+SKIP_REASONS: tuple[str, ...] = (
+    "unknown_category",  # category_id not listed in "categories"
+    "unknown_image",  # image_id not listed in "images"
+    "degenerate_box",  # bbox width/height < min_box_size (before or after clipping)
+    "outside_image",  # bbox entirely outside the image
     "missing_segmentation",  # no (or null) "segmentation" field
-    "empty_segmentation",    # no polygon with >= 3 points, or the mask rasterises empty
+    "empty_segmentation",  # no polygon with >= 3 points, or the mask rasterises empty
 )
 
 #: the dataset's per-image buffers (the cache holds them beside the records')
@@ -66,7 +77,7 @@ _IMAGE_FIELDS = ("_image_ids", "_heights", "_widths", "_name_offsets", "_names")
 # --------------------------------------------------------------------------
 # segmentation -> RLE
 # --------------------------------------------------------------------------
-def segmentation_to_rle(seg: Any, height: int, width: int) -> Optional[dict]:
+def segmentation_to_rle(seg: Any, height: int, width: int) -> dict | None:
     """Convert a COCO ``segmentation`` (polygons, uncompressed or compressed RLE)
     to one compressed RLE of size (height, width).
 
@@ -111,7 +122,7 @@ def _decode(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle)
 
 
-def _encoded_segmentation(seg: Any, height: int, width: int) -> Tuple[Optional[list], Optional[dict]]:
+def _encoded_segmentation(seg: Any, height: int, width: int) -> tuple[list | None, dict | None]:
     """A COCO ``segmentation`` as what the records keep: ``(polygons, None)`` — the parts of >= 3
     points, the only ones :func:`segmentation_to_rle` rasterises — or ``(None, rle)``, one
     compressed RLE (bytes counts); ``(None, None)`` when nothing usable remains. Raises like
@@ -139,7 +150,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-def exif_orientation(im: "Image.Image") -> int:
+def exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation (1..8) of an opened PIL image; 1 (as stored) when absent or unreadable."""
     try:
         value = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
@@ -148,13 +159,13 @@ def exif_orientation(im: "Image.Image") -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def upright_size(im: "Image.Image") -> Tuple[int, int]:
+def upright_size(im: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of the image as shown upright per its EXIF orientation."""
     w, h = im.size
     return (h, w) if exif_orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
 
 
-def load_image(path: Union[str, os.PathLike], exif_transpose: bool = False) -> torch.Tensor:
+def load_image(path: str | os.PathLike, exif_transpose: bool = False) -> torch.Tensor:
     """Load an image file as a float32 3 x H x W tensor in [0, 1].
 
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK etc. are converted to RGB;
@@ -172,7 +183,7 @@ def load_image(path: Union[str, os.PathLike], exif_transpose: bool = False) -> t
         return pil_image_to_tensor(im)
 
 
-def pil_image_to_tensor(im: "Image.Image") -> torch.Tensor:
+def pil_image_to_tensor(im: Image.Image) -> torch.Tensor:
     """A PIL image of any mode as a float32 3 x H x W tensor in [0, 1] (see :func:`load_image`)."""
     # every array handed to torch is a fresh, writable copy (np.asarray of a PIL image is read-only,
     # and torch warns "The given NumPy array is not writable" when given one)
@@ -249,15 +260,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        ann_file: Union[str, os.PathLike],
-        image_dir: Union[str, os.PathLike],
-        transforms: Optional[Callable] = None,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        transforms: Callable | None = None,
         keep_empty: bool = True,
         min_box_size: float = 1.0,
         validate_masks: bool = True,
-        categories: Optional[Sequence[Tuple[int, str]]] = None,
-        workers: Optional[int] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        categories: Sequence[tuple[int, str]] | None = None,
+        workers: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         self.ann_file = str(ann_file)
@@ -289,9 +300,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             cats = [{"id": int(i), "name": str(n)} for i, n in categories]
         else:
             cats = sorted(data["categories"], key=lambda c: c["id"])
-        self.cat_ids: List[int] = [int(c["id"]) for c in cats]
-        self.class_names: List[str] = [str(c.get("name", c["id"])) for c in cats]
-        self.cat_id_to_label: Dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        self.cat_ids: list[int] = [int(c["id"]) for c in cats]
+        self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
+        self.cat_id_to_label: dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
 
         # the images, in file order, as flat arrays (see dynamask.data.records for why)
         images = data["images"]
@@ -300,13 +311,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self._heights = np.array([img.get("height") or 0 for img in images], dtype=np.int64)
             self._widths = np.array([img.get("width") or 0 for img in images], dtype=np.int64)
         except OverflowError:
-            raise DatasetError(f"{self.ann_file}: field 'images[].id'/'width'/'height' out of the 64-bit range") from None
+            raise DatasetError(
+                f"{self.ann_file}: field 'images[].id'/'width'/'height' out of the 64-bit range"
+            ) from None
         names = [img["file_name"].encode("utf-8", "surrogatepass") for img in images]
         self._name_offsets = np.zeros(len(names) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in names], out=self._name_offsets[1:])
         self._names = np.frombuffer(b"".join(names), dtype=np.uint8).copy()
         del names
-        self.skip_counts: Dict[str, int] = {k: 0 for k in SKIP_REASONS}
+        self.skip_counts: dict[str, int] = {k: 0 for k in SKIP_REASONS}
         self.num_crowd = 0
 
         annotations = data["annotations"]
@@ -321,14 +334,18 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def _finish(self) -> None:
         counts = np.diff(self._records.ann_offsets)
-        self._order = np.arange(len(self._image_ids), dtype=np.int64) if self.keep_empty \
+        self._order = (
+            np.arange(len(self._image_ids), dtype=np.int64)
+            if self.keep_empty
             else np.flatnonzero(counts > 0).astype(np.int64)
+        )
         self.num_dropped_images = len(self._image_ids) - len(self._order)
         total = sum(self.skip_counts.values())
         if total:
             details = ", ".join(f"{k}={v}" for k, v in self.skip_counts.items() if v)
-            logger.warning("%s: skipped %d of %d annotations (%s)", self.ann_file, total, self._num_annotations,
-                           details)
+            logger.warning(
+                "%s: skipped %d of %d annotations (%s)", self.ann_file, total, self._num_annotations, details
+            )
 
     # ---------------------------------------------------------------- cache
     def _cache_key(self, categories) -> str:
@@ -343,17 +360,30 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.ann_file}: annotation file not found") from None
         except OSError as e:
             raise DatasetError(f"{self.ann_file}: cannot read annotation file: {e}") from None
-        h.update(json.dumps([CACHE_FORMAT, self.min_box_size, self.validate_masks,
-                             None if categories is None else [[int(i), str(n)] for i, n in categories],
-                             os.path.abspath(self.image_dir)]).encode())
+        h.update(
+            json.dumps(
+                [
+                    CACHE_FORMAT,
+                    self.min_box_size,
+                    self.validate_masks,
+                    None if categories is None else [[int(i), str(n)] for i, n in categories],
+                    os.path.abspath(self.image_dir),
+                ]
+            ).encode()
+        )
         return h.hexdigest()[:24]
 
     def _save(self, entry: Path) -> None:
         arrays = {name: getattr(self._records, name) for name in RECORD_FIELDS}
         arrays.update({name: getattr(self, name) for name in _IMAGE_FIELDS})
-        meta = {"cat_ids": self.cat_ids, "class_names": self.class_names, "skip_counts": self.skip_counts,
-                "num_crowd": self.num_crowd, "num_annotations": self._num_annotations,
-                "deferred_errors": {str(k): v for k, v in self._deferred_errors.items()}}
+        meta = {
+            "cat_ids": self.cat_ids,
+            "class_names": self.class_names,
+            "skip_counts": self.skip_counts,
+            "num_crowd": self.num_crowd,
+            "num_annotations": self._num_annotations,
+            "deferred_errors": {str(k): v for k, v in self._deferred_errors.items()},
+        }
         if entry.exists() and load_cache(entry, tuple(arrays)) is None:  # a broken entry: replace it
             shutil.rmtree(entry, ignore_errors=True)
         if save_cache(entry, arrays, meta):
@@ -372,7 +402,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._deferred_errors = {int(k): str(v) for k, v in meta["deferred_errors"].items()}
 
     # ---------------------------------------------------------------- setup
-    def _parse_annotations(self, annotations: list, workers: Optional[int]) -> InstanceRecords:
+    def _parse_annotations(self, annotations: list, workers: int | None) -> InstanceRecords:
         """One pass over the annotations: validate each one's structure, skip and count the unusable
         ones, keep the rest encoded in flat buffers; then (``validate_masks``) drop and count the
         polygons that rasterise to nothing — in parallel where there are many."""
@@ -380,7 +410,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         pos_of_id = {int(i): p for p, i in enumerate(self._image_ids.tolist())}
         heights, widths = self._heights.tolist(), self._widths.tolist()
         builder = RecordsBuilder()
-        self._deferred_errors: Dict[int, str] = {}  # annotation index -> message (validate_masks=False)
+        self._deferred_errors: dict[int, str] = {}  # annotation index -> message (validate_masks=False)
         min_size = self.min_box_size
         validate, image_pos, to_label = _validate_annotation, pos_of_id.get, self.cat_id_to_label.get
         add_polygon, skips = builder.add_polygon, self.skip_counts
@@ -419,8 +449,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             if seg is None:
                 skips["missing_segmentation"] += 1
                 continue
-            if type(seg) is list and len(seg) == 1 and type(seg[0]) is list and len(seg[0]) >= 6 \
-                    and not len(seg[0]) % 2:  # most objects: one polygon, kept as it is
+            if (
+                type(seg) is list
+                and len(seg) == 1
+                and type(seg[0]) is list
+                and len(seg[0]) >= 6
+                and not len(seg[0]) % 2
+            ):  # most objects: one polygon, kept as it is
                 area = ann.get("area")
                 try:
                     add_polygon(pos, idx, label, x1, y1, x2, y2, None if area is None else float(area), seg[0])
@@ -436,8 +471,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 if not polygons and rle is None:
                     skips["empty_segmentation"] += 1
                     continue
-                builder.add(pos, idx, label, (x1, y1, x2, y2), area, polygons=polygons,
-                            rle_counts=None if rle is None else rle["counts"])
+                builder.add(
+                    pos,
+                    idx,
+                    label,
+                    (x1, y1, x2, y2),
+                    area,
+                    polygons=polygons,
+                    rle_counts=None if rle is None else rle["counts"],
+                )
             except (ValueError, TypeError, KeyError) as e:
                 message = f"{_ann_where(path, idx, ann)}: invalid field 'segmentation': {e}"
                 if self.validate_masks:
@@ -448,16 +490,19 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 builder.add(pos, idx, label, (x1, y1, x2, y2), area, rle_counts=b"")
         bad = builder.first_bad_coordinate()
         if bad is not None:
-            raise DatasetError(f"{path}: annotations[{builder.ann_index(bad)}]: invalid field 'segmentation': "
-                               f"coordinates must be finite numbers within ±{MAX_ABS_COORDINATE:g}")
+            raise DatasetError(
+                f"{path}: annotations[{builder.ann_index(bad)}]: invalid field 'segmentation': "
+                f"coordinates must be finite numbers within ±{MAX_ABS_COORDINATE:g}"
+            )
         self._heights[:] = heights
         self._widths[:] = widths
         records = builder.build()
         del builder
         keep = np.ones(len(records), dtype=bool)
         if self.validate_masks:
-            keep = polygons_rasterise_nonempty(records, self._heights[records.image_pos],
-                                               self._widths[records.image_pos], workers)
+            keep = polygons_rasterise_nonempty(
+                records, self._heights[records.image_pos], self._widths[records.image_pos], workers
+            )
             self.skip_counts["empty_segmentation"] += int((~keep).sum())
         return records.select(keep, len(self._image_ids))
 
@@ -469,10 +514,12 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return self.image_dir / self._file_name_at(pos)
 
     def _describe_image_at(self, pos: int) -> str:
-        return (f"image file {str(self._image_path_at(pos))!r} (field 'file_name' = {self._file_name_at(pos)!r} "
-                f"of image id {int(self._image_ids[pos])} in {self.ann_file})")
+        return (
+            f"image file {str(self._image_path_at(pos))!r} (field 'file_name' = {self._file_name_at(pos)!r} "
+            f"of image id {int(self._image_ids[pos])} in {self.ann_file})"
+        )
 
-    def _image_hw_at(self, pos: int) -> Tuple[int, int]:
+    def _image_hw_at(self, pos: int) -> tuple[int, int]:
         """(height, width) from the json, else from the image file's header (read once, then kept)."""
         h, w = int(self._heights[pos]), int(self._widths[pos])
         if h and w:
@@ -482,11 +529,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             with Image.open(self._image_path_at(pos)) as im:
                 w, h = im.size
         except FileNotFoundError:
-            raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
-                               f"its {self._describe_image_at(pos)} does not exist") from None
+            raise DatasetError(
+                f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
+                f"its {self._describe_image_at(pos)} does not exist"
+            ) from None
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
-                               f"its {self._describe_image_at(pos)} cannot be read: {e}") from None
+            raise DatasetError(
+                f"{self.ann_file}: image id {image_id} has no 'width'/'height' fields and "
+                f"its {self._describe_image_at(pos)} cannot be read: {e}"
+            ) from None
         self._heights[pos], self._widths[pos] = h, w
         return int(h), int(w)
 
@@ -512,7 +563,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._coco = None
 
     @property
-    def ids(self) -> List[int]:
+    def ids(self) -> list[int]:
         """The image ids of the samples, in order (a new list each call)."""
         return self._image_ids[self._order].tolist()
 
@@ -532,9 +583,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         target order (e.g. to look up fields the target does not carry)."""
         pos = int(self._order[index])
         r = self._records
-        return r.ann_index[r.ann_offsets[pos]:r.ann_offsets[pos + 1]].copy()
+        return r.ann_index[r.ann_offsets[pos] : r.ann_offsets[pos + 1]].copy()
 
-    def use_categories(self, categories: Sequence[Tuple[int, str]]) -> None:
+    def use_categories(self, categories: Sequence[tuple[int, str]]) -> None:
         """Switch to a label space fixed from outside (see the ``categories`` argument), after
         construction; every category of the file must be among ``categories``."""
         new_ids = [int(i) for i, _ in categories]
@@ -560,7 +611,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise KeyError(f"label {label} out of range 1..{len(self.cat_ids)}")
         return self.cat_ids[label - 1]
 
-    def drop_missing_images(self) -> List[str]:
+    def drop_missing_images(self) -> list[str]:
         """Remove the images whose files do not exist (a cheap check before training, so that a
         missing file is a logged, counted skip up front and not a failure mid-epoch); returns
         their paths. Unreadable-but-present files are found only when decoded."""
@@ -581,7 +632,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self._order.shape[0])
 
-    def _use_exif_orientation(self, pos: int, im: "Image.Image") -> bool:
+    def _use_exif_orientation(self, pos: int, im: Image.Image) -> bool:
         """Whether image position ``pos`` (opened as ``im``) is loaded upright (its EXIF orientation applied).
 
         The json ``width``/``height`` decide: the stored pixel grid when they give the stored size
@@ -599,26 +650,32 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             self.exif_rotated_ids.add(int(self._image_ids[pos]))
             return True
         upright = f" ({uw}x{uh} upright per its EXIF orientation)" if (uw, uh) != (w, h) else ""
-        raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels{upright} but its json fields "
-                           f"'width'/'height' say {exp_w}x{exp_h}")
+        raise DatasetError(
+            f"{self._describe_image_at(pos)} is {w}x{h} pixels{upright} but its json fields "
+            f"'width'/'height' say {exp_w}x{exp_h}"
+        )
 
-    def _log_exif(self, first: int, count: Optional[int] = None) -> None:
+    def _log_exif(self, first: int, count: int | None = None) -> None:
         if self._exif_logged:
             return
         self._exif_logged = True
         what = f"{count} image(s)" if count is not None else "image(s)"
-        logger.info("%s: %s carry an EXIF orientation and the json 'width'/'height' give the upright size: "
-                    "loading them upright (EXIF rotation applied; first: %s)", self.ann_file, what,
-                    str(self._image_path_at(first)))
+        logger.info(
+            "%s: %s carry an EXIF orientation and the json 'width'/'height' give the upright size: "
+            "loading them upright (EXIF rotation applied; first: %s)",
+            self.ann_file,
+            what,
+            str(self._image_path_at(first)),
+        )
 
-    def check_image_sizes(self, indices: Optional[Sequence[int]] = None) -> int:
+    def check_image_sizes(self, indices: Sequence[int] | None = None) -> int:
         """Check the size of each image file (header only) against its json ``width``/``height``
         up front, with the EXIF rule of :meth:`_use_exif_orientation`; raises the
         :class:`DatasetError` that loading the image would raise. Missing or unreadable files
         are left to loading. Returns the number of images that will be loaded upright."""
         first = None
         count = 0
-        for index in (range(len(self)) if indices is None else indices):
+        for index in range(len(self)) if indices is None else indices:
             pos = int(self._order[index])
             path = self._image_path_at(pos)
             if not path.is_file():
@@ -661,8 +718,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         h, w = int(image.shape[-2]), int(image.shape[-1])
         exp_h, exp_w = self._image_hw_at(pos)
         if (h, w) != (exp_h, exp_w):
-            raise DatasetError(f"{self._describe_image_at(pos)} is {w}x{h} pixels but its json fields "
-                               f"'width'/'height' say {exp_w}x{exp_h}")
+            raise DatasetError(
+                f"{self._describe_image_at(pos)} is {w}x{h} pixels but its json fields "
+                f"'width'/'height' say {exp_w}x{exp_h}"
+            )
 
         r = self._records
         lo, hi = int(r.ann_offsets[pos]), int(r.ann_offsets[pos + 1])
@@ -673,8 +732,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             try:
                 m = _decode(r.rle(k, h, w))
             except (ValueError, TypeError) as e:  # a compressed RLE string that does not decode
-                raise DatasetError(f"{self.ann_file}: annotations[{int(r.ann_index[k])}]: invalid field "
-                                   f"'segmentation': {e}") from None
+                raise DatasetError(
+                    f"{self.ann_file}: annotations[{int(r.ann_index[k])}]: invalid field 'segmentation': {e}"
+                ) from None
             if not m.any():  # only reachable with validate_masks=False
                 self.skip_counts["empty_segmentation"] += 1
                 continue
@@ -686,8 +746,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         mask_t = torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, h, w), dtype=torch.uint8)
         keep_idx = np.asarray(keep, dtype=np.int64)
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(r.boxes[keep_idx].reshape(n, 4)),
-                                              format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(r.boxes[keep_idx].reshape(n, 4)),
+                format=tv_tensors.BoundingBoxFormat.XYXY,
+                canvas_size=(h, w),
+            ),
             "labels": torch.from_numpy(r.labels[keep_idx]),
             "masks": tv_tensors.Mask(mask_t.to(torch.uint8)),
             "image_id": image_id,
@@ -700,11 +763,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return img, target
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)}, "
-                f"classes={self.num_classes}, skipped={sum(self.skip_counts.values())})")
+        return (
+            f"{type(self).__name__}(ann_file={self.ann_file!r}, images={len(self)}, "
+            f"classes={self.num_classes}, skipped={sum(self.skip_counts.values())})"
+        )
 
 
-def collate_fn(batch: Sequence[Tuple[Any, Any]]) -> Tuple[List[Any], List[Any]]:
+def collate_fn(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
     """Collate detection samples into ``(list_of_images, list_of_targets)``."""
     images, targets = [], []
     for image, target in batch:

@@ -28,8 +28,8 @@ that cost (``thin``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,12 +40,23 @@ from ..models.geometry import check_geometry, roi_mask_targets
 from ..models.paste import paste_masks
 from .yardstick import boundary_dilation, mask_boundary
 
-__all__ = ["SELECTION_RULE", "PointCeiling", "PointChain", "concat", "point_ceiling", "point_chain", "refine_points",
-           "select_uncertain", "upsample2x"]
+__all__ = [
+    "SELECTION_RULE",
+    "PointCeiling",
+    "PointChain",
+    "concat",
+    "point_ceiling",
+    "point_chain",
+    "refine_points",
+    "select_uncertain",
+    "upsample2x",
+]
 
 #: the selection rule, as results files state it
-SELECTION_RULE = ("most uncertain = the N cells of the x2-upsampled previous map (bilinear, align_corners=False) "
-                  "with the smallest |p - 0.5| (torch.topk, largest=False; ties as topk breaks them)")
+SELECTION_RULE = (
+    "most uncertain = the N cells of the x2-upsampled previous map (bilinear, align_corners=False) "
+    "with the smallest |p - 0.5| (torch.topk, largest=False; ties as topk breaks them)"
+)
 
 
 def upsample2x(maps: Tensor) -> Tensor:
@@ -61,7 +72,7 @@ def select_uncertain(maps: Tensor, n: int) -> Tensor:
     return torch.topk(flat, n, dim=1, largest=False, sorted=False).indices
 
 
-def refine_points(coarse: Tensor, target: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+def refine_points(coarse: Tensor, target: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """One point step: ``coarse`` (N×R×R) upsampled ×2, its n most uncertain cells replaced by
     ``target``'s (N×2R×2R). Returns (the refined N×2R×2R map, the N×2R×2R bool cells replaced).
     n ≥ (2R)² replaces every cell (the result is ``target`` itself); n = 0 none."""
@@ -81,13 +92,19 @@ class PointChain:
     ``maps[R]``: N×R×R soft maps; ``chosen[R]``: N×R×R bool, the cells replaced at step R (absent
     for the first resolution); ``masks[R]``: N×H×W bool, the map pasted and binarised at 0.5."""
 
-    maps: Dict[int, Tensor]
-    chosen: Dict[int, Tensor]
-    masks: Dict[int, Tensor]
+    maps: dict[int, Tensor]
+    chosen: dict[int, Tensor]
+    masks: dict[int, Tensor]
 
 
-def point_chain(masks: Tensor, boxes: Tensor, points: Optional[int], resolutions: Sequence[int] = (28, 56, 112),
-                geometry: str = "exact", targets: Optional[Dict[int, Tensor]] = None) -> PointChain:
+def point_chain(
+    masks: Tensor,
+    boxes: Tensor,
+    points: int | None,
+    resolutions: Sequence[int] = (28, 56, 112),
+    geometry: str = "exact",
+    targets: dict[int, Tensor] | None = None,
+) -> PointChain:
     """The point chain on ground-truth masks (N×H×W) in their boxes (N×4, pixel-edge x0, y0, x1, y1).
 
     ``points``: N cells replaced at every step after the first (None: all of them, the dense round
@@ -151,15 +168,21 @@ class PointCeiling:
     ``thin``: pixels of M, the missing thin parts), ``lost_fg`` (pixels of M wrong in the first
     resolution's round trip) and ``lost_fg_unchosen`` (of those, in no chosen cell)."""
 
-    resolutions: Tuple[int, ...]
-    mask_iou: Dict[Tuple[str, int], np.ndarray]
-    boundary_iou: Dict[Tuple[str, int], np.ndarray]
-    thin: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    resolutions: tuple[int, ...]
+    mask_iou: dict[tuple[str, int], np.ndarray]
+    boundary_iou: dict[tuple[str, int], np.ndarray]
+    thin: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 392, 784, 1568),
-                  resolutions: Sequence[int] = (28, 56, 112), geometry: str = "exact",
-                  dilation_ratio: float = 0.02, boundary: bool = True) -> PointCeiling:
+def point_ceiling(
+    masks: Tensor,
+    boxes: Tensor,
+    points: Sequence[int] = (196, 392, 784, 1568),
+    resolutions: Sequence[int] = (28, 56, 112),
+    geometry: str = "exact",
+    dilation_ratio: float = 0.02,
+    boundary: bool = True,
+) -> PointCeiling:
     """Mask IoU, boundary IoU (the yardstick's: band = ``dilation_ratio`` × image diagonal) and the
     thin-part count of every chain — N in ``points``, N = 0 and dense — against the masks
     themselves, for one image's instances (masks N×H×W, boxes N×4 pixel-edge, e.g. the masks'
@@ -169,7 +192,7 @@ def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 39
     n_inst = gt.shape[0]
     size = gt.shape[-2:]
     targets = {r: roi_mask_targets(masks, boxes, r, geometry) for r in resolutions}
-    labels: List[Tuple[str, Optional[int]]] = [("dense", None), ("N=0", 0)] + [(f"N={int(p)}", int(p)) for p in points]
+    labels: list[tuple[str, int | None]] = [("dense", None), ("N=0", 0)] + [(f"N={int(p)}", int(p)) for p in points]
     d = boundary_dilation(int(size[0]), int(size[1]), dilation_ratio)
     gt_np = gt.numpy()
     gt_bands = [mask_boundary(g, d).astype(bool) for g in gt_np] if boundary else []
@@ -203,9 +226,15 @@ def point_ceiling(masks: Tensor, boxes: Tensor, points: Sequence[int] = (196, 39
         def count(x: Tensor) -> np.ndarray:
             return x.flatten(1).sum(1).numpy().astype(np.int64)
 
-        thin[label] = {"wrong": count(wrong), "dense_wrong": count(dense_wrong), "excess": count(excess),
-                       "thin": count(thin_px), "thin_fg": count(thin_px & gt), "lost_fg": count(lost & gt),
-                       "lost_fg_unchosen": count(lost & gt & ~reached)}
+        thin[label] = {
+            "wrong": count(wrong),
+            "dense_wrong": count(dense_wrong),
+            "excess": count(excess),
+            "thin": count(thin_px),
+            "thin_fg": count(thin_px & gt),
+            "lost_fg": count(lost & gt),
+            "lost_fg_unchosen": count(lost & gt & ~reached),
+        }
     return PointCeiling(resolutions, mask_iou, b_iou, thin)
 
 

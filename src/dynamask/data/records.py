@@ -19,16 +19,24 @@ import multiprocessing
 import os
 import shutil
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ..cocotools import mask_utils
 
-__all__ = ["InstanceRecords", "RecordsBuilder", "polygons_rasterise_nonempty", "polygons_surely_nonempty",
-           "PARALLEL_MIN_POLYGONS", "save_cache", "load_cache", "RECORD_FIELDS"]
+__all__ = [
+    "InstanceRecords",
+    "RecordsBuilder",
+    "polygons_rasterise_nonempty",
+    "polygons_surely_nonempty",
+    "PARALLEL_MIN_POLYGONS",
+    "save_cache",
+    "load_cache",
+    "RECORD_FIELDS",
+]
 
 #: below this many polygon annotations the emptiness check runs in this process (forking costs more)
 PARALLEL_MIN_POLYGONS = 20_000
@@ -50,20 +58,20 @@ class InstanceRecords:
     ``rle_bytes[rle_lo[k]:rle_hi[k]]``.
     """
 
-    image_pos: np.ndarray      # int64 [A]
-    ann_index: np.ndarray      # int64 [A]  position in the file's ``annotations`` list
-    labels: np.ndarray         # int64 [A]  contiguous labels 1..K
-    boxes: np.ndarray          # float32 [A, 4]  XYXY, clipped to the image
-    areas: np.ndarray          # float64 [A]  the json ``area`` (NaN where ``has_area`` is False)
-    has_area: np.ndarray       # bool [A]
-    part_lo: np.ndarray        # int64 [A]
-    part_hi: np.ndarray        # int64 [A]
-    rle_lo: np.ndarray         # int64 [A]
-    rle_hi: np.ndarray         # int64 [A]
+    image_pos: np.ndarray  # int64 [A]
+    ann_index: np.ndarray  # int64 [A]  position in the file's ``annotations`` list
+    labels: np.ndarray  # int64 [A]  contiguous labels 1..K
+    boxes: np.ndarray  # float32 [A, 4]  XYXY, clipped to the image
+    areas: np.ndarray  # float64 [A]  the json ``area`` (NaN where ``has_area`` is False)
+    has_area: np.ndarray  # bool [A]
+    part_lo: np.ndarray  # int64 [A]
+    part_hi: np.ndarray  # int64 [A]
+    rle_lo: np.ndarray  # int64 [A]
+    rle_hi: np.ndarray  # int64 [A]
     coord_offsets: np.ndarray  # int64 [P + 1]
-    coords: np.ndarray         # float64 [C]
-    rle_bytes: np.ndarray      # uint8 [B]
-    ann_offsets: np.ndarray    # int64 [I + 1]
+    coords: np.ndarray  # float64 [C]
+    rle_bytes: np.ndarray  # uint8 [B]
+    ann_offsets: np.ndarray  # int64 [I + 1]
 
     def __len__(self) -> int:
         return int(self.image_pos.shape[0])
@@ -72,31 +80,43 @@ class InstanceRecords:
     def nbytes(self) -> int:
         return sum(int(getattr(self, f).nbytes) for f in self.__dataclass_fields__)
 
-    def polygons(self, k: int) -> List[np.ndarray]:
+    def polygons(self, k: int) -> list[np.ndarray]:
         """The polygon parts of annotation ``k`` (views into ``coords``; empty for an RLE)."""
         offs = self.coord_offsets
-        return [self.coords[offs[j]:offs[j + 1]] for j in range(int(self.part_lo[k]), int(self.part_hi[k]))]
+        return [self.coords[offs[j] : offs[j + 1]] for j in range(int(self.part_lo[k]), int(self.part_hi[k]))]
 
     def rle(self, k: int, height: int, width: int) -> dict:
         """Annotation ``k`` as one compressed RLE of size (height, width), as pycocotools makes it."""
         parts = self.polygons(k)
         if parts:
             return mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
-        return {"size": [int(height), int(width)],
-                "counts": self.rle_bytes[int(self.rle_lo[k]):int(self.rle_hi[k])].tobytes()}
+        return {
+            "size": [int(height), int(width)],
+            "counts": self.rle_bytes[int(self.rle_lo[k]) : int(self.rle_hi[k])].tobytes(),
+        }
 
-    def select(self, keep: np.ndarray, num_images: int) -> "InstanceRecords":
+    def select(self, keep: np.ndarray, num_images: int) -> InstanceRecords:
         """The annotations where ``keep`` is True, grouped by image (a stable sort: file order
         within an image); the part and byte buffers are shared, not copied."""
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(self.image_pos[idx], kind="stable")]
         pos = self.image_pos[idx]
         return InstanceRecords(
-            image_pos=pos, ann_index=self.ann_index[idx], labels=self.labels[idx], boxes=self.boxes[idx],
-            areas=self.areas[idx], has_area=self.has_area[idx], part_lo=self.part_lo[idx],
-            part_hi=self.part_hi[idx], rle_lo=self.rle_lo[idx], rle_hi=self.rle_hi[idx],
-            coord_offsets=self.coord_offsets, coords=self.coords, rle_bytes=self.rle_bytes,
-            ann_offsets=np.searchsorted(pos, np.arange(num_images + 1), side="left").astype(np.int64))
+            image_pos=pos,
+            ann_index=self.ann_index[idx],
+            labels=self.labels[idx],
+            boxes=self.boxes[idx],
+            areas=self.areas[idx],
+            has_area=self.has_area[idx],
+            part_lo=self.part_lo[idx],
+            part_hi=self.part_hi[idx],
+            rle_lo=self.rle_lo[idx],
+            rle_hi=self.rle_hi[idx],
+            coord_offsets=self.coord_offsets,
+            coords=self.coords,
+            rle_bytes=self.rle_bytes,
+            ann_offsets=np.searchsorted(pos, np.arange(num_images + 1), side="left").astype(np.int64),
+        )
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(InstanceRecords))
@@ -119,8 +139,16 @@ class RecordsBuilder:
     def __len__(self) -> int:
         return len(self.ints) // self._INTS
 
-    def add(self, image_pos: int, ann_index: int, label: int, box: Sequence[float], area: Optional[float],
-            polygons: Optional[Sequence[Sequence[float]]] = None, rle_counts: Optional[bytes] = None) -> None:
+    def add(
+        self,
+        image_pos: int,
+        ann_index: int,
+        label: int,
+        box: Sequence[float],
+        area: float | None,
+        polygons: Sequence[Sequence[float]] | None = None,
+        rle_counts: bytes | None = None,
+    ) -> None:
         """One annotation: ``polygons`` (each a flat coordinate list of >= 6 numbers) or the compressed
         RLE ``rle_counts``. Raises ``TypeError`` for a coordinate that is not a number; then nothing of
         this annotation is kept."""
@@ -134,17 +162,28 @@ class RecordsBuilder:
                     offsets.append(len(coords))
             except TypeError:
                 del coords[first_coord:]
-                del offsets[first_part + 1:]
+                del offsets[first_part + 1 :]
                 raise
         lo = len(self.rle_bytes)
         if rle_counts is not None:
             self.rle_bytes += rle_counts
-        self.ints.extend((image_pos, ann_index, label, first_part, len(offsets) - 1, lo, len(self.rle_bytes),
-                          area is not None))
+        self.ints.extend(
+            (image_pos, ann_index, label, first_part, len(offsets) - 1, lo, len(self.rle_bytes), area is not None)
+        )
         self.floats.extend((box[0], box[1], box[2], box[3], _NAN if area is None else area))
 
-    def add_polygon(self, image_pos: int, ann_index: int, label: int, x1: float, y1: float, x2: float, y2: float,
-                    area: Optional[float], polygon: Sequence[float]) -> None:
+    def add_polygon(
+        self,
+        image_pos: int,
+        ann_index: int,
+        label: int,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        area: float | None,
+        polygon: Sequence[float],
+    ) -> None:
         """:meth:`add` for the common case, one polygon part (fewer calls per annotation)."""
         coords, offsets = self.coords, self.coord_offsets
         first = len(coords)
@@ -162,7 +201,7 @@ class RecordsBuilder:
     def ann_index(self, k: int) -> int:
         return self.ints[k * self._INTS + 1]
 
-    def first_bad_coordinate(self) -> Optional[int]:
+    def first_bad_coordinate(self) -> int | None:
         """The index of the first annotation with a non-finite or absurdly large coordinate, or None."""
         coords = np.frombuffer(self.coords, dtype=np.float64) if len(self.coords) else np.zeros(0)
         if coords.size == 0 or (coords.min() >= -MAX_ABS_COORDINATE and coords.max() <= MAX_ABS_COORDINATE):
@@ -174,19 +213,34 @@ class RecordsBuilder:
 
     def build(self) -> InstanceRecords:
         """The collected annotations in append order (see :meth:`InstanceRecords.select`)."""
-        ints = np.frombuffer(self.ints, dtype=np.int64).reshape(-1, self._INTS) if len(self.ints) \
+        ints = (
+            np.frombuffer(self.ints, dtype=np.int64).reshape(-1, self._INTS)
+            if len(self.ints)
             else np.zeros((0, self._INTS), np.int64)
-        floats = np.frombuffer(self.floats, dtype=np.float64).reshape(-1, self._FLOATS) if len(self.floats) \
+        )
+        floats = (
+            np.frombuffer(self.floats, dtype=np.float64).reshape(-1, self._FLOATS)
+            if len(self.floats)
             else np.zeros((0, self._FLOATS), np.float64)
+        )
         # the coordinates are not copied: the array shares the builder's buffer (which it keeps alive)
         coords = np.frombuffer(self.coords, dtype=np.float64) if len(self.coords) else np.zeros(0)
         return InstanceRecords(
-            image_pos=ints[:, 0].copy(), ann_index=ints[:, 1].copy(), labels=ints[:, 2].copy(),
-            boxes=floats[:, :4].astype(np.float32), areas=floats[:, 4].copy(), has_area=ints[:, 7] != 0,
-            part_lo=ints[:, 3].copy(), part_hi=ints[:, 4].copy(), rle_lo=ints[:, 5].copy(), rle_hi=ints[:, 6].copy(),
-            coord_offsets=np.frombuffer(self.coord_offsets, dtype=np.int64).copy(), coords=coords,
+            image_pos=ints[:, 0].copy(),
+            ann_index=ints[:, 1].copy(),
+            labels=ints[:, 2].copy(),
+            boxes=floats[:, :4].astype(np.float32),
+            areas=floats[:, 4].copy(),
+            has_area=ints[:, 7] != 0,
+            part_lo=ints[:, 3].copy(),
+            part_hi=ints[:, 4].copy(),
+            rle_lo=ints[:, 5].copy(),
+            rle_hi=ints[:, 6].copy(),
+            coord_offsets=np.frombuffer(self.coord_offsets, dtype=np.int64).copy(),
+            coords=coords,
             rle_bytes=np.frombuffer(bytes(self.rle_bytes), dtype=np.uint8).copy(),
-            ann_offsets=np.zeros(1, np.int64))
+            ann_offsets=np.zeros(1, np.int64),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -214,13 +268,17 @@ def _nonempty_range(bounds: tuple) -> np.ndarray:
         parts, owner = [], []
         for k in members.tolist():
             for j in range(int(part_lo[k]), int(part_hi[k])):
-                parts.append(coords[offs[j]:offs[j + 1]])
+                parts.append(coords[offs[j] : offs[j + 1]])
                 owner.append(k - lo)
         if not parts:
             continue
         rles = mask_utils.frPyObjects(parts, h, w)
-        areas = np.concatenate([np.asarray(mask_utils.area(rles[i:i + _AREA_CHUNK]), dtype=np.int64).reshape(-1)
-                                for i in range(0, len(rles), _AREA_CHUNK)])
+        areas = np.concatenate(
+            [
+                np.asarray(mask_utils.area(rles[i : i + _AREA_CHUNK]), dtype=np.int64).reshape(-1)
+                for i in range(0, len(rles), _AREA_CHUNK)
+            ]
+        )
         np.logical_or.at(out, np.asarray(owner), areas > 0)
     return out
 
@@ -257,8 +315,9 @@ def _centre_is_clear(cx, cy, x, y, dx, dy, seg2, vpart, starts, heights, widths,
     return odd & clear & inside_image
 
 
-def _parts_surely_cover_a_pixel(coords: np.ndarray, lo: np.ndarray, hi: np.ndarray, heights: np.ndarray,
-                                widths: np.ndarray, margin: float) -> np.ndarray:
+def _parts_surely_cover_a_pixel(
+    coords: np.ndarray, lo: np.ndarray, hi: np.ndarray, heights: np.ndarray, widths: np.ndarray, margin: float
+) -> np.ndarray:
     """For polygon parts ``coords[lo:hi]``: True where a pixel centre lies inside the part (even-odd
     rule) at least ``margin`` pixels from every edge, in the image. pycocotools sets pixel (i, j)
     when its centre (i + 0.5, j + 0.5) falls inside the polygon after each vertex moved by at most
@@ -277,31 +336,56 @@ def _parts_surely_cover_a_pixel(coords: np.ndarray, lo: np.ndarray, hi: np.ndarr
     dx, dy = x1 - x, y1 - y
     seg2 = dx * dx + dy * dy
     starts = first
-    mid = (np.floor((np.minimum.reduceat(x, starts) + np.maximum.reduceat(x, starts)) / 2) + 0.5,
-           np.floor((np.minimum.reduceat(y, starts) + np.maximum.reduceat(y, starts)) / 2) + 0.5)
+    mid = (
+        np.floor((np.minimum.reduceat(x, starts) + np.maximum.reduceat(x, starts)) / 2) + 0.5,
+        np.floor((np.minimum.reduceat(y, starts) + np.maximum.reduceat(y, starts)) / 2) + 0.5,
+    )
     ok = _centre_is_clear(mid[0], mid[1], x, y, dx, dy, seg2, vpart, starts, heights, widths, margin)
     if not ok.all():  # a second candidate, the vertex mean, for the parts the first failed
         retry = np.flatnonzero(~ok)
         keep = ~ok[vpart]
-        sub_starts = (np.cumsum(nverts[retry]) - nverts[retry])
-        mean = (np.floor(np.add.reduceat(x, starts)[retry] / nverts[retry]) + 0.5,
-                np.floor(np.add.reduceat(y, starts)[retry] / nverts[retry]) + 0.5)
+        sub_starts = np.cumsum(nverts[retry]) - nverts[retry]
+        mean = (
+            np.floor(np.add.reduceat(x, starts)[retry] / nverts[retry]) + 0.5,
+            np.floor(np.add.reduceat(y, starts)[retry] / nverts[retry]) + 0.5,
+        )
         sub_vpart = np.repeat(np.arange(retry.size), nverts[retry])
-        ok[retry] = _centre_is_clear(mean[0], mean[1], x[keep], y[keep], dx[keep], dy[keep], seg2[keep], sub_vpart,
-                                     sub_starts, heights[retry], widths[retry], margin)
+        ok[retry] = _centre_is_clear(
+            mean[0],
+            mean[1],
+            x[keep],
+            y[keep],
+            dx[keep],
+            dy[keep],
+            seg2[keep],
+            sub_vpart,
+            sub_starts,
+            heights[retry],
+            widths[retry],
+            margin,
+        )
     return ok
 
 
-def polygons_surely_nonempty(records: InstanceRecords, heights: np.ndarray, widths: np.ndarray,
-                             margin: float = 0.25) -> np.ndarray:
+def polygons_surely_nonempty(
+    records: InstanceRecords, heights: np.ndarray, widths: np.ndarray, margin: float = 0.25
+) -> np.ndarray:
     """Per annotation: True where one of its polygon parts surely rasterises to at least a pixel
     (see :func:`_parts_surely_cover_a_pixel`) — a vectorised test, ~100x cheaper than rasterising."""
-    return _surely_nonempty(records.part_lo, records.part_hi, records.coord_offsets, records.coords,
-                            np.asarray(heights), np.asarray(widths), margin)
+    return _surely_nonempty(
+        records.part_lo,
+        records.part_hi,
+        records.coord_offsets,
+        records.coords,
+        np.asarray(heights),
+        np.asarray(widths),
+        margin,
+    )
 
 
-def _surely_nonempty(part_lo, part_hi, coord_offsets, coords, heights, widths, margin: float = 0.25,
-                     chunk_vertices: int = 1 << 20) -> np.ndarray:
+def _surely_nonempty(
+    part_lo, part_hi, coord_offsets, coords, heights, widths, margin: float = 0.25, chunk_vertices: int = 1 << 20
+) -> np.ndarray:
     out = np.zeros(part_lo.size, dtype=bool)
     nparts = part_hi - part_lo
     ann_of_part, local, _ = _concat_ranges(part_lo, nparts)
@@ -319,8 +403,9 @@ def _surely_nonempty(part_lo, part_hi, coord_offsets, coords, heights, widths, m
     return out
 
 
-def polygons_rasterise_nonempty(records: InstanceRecords, heights: np.ndarray, widths: np.ndarray,
-                                workers: Optional[int] = None) -> np.ndarray:
+def polygons_rasterise_nonempty(
+    records: InstanceRecords, heights: np.ndarray, widths: np.ndarray, workers: int | None = None
+) -> np.ndarray:
     """For every polygon annotation of ``records`` (RLE ones give True): whether pycocotools'
     rasteriser gives it at least one pixel at its image's size (``heights``/``widths`` per
     annotation). Rasterising is the one costly step of an exact emptiness check (~30 µs a
@@ -332,8 +417,14 @@ def polygons_rasterise_nonempty(records: InstanceRecords, heights: np.ndarray, w
     polys = np.flatnonzero(is_poly)
     if polys.size == 0:
         return out
-    _JOB.update(part_lo=records.part_lo[polys], part_hi=records.part_hi[polys], coord_offsets=records.coord_offsets,
-                coords=records.coords, heights=np.asarray(heights)[polys], widths=np.asarray(widths)[polys])
+    _JOB.update(
+        part_lo=records.part_lo[polys],
+        part_hi=records.part_hi[polys],
+        coord_offsets=records.coord_offsets,
+        coords=records.coords,
+        heights=np.asarray(heights)[polys],
+        widths=np.asarray(widths)[polys],
+    )
     try:
         workers = default_workers() if workers is None else max(1, int(workers))
         m = int(polys.size)
@@ -379,7 +470,7 @@ def save_cache(directory: Path, arrays: dict, meta: dict) -> bool:
         return False
 
 
-def load_cache(directory: Path, names: Sequence[str]) -> Optional[tuple]:
+def load_cache(directory: Path, names: Sequence[str]) -> tuple | None:
     """``(arrays, meta)`` from :func:`save_cache`, memory-mapped copy-on-write (pages shared by
     every process that maps them, ranks and workers alike); None when absent or unreadable."""
     directory = Path(directory)

@@ -16,7 +16,7 @@ masks pointless on resized real data.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,8 +30,9 @@ def _iou(pasted: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).numpy()
 
 
-def native_round_trip_iou(masks: torch.Tensor, boxes: torch.Tensor, resolutions: Sequence[int] = (28, 56, 112),
-                          geometry: str = "exact") -> Dict[int, np.ndarray]:
+def native_round_trip_iou(
+    masks: torch.Tensor, boxes: torch.Tensor, resolutions: Sequence[int] = (28, 56, 112), geometry: str = "exact"
+) -> dict[int, np.ndarray]:
     """Per resolution, the per-instance round-trip IoU with no resize at all (the ceiling)."""
     from ..models.geometry import round_trip_iou
 
@@ -43,13 +44,13 @@ def pipeline_round_trip_iou(
     masks: torch.Tensor,
     boxes: torch.Tensor,
     *,
-    min_size: Union[int, Sequence[int]],
+    min_size: int | Sequence[int],
     max_size: int,
     mask_targets: str = "original",
     flip: bool = False,
     resolutions: Sequence[int] = (28, 56, 112),
     geometry: str = "exact",
-) -> Tuple[Dict[int, np.ndarray], torch.Tensor]:
+) -> tuple[dict[int, np.ndarray], torch.Tensor]:
     """Round trip of ground-truth masks through the training pipeline.
 
     Args:
@@ -83,10 +84,18 @@ def pipeline_round_trip_iou(
         "masks": tv_tensors.Mask(masks.to(torch.uint8)),
         "labels": torch.arange(n, dtype=torch.int64),  # identities, to follow what the pipeline keeps
     }
-    sample = build_transforms(True, min_size=min_size, max_size=max_size, flip_prob=1.0 if flip else 0.0,
-                              color_jitter=False, resize_masks=resize_masks)(tv_tensors.Image(image), target)
-    img, tgt = sample[0].as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor)
-                                                      else v for k, v in sample[1].items()}
+    sample = build_transforms(
+        True,
+        min_size=min_size,
+        max_size=max_size,
+        flip_prob=1.0 if flip else 0.0,
+        color_jitter=False,
+        resize_masks=resize_masks,
+    )(tv_tensors.Image(image), target)
+    img, tgt = (
+        sample[0].as_subclass(torch.Tensor),
+        {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in sample[1].items()},
+    )
     sizes = [min_size] if isinstance(min_size, int) else list(min_size)
     model_transform = BatchedPasteTransform(sizes, max_size, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     model_transform.mask_geometry = geometry
@@ -103,8 +112,7 @@ def pipeline_round_trip_iou(
     gt = masks[kept].bool()
     out = {}
     for r in resolutions:
-        targets_r = matched_mask_targets([t["masks"]], [t["boxes"].double()], [index], int(r), geometry,
-                                         [input_size])
+        targets_r = matched_mask_targets([t["masks"]], [t["boxes"].double()], [index], int(r), geometry, [input_size])
         pasted = paste_masks(targets_r[:, None], original_frame, (h, w), geometry=geometry)[:, 0] >= 0.5
         if flip:
             pasted = pasted.flip(-1)

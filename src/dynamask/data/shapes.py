@@ -50,12 +50,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+
 from ..cocotools import mask_utils
 
 __all__ = [
@@ -68,7 +69,7 @@ __all__ = [
     "shape_categories",
 ]
 
-SHAPE_CATEGORIES: List[Dict[str, object]] = [
+SHAPE_CATEGORIES: list[dict[str, object]] = [
     {"id": 1, "name": "ellipse", "supercategory": "easy"},
     {"id": 2, "name": "rectangle", "supercategory": "easy"},
     {"id": 3, "name": "triangle", "supercategory": "easy"},
@@ -80,7 +81,7 @@ SHAPE_CATEGORIES: List[Dict[str, object]] = [
 ]
 
 # written (after the eight above) only by ``detail=True`` datasets
-DETAIL_CATEGORIES: List[Dict[str, object]] = [
+DETAIL_CATEGORIES: list[dict[str, object]] = [
     {"id": 9, "name": "spider", "supercategory": "detail"},
     {"id": 10, "name": "wheel", "supercategory": "detail"},
     {"id": 11, "name": "comb", "supercategory": "detail"},
@@ -95,7 +96,7 @@ _DETAIL_PROBABILITY = 0.55
 _DETAIL_MIN_SIZE_FRAC = 0.25
 
 
-def shape_categories(detail: bool = False) -> List[Dict[str, object]]:
+def shape_categories(detail: bool = False) -> list[dict[str, object]]:
     """The category list of a shapes dataset (copies): the eight simple ones, plus the detail
     families (ids 9, 10, ...) with ``detail=True``."""
     cats = SHAPE_CATEGORIES + (DETAIL_CATEGORIES if detail else [])
@@ -136,7 +137,7 @@ def complexity_of_mask(mask: np.ndarray) -> float:
 # --------------------------------------------------------------------------
 # shape outlines (unit scale, centred at the origin, extent about [-1, 1])
 # --------------------------------------------------------------------------
-def _ellipse(rng: np.random.Generator) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+def _ellipse(rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
     t = np.linspace(0.0, 2.0 * np.pi, 72, endpoint=False)
     b = rng.uniform(0.45, 1.0)
     return [np.stack([np.cos(t), b * np.sin(t)], 1)], []
@@ -194,9 +195,21 @@ def _cross(rng, min_half_width: float):
     w = max(rng.uniform(0.09, 0.2), min_half_width)
     w = min(w, 0.45)
     if rng.random() < 0.5:  # plus-sign cross with arms of random lengths
-        l, r_, d, u = rng.uniform(0.6, 1.0, 4)
-        pts = [(-l, -w), (-w, -w), (-w, -d), (w, -d), (w, -w), (r_, -w),
-               (r_, w), (w, w), (w, u), (-w, u), (-w, w), (-l, w)]
+        l_, r_, d, u = rng.uniform(0.6, 1.0, 4)
+        pts = [
+            (-l_, -w),
+            (-w, -w),
+            (-w, -d),
+            (w, -d),
+            (w, -w),
+            (r_, -w),
+            (r_, w),
+            (w, w),
+            (w, u),
+            (-w, u),
+            (-w, w),
+            (-l_, w),
+        ]
     else:  # L shape with its corner at (-1, -1)
         a = -1.0 + 2.0 * w
         ly = rng.uniform(0.5, 1.0)
@@ -253,7 +266,7 @@ def _rasterise(polys, holes, angle, radius, cx, cy, h, w) -> np.ndarray:
 _MIN_STROKE = 0.8  # half-width in px: rendered strokes stay >= ~2.6 px wide
 
 
-def _circle_pts(centre, radius_x: float, radius_y: Optional[float] = None, k: int = 48) -> np.ndarray:
+def _circle_pts(centre, radius_x: float, radius_y: float | None = None, k: int = 48) -> np.ndarray:
     t = np.linspace(0.0, 2.0 * np.pi, k, endpoint=False)
     ry = radius_x if radius_y is None else radius_y
     return np.stack([centre[0] + radius_x * np.cos(t), centre[1] + ry * np.sin(t)], 1)
@@ -278,14 +291,13 @@ def _spider(rng, radius_px: float):
     a = rng.uniform(0.2, 0.32)
     b = a * rng.uniform(0.55, 0.85)
     head = b * rng.uniform(0.5, 0.75)
-    ops = [("fill", _circle_pts((-0.3 * a, 0.0), a, b), 1),
-           ("fill", _circle_pts((0.7 * a + 0.6 * head, 0.0), head), 1)]
+    ops = [("fill", _circle_pts((-0.3 * a, 0.0), a, b), 1), ("fill", _circle_pts((0.7 * a + 0.6 * head, 0.0), head), 1)]
     half = _stroke_half(rng)
     per_side = int(rng.integers(3, 6))  # insects 3, spiders 4, more for myriapods
     bend = rng.choice([-1.0, 1.0])
     for side in (-1.0, 1.0):
         offsets = np.linspace(-0.95, 0.95, per_side) + rng.uniform(-0.12, 0.12, per_side)
-        for k, off in enumerate(offsets):
+        for _k, off in enumerate(offsets):
             phi = side * (np.pi / 2.0 - off)
             root = np.array([(-0.3 + 0.75 * off) * a, side * 0.7 * b])
             r1 = rng.uniform(0.5, 0.72)
@@ -311,8 +323,7 @@ def _wheel(rng, radius_px: float):
     rim = rng.uniform(2.5, 6.0) * u  # rim thickness, absolute
     inner = max(1.0 - rim, 0.25)
     inner_y = max(e - (1.0 - inner), 0.25 * e)
-    ops = [("fill", _circle_pts((0.0, 0.0), 1.0, e, 96), 1),
-           ("fill", _circle_pts((0.0, 0.0), inner, inner_y, 96), 0)]
+    ops = [("fill", _circle_pts((0.0, 0.0), 1.0, e, 96), 1), ("fill", _circle_pts((0.0, 0.0), inner, inner_y, 96), 0)]
     hub = max(rng.uniform(0.08, 0.2), 3.0 * u)
     ops.append(("fill", _circle_pts((0.0, 0.0), hub, hub * e, 32), 1))
     half = _stroke_half(rng, 0.8, 1.5)
@@ -356,13 +367,19 @@ def _comb(rng, radius_px: float):
         length = rng.uniform(0.6, 1.0)
         for x in xs:
             curl = rng.uniform(-0.04, 0.04)
-            ops.append(("stroke", np.array([[x, bar], [x + curl, bar + 0.6 * (length - bar)], [x + 2 * curl, length]]),
-                        half, 1))
+            ops.append(
+                (
+                    "stroke",
+                    np.array([[x, bar], [x + curl, bar + 0.6 * (length - bar)], [x + 2 * curl, length]]),
+                    half,
+                    1,
+                )
+            )
     return _normalise_ops(ops)
 
 
 def _tree(rng, radius_px: float):
-    segs: List[Tuple[np.ndarray, int]] = []
+    segs: list[tuple[np.ndarray, int]] = []
     depth = int(np.clip(round(math.log2(max(radius_px, 2.0) / 6.0)) + 1, 2, 5))
     branching = int(rng.integers(2, 4))
     spread = rng.uniform(0.35, 0.75)
@@ -379,12 +396,11 @@ def _tree(rng, radius_px: float):
         for i in range(max(k, 1)):
             off = (i - (k - 1) / 2.0) * spread * 2.0 / max(k - 1, 1) if k > 1 else 0.0
             start = end if rng.random() < 0.6 else mid
-            grow(start, ang + bend + off + rng.uniform(-0.2, 0.2), length * ratio * rng.uniform(0.85, 1.15),
-                 level + 1)
+            grow(start, ang + bend + off + rng.uniform(-0.2, 0.2), length * ratio * rng.uniform(0.85, 1.15), level + 1)
 
     grow(np.zeros(2), np.pi / 2.0, 1.0, 0)
     trunk = rng.uniform(1.8, 3.5)
-    ops = [("stroke", pts, max(trunk * 0.72 ** level, _MIN_STROKE), 1) for pts, level in segs]
+    ops = [("stroke", pts, max(trunk * 0.72**level, _MIN_STROKE), 1) for pts, level in segs]
     return _normalise_ops(ops)
 
 
@@ -402,8 +418,11 @@ def _sieve(rng, radius_px: float):
         hole = rng.uniform(1.8, 3.2)  # hole radius in px
         pitch = (2.0 * hole + web) * u
         hexagonal = rng.random() < 0.5
-        ys = np.arange(-aspect + border + hole * u, aspect - border - hole * u + 1e-9,
-                       pitch * (math.sqrt(3) / 2 if hexagonal else 1.0))
+        ys = np.arange(
+            -aspect + border + hole * u,
+            aspect - border - hole * u + 1e-9,
+            pitch * (math.sqrt(3) / 2 if hexagonal else 1.0),
+        )
         centres = []
         for j, y in enumerate(ys):
             shift = pitch / 2.0 if hexagonal and j % 2 else 0.0
@@ -442,8 +461,15 @@ def _scribble(rng, radius_px: float):
         for i in range(1, k):
             p0, p1, p2, p3 = ctrl[i - 1], ctrl[i], ctrl[i + 1], ctrl[i + 2]
             t = np.linspace(0.0, 1.0, 24, endpoint=False)[:, None]
-            pieces.append(0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                                 + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3))
+            pieces.append(
+                0.5
+                * (
+                    2 * p1
+                    + (-p0 + p2) * t
+                    + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                    + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3
+                )
+            )
         pieces.append(ctrl[-2:-1])
         pts = np.concatenate(pieces)
     else:  # cursive loops, like a handwritten "eeee" or "llll"
@@ -476,8 +502,10 @@ def _rasterise_ops(ops, angle, radius, cx, cy, h, w) -> np.ndarray:
     rot = np.array([[c, -s], [s, c]]) * radius
     mask = np.zeros((h, w), dtype=np.uint8)
     origin = np.array([cx, cy])
-    disc = np.stack([np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
-                     np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], 1)
+    disc = np.stack(
+        [np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)), np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))],
+        1,
+    )
 
     def fix(q):
         return np.round(q * _SUBPIXEL_SCALE).astype(np.int32)
@@ -496,8 +524,9 @@ def _rasterise_ops(ops, angle, radius, cx, cy, h, w) -> np.ndarray:
             if ln < 1e-9:
                 continue
             n = np.array([-dd[1], dd[0]]) * (half / ln)
-            cv2.fillConvexPoly(mask, fix(np.stack([p + n, q + n, q - n, p - n])), value,
-                               lineType=cv2.LINE_8, shift=_SUBPIXEL_SHIFT)
+            cv2.fillConvexPoly(
+                mask, fix(np.stack([p + n, q + n, q - n, p - n])), value, lineType=cv2.LINE_8, shift=_SUBPIXEL_SHIFT
+            )
     return mask
 
 
@@ -549,7 +578,7 @@ class _Instance:
     mask: np.ndarray  # visible mask, uint8 H x W
 
 
-def _normalise_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+def _normalise_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, (int, np.integer)):
         return int(image_size), int(image_size)
     h, w = (int(v) for v in image_size)
@@ -558,15 +587,15 @@ def _normalise_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 def render_shapes_image(
     rng: np.random.Generator,
-    image_size: Union[int, Sequence[int]] = 128,
+    image_size: int | Sequence[int] = 128,
     min_objects: int = 1,
     max_objects: int = 4,
     min_size_frac: float = 0.08,
     max_size_frac: float = 0.8,
-    min_visible_area: Optional[int] = None,
+    min_visible_area: int | None = None,
     min_visible_fraction: float = 0.1,
     detail: bool = False,
-) -> Tuple[np.ndarray, List[_Instance]]:
+) -> tuple[np.ndarray, list[_Instance]]:
     """Render one image. Returns (uint8 H x W x 3 RGB image, visible instances in paint order).
 
     ``detail=True`` also draws objects from the detail families (ids 9-14, see the module
@@ -611,7 +640,7 @@ def render_shapes_image(
         # pass settles which objects are kept.
         kept = [False] * n
         cover = np.zeros((h, w), dtype=bool)
-        visible: List[Optional[np.ndarray]] = [None] * n
+        visible: list[np.ndarray | None] = [None] * n
         for i in range(n - 1, -1, -1):
             full = full_masks[i].astype(bool)
             full_area = int(full.sum())
@@ -628,8 +657,8 @@ def render_shapes_image(
 
     img = bg
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    colours: List[np.ndarray] = []
-    instances: List[_Instance] = []
+    colours: list[np.ndarray] = []
+    instances: list[_Instance] = []
     for i in range(n):
         if not kept[i]:
             continue
@@ -658,16 +687,16 @@ def _encode(mask: np.ndarray) -> dict:
 
 
 def generate_shapes_dataset(
-    out_dir: Union[str, os.PathLike],
+    out_dir: str | os.PathLike,
     num_train: int,
     num_val: int,
-    image_size: Union[int, Sequence[int]] = 128,
+    image_size: int | Sequence[int] = 128,
     seed: int = 0,
     min_objects: int = 1,
     max_objects: int = 4,
     min_size_frac: float = 0.08,
     max_size_frac: float = 0.8,
-    min_visible_area: Optional[int] = None,
+    min_visible_area: int | None = None,
     min_visible_fraction: float = 0.1,
     detail: bool = False,
 ) -> dict:
@@ -708,8 +737,15 @@ def generate_shapes_dataset(
         for idx in range(int(count)):
             rng = _image_rng(seed, split, idx)
             img, instances = render_shapes_image(
-                rng, (h, w), min_objects, max_objects, min_size_frac, max_size_frac,
-                min_visible_area, min_visible_fraction, detail,
+                rng,
+                (h, w),
+                min_objects,
+                max_objects,
+                min_size_frac,
+                max_size_frac,
+                min_visible_area,
+                min_visible_fraction,
+                detail,
             )
             file_name = f"{idx:06d}.png"
             if not cv2.imwrite(str(img_dir / file_name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
@@ -719,20 +755,26 @@ def generate_shapes_dataset(
             for inst in instances:
                 rle = _encode(inst.mask)
                 bbox = [float(v) for v in mask_utils.toBbox(rle)]
-                annotations.append({
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": inst.category_id,
-                    "segmentation": rle,
-                    "area": float(inst.mask.sum()),
-                    "bbox": bbox,
-                    "iscrowd": 0,
-                    "complexity": round(complexity_of_mask(inst.mask), 4),
-                })
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": inst.category_id,
+                        "segmentation": rle,
+                        "area": float(inst.mask.sum()),
+                        "bbox": bbox,
+                        "iscrowd": 0,
+                        "complexity": round(complexity_of_mask(inst.mask), 4),
+                    }
+                )
                 ann_id += 1
         data = {
-            "info": {"description": f"dynamask synthetic shapes ({split})", "version": "1.0",
-                     "seed": int(seed), "image_size": [h, w]},
+            "info": {
+                "description": f"dynamask synthetic shapes ({split})",
+                "version": "1.0",
+                "seed": int(seed),
+                "image_size": [h, w],
+            },
             "licenses": [],
             "images": images,
             "annotations": annotations,
@@ -748,8 +790,9 @@ def generate_shapes_dataset(
     return summary
 
 
-def make_shapes_tensors(n_images: int, image_size: Union[int, Sequence[int]] = 128, seed: int = 0,
-                        detail: bool = False, **kwargs):
+def make_shapes_tensors(
+    n_images: int, image_size: int | Sequence[int] = 128, seed: int = 0, detail: bool = False, **kwargs
+):
     """In-memory shapes samples (no files).
 
     Returns ``(images, targets)``: ``images`` is a list of float32 3 x H x W
@@ -774,9 +817,11 @@ def make_shapes_tensors(n_images: int, image_size: Union[int, Sequence[int]] = 1
         for k, inst in enumerate(instances):
             ys, xs = np.nonzero(inst.mask)
             boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        targets.append({
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.tensor([inst.category_id for inst in instances], dtype=torch.int64),
-            "masks": torch.from_numpy(masks),
-        })
+        targets.append(
+            {
+                "boxes": torch.from_numpy(boxes),
+                "labels": torch.tensor([inst.category_id for inst in instances], dtype=torch.int64),
+                "masks": torch.from_numpy(masks),
+            }
+        )
     return images, targets

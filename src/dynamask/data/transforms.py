@@ -12,7 +12,8 @@ removed boxes from ``labels``/``iscrowd``/``area`` (and from the masks).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -21,10 +22,10 @@ from torchvision.transforms import v2
 __all__ = ["build_transforms", "target_fields_getter", "KeepMaskResolution", "SANITIZED_FIELDS"]
 
 #: Per-instance target fields that are filtered together with the boxes.
-SANITIZED_FIELDS: Tuple[str, ...] = ("labels", "iscrowd", "area")
+SANITIZED_FIELDS: tuple[str, ...] = ("labels", "iscrowd", "area")
 
 
-def _find_target(inputs: Any) -> Optional[dict]:
+def _find_target(inputs: Any) -> dict | None:
     if isinstance(inputs, dict):
         return inputs
     if isinstance(inputs, (tuple, list)):
@@ -34,7 +35,7 @@ def _find_target(inputs: Any) -> Optional[dict]:
     return None
 
 
-def target_fields_getter(inputs: Any) -> Tuple[torch.Tensor, ...]:
+def target_fields_getter(inputs: Any) -> tuple[torch.Tensor, ...]:
     """``labels_getter`` for ``SanitizeBoundingBoxes``: the per-instance tensors
     (``labels``, ``iscrowd``, ``area`` when present) of the sample's target dict, and the masks
     when :class:`KeepMaskResolution` made them a plain tensor (a ``tv_tensors.Mask`` is filtered
@@ -67,7 +68,7 @@ class KeepMaskResolution(v2.Transform):
         return sample
 
 
-def _choices(min_size: Union[int, Sequence[int]]) -> list:
+def _choices(min_size: int | Sequence[int]) -> list:
     sizes = [int(min_size)] if isinstance(min_size, (int, float)) else [int(s) for s in min_size]
     if not sizes or any(s <= 0 for s in sizes):
         raise ValueError(f"min_size must be a positive int or a non-empty sequence of them, got {min_size!r}")
@@ -76,8 +77,8 @@ def _choices(min_size: Union[int, Sequence[int]]) -> list:
 
 def build_transforms(
     train: bool,
-    min_size: Optional[Union[int, Sequence[int]]] = None,
-    max_size: Optional[int] = 1333,
+    min_size: int | Sequence[int] | None = None,
+    max_size: int | None = 1333,
     flip_prob: float = 0.5,
     color_jitter: bool = True,
     min_box_size: float = 1.0,

@@ -25,15 +25,15 @@ import contextlib
 import io
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 __all__ = ["Yardstick", "boundary_dilation", "boundary_iou", "mask_boundary", "yardstick", "yardstick_from_coco"]
 
-DEFAULT_RESOLUTIONS: Tuple[int, ...] = (14, 28, 56, 112)
+DEFAULT_RESOLUTIONS: tuple[int, ...] = (14, 28, 56, 112)
 
 
 def boundary_dilation(h: int, w: int, dilation_ratio: float) -> int:
@@ -48,7 +48,7 @@ def mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
     m = (np.asarray(mask) > 0).astype(np.uint8)
     h, w = m.shape
     padded = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=int(dilation))[1:h + 1, 1:w + 1]
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=int(dilation))[1 : h + 1, 1 : w + 1]
     return m - eroded
 
 
@@ -71,25 +71,26 @@ class Yardstick:
     in the input; ``labels``: category ids, or None when unknown.
     """
 
-    resolutions: Tuple[int, ...]
+    resolutions: tuple[int, ...]
     geometry: str
-    mask_iou: Dict[int, np.ndarray]
-    boundary_iou: Dict[int, np.ndarray]
+    mask_iou: dict[int, np.ndarray]
+    boundary_iou: dict[int, np.ndarray]
     image_index: np.ndarray
-    labels: Optional[np.ndarray] = None
-    category_names: Dict[int, str] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    category_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_instances(self) -> int:
         return int(self.image_index.shape[0])
 
-    def subset(self, keep: Union[np.ndarray, Sequence[bool], Sequence[int]]) -> "Yardstick":
+    def subset(self, keep: np.ndarray | Sequence[bool] | Sequence[int]) -> Yardstick:
         """The instances selected by a boolean mask or by indices."""
         keep = np.asarray(keep)
         if keep.dtype != bool:
             keep = np.isin(np.arange(self.num_instances), keep)
         return Yardstick(
-            self.resolutions, self.geometry,
+            self.resolutions,
+            self.geometry,
             {r: v[keep] for r, v in self.mask_iou.items()},
             {r: v[keep] for r, v in self.boundary_iou.items()},
             self.image_index[keep],
@@ -97,27 +98,31 @@ class Yardstick:
             dict(self.category_names),
         )
 
-    def of_categories(self, category_ids: Iterable[int]) -> "Yardstick":
+    def of_categories(self, category_ids: Iterable[int]) -> Yardstick:
         """The instances of these categories (needs ``labels``)."""
         if self.labels is None:
             raise ValueError("this yardstick has no category labels")
         return self.subset(np.isin(self.labels, np.asarray(list(category_ids), dtype=np.int64)))
 
-    def mean_mask_iou(self) -> Dict[int, float]:
+    def mean_mask_iou(self) -> dict[int, float]:
         """{resolution: mean round-trip mask IoU} (NaN with no instances)."""
         return {r: float(v.mean()) if v.size else float("nan") for r, v in self.mask_iou.items()}
 
-    def mean_boundary_iou(self) -> Dict[int, float]:
+    def mean_boundary_iou(self) -> dict[int, float]:
         """{resolution: mean round-trip boundary IoU} (NaN with no instances)."""
         return {r: float(v.mean()) if v.size else float("nan") for r, v in self.boundary_iou.items()}
 
     def summary(self) -> dict:
         """JSON-ready means: ``{"geometry", "num_instances", "mask_iou": {R: mean},
         "boundary_iou": {R: mean}}`` (resolutions as int keys)."""
-        return {"geometry": self.geometry, "num_instances": self.num_instances,
-                "mask_iou": self.mean_mask_iou(), "boundary_iou": self.mean_boundary_iou()}
+        return {
+            "geometry": self.geometry,
+            "num_instances": self.num_instances,
+            "mask_iou": self.mean_mask_iou(),
+            "boundary_iou": self.mean_boundary_iou(),
+        }
 
-    def per_category(self) -> Dict[int, dict]:
+    def per_category(self) -> dict[int, dict]:
         """{category id: :meth:`summary` of its instances} (needs ``labels``)."""
         if self.labels is None:
             raise ValueError("this yardstick has no category labels")
@@ -152,12 +157,12 @@ def _tight_boxes(masks: np.ndarray) -> np.ndarray:
 
 def yardstick(
     masks_by_image: Sequence,
-    boxes_by_image: Optional[Sequence] = None,
+    boxes_by_image: Sequence | None = None,
     resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
     geometry: str = "exact",
-    labels_by_image: Optional[Sequence] = None,
+    labels_by_image: Sequence | None = None,
     dilation_ratio: float = 0.02,
-    category_names: Optional[Dict[int, str]] = None,
+    category_names: dict[int, str] | None = None,
 ) -> Yardstick:
     """Round-trip mask IoU and boundary IoU of ground-truth masks at each resolution.
 
@@ -187,10 +192,10 @@ def yardstick(
     if labels_by_image is not None and len(labels_by_image) != len(masks_by_image):
         raise ValueError(f"{len(masks_by_image)} images of masks but {len(labels_by_image)} of labels")
 
-    mask_iou: Dict[int, List[np.ndarray]] = {r: [] for r in resolutions}
-    bnd_iou: Dict[int, List[np.ndarray]] = {r: [] for r in resolutions}
-    image_index: List[np.ndarray] = []
-    labels: List[np.ndarray] = []
+    mask_iou: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
+    bnd_iou: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
+    image_index: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for i, masks in enumerate(masks_by_image):
         m = _as_numpy_masks(masks)
         n, h, w = m.shape
@@ -203,8 +208,12 @@ def yardstick(
             if boxes.shape[0] != n:
                 raise ValueError(f"image {i}: {n} masks but {boxes.shape[0]} boxes")
         if labels_by_image is not None:
-            lab = np.asarray(labels_by_image[i].detach().cpu().numpy() if hasattr(labels_by_image[i], "detach")
-                             else labels_by_image[i], dtype=np.int64).reshape(-1)
+            lab = np.asarray(
+                labels_by_image[i].detach().cpu().numpy()
+                if hasattr(labels_by_image[i], "detach")
+                else labels_by_image[i],
+                dtype=np.int64,
+            ).reshape(-1)
             if lab.shape[0] != n:
                 raise ValueError(f"image {i}: {n} masks but {lab.shape[0]} labels")
             labels.append(lab)
@@ -228,7 +237,7 @@ def yardstick(
                 vals[k] = 1.0 if union == 0 else int(np.count_nonzero(gt_bands[k] & bp)) / union
             bnd_iou[r].append(vals)
 
-    def cat(parts: List[np.ndarray], dtype) -> np.ndarray:
+    def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
     return Yardstick(
@@ -243,10 +252,10 @@ def yardstick(
 
 
 def yardstick_from_coco(
-    annotations: Union[str, os.PathLike, dict],
+    annotations: str | os.PathLike | dict,
     resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
     geometry: str = "exact",
-    max_images: Optional[int] = None,
+    max_images: int | None = None,
     dilation_ratio: float = 0.02,
     include_crowd: bool = False,
 ) -> Yardstick:
@@ -278,8 +287,12 @@ def yardstick_from_coco(
             masks.append(np.stack([coco.annToMask(a) for a in anns]))
         else:
             masks.append(np.zeros((0, h, w), dtype=np.uint8))
-        boxes.append(np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float64).reshape(-1, 4))
+        boxes.append(
+            np.array(
+                [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+                dtype=np.float64,
+            ).reshape(-1, 4)
+        )
         labels.append(np.array([a["category_id"] for a in anns], dtype=np.int64))
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco.dataset.get("categories", [])}
     return yardstick(masks, boxes, resolutions, geometry, labels, dilation_ratio, names)

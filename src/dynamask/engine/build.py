@@ -16,6 +16,7 @@ import torchvision
 from .. import __version__
 from ..atomic import atomic_path
 from ..errors import DynaMaskError
+
 # Re-exported: training code (engine/train.py and its helpers) imports them from here.
 from ..inference import checkpoint_geometry, checkpoint_mismatches, hyper_parameters, load_checkpoint
 from ..models.detector import build_model
@@ -70,5 +71,6 @@ def fits_coco_label_space(cat_ids, class_names) -> bool:
     from ..models.torchvision_weights import coco_label_space
 
     coco = {i: n.lower() for i, n in coco_label_space()}
-    return bool(cat_ids) and all(coco.get(int(i)) == str(n).lower() and str(n) != "N/A"
-                                 for i, n in zip(cat_ids, class_names))
+    return bool(cat_ids) and all(
+        coco.get(int(i)) == str(n).lower() and str(n) != "N/A" for i, n in zip(cat_ids, class_names)
+    )

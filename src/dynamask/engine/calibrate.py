@@ -20,7 +20,7 @@ re-met on that population. On held-out images (never the validation set: ``dynam
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,8 +64,14 @@ def fit_score_map(scores: np.ndarray, real: np.ndarray, knots: np.ndarray, prior
     return np.clip(_pool_adjacent_violators(np.array(est), np.array(weight)), 0.0, 1.0)
 
 
-def _match(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, gt_boxes: torch.Tensor,
-           gt_labels: torch.Tensor, iou: float = 0.5) -> np.ndarray:
+def _match(
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    iou: float = 0.5,
+) -> np.ndarray:
     """True-positive flag per detection, greedy by score as COCO matches at one IoU threshold."""
     from torchvision.ops import box_iou
 
@@ -85,8 +91,14 @@ def _match(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, gt_b
     return real
 
 
-def calibrate_switch(model, dataset, target: Optional[float] = None, device: Any = "cpu", max_images: Optional[int] = None,
-                     progress: bool = True) -> Dict[str, Any]:
+def calibrate_switch(
+    model,
+    dataset,
+    target: float | None = None,
+    device: Any = "cpu",
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Calibrate ``model``'s cost switch on ``dataset`` (held-out, COCO-format, no transforms) in
     place; returns what was measured and set. ``target`` defaults to the head's training
     ``budget_target``."""
@@ -96,8 +108,10 @@ def calibrate_switch(model, dataset, target: Optional[float] = None, device: Any
 
     head = model.mask_branch
     if not isinstance(head, DynaMaskHead) or not isinstance(head.switch, CostSwitch):
-        raise DynaMaskError("calibrate: only a DynaMask head with the cost switch (model.switch=cost, "
-                            "policy dynamic) has a price and a score map to calibrate")
+        raise DynaMaskError(
+            "calibrate: only a DynaMask head with the cost switch (model.switch=cost, "
+            "policy dynamic) has a price and a score map to calibrate"
+        )
     target = float(head.budget_target if target is None else target)
     switch = head.switch
     saved = (model.training, head.policy, head.mask_budget, head.switch_log, switch.uses_score.clone())
@@ -114,8 +128,15 @@ def calibrate_switch(model, dataset, target: Optional[float] = None, device: Any
                 image = torch.as_tensor(image).float().to(device)
                 out = model([image])[0]
                 gt_boxes = torch.as_tensor(target_dict["boxes"]).reshape(-1, 4)
-                all_real.append(_match(out["boxes"].cpu(), out["labels"].cpu(), out["scores"].cpu(), gt_boxes,
-                                       torch.as_tensor(target_dict["labels"])))
+                all_real.append(
+                    _match(
+                        out["boxes"].cpu(),
+                        out["labels"].cpu(),
+                        out["scores"].cpu(),
+                        gt_boxes,
+                        torch.as_tensor(target_dict["labels"]),
+                    )
+                )
                 all_scores.append(out["scores"].cpu().numpy())
         log = head.switch_log
     finally:
@@ -140,20 +161,35 @@ def calibrate_switch(model, dataset, target: Optional[float] = None, device: Any
         price_before = float(switch.price)
         lam = budget_multiplier(weighted, costs.float(), target)
         switch.price.fill_(lam)
-        achieved = float(fractions[torch.argmax(switch.scores(outputs.float(), fractions,
-                                                              torch.from_numpy(scores).float()), dim=1)].mean())
+        achieved = float(
+            fractions[
+                torch.argmax(switch.scores(outputs.float(), fractions, torch.from_numpy(scores).float()), dim=1)
+            ].mean()
+        )
     reachable = lowest <= target <= unconstrained
     report = {
-        "target": target, "achieved": achieved, "reachable": reachable,
-        "cheapest_share": lowest, "unconstrained_share": unconstrained,
-        "price_before": price_before, "price": lam,
-        "score_map": [round(float(v), 4) for v in score_map], "score_knots": [round(float(k), 2) for k in knots],
-        "images": n, "detections": int(scores.shape[0]), "real_fraction": float(real.mean()),
+        "target": target,
+        "achieved": achieved,
+        "reachable": reachable,
+        "cheapest_share": lowest,
+        "unconstrained_share": unconstrained,
+        "price_before": price_before,
+        "price": lam,
+        "score_map": [round(float(v), 4) for v in score_map],
+        "score_knots": [round(float(k), 2) for k in knots],
+        "images": n,
+        "detections": int(scores.shape[0]),
+        "real_fraction": float(real.mean()),
     }
     if head.refinement == "points":  # the stage costs the price was set against depend on it
         report["refinement_points"] = head.refinement_points
     if not reachable:
-        logger.warning("calibrate: target %.3f is outside what this head reaches on these detections "
-                       "(%.3f with every detection at 14, %.3f unconstrained); achieved %.3f", target, lowest,
-                       unconstrained, achieved)
+        logger.warning(
+            "calibrate: target %.3f is outside what this head reaches on these detections "
+            "(%.3f with every detection at 14, %.3f unconstrained); achieved %.3f",
+            target,
+            lowest,
+            unconstrained,
+            achieved,
+        )
     return report

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -26,8 +26,17 @@ from . import distributed as du
 from .build import checkpoint_mismatches, hyper_parameters, load_checkpoint, save_checkpoint
 from .rng import get_rng_state, seed_everything, set_rng_state
 
-__all__ = ["CHECKPOINT_LAST", "MODEL_FINAL", "Checkpointer", "check_writable", "check_free_space",
-           "weights_hash", "load_resume_checkpoint", "restore_training_state", "config_differences"]
+__all__ = [
+    "CHECKPOINT_LAST",
+    "MODEL_FINAL",
+    "Checkpointer",
+    "check_writable",
+    "check_free_space",
+    "weights_hash",
+    "load_resume_checkpoint",
+    "restore_training_state",
+    "config_differences",
+]
 
 logger = logging.getLogger("dynamask.train")
 
@@ -42,8 +51,9 @@ def check_writable(out_dir: str) -> None:
     except FileExistsError:
         raise DynaMaskError(f"output directory {out_dir!r} cannot be created: a file of that name exists") from None
     except NotADirectoryError:
-        raise DynaMaskError(f"output directory {out_dir!r} cannot be created: part of the path is a file, "
-                            f"not a directory") from None
+        raise DynaMaskError(
+            f"output directory {out_dir!r} cannot be created: part of the path is a file, not a directory"
+        ) from None
     except OSError as e:
         raise DynaMaskError(f"output directory {out_dir!r} cannot be created: {e.strerror or e}") from None
     if not os.path.isdir(out_dir):
@@ -63,15 +73,20 @@ def check_free_space(out_dir: str, model: torch.nn.Module, optimizer: torch.opti
     final = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     last = final + (2 if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) else 1) * trainable
-    existing = sum(os.path.getsize(os.path.join(out_dir, f)) for f in (CHECKPOINT_LAST, MODEL_FINAL)
-                   if os.path.isfile(os.path.join(out_dir, f)))
+    existing = sum(
+        os.path.getsize(os.path.join(out_dir, f))
+        for f in (CHECKPOINT_LAST, MODEL_FINAL)
+        if os.path.isfile(os.path.join(out_dir, f))
+    )
     needed = int(1.1 * (2 * last + final)) - existing
     free = shutil.disk_usage(out_dir).free
     if free < needed:
-        raise DynaMaskError(f"output directory {out_dir!r} has {free / 2**20:.0f} MiB free, but training writes "
-                            f"checkpoints needing about {needed / 2**20:.0f} MiB "
-                            f"(checkpoint_last.pt ≈ {last / 2**20:.0f} MiB, kept twice while it is replaced, "
-                            f"plus model_final.pt); free space or choose another --out")
+        raise DynaMaskError(
+            f"output directory {out_dir!r} has {free / 2**20:.0f} MiB free, but training writes "
+            f"checkpoints needing about {needed / 2**20:.0f} MiB "
+            f"(checkpoint_last.pt ≈ {last / 2**20:.0f} MiB, kept twice while it is replaced, "
+            f"plus model_final.pt); free space or choose another --out"
+        )
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -93,8 +108,10 @@ def config_differences(a: dict, b: dict) -> list:
 def load_resume_checkpoint(ckpt_path: str) -> dict:
     """``checkpoint_last.pt`` for ``--resume``, refused in one line when absent or not resumable."""
     if not os.path.isfile(ckpt_path):
-        raise DynaMaskError(f"--resume: there is no checkpoint to resume from ({ckpt_path} does not exist); "
-                            f"start without --resume to train from scratch")
+        raise DynaMaskError(
+            f"--resume: there is no checkpoint to resume from ({ckpt_path} does not exist); "
+            f"start without --resume to train from scratch"
+        )
     ckpt = load_checkpoint(ckpt_path)
     for key in ("optimizer", "scheduler", "iteration"):
         if key not in ckpt:
@@ -102,9 +119,20 @@ def load_resume_checkpoint(ckpt_path: str) -> dict:
     return ckpt
 
 
-def restore_training_state(ckpt: dict, ckpt_path: str, cfg: dict, num_classes: int, model, optimizer, scheduler,
-                           scaler, rank: int, world: int, per_rank_batch: int,
-                           dataset_size: int) -> Tuple[int, int, int]:
+def restore_training_state(
+    ckpt: dict,
+    ckpt_path: str,
+    cfg: dict,
+    num_classes: int,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    rank: int,
+    world: int,
+    per_rank_batch: int,
+    dataset_size: int,
+) -> tuple[int, int, int]:
     """Load a resumable checkpoint into the run; returns ``(iteration, data epoch, data position)``.
     RNG states and the data position carry over when the process count and batch are the same."""
     problems = checkpoint_mismatches(ckpt, cfg, num_classes)
@@ -113,8 +141,9 @@ def restore_training_state(ckpt: dict, ckpt_path: str, cfg: dict, num_classes: i
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise DynaMaskError(f"--resume: {ckpt_path} does not fit the configured model: "
-                            f"{str(e).splitlines()[0]}") from None
+        raise DynaMaskError(
+            f"--resume: {ckpt_path} does not fit the configured model: {str(e).splitlines()[0]}"
+        ) from None
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
@@ -126,8 +155,9 @@ def restore_training_state(ckpt: dict, ckpt_path: str, cfg: dict, num_classes: i
         set_rng_state(states[rank])
     else:
         if main:
-            logger.warning("--resume: checkpoint has RNG states for %d process(es), this run has %d: reseeding",
-                           len(states), world)
+            logger.warning(
+                "--resume: checkpoint has RNG states for %d process(es), this run has %d: reseeding", len(states), world
+            )
         seed_everything(cfg["seed"] + rank + 7919 * start_iter)
     data = ckpt.get("data") or {}
     if data.get("world_size") == world and data.get("per_rank_batch") == per_rank_batch:
@@ -146,24 +176,48 @@ class Checkpointer:
     """Writes ``checkpoint_last.pt`` (collective: every process contributes its RNG state) and
     ``model_final.pt``; a failed write names the file and says the previous one is intact."""
 
-    def __init__(self, out_dir: str, cfg: dict, model: torch.nn.Module, optimizer, scheduler, scaler,
-                 class_info: Dict[str, Any], per_rank_batch: int, shard_size: int, world: int, main: bool):
+    def __init__(
+        self,
+        out_dir: str,
+        cfg: dict,
+        model: torch.nn.Module,
+        optimizer,
+        scheduler,
+        scaler,
+        class_info: dict[str, Any],
+        per_rank_batch: int,
+        shard_size: int,
+        world: int,
+        main: bool,
+    ):
         self.last_path = os.path.join(out_dir, CHECKPOINT_LAST)
         self.final_path = os.path.join(out_dir, MODEL_FINAL)
         self.cfg, self.model, self.optimizer, self.scheduler, self.scaler = cfg, model, optimizer, scheduler, scaler
         self.class_info = class_info
         self.per_rank_batch, self.shard_size, self.world, self.main = per_rank_batch, shard_size, world, main
 
-    def state(self, iteration: int, full: bool) -> Dict[str, Any]:
+    def state(self, iteration: int, full: bool) -> dict[str, Any]:
         cfg = self.cfg
-        state = {"model": self.model.state_dict(), "config": copy.deepcopy(cfg), **self.class_info,
-                 "iteration": iteration,
-                 "hyper_parameters": hyper_parameters(cfg, self.class_info["num_classes"])}
+        state = {
+            "model": self.model.state_dict(),
+            "config": copy.deepcopy(cfg),
+            **self.class_info,
+            "iteration": iteration,
+            "hyper_parameters": hyper_parameters(cfg, self.class_info["num_classes"]),
+        }
         if full:
             epoch, pos = divmod(iteration * self.per_rank_batch, self.shard_size)
-            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                         data={"epoch": epoch, "position": pos, "per_rank_batch": self.per_rank_batch,
-                               "world_size": self.world, "seed": int(cfg["seed"])})
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                data={
+                    "epoch": epoch,
+                    "position": pos,
+                    "per_rank_batch": self.per_rank_batch,
+                    "world_size": self.world,
+                    "seed": int(cfg["seed"]),
+                },
+            )
             if self.scaler is not None:
                 state["scaler"] = self.scaler.state_dict()
         return state
@@ -185,7 +239,12 @@ class Checkpointer:
         try:
             save_checkpoint(path, state)
         except OSError as e:
-            kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
-                    else "no earlier checkpoint exists")
-            raise DynaMaskError(f"could not write {path} at iteration {iteration}: {e.strerror or e} "
-                                f"({kept}; free space and run again with --resume)") from None
+            kept = (
+                f"the previous {os.path.basename(path)} is intact"
+                if os.path.exists(path)
+                else "no earlier checkpoint exists"
+            )
+            raise DynaMaskError(
+                f"could not write {path} at iteration {iteration}: {e.strerror or e} "
+                f"({kept}; free space and run again with --resume)"
+            ) from None

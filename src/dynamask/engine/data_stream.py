@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -21,8 +22,15 @@ from ..errors import ConfigError, DynaMaskError
 from . import distributed as du
 from .rng import sample_seed
 
-__all__ = ["InfiniteShardSampler", "SeededDataset", "SKIPPED_KEY", "SkippedImages", "load_train_dataset",
-           "build_loader", "to_device"]
+__all__ = [
+    "InfiniteShardSampler",
+    "SeededDataset",
+    "SKIPPED_KEY",
+    "SkippedImages",
+    "load_train_dataset",
+    "build_loader",
+    "to_device",
+]
 
 logger = logging.getLogger("dynamask.train")
 
@@ -39,12 +47,21 @@ class InfiniteShardSampler(torch.utils.data.Sampler):
     The stream starts at ``start_position`` within ``start_epoch`` (resume).
     """
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 start_epoch: int = 0, start_position: int = 0):
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        start_epoch: int = 0,
+        start_position: int = 0,
+    ):
         if size <= 0:
             raise ValueError("InfiniteShardSampler: the dataset is empty")
         self._inner = torch.utils.data.DistributedSampler(
-            range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=int(seed), drop_last=False)
+            range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=int(seed), drop_last=False
+        )
         self.start_epoch = int(start_epoch)
         self.start_position = int(start_position)
 
@@ -53,7 +70,7 @@ class InfiniteShardSampler(torch.utils.data.Sampler):
         """Samples per process per epoch."""
         return len(self._inner)
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self.start_epoch, self.start_position
         while True:
             self._inner.set_epoch(epoch)
@@ -91,7 +108,7 @@ class SeededDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        skipped: List[str] = []
+        skipped: list[str] = []
         while True:
             try:
                 with torch.random.fork_rng(devices=[]):
@@ -127,20 +144,27 @@ def load_train_dataset(cfg: dict):
     d, inp = cfg["data"], cfg["input"]
     for key in ("train_json", "train_images"):
         if not d.get(key):
-            raise ConfigError(f"config: 'data.{key}' is not set; training needs it "
-                              f"(set it in the YAML file or pass data.{key}=PATH)")
+            raise ConfigError(
+                f"config: 'data.{key}' is not set; training needs it (set it in the YAML file or pass data.{key}=PATH)"
+            )
     if not os.path.isfile(d["train_json"]):
         raise DynaMaskError(f"data.train_json: annotation file not found: {d['train_json']}")
     if not os.path.isdir(d["train_images"]):
         raise DynaMaskError(f"data.train_images: image folder not found: {d['train_images']}")
-    transforms = build_transforms(True, min_size=inp["min_size"], max_size=inp["max_size"],
-                                  flip_prob=inp["flip_prob"], color_jitter=inp["color_jitter"] > 0,
-                                  resize_masks=mask_targets_in_use(cfg["model"]) == "resized")
+    transforms = build_transforms(
+        True,
+        min_size=inp["min_size"],
+        max_size=inp["max_size"],
+        flip_prob=inp["flip_prob"],
+        color_jitter=inp["color_jitter"] > 0,
+        resize_masks=mask_targets_in_use(cfg["model"]) == "resized",
+    )
     cache = os.path.join(cfg["output_dir"], "cache") if d.get("cache_records", True) and cfg.get("output_dir") else None
 
     def build():
-        return CocoInstanceDataset(d["train_json"], d["train_images"], transforms=transforms,
-                                   keep_empty=d["keep_empty"], cache_dir=cache)
+        return CocoInstanceDataset(
+            d["train_json"], d["train_images"], transforms=transforms, keep_empty=d["keep_empty"], cache_dir=cache
+        )
 
     if cache is not None and du.is_dist():
         # one process per node parses and writes the cache; the node's other ranks then map it
@@ -159,9 +183,14 @@ def load_train_dataset(cfg: dict):
     if not ds.class_names:
         raise DynaMaskError(f"data.train_json: {d['train_json']} lists no categories")
     if len(ds) == 0:
-        raise DynaMaskError(f"data.train_json: {d['train_json']} has no usable training image"
-                            + ("" if d["keep_empty"] else " (images without annotations are dropped; "
-                               "set data.keep_empty=true to keep them)"))
+        raise DynaMaskError(
+            f"data.train_json: {d['train_json']} has no usable training image"
+            + (
+                ""
+                if d["keep_empty"]
+                else " (images without annotations are dropped; set data.keep_empty=true to keep them)"
+            )
+        )
     for key in ("val_json", "val_images"):
         if d.get("val_json") and not d.get(key):
             raise ConfigError(f"config: 'data.val_json' is set but 'data.{key}' is not")
@@ -169,31 +198,60 @@ def load_train_dataset(cfg: dict):
             raise DynaMaskError(f"data.{key}: not found: {d[key]}")
     missing = ds.drop_missing_images()
     if missing and len(ds) == 0:
-        raise DynaMaskError(f"data.train_images: none of the {len(missing)} image files listed in {d['train_json']} "
-                            f"exist under {d['train_images']} (e.g. {missing[0]}); is data.train_images the right folder?")
+        raise DynaMaskError(
+            f"data.train_images: none of the {len(missing)} image files listed in {d['train_json']} "
+            f"exist under {d['train_images']} (e.g. {missing[0]}); is data.train_images the right folder?"
+        )
     if missing:
-        logger.warning("%s: skipped %d image(s) whose files do not exist under %s (first: %s)",
-                       d["train_json"], len(missing), d["train_images"], ", ".join(missing[:3]))
+        logger.warning(
+            "%s: skipped %d image(s) whose files do not exist under %s (first: %s)",
+            d["train_json"],
+            len(missing),
+            d["train_images"],
+            ", ".join(missing[:3]),
+        )
     return ds
 
 
-def build_loader(cfg: dict, dataset, per_rank_batch: int, rank: int, world: int, start_epoch: int,
-                 start_position: int, device: torch.device):
+def build_loader(
+    cfg: dict,
+    dataset,
+    per_rank_batch: int,
+    rank: int,
+    world: int,
+    start_epoch: int,
+    start_position: int,
+    device: torch.device,
+):
     """This process's DataLoader over :class:`SeededDataset`, starting at the given stream position."""
-    sampler = InfiniteShardSampler(len(dataset), cfg["seed"], rank=rank, world_size=world, shuffle=True,
-                                   start_epoch=start_epoch, start_position=start_position)
+    sampler = InfiniteShardSampler(
+        len(dataset),
+        cfg["seed"],
+        rank=rank,
+        world_size=world,
+        shuffle=True,
+        start_epoch=start_epoch,
+        start_position=start_position,
+    )
     loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset, cfg["seed"]), batch_size=per_rank_batch, sampler=sampler,
-        num_workers=cfg["data"]["num_workers"], collate_fn=collate_fn, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(int(cfg["seed"]) % 2**63))
+        SeededDataset(dataset, cfg["seed"]),
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        num_workers=cfg["data"]["num_workers"],
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(int(cfg["seed"]) % 2**63),
+    )
     return loader, sampler.shard_size
 
 
 def to_device(images, targets, device):
     non_blocking = device.type == "cuda"
     images = [img.to(device, non_blocking=non_blocking) for img in images]
-    targets = [{k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-                for k, v in t.items()} for t in targets]
+    targets = [
+        {k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+        for t in targets
+    ]
     return images, targets
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -76,8 +77,7 @@ def launched_distributed() -> bool:
     return env_world_size() > 1
 
 
-def init_distributed(backend: Optional[str] = None, device: Optional[str] = None,
-                     timeout: Optional[timedelta] = None) -> bool:
+def init_distributed(backend: str | None = None, device: str | None = None, timeout: timedelta | None = None) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
     Does nothing (returns False) when the process group already exists or the
@@ -89,7 +89,7 @@ def init_distributed(backend: Optional[str] = None, device: Optional[str] = None
     """
     if not dist.is_available() or dist.is_initialized() or not launched_distributed():
         return False
-    use_cuda = (device.startswith("cuda") if device else torch.cuda.is_available())
+    use_cuda = device.startswith("cuda") if device else torch.cuda.is_available()
     if backend is None:
         backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
@@ -138,7 +138,7 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(values: List[float]) -> List[float]:
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sum of a list of floats over all processes (identity when single-process)."""
     if not is_dist():
         return [float(v) for v in values]
@@ -147,22 +147,22 @@ def all_reduce_sum(values: List[float]) -> List[float]:
     return [float(v) for v in t.cpu().tolist()]
 
 
-def all_gather_object(obj: Any) -> List[Any]:
+def all_gather_object(obj: Any) -> list[Any]:
     """List of ``obj`` from every rank (``[obj]`` when single-process)."""
     if not is_dist():
         return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
+    out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
-def gather_object(obj: Any, dst: int = 0) -> Optional[List[Any]]:
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
     """List of ``obj`` from every rank on rank ``dst``, None on the others (``[obj]`` when
     single-process). Only ``dst`` holds everyone's objects (all_gather_object would hold them on
     every rank)."""
     if not is_dist():
         return [obj]
-    out: Optional[List[Any]] = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out
 
@@ -181,7 +181,7 @@ def _failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def agree_on_failure(exc: Optional[BaseException], what: str) -> None:
+def agree_on_failure(exc: BaseException | None, what: str) -> None:
     """Collective: every process passes the exception its part of a sharded job raised (or None).
     When any process had one, every process raises -- its own exception, or a
     :class:`~dynamask.errors.DynaMaskError` naming the first rank that failed and why -- so that
@@ -201,7 +201,7 @@ def agree_on_failure(exc: Optional[BaseException], what: str) -> None:
         raise DynaMaskError(f"{what}: rank {rank} of {len(texts)} failed ({text})")
 
 
-def settle_on_rank0_status(status: tuple, failure: Optional[BaseException], what: str) -> tuple:
+def settle_on_rank0_status(status: tuple, failure: BaseException | None, what: str) -> tuple:
     """Collective: rank 0's ``status`` — ``("ok", ...)`` or ``("failed", rank, text)`` — on every
     process, each of which raises when it says failed: its own exception (``failure``) when it has
     one, else a :class:`~dynamask.errors.DynaMaskError` naming the rank that failed."""
@@ -215,7 +215,7 @@ def settle_on_rank0_status(status: tuple, failure: Optional[BaseException], what
     return status
 
 
-def shard_positions(n: int, rank: int, world: int, block: int = 1) -> List[int]:
+def shard_positions(n: int, rank: int, world: int, block: int = 1) -> list[int]:
     """The positions ``0..n-1`` that process ``rank`` of ``world`` takes: blocks of ``block``
     consecutive positions dealt out in turn (block k to rank k mod world). With ``block`` the
     batch size, every batch holds the images it holds in a single-process run."""
@@ -223,7 +223,7 @@ def shard_positions(n: int, rank: int, world: int, block: int = 1) -> List[int]:
     return [p for k in range(rank, (n + block - 1) // block, world) for p in range(k * block, min(n, (k + 1) * block))]
 
 
-def process_device(device: Optional[torch.device]) -> Optional[torch.device]:
+def process_device(device: torch.device | None) -> torch.device | None:
     """A CUDA device without an index is this process's own, ``cuda:LOCAL_RANK``, inside a
     multi-process group; anything else is returned as given."""
     if device is not None and device.type == "cuda" and device.index is None and is_dist():
@@ -231,7 +231,7 @@ def process_device(device: Optional[torch.device]) -> Optional[torch.device]:
     return device
 
 
-def reduce_dict(values: Mapping[str, float], average: bool = True) -> Dict[str, float]:
+def reduce_dict(values: Mapping[str, float], average: bool = True) -> dict[str, float]:
     """Reduce a dict of numbers (or 0-d tensors) over all processes.
 
     Keys may differ between ranks (e.g. a loss term that only some steps
@@ -251,7 +251,7 @@ def reduce_dict(values: Mapping[str, float], average: bool = True) -> Dict[str, 
     return out
 
 
-def resolve_training_device(device: Optional[str], distributed: bool) -> torch.device:
+def resolve_training_device(device: str | None, distributed: bool) -> torch.device:
     """The device of this training process: ``cuda:LOCAL_RANK`` under torchrun with CUDA."""
     from ..errors import DynaMaskError
 
@@ -296,4 +296,5 @@ def peer_failure_guard(iteration: Callable[[], int], checkpoint: str) -> Iterato
         raise DynaMaskError(
             f"rank {get_rank()}: a collective operation failed after iteration {iteration()} ({first[:200]}); "
             f"another training process has probably died or stopped responding. The last complete checkpoint is "
-            f"{checkpoint} (if it exists): resume with --resume under the same launch") from None
+            f"{checkpoint} (if it exists): resume with --resume under the same launch"
+        ) from None

@@ -13,20 +13,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from ..cocotools import mask_utils
 
+from ..cocotools import mask_utils
 from ..errors import DynaMaskError
 from ..evaluation.coco_eval import AP_KEYS, compute_coco_metrics
 from ..evaluation.report import METRIC_KEYS, format_metrics_table, write_json_atomic, write_metrics_json
 from ..evaluation.results_file import load_results_file, read_results_file
 from ..evaluation.score_file import evaluate_results
-from ..evaluation.statistics import (RESOLUTIONS, SIZE_BINS, resolution_complexity_pairs,
-                                     resolution_complexity_spearman, resolution_histogram, result_statistics,
-                                     spearman_correlation, spearman_within_size_bins)
+from ..evaluation.statistics import (
+    RESOLUTIONS,
+    SIZE_BINS,
+    resolution_complexity_pairs,
+    resolution_complexity_spearman,
+    resolution_histogram,
+    result_statistics,
+    spearman_correlation,
+    spearman_within_size_bins,
+)
 from ..inference import apply_policy, model_from_checkpoint, resolve_device
 from ..progress import progress_bar
 from . import distributed as du
@@ -60,7 +68,8 @@ logger = logging.getLogger("dynamask.evaluate")
 # predictions → COCO results
 # --------------------------------------------------------------------------
 
-def masks_to_rles(masks: np.ndarray) -> List[dict]:
+
+def masks_to_rles(masks: np.ndarray) -> list[dict]:
     """Boolean/0-1 masks N×H×W → compressed COCO RLEs with ``counts`` as ``str``."""
     masks = np.asarray(masks)
     if masks.ndim != 3:
@@ -74,15 +83,14 @@ def masks_to_rles(masks: np.ndarray) -> List[dict]:
     return rles
 
 
-
 def predictions_to_coco_results(
     prediction: Mapping[str, Any],
     image_id: int,
     cat_ids: Sequence[int],
     score_thresh: float = 0.0,
-    max_dets: Optional[int] = None,
-    extra: Optional[Mapping[str, Any]] = None,
-) -> List[dict]:
+    max_dets: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> list[dict]:
     """One image's model output → COCO results entries.
 
     Keeps detections with ``score >= score_thresh``, the ``max_dets`` best. Each entry has
@@ -102,7 +110,7 @@ def predictions_to_coco_results(
     labels = prediction["labels"].detach().cpu()[order].tolist()
     sc = scores[order].tolist()
     masks = prediction.get("masks")
-    rles: List[Optional[dict]]
+    rles: list[dict | None]
     if masks is not None:
         m = masks.detach().cpu()[order]
         m = m.reshape(m.shape[0], m.shape[-2], m.shape[-1]) > 0.5
@@ -142,7 +150,6 @@ def predictions_to_coco_results(
     return out
 
 
-
 # --------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------
@@ -152,20 +159,20 @@ def _sync(device: torch.device) -> None:
 
 
 def evaluate(
-    cfg: Optional[dict] = None,
-    weights: Optional[str | os.PathLike] = None,
-    model: Optional[torch.nn.Module] = None,
-    out_dir: Optional[str | os.PathLike] = None,
-    policy: Optional[str] = None,
-    budget: Optional[float] = None,
+    cfg: dict | None = None,
+    weights: str | os.PathLike | None = None,
+    model: torch.nn.Module | None = None,
+    out_dir: str | os.PathLike | None = None,
+    policy: str | None = None,
+    budget: float | None = None,
     dataset=None,
-    max_images: Optional[int] = None,
+    max_images: int | None = None,
     device: Any = None,
     progress: bool = True,
     batch_size: int = 2,
-    cat_ids: Optional[Sequence[int]] = None,
-    shard: Optional[bool] = None,
-) -> Dict[str, Any]:
+    cat_ids: Sequence[int] | None = None,
+    shard: bool | None = None,
+) -> dict[str, Any]:
     """Evaluate a model on a COCO-format validation set; AP values are on the 0–100 scale.
 
     Model: ``model`` as given, or built from the checkpoint ``weights`` (``cfg`` optional when
@@ -219,14 +226,25 @@ def evaluate(
     if not (shard and du.is_dist()):
         job = _prepare(cfg, weights, model, dataset, max_images, device, batch_size, cat_ids)
         _check_sizes(job["dataset"], job["indices"])
-        run = _run_model(job["model"], _loader(job, job["indices"]), job["dev"], policy, budget, job["cat_ids"],
-                         job["score_thresh"], job["max_dets"], len(job["indices"]), progress)
+        run = _run_model(
+            job["model"],
+            _loader(job, job["indices"]),
+            job["dev"],
+            policy,
+            budget,
+            job["cat_ids"],
+            job["score_thresh"],
+            job["max_dets"],
+            len(job["indices"]),
+            progress,
+        )
         return _measure_and_write(job, run, out_dir, progress=progress)
-    return _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
-                             batch_size, cat_ids)
+    return _evaluate_sharded(
+        cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress, batch_size, cat_ids
+    )
 
 
-def _prepare(cfg, weights, model, dataset, max_images, device, batch_size: int, cat_ids) -> Dict[str, Any]:
+def _prepare(cfg, weights, model, dataset, max_images, device, batch_size: int, cat_ids) -> dict[str, Any]:
     """Model, config, dataset, category ids, the images evaluated (not yet checked) and the device."""
     from ..config import default_config
 
@@ -253,22 +271,33 @@ def _prepare(cfg, weights, model, dataset, max_images, device, batch_size: int, 
         dev = param.device if param is not None else du.process_device(resolve_device(None))
     else:
         dev = du.process_device(resolve_device(device))  # cuda: this process's own GPU under torchrun
-    return {"model": model, "cfg": cfg, "dataset": dataset, "cat_ids": cat_ids, "indices": indices, "dev": dev,
-            "max_dets": int(test_cfg["max_dets"]), "score_thresh": float(test_cfg["score_thresh"]),
-            "batch_size": int(batch_size), "num_workers": int((cfg.get("data") or {}).get("num_workers", 0) or 0)}
+    return {
+        "model": model,
+        "cfg": cfg,
+        "dataset": dataset,
+        "cat_ids": cat_ids,
+        "indices": indices,
+        "dev": dev,
+        "max_dets": int(test_cfg["max_dets"]),
+        "score_thresh": float(test_cfg["score_thresh"]),
+        "batch_size": int(batch_size),
+        "num_workers": int((cfg.get("data") or {}).get("num_workers", 0) or 0),
+    }
 
 
-def _loader(job: Dict[str, Any], indices: List[int]):
+def _loader(job: dict[str, Any], indices: list[int]):
     from ..data import collate_fn
 
     dataset = job["dataset"]
     subset = dataset if indices == list(range(len(dataset))) else torch.utils.data.Subset(dataset, indices)
-    return torch.utils.data.DataLoader(subset, batch_size=job["batch_size"], shuffle=False,
-                                       num_workers=job["num_workers"], collate_fn=collate_fn)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=job["batch_size"], shuffle=False, num_workers=job["num_workers"], collate_fn=collate_fn
+    )
 
 
-def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, processes: int = 1,
-                       progress: bool = False) -> Dict[str, Any]:
+def _measure_and_write(
+    job: dict[str, Any], run: dict[str, Any], out_dir, processes: int = 1, progress: bool = False
+) -> dict[str, Any]:
     """coco_results.json, the metrics, metrics.json."""
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
@@ -285,18 +314,18 @@ def _measure_and_write(job: Dict[str, Any], run: Dict[str, Any], out_dir, proces
     return metrics
 
 
-
-def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress,
-                      batch_size, cat_ids) -> Dict[str, Any]:
+def _evaluate_sharded(
+    cfg, weights, model, out_dir, policy, budget, dataset, max_images, device, progress, batch_size, cat_ids
+) -> dict[str, Any]:
     """:func:`evaluate` inside a process group: this process runs the model on its shard (whole
     batches dealt out in turn, :func:`~dynamask.engine.distributed.shard_positions`), rank 0
     gathers the detections, puts them in the single-process order, computes the metrics and
     writes the files, and every process returns rank 0's metrics. A failure on any process
     raises on every process (at the same step, so none waits for the others)."""
     rank, world = du.get_rank(), du.get_world_size()
-    failure: Optional[BaseException] = None
-    job: Dict[str, Any] = {}
-    mine: List[int] = []
+    failure: BaseException | None = None
+    job: dict[str, Any] = {}
+    mine: list[int] = []
     try:
         job = _prepare(cfg, weights, model, dataset, max_images, device, batch_size, cat_ids)
         mine = [job["indices"][p] for p in du.shard_positions(len(job["indices"]), rank, world, batch_size)]
@@ -305,16 +334,26 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
         failure = exc
     du.agree_on_failure(failure, "evaluate")
 
-    payload: Tuple[Optional[str], Optional[dict]]
+    payload: tuple[str | None, dict | None]
     try:
-        run = _run_model(job["model"], _loader(job, mine), job["dev"], policy, budget, job["cat_ids"],
-                         job["score_thresh"], job["max_dets"], len(mine), progress and rank == 0)
+        run = _run_model(
+            job["model"],
+            _loader(job, mine),
+            job["dev"],
+            policy,
+            budget,
+            job["cat_ids"],
+            job["score_thresh"],
+            job["max_dets"],
+            len(mine),
+            progress and rank == 0,
+        )
         payload = (None, run)
     except Exception as exc:  # noqa: BLE001
         failure, payload = exc, (f"{type(exc).__name__}: {exc}", None)
     gathered = du.gather_object(payload)
     del payload
-    status: Tuple[str, Any, Any] = ("ok", None, None)
+    status: tuple[str, Any, Any] = ("ok", None, None)
     if rank == 0:
         try:
             failed = [(r, text) for r, (text, _) in enumerate(gathered) if text is not None]
@@ -326,9 +365,13 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
                 run = _merge_runs([part for _, part in gathered], shards, n)
                 del gathered
                 metrics = _measure_and_write(job, run, out_dir, processes=world, progress=progress)
-                logger.info("evaluated %d image(s) on %d processes (%s image(s) each); images_per_second: all "
-                            "images over the slowest process's forward time", n, world,
-                            "/".join(str(len(s)) for s in shards))
+                logger.info(
+                    "evaluated %d image(s) on %d processes (%s image(s) each); images_per_second: all "
+                    "images over the slowest process's forward time",
+                    n,
+                    world,
+                    "/".join(str(len(s)) for s in shards),
+                )
                 status = ("ok", None, metrics)
         except Exception as exc:  # noqa: BLE001
             failure = failure or exc
@@ -336,23 +379,29 @@ def _evaluate_sharded(cfg, weights, model, out_dir, policy, budget, dataset, max
     return du.settle_on_rank0_status(status, failure, "evaluate")[2]
 
 
-def _merge_runs(runs: Sequence[Dict[str, Any]], shards: Sequence[Sequence[int]], n: int) -> Dict[str, Any]:
+def _merge_runs(runs: Sequence[dict[str, Any]], shards: Sequence[Sequence[int]], n: int) -> dict[str, Any]:
     """The processes' runs as one, images (and their detections) in the single-process order;
     ``forward_s`` is the slowest process's."""
-    per_position: List[Any] = [None] * n
+    per_position: list[Any] = [None] * n
     for run, shard in zip(runs, shards):
         k = 0
         for position, image_id, count in zip(shard, run["image_ids"], run["counts"]):
-            per_position[position] = (image_id, run["results"][k:k + count])
+            per_position[position] = (image_id, run["results"][k : k + count])
             k += count
     results = [r for _, rs in per_position for r in rs]
     image_ids = [image_id for image_id, _ in per_position]
-    sizes: Dict[int, Tuple[int, int]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     for run in runs:
         sizes.update(run["image_sizes"])
-    return {"results": results, "image_ids": image_ids, "image_sizes": {i: sizes[i] for i in image_ids},
-            "counts": [len(rs) for _, rs in per_position], "forward_s": max(run["forward_s"] for run in runs),
-            "policy": runs[0]["policy"], "budget": runs[0]["budget"]}
+    return {
+        "results": results,
+        "image_ids": image_ids,
+        "image_sizes": {i: sizes[i] for i in image_ids},
+        "counts": [len(rs) for _, rs in per_position],
+        "forward_s": max(run["forward_s"] for run in runs),
+        "policy": runs[0]["policy"],
+        "budget": runs[0]["budget"],
+    }
 
 
 def _validation_dataset(cfg: dict):
@@ -360,8 +409,10 @@ def _validation_dataset(cfg: dict):
     data_cfg = cfg.get("data") or {}
     val_json, val_images = data_cfg.get("val_json"), data_cfg.get("val_images")
     if not val_json or not val_images:
-        raise DynaMaskError("no validation set: set data.val_json and data.val_images "
-                            "(in the config or as data.val_json=... on the command line)")
+        raise DynaMaskError(
+            "no validation set: set data.val_json and data.val_images "
+            "(in the config or as data.val_json=... on the command line)"
+        )
     if not os.path.isdir(val_images):
         raise DynaMaskError(f"data.val_images: {val_images!r} is not a folder")
     from ..data import CocoInstanceDataset
@@ -369,7 +420,7 @@ def _validation_dataset(cfg: dict):
     return CocoInstanceDataset(val_json, val_images, transforms=None, keep_empty=True, validate_masks=False)
 
 
-def _category_ids(cat_ids, ckpt: dict, dataset) -> List[int]:
+def _category_ids(cat_ids, ckpt: dict, dataset) -> list[int]:
     """Label → COCO category id: as given, else the checkpoint's, else the dataset's."""
     if cat_ids is None:
         cat_ids = ckpt.get("cat_ids") or getattr(dataset, "cat_ids", None)
@@ -378,12 +429,15 @@ def _category_ids(cat_ids, ckpt: dict, dataset) -> List[int]:
     cat_ids = [int(c) for c in cat_ids]
     ds_cat_ids = getattr(dataset, "cat_ids", None)
     if ds_cat_ids is not None and list(ds_cat_ids) != cat_ids:
-        logger.warning("the model's category ids %s differ from the validation set's %s; "
-                       "labels are mapped with the model's", cat_ids, list(ds_cat_ids))
+        logger.warning(
+            "the model's category ids %s differ from the validation set's %s; labels are mapped with the model's",
+            cat_ids,
+            list(ds_cat_ids),
+        )
     return cat_ids
 
 
-def _image_indices(dataset, max_images: Optional[int]) -> List[int]:
+def _image_indices(dataset, max_images: int | None) -> list[int]:
     """The images evaluated (the first ``max_images``)."""
     indices = list(range(len(dataset)))
     if max_images is not None:
@@ -395,22 +449,23 @@ def _image_indices(dataset, max_images: Optional[int]) -> List[int]:
     return indices
 
 
-def _check_sizes(dataset, indices: List[int]) -> None:
+def _check_sizes(dataset, indices: list[int]) -> None:
     """Image size vs json width/height (EXIF rule), as train's loading does, before the model runs."""
     if indices and hasattr(dataset, "check_image_sizes"):
         dataset.check_image_sizes(indices)
 
 
-def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float, max_dets: int, total: int,
-               progress: bool) -> Dict[str, Any]:
+def _run_model(
+    model, loader, dev, policy, budget, cat_ids, score_thresh: float, max_dets: int, total: int, progress: bool
+) -> dict[str, Any]:
     """Run the model under ``policy``/``budget`` in eval mode, then restore its settings and mode.
     Returns the COCO results, image ids and sizes, the forward seconds and the settings used."""
     prev_policy, prev_budget, was_training = model.policy, model.mask_budget, model.training
     model.to(dev)
-    results: List[dict] = []
-    image_ids: List[int] = []
-    image_sizes: Dict[int, Tuple[int, int]] = {}
-    counts: List[int] = []  # detections per image
+    results: list[dict] = []
+    image_ids: list[int] = []
+    image_sizes: dict[int, tuple[int, int]] = {}
+    counts: list[int] = []  # detections per image
     forward_s = 0.0
     try:
         apply_policy(model, policy, budget)
@@ -441,19 +496,29 @@ def _run_model(model, loader, dev, policy, budget, cat_ids, score_thresh: float,
             model.mask_budget = prev_budget
         except ValueError:  # pragma: no cover - restoring a value it had
             pass
-    return {"results": results, "image_ids": image_ids, "image_sizes": image_sizes, "counts": counts,
-            "forward_s": forward_s, "policy": used_policy, "budget": used_budget}
+    return {
+        "results": results,
+        "image_ids": image_ids,
+        "image_sizes": image_sizes,
+        "counts": counts,
+        "forward_s": forward_s,
+        "policy": used_policy,
+        "budget": used_budget,
+    }
 
 
-
-def _metrics(gt: dict, run: Dict[str, Any], model, max_dets: int, score_thresh: float,
-             progress: bool = False) -> Dict[str, Any]:
+def _metrics(
+    gt: dict, run: dict[str, Any], model, max_dets: int, score_thresh: float, progress: bool = False
+) -> dict[str, Any]:
     """COCO APs (bbox, segm, boundary), mask cost, resolution histogram and the complexity ρ."""
     results, image_ids = run["results"], run["image_ids"]
     started = time.perf_counter()  # a line before and after in the log (training's too, without progress lines)
     logger.info("scoring %d detection(s) on %d image(s): bbox, segm and boundary AP", len(results), len(image_ids))
-    metrics: Dict[str, Any] = dict(compute_coco_metrics(gt, results, max_dets=max_dets, img_ids=image_ids,
-                                                        image_sizes=run["image_sizes"], progress=progress))
+    metrics: dict[str, Any] = dict(
+        compute_coco_metrics(
+            gt, results, max_dets=max_dets, img_ids=image_ids, image_sizes=run["image_sizes"], progress=progress
+        )
+    )
     logger.info("scored in %.1f s", time.perf_counter() - started)
     n_img, n_det = len(image_ids), len(results)
     metrics.update(result_statistics(gt, results, n_img))

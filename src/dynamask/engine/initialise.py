@@ -5,7 +5,6 @@ torchvision detection file. A file that does not fit is refused with the differe
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from ..errors import DynaMaskError
 from .build import checkpoint_geometry, checkpoint_mismatches, load_checkpoint
@@ -15,7 +14,7 @@ __all__ = ["initialise_weights"]
 logger = logging.getLogger("dynamask.train")
 
 
-def initialise_weights(model, cfg: dict, tv_plan: Optional[dict], num_classes: int) -> None:
+def initialise_weights(model, cfg: dict, tv_plan: dict | None, num_classes: int) -> None:
     """Load what ``model.init_weights`` / ``model.detector_weights`` name (``tv_plan``: the
     torchvision file among them, see :func:`~dynamask.engine.build.torchvision_weights_plan`)."""
     for key, detector_only in (("init_weights", False), ("detector_weights", True)):
@@ -37,15 +36,22 @@ def _from_checkpoint(model, cfg: dict, key: str, num_classes: int, detector_only
         else:
             model.load_state_dict(source["model"])
     except RuntimeError as e:
-        raise DynaMaskError(f"model.{key}: {path} does not fit the configured model: "
-                            f"{str(e).splitlines()[0]}") from None
-    logger.info("initialised %s from %s", "the detector (all but the mask branch)" if detector_only else "the model",
-                path)
+        raise DynaMaskError(
+            f"model.{key}: {path} does not fit the configured model: {str(e).splitlines()[0]}"
+        ) from None
+    logger.info(
+        "initialised %s from %s", "the detector (all but the mask branch)" if detector_only else "the model", path
+    )
     trained_in = checkpoint_geometry(source)
     if not detector_only and trained_in != model.mask_geometry:
-        logger.warning("model.%s: %s was trained in the %r mask geometry; training goes on in %r "
-                       "(model.mask_geometry), so its masks first land half a pixel off", key, path, trained_in,
-                       model.mask_geometry)
+        logger.warning(
+            "model.%s: %s was trained in the %r mask geometry; training goes on in %r "
+            "(model.mask_geometry), so its masks first land half a pixel off",
+            key,
+            path,
+            trained_in,
+            model.mask_geometry,
+        )
 
 
 def _from_torchvision(model, cfg: dict, plan: dict, detector_only: bool) -> None:
@@ -62,10 +68,17 @@ def _from_torchvision(model, cfg: dict, plan: dict, detector_only: bool) -> None
     parts = "backbone, FPN, RPN, box head" + (" and mask head" if done["mask_head_loaded"] else "")
     logger.info("model.%s: loaded %s from torchvision file %s (%d classes)", key, parts, path, done["num_classes"])
     if done["reinitialised"]:
-        logger.info("model.%s: the file has %d classes and the data %d: %s start from initialisation and train",
-                    key, done["num_classes"], model.roi_heads.box_predictor.cls_score.out_features,
-                    ", ".join(done["reinitialised"]))
+        logger.info(
+            "model.%s: the file has %d classes and the data %d: %s start from initialisation and train",
+            key,
+            done["num_classes"],
+            model.roi_heads.box_predictor.cls_score.out_features,
+            ", ".join(done["reinitialised"]),
+        )
     if done["mask_head_loaded"] and model.mask_geometry != "torchvision":
-        logger.warning("model.%s: torchvision's mask head was trained in the 'torchvision' mask geometry; training "
-                       "goes on in %r (model.mask_geometry), so its masks first land half a pixel off",
-                       key, model.mask_geometry)
+        logger.warning(
+            "model.%s: torchvision's mask head was trained in the 'torchvision' mask geometry; training "
+            "goes on in %r (model.mask_geometry), so its masks first land half a pixel off",
+            key,
+            model.mask_geometry,
+        )

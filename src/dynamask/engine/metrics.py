@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +18,7 @@ import torch
 from ..atomic import atomic_path
 from . import distributed as du
 
-__all__ = ["MetricsFile", "LossWindow", "MetricsLogger", "open_tensorboard", "flat_numbers", "fmt_lr",
-           "fmt_duration"]
+__all__ = ["MetricsFile", "LossWindow", "MetricsLogger", "open_tensorboard", "flat_numbers", "fmt_lr", "fmt_duration"]
 
 logger = logging.getLogger("dynamask.train")
 
@@ -48,7 +47,7 @@ class MetricsFile:
         self.path = path
         self.enabled = enabled
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         line = json.dumps(_jsonable(record), allow_nan=False)
@@ -78,7 +77,7 @@ class MetricsFile:
                 pass
 
 
-def open_tensorboard(log_dir: str, purge_step: Optional[int]):
+def open_tensorboard(log_dir: str, purge_step: int | None):
     """A SummaryWriter, or None (with a warning) when TensorBoard is missing: train anyway."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -88,9 +87,9 @@ def open_tensorboard(log_dir: str, purge_step: Optional[int]):
     return SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
 
-def flat_numbers(d: dict, prefix: str = "") -> Dict[str, float]:
+def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
     """Finite numbers of a nested dict under slash-joined keys (for TensorBoard)."""
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
@@ -115,8 +114,8 @@ class LossWindow:
     """Sums of the losses, gradient norm and timings since the last record."""
 
     def __init__(self):
-        self.sums: Dict[str, float] = {}
-        self.counts: Dict[str, int] = {}
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.time = self.data_time = 0.0
         self.iters = 0
 
@@ -138,15 +137,24 @@ class MetricsLogger:
     """Every ``solver.log_period`` steps (and at the last): one metrics.jsonl record, TensorBoard
     scalars, and a log line when no progress bar shows. Collective when several processes run."""
 
-    def __init__(self, metrics: MetricsFile, writer, cfg: dict, per_rank_batch: int, shard_size: int,
-                 world: int, main: bool, show_bar: bool):
+    def __init__(
+        self,
+        metrics: MetricsFile,
+        writer,
+        cfg: dict,
+        per_rank_batch: int,
+        shard_size: int,
+        world: int,
+        main: bool,
+        show_bar: bool,
+    ):
         s = cfg["solver"]
         self.metrics, self.writer = metrics, writer
         self.log_period, self.max_iter, self.batch = s["log_period"], s["max_iter"], s["ims_per_batch"]
         self.per_rank_batch, self.shard_size = per_rank_batch, shard_size
         self.world, self.main, self.show_bar = world, main, show_bar
         self.window = LossWindow()
-        self.last: Dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
 
     def after_step(self, step: int, lr: float) -> None:
         w = self.window
@@ -155,13 +163,17 @@ class MetricsLogger:
         means = {k: w.sums[k] / w.counts[k] for k in w.sums}
         means = du.reduce_dict(means) if self.world > 1 else means
         t_per_iter = w.time / max(1, w.iters)
-        rec: Dict[str, Any] = {"iteration": step}
+        rec: dict[str, Any] = {"iteration": step}
         rec.update({k: v for k, v in sorted(means.items()) if k not in ("total_loss", "grad_norm")})
-        rec.update(total_loss=means.get("total_loss", float("nan")), lr=lr,
-                   grad_norm=means.get("grad_norm", float("nan")), time_per_iter=t_per_iter,
-                   data_time=w.data_time / max(1, w.iters),
-                   images_per_s=self.batch / t_per_iter if t_per_iter > 0 else 0.0,
-                   epoch=(step * self.per_rank_batch) // self.shard_size)
+        rec.update(
+            total_loss=means.get("total_loss", float("nan")),
+            lr=lr,
+            grad_norm=means.get("grad_norm", float("nan")),
+            time_per_iter=t_per_iter,
+            data_time=w.data_time / max(1, w.iters),
+            images_per_s=self.batch / t_per_iter if t_per_iter > 0 else 0.0,
+            epoch=(step * self.per_rank_batch) // self.shard_size,
+        )
         self.metrics.write(rec)
         self.last = rec
         if self.writer is not None:
@@ -170,7 +182,14 @@ class MetricsLogger:
                     tag = f"loss/{k}" if k.startswith("loss") or k == "total_loss" else f"train/{k}"
                     self.writer.add_scalar(tag, v, step)
         if self.main and not self.show_bar:
-            logger.info("iter %d/%d  loss %.4f  lr %s  %.3fs/it  %.1f img/s  eta %s", step, self.max_iter,
-                        rec["total_loss"], fmt_lr(lr), t_per_iter, rec["images_per_s"],
-                        fmt_duration(t_per_iter * (self.max_iter - step)))
+            logger.info(
+                "iter %d/%d  loss %.4f  lr %s  %.3fs/it  %.1f img/s  eta %s",
+                step,
+                self.max_iter,
+                rec["total_loss"],
+                fmt_lr(lr),
+                t_per_iter,
+                rec["images_per_s"],
+                fmt_duration(t_per_iter * (self.max_iter - step)),
+            )
         self.window = LossWindow()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..errors import DynaMaskError
 
@@ -40,7 +40,7 @@ class NonFiniteGuard:
         self.in_a_row = 0
         self.total = 0
 
-    def check(self, step: int, result) -> Optional[NonFiniteLossError]:
+    def check(self, step: int, result) -> NonFiniteLossError | None:
         """Account for one step (a :class:`~dynamask.engine.train.StepResult`)."""
         if result.finite:
             self.in_a_row = 0
@@ -55,11 +55,24 @@ class NonFiniteGuard:
             what = "gradient norm"
         bad_terms = ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items() if not math.isfinite(v))
         if self.main:
-            logger.warning("non-finite %s at iteration %d (%s); step skipped (%d in a row, limit %d)", what, step,
-                           bad_terms or f"total={result.total:.4g}, grad_norm={result.grad_norm:.4g}",
-                           self.in_a_row, self.limit)
-        self.write_event({"iteration": step, "event": "nonfinite_loss", "total_loss": result.total,
-                          "grad_norm": result.grad_norm, "losses": result.losses, "consecutive": self.in_a_row})
+            logger.warning(
+                "non-finite %s at iteration %d (%s); step skipped (%d in a row, limit %d)",
+                what,
+                step,
+                bad_terms or f"total={result.total:.4g}, grad_norm={result.grad_norm:.4g}",
+                self.in_a_row,
+                self.limit,
+            )
+        self.write_event(
+            {
+                "iteration": step,
+                "event": "nonfinite_loss",
+                "total_loss": result.total,
+                "grad_norm": result.grad_norm,
+                "losses": result.losses,
+                "consecutive": self.in_a_row,
+            }
+        )
         if self.in_a_row < self.limit:
             return None
         return NonFiniteLossError(
@@ -67,4 +80,6 @@ class NonFiniteGuard:
             f"iteration {step} (solver.max_nonfinite_steps={self.limit_setting}); "
             f"checkpoint written to {self.checkpoint_path}. Try a lower solver.base_lr, a longer "
             f"solver.warmup_iters, solver.clip_grad_norm or solver.amp=none",
-            iteration=step, checkpoint=self.checkpoint_path)
+            iteration=step,
+            checkpoint=self.checkpoint_path,
+        )

@@ -48,4 +48,5 @@ def build_scheduler(cfg: dict, optimizer: torch.optim.Optimizer) -> torch.optim.
     """Warm-up then step decay; the LR is a function of the iteration (skipped steps advance it too)."""
     s = cfg["solver"]
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, make_lr_lambda(s["warmup_iters"], s["warmup_factor"], s["steps"], s["gamma"]))
+        optimizer, make_lr_lambda(s["warmup_iters"], s["warmup_factor"], s["steps"], s["gamma"])
+    )

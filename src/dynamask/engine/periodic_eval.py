@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import torch
 
@@ -30,8 +29,17 @@ logger = logging.getLogger("dynamask.train")
 
 
 class PeriodicEvaluator:
-    def __init__(self, cfg: dict, model: torch.nn.Module, out_dir: str, device: torch.device, cat_ids,
-                 metrics: MetricsFile, writer, main: bool):
+    def __init__(
+        self,
+        cfg: dict,
+        model: torch.nn.Module,
+        out_dir: str,
+        device: torch.device,
+        cat_ids,
+        metrics: MetricsFile,
+        writer,
+        main: bool,
+    ):
         self.cfg, self.model, self.device, self.cat_ids = cfg, model, device, cat_ids
         self.out_dir = os.path.join(out_dir, "eval")
         self.metrics, self.writer, self.main = metrics, writer, main
@@ -44,8 +52,9 @@ class PeriodicEvaluator:
                 from .evaluate import evaluate as evaluate_fn
             except ImportError as e:
                 if main:
-                    logger.warning("evaluation during training disabled: dynamask.engine.evaluate is not "
-                                   "available (%s)", e)
+                    logger.warning(
+                        "evaluation during training disabled: dynamask.engine.evaluate is not available (%s)", e
+                    )
             else:
                 self.evaluate_fn = evaluate_fn
 
@@ -53,7 +62,7 @@ class PeriodicEvaluator:
         if self.period and step % self.period == 0 and step != self.max_iter:
             self.run(step)
 
-    def run(self, iteration: int) -> Optional[dict]:
+    def run(self, iteration: int) -> dict | None:
         """Evaluate now (collective: every process takes part, each on its shard); the metrics on
         every process, None when disabled or failed."""
         result = None
@@ -68,12 +77,19 @@ class PeriodicEvaluator:
         devices = [self.device.index] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             try:
-                result = self.evaluate_fn(self.cfg, model=self.model, out_dir=self.out_dir, device=self.device,
-                                          progress=False, cat_ids=self.cat_ids)
+                result = self.evaluate_fn(
+                    self.cfg,
+                    model=self.model,
+                    out_dir=self.out_dir,
+                    device=self.device,
+                    progress=False,
+                    cat_ids=self.cat_ids,
+                )
             except Exception as e:  # keep training (every process gets here at the same step)
                 logger.error("evaluation at iteration %d failed: %s: %s", iteration, type(e).__name__, e)
-                self.metrics.write({"iteration": iteration, "event": "eval_failed",
-                                    "error": f"{type(e).__name__}: {e}"})
+                self.metrics.write(
+                    {"iteration": iteration, "event": "eval_failed", "error": f"{type(e).__name__}: {e}"}
+                )
                 result = None
             finally:
                 self.model.train()

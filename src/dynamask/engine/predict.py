@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_MIN_SIZE = 512
 
 
-def _is_within(path: Path, folder: Optional[Path]) -> bool:
+def _is_within(path: Path, folder: Path | None) -> bool:
     if folder is None:
         return False
     try:
@@ -42,8 +43,9 @@ def _is_within(path: Path, folder: Optional[Path]) -> bool:
         return False
 
 
-def find_images(inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]],
-                exclude_dir: Optional[Union[str, os.PathLike]] = None) -> List[Path]:
+def find_images(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike], exclude_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Image files from files and folders (folders searched recursively for
     :data:`IMAGE_EXTENSIONS`; hidden files and anything under ``exclude_dir`` skipped; sorted).
     A file named explicitly is taken whatever its extension. A path that does not exist raises
@@ -51,15 +53,19 @@ def find_images(inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     excl = Path(exclude_dir).resolve() if exclude_dir is not None else None
-    found: List[Path] = []
+    found: list[Path] = []
     seen = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*")
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                           and not _is_within(f, excl))
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and not _is_within(f, excl)
+            )
         elif p.exists():
             files = [p]
         else:
@@ -94,12 +100,12 @@ def _name_group(path: Path) -> str:
         stem = head
 
 
-def shard_files(files: Sequence[Path], rank: int, world: int) -> List[int]:
+def shard_files(files: Sequence[Path], rank: int, world: int) -> list[int]:
     """The positions in ``files`` that process ``rank`` of ``world`` predicts: files whose
     overlay names could collide (:func:`_name_group`) stay together on one process, in the
     single-process order, so they get the names a single-process run gives them; the groups
     are dealt out in turn by their first file."""
-    groups: Dict[str, int] = {}
+    groups: dict[str, int] = {}
     mine = []
     for position, path in enumerate(files):
         group = groups.setdefault(_name_group(path), len(groups))
@@ -109,16 +115,16 @@ def shard_files(files: Sequence[Path], rank: int, world: int) -> List[int]:
 
 
 def predict_files(
-    weights: Union[str, os.PathLike],
-    inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-    out_dir: Union[str, os.PathLike],
-    config: Union[None, str, os.PathLike, dict] = None,
+    weights: str | os.PathLike,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: None | str | os.PathLike | dict = None,
     score_thresh: float = 0.5,
     device: Any = None,
     progress: bool = True,
-    policy: Optional[str] = None,
-    mask_budget: Optional[float] = None,
-    shard: Optional[bool] = None,
+    policy: str | None = None,
+    mask_budget: float | None = None,
+    shard: bool | None = None,
 ) -> str:
     """Run a checkpoint on image files and/or folders; returns the path of ``predictions.json``.
 
@@ -144,8 +150,8 @@ def predict_files(
         shard = du.is_dist()
     sharded = bool(shard) and du.is_dist()
     rank, world = (du.get_rank(), du.get_world_size()) if sharded else (0, 1)
-    failure: Optional[BaseException] = None
-    files: List[Path] = []
+    failure: BaseException | None = None
+    files: list[Path] = []
     try:
         if rank == 0:  # one listing: the others could see rank 0's first overlays appear in a listed folder
             files = _list_inputs(inputs, out)
@@ -158,11 +164,12 @@ def predict_files(
         raise failure
 
     mine = shard_files(files, rank, world) if sharded else list(range(len(files)))
-    part: Optional[Dict[str, Any]] = None
+    part: dict[str, Any] | None = None
     try:
         dev = du.process_device(resolve_device(device)) if sharded else device
-        predictor = Predictor(weights, config=config, device=dev, score_thresh=score_thresh,
-                              policy=policy, mask_budget=mask_budget)
+        predictor = Predictor(
+            weights, config=config, device=dev, score_thresh=score_thresh, policy=policy, mask_budget=mask_budget
+        )
         out.mkdir(parents=True, exist_ok=True)
         part = _predict_part(predictor, files, mine, out, score_thresh, progress and rank == 0)
     except Exception as exc:  # noqa: BLE001
@@ -174,7 +181,7 @@ def predict_files(
         return _write_predictions(json_path, [part], len(files), progress, write_json_atomic)
 
     gathered = du.gather_object(part if failure is None else f"{type(failure).__name__}: {failure}"[:500])
-    status: Tuple[str, Any, Any] = ("ok", None, None)
+    status: tuple[str, Any, Any] = ("ok", None, None)
     if rank == 0:
         try:
             failed = [(r, g) for r, g in enumerate(gathered) if isinstance(g, str)]
@@ -189,17 +196,19 @@ def predict_files(
     return json_path
 
 
-def _list_inputs(inputs, out: Path) -> List[Path]:
+def _list_inputs(inputs, out: Path) -> list[Path]:
     files = find_images(inputs, exclude_dir=out if out.exists() else None)
     if not files:
         shown = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
-        raise DynaMaskError(f"no images found in {', '.join(shown) or '(no inputs)'} "
-                            f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DynaMaskError(
+            f"no images found in {', '.join(shown) or '(no inputs)'} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return files
 
 
-def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], out: Path, score_thresh: float,
-                  progress: bool) -> Dict[str, Any]:
+def _predict_part(
+    predictor, files: Sequence[Path], positions: Sequence[int], out: Path, score_thresh: float, progress: bool
+) -> dict[str, Any]:
     """Predict ``files[p]`` for ``p`` in ``positions`` (image id ``p + 1``) and write their overlays;
     the entries per position, the skipped files and the counts."""
     from ..predictor import load_image_file
@@ -207,9 +216,9 @@ def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], ou
     from .evaluate import predictions_to_coco_results
 
     bar = progress_bar(len(positions), "predict", unit="img", enabled=progress)
-    entries_at: Dict[int, List[Dict[str, Any]]] = {}
+    entries_at: dict[int, list[dict[str, Any]]] = {}
     used: set = set()
-    skipped: List[Tuple[int, str]] = []
+    skipped: list[tuple[int, str]] = []
     written = 0
     hist = {14: 0, 28: 0, 56: 0, 112: 0}
     for position in positions:
@@ -222,8 +231,9 @@ def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], ou
             bar.update(1)
             continue
         pred = predictor.predict(tensor)
-        entries = predictions_to_coco_results(pred, position + 1, predictor.cat_ids,
-                                              extra={"file_name": os.fspath(path)})
+        entries = predictions_to_coco_results(
+            pred, position + 1, predictor.cat_ids, extra={"file_name": os.fspath(path)}
+        )
         for e in entries:
             label = predictor.cat_ids.index(e["category_id"]) + 1
             e["category_name"] = predictor.class_names[label - 1]
@@ -240,12 +250,13 @@ def _predict_part(predictor, files: Sequence[Path], positions: Sequence[int], ou
     return {"entries": entries_at, "skipped": skipped, "written": written, "hist": hist, "count": len(positions)}
 
 
-def _write_predictions(json_path: str, parts: Sequence[Dict[str, Any]], total: int, progress: bool, write_json,
-                       processes: int = 1) -> str:
+def _write_predictions(
+    json_path: str, parts: Sequence[dict[str, Any]], total: int, progress: bool, write_json, processes: int = 1
+) -> str:
     """``predictions.json`` from the parts of every process, in file order; the summary."""
-    entries_at: Dict[int, List[Dict[str, Any]]] = {}
+    entries_at: dict[int, list[dict[str, Any]]] = {}
     hist = {14: 0, 28: 0, 56: 0, 112: 0}
-    skipped: List[Tuple[int, str]] = []
+    skipped: list[tuple[int, str]] = []
     written = 0
     for part in parts:
         entries_at.update(part["entries"])
@@ -258,11 +269,14 @@ def _write_predictions(json_path: str, parts: Sequence[Dict[str, Any]], total: i
     ordered = [{"file_name": e["file_name"], **{k: v for k, v in e.items() if k != "file_name"}} for e in results]
     write_json(json_path, ordered)
 
-    shared = f" on {processes} processes ({'/'.join(str(p['count']) for p in parts)} image(s) each)" \
-        if processes > 1 else ""
-    summary = (f"predicted {written} image(s){shared}, {len(results)} instance(s) "
-               f"(resolutions: {', '.join(f'{r}: {n}' for r, n in hist.items())}); "
-               f"skipped {len(skipped)} unreadable image(s); wrote {json_path}")
+    shared = (
+        f" on {processes} processes ({'/'.join(str(p['count']) for p in parts)} image(s) each)" if processes > 1 else ""
+    )
+    summary = (
+        f"predicted {written} image(s){shared}, {len(results)} instance(s) "
+        f"(resolutions: {', '.join(f'{r}: {n}' for r, n in hist.items())}); "
+        f"skipped {len(skipped)} unreadable image(s); wrote {json_path}"
+    )
     logger.info(summary)
     if progress:
         print(summary, file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +28,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed % 2**64)
 
 
-def get_rng_state() -> Dict[str, Any]:
+def get_rng_state() -> dict[str, Any]:
     """The global RNG states as tensors, numbers and lists (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state: Dict[str, Any] = {
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "state": [int(x) for x in internal], "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -43,12 +48,19 @@ def get_rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`get_rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["cached_gaussian"])))
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+    )
     p = state["python"]
     random.setstate((int(p["version"]), tuple(int(x) for x in p["state"]), p["gauss_next"]))
     cuda = state.get("cuda")
@@ -56,8 +68,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
         else:
-            logger.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d: not restored",
-                           len(cuda), torch.cuda.device_count())
+            logger.warning(
+                "checkpoint has CUDA RNG states for %d devices, this machine has %d: not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

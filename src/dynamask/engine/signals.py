@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any, Dict, Optional
+from typing import Any
 
 from ..errors import DynaMaskError
 
@@ -34,8 +34,8 @@ class StopFlag:
     """
 
     def __init__(self):
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:

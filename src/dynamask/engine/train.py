@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -51,10 +51,18 @@ from ..config import ConfigError, effective_lr, flatten, load_config, save_confi
 from ..errors import DynaMaskError
 from . import distributed as du
 from .build import build_model, fits_coco_label_space, torchvision_weights_plan
-from .checkpointing import (CHECKPOINT_LAST, MODEL_FINAL, Checkpointer, check_free_space, check_writable,
-                            config_differences, load_resume_checkpoint, restore_training_state, weights_hash)
-from .data_stream import (InfiniteShardSampler, SeededDataset, SkippedImages, build_loader, load_train_dataset,
-                          to_device)
+from .checkpointing import (
+    CHECKPOINT_LAST,
+    MODEL_FINAL,
+    Checkpointer,
+    check_free_space,
+    check_writable,
+    config_differences,
+    load_resume_checkpoint,
+    restore_training_state,
+    weights_hash,
+)
+from .data_stream import InfiniteShardSampler, SeededDataset, SkippedImages, build_loader, load_train_dataset, to_device
 from .initialise import initialise_weights
 from .metrics import MetricsFile, MetricsLogger, fmt_duration, fmt_lr, open_tensorboard
 from .nonfinite import NonFiniteGuard, NonFiniteLossError
@@ -63,10 +71,27 @@ from .periodic_eval import PeriodicEvaluator
 from .rng import get_rng_state, sample_seed, seed_everything, set_rng_state
 from .signals import StopFlag, TrainingInterrupted
 
-__all__ = ["train", "build_run", "train_step", "run_training", "TrainingRun", "StepResult",
-           "TrainingInterrupted", "NonFiniteLossError", "InfiniteShardSampler", "SeededDataset", "make_lr_lambda",
-           "seed_everything", "get_rng_state", "set_rng_state", "sample_seed", "weights_hash",
-           "CHECKPOINT_LAST", "MODEL_FINAL", "METRICS_FILE"]
+__all__ = [
+    "train",
+    "build_run",
+    "train_step",
+    "run_training",
+    "TrainingRun",
+    "StepResult",
+    "TrainingInterrupted",
+    "NonFiniteLossError",
+    "InfiniteShardSampler",
+    "SeededDataset",
+    "make_lr_lambda",
+    "seed_everything",
+    "get_rng_state",
+    "set_rng_state",
+    "sample_seed",
+    "weights_hash",
+    "CHECKPOINT_LAST",
+    "MODEL_FINAL",
+    "METRICS_FILE",
+]
 
 logger = logging.getLogger("dynamask.train")
 
@@ -90,7 +115,7 @@ class TrainingRun:
     train_model: torch.nn.Module  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: Optional[torch.amp.GradScaler]
+    scaler: torch.amp.GradScaler | None
     loader: Any
     shard_size: int
     start_iter: int
@@ -102,16 +127,19 @@ class TrainingRun:
         return self.rank == 0
 
     @property
-    def class_info(self) -> Dict[str, Any]:
-        return {"class_names": list(self.dataset.class_names), "cat_ids": [int(c) for c in self.dataset.cat_ids],
-                "num_classes": len(self.dataset.class_names) + 1}
+    def class_info(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.dataset.class_names),
+            "cat_ids": [int(c) for c in self.dataset.cat_ids],
+            "num_classes": len(self.dataset.class_names) + 1,
+        }
 
 
 @dataclass
 class StepResult:
     """What one step did: this process's loss values, and the decisions all processes agreed on."""
 
-    losses: Dict[str, float]
+    losses: dict[str, float]
     total: float
     grad_norm: float
     finite: bool  # the update was applied
@@ -123,8 +151,9 @@ class StepResult:
 # ---------------------------------------------------------------------------------------- entry
 
 
-def train(cfg: dict, out_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
-          device: Optional[str] = None) -> dict:
+def train(
+    cfg: dict, out_dir: str | None = None, resume: bool = False, progress: bool = True, device: str | None = None
+) -> dict:
     """Train a model as described by ``cfg``; returns a summary dict.
 
     Args:
@@ -173,12 +202,15 @@ def build_run(cfg: dict, out_dir: str, resume: bool, dev: torch.device) -> Train
     rank, world = du.get_rank(), du.get_world_size()
     s = cfg["solver"]
     if s["ims_per_batch"] % world:
-        raise ConfigError(f"solver.ims_per_batch ({s['ims_per_batch']}) is the global batch and must be "
-                          f"divisible by the number of processes ({world})")
+        raise ConfigError(
+            f"solver.ims_per_batch ({s['ims_per_batch']}) is the global batch and must be "
+            f"divisible by the number of processes ({world})"
+        )
     for key in ("train_json", "train_images"):
         if not cfg["data"].get(key):
-            raise ConfigError(f"config: 'data.{key}' is not set; training needs it "
-                              f"(set it in the YAML file or pass data.{key}=PATH)")
+            raise ConfigError(
+                f"config: 'data.{key}' is not set; training needs it (set it in the YAML file or pass data.{key}=PATH)"
+            )
     check_writable(out_dir)
     ckpt_path = os.path.join(out_dir, CHECKPOINT_LAST)
     ckpt = load_resume_checkpoint(ckpt_path) if resume else None
@@ -210,23 +242,50 @@ def build_run(cfg: dict, out_dir: str, resume: bool, dev: torch.device) -> Train
         initialise_weights(model, cfg, tv_plan, n_classes + 1)
     else:
         start_iter, data_epoch, data_pos = restore_training_state(
-            ckpt, ckpt_path, cfg, n_classes + 1, model, optimizer, scheduler, scaler, rank, world, per_rank_batch,
-            len(dataset))
+            ckpt,
+            ckpt_path,
+            cfg,
+            n_classes + 1,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            rank,
+            world,
+            per_rank_batch,
+            len(dataset),
+        )
         del ckpt
 
     train_model: torch.nn.Module = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True
+        )
     loader, shard_size = build_loader(cfg, dataset, per_rank_batch, rank, world, data_epoch, data_pos, dev)
-    return TrainingRun(cfg=cfg, out_dir=out_dir, device=dev, rank=rank, world=world, per_rank_batch=per_rank_batch,
-                       amp=amp, dataset=dataset, model=model, train_model=train_model, optimizer=optimizer,
-                       scheduler=scheduler, scaler=scaler, loader=loader, shard_size=shard_size,
-                       start_iter=start_iter, resumed=resume,
-                       params=[p for p in model.parameters() if p.requires_grad])
+    return TrainingRun(
+        cfg=cfg,
+        out_dir=out_dir,
+        device=dev,
+        rank=rank,
+        world=world,
+        per_rank_batch=per_rank_batch,
+        amp=amp,
+        dataset=dataset,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loader=loader,
+        shard_size=shard_size,
+        start_iter=start_iter,
+        resumed=resume,
+        params=[p for p in model.parameters() if p.requires_grad],
+    )
 
 
-def _training_dataset(cfg: dict, tv_plan: Optional[dict], ckpt: Optional[dict], ckpt_path: str, main: bool):
+def _training_dataset(cfg: dict, tv_plan: dict | None, ckpt: dict | None, ckpt_path: str, main: bool):
     """The training set, in torchvision's COCO label space when a 91-class torchvision file starts
     the run on COCO categories; its classes checked against the config and a resumed checkpoint."""
     dataset = load_train_dataset(cfg)
@@ -235,18 +294,25 @@ def _training_dataset(cfg: dict, tv_plan: Optional[dict], ckpt: Optional[dict], 
 
         dataset.use_categories(coco_label_space())
         if main:
-            logger.info("model.%s: %s is torchvision's 91-class COCO model and the data's categories are COCO's: "
-                        "labels keep torchvision's label space (label = COCO category id)", tv_plan["key"],
-                        tv_plan["path"])
+            logger.info(
+                "model.%s: %s is torchvision's 91-class COCO model and the data's categories are COCO's: "
+                "labels keep torchvision's label space (label = COCO category id)",
+                tv_plan["key"],
+                tv_plan["path"],
+            )
     n_classes = len(dataset.class_names)
     if cfg["model"]["num_classes"] is not None and cfg["model"]["num_classes"] != n_classes:
-        raise ConfigError(f"model.num_classes is {cfg['model']['num_classes']} but the training set "
-                          f"{cfg['data']['train_json']} has {n_classes} categories")
+        raise ConfigError(
+            f"model.num_classes is {cfg['model']['num_classes']} but the training set "
+            f"{cfg['data']['train_json']} has {n_classes} categories"
+        )
     if ckpt is not None:
         ck_classes = ckpt.get("class_names")
         if ck_classes is not None and list(ck_classes) != list(dataset.class_names):
-            raise DynaMaskError(f"--resume: {ckpt_path} was trained on classes {list(ck_classes)}, but "
-                                f"{cfg['data']['train_json']} has {list(dataset.class_names)}")
+            raise DynaMaskError(
+                f"--resume: {ckpt_path} was trained on classes {list(ck_classes)}, but "
+                f"{cfg['data']['train_json']} has {list(dataset.class_names)}"
+            )
         if isinstance(ckpt.get("config"), dict) and main:
             diff = [k for k in config_differences(ckpt["config"], cfg) if k not in ("output_dir", "solver.max_iter")]
             if diff:
@@ -254,7 +320,7 @@ def _training_dataset(cfg: dict, tv_plan: Optional[dict], ckpt: Optional[dict], 
     return dataset
 
 
-def _training_model(cfg: dict, n_classes: int, tv_plan: Optional[dict], main: bool) -> torch.nn.Module:
+def _training_model(cfg: dict, n_classes: int, tv_plan: dict | None, main: bool) -> torch.nn.Module:
     """The model with ``model.freeze_detector`` applied (the box predictor trains when a
     torchvision file's classes are not the data's)."""
     model = build_model(cfg, n_classes + 1)
@@ -264,8 +330,10 @@ def _training_model(cfg: dict, n_classes: int, tv_plan: Optional[dict], main: bo
             for parameter in model.roi_heads.box_predictor.parameters():
                 parameter.requires_grad_(True)
             if main:
-                logger.info("model.freeze_detector: the box predictor trains (new classes); backbone, FPN, RPN and "
-                            "box head stay frozen")
+                logger.info(
+                    "model.freeze_detector: the box predictor trains (new classes); backbone, FPN, RPN and "
+                    "box head stay frozen"
+                )
     return model
 
 
@@ -311,9 +379,15 @@ def train_step(run: TrainingRun, images, targets, autocast, stop: StopFlag) -> S
         # skipped steps still advance the schedule (LR is a function of the iteration)
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         run.scheduler.step()
-    return StepResult(losses={k: float(v.detach().item()) for k, v in loss_dict.items()},
-                      total=float(total.detach().item()), grad_norm=grad_norm, finite=finite,
-                      backward_done=backward_done, stop_now=stop_now, lr=lr)
+    return StepResult(
+        losses={k: float(v.detach().item()) for k, v in loss_dict.items()},
+        total=float(total.detach().item()),
+        grad_norm=grad_norm,
+        finite=finite,
+        backward_done=backward_done,
+        stop_now=stop_now,
+        lr=lr,
+    )
 
 
 def _autocast(run: TrainingRun):
@@ -326,7 +400,7 @@ def _autocast(run: TrainingRun):
 # ---------------------------------------------------------------------------------------- the loop
 
 
-def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[float] = None) -> dict:
+def run_training(run: TrainingRun, progress: bool = True, t_start: float | None = None) -> dict:
     """Train ``run`` to ``solver.max_iter``; returns the summary :func:`train` describes."""
     import tqdm as _tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -343,24 +417,51 @@ def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[floa
             metrics.reset()
         writer = open_tensorboard(os.path.join(out_dir, "tb"), purge_step=run.start_iter if run.resumed else None)
     show_bar = bool(progress and main and sys.stderr.isatty())
-    checkpointer = Checkpointer(out_dir, cfg, run.model, run.optimizer, run.scheduler, run.scaler, run.class_info,
-                                run.per_rank_batch, run.shard_size, run.world, main)
+    checkpointer = Checkpointer(
+        out_dir,
+        cfg,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        run.scaler,
+        run.class_info,
+        run.per_rank_batch,
+        run.shard_size,
+        run.world,
+        main,
+    )
     logger_hook = MetricsLogger(metrics, writer, cfg, run.per_rank_batch, run.shard_size, run.world, main, show_bar)
-    evaluator = PeriodicEvaluator(cfg, run.model, out_dir, run.device, run.class_info["cat_ids"], metrics, writer,
-                                  main)
+    evaluator = PeriodicEvaluator(cfg, run.model, out_dir, run.device, run.class_info["cat_ids"], metrics, writer, main)
     guard = NonFiniteGuard(cfg["solver"]["max_nonfinite_steps"], metrics.write, main, checkpointer.last_path)
     skipped = SkippedImages(metrics.write, main)
     max_iter = cfg["solver"]["max_iter"]
     if main:
-        logger.info("training %s (%s head, %s policy) on %d image(s), %d classes: iterations %d..%d, batch %d "
-                    "(%d process(es) x %d), lr %s, device %s", cfg["model"]["backbone"], cfg["model"]["head"],
-                    cfg["model"]["policy"], len(run.dataset), len(run.dataset.class_names), run.start_iter + 1,
-                    max_iter, cfg["solver"]["ims_per_batch"], run.world, run.per_rank_batch,
-                    fmt_lr(effective_lr(cfg)), run.device)
-    bar = _tqdm.tqdm(total=max_iter, initial=run.start_iter, disable=not show_bar, desc="train", unit="it",
-                     dynamic_ncols=True, file=sys.stderr)
-    redirect = logging_redirect_tqdm(loggers=[logging.getLogger("dynamask")]) if show_bar \
-        else contextlib.nullcontext()
+        logger.info(
+            "training %s (%s head, %s policy) on %d image(s), %d classes: iterations %d..%d, batch %d "
+            "(%d process(es) x %d), lr %s, device %s",
+            cfg["model"]["backbone"],
+            cfg["model"]["head"],
+            cfg["model"]["policy"],
+            len(run.dataset),
+            len(run.dataset.class_names),
+            run.start_iter + 1,
+            max_iter,
+            cfg["solver"]["ims_per_batch"],
+            run.world,
+            run.per_rank_batch,
+            fmt_lr(effective_lr(cfg)),
+            run.device,
+        )
+    bar = _tqdm.tqdm(
+        total=max_iter,
+        initial=run.start_iter,
+        disable=not show_bar,
+        desc="train",
+        unit="it",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    redirect = logging_redirect_tqdm(loggers=[logging.getLogger("dynamask")]) if show_bar else contextlib.nullcontext()
     iteration = run.start_iter
     try:
         with StopFlag() as stop, redirect, du.peer_failure_guard(lambda: iteration, checkpointer.last_path):
@@ -383,8 +484,11 @@ def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[floa
                     bar.update(1)
                     bar.set_postfix_str(f"loss {result.total:.4f} lr {fmt_lr(result.lr)}", refresh=False)
                 logger_hook.after_step(step, result.lr)
-                if cfg["solver"]["checkpoint_period"] and step % cfg["solver"]["checkpoint_period"] == 0 \
-                        and step != max_iter:
+                if (
+                    cfg["solver"]["checkpoint_period"]
+                    and step % cfg["solver"]["checkpoint_period"] == 0
+                    and step != max_iter
+                ):
                     checkpointer.save_last(step)
                 evaluator.after_step(step)
                 if result.stop_now:
@@ -398,8 +502,18 @@ def run_training(run: TrainingRun, progress: bool = True, t_start: Optional[floa
         if writer is not None:
             writer.flush()
             writer.close()
-    return _summary(run, metrics, logger_hook, checkpointer, iteration, guard.total, skipped_total, hashes,
-                    final_eval, time.perf_counter() - t_start)
+    return _summary(
+        run,
+        metrics,
+        logger_hook,
+        checkpointer,
+        iteration,
+        guard.total,
+        skipped_total,
+        hashes,
+        final_eval,
+        time.perf_counter() - t_start,
+    )
 
 
 def _stop(checkpointer: Checkpointer, step: int, signal_name: str, main: bool) -> None:
@@ -407,9 +521,13 @@ def _stop(checkpointer: Checkpointer, step: int, signal_name: str, main: bool) -
     name = signal_name or "a signal on another process"
     if main:
         logger.warning("interrupted by %s at iteration %d; checkpoint written", name, step)
-    raise TrainingInterrupted(f"interrupted ({name}) at iteration {step}; checkpoint written to "
-                              f"{checkpointer.last_path}, resume with --resume", iteration=step,
-                              checkpoint=checkpointer.last_path, signal_name=name)
+    raise TrainingInterrupted(
+        f"interrupted ({name}) at iteration {step}; checkpoint written to "
+        f"{checkpointer.last_path}, resume with --resume",
+        iteration=step,
+        checkpoint=checkpointer.last_path,
+        signal_name=name,
+    )
 
 
 def _finish(run: TrainingRun, checkpointer: Checkpointer, evaluator: PeriodicEvaluator, iteration: int):
@@ -424,29 +542,62 @@ def _finish(run: TrainingRun, checkpointer: Checkpointer, evaluator: PeriodicEva
     checkpointer.save_final(iteration)
     hashes = du.all_gather_object(weights_hash(run.model)) if run.world > 1 else [weights_hash(run.model)]
     if len(set(hashes)) != 1 and run.main:
-        logger.warning("the weights differ between processes after training (sha256 per rank: %s); "
-                       "model_final.pt holds rank 0's", hashes)
+        logger.warning(
+            "the weights differ between processes after training (sha256 per rank: %s); model_final.pt holds rank 0's",
+            hashes,
+        )
     final_eval = evaluator.run(iteration) if evaluator.enabled else None
     return hashes, final_eval
 
 
-def _summary(run: TrainingRun, metrics: MetricsFile, logger_hook: MetricsLogger, checkpointer: Checkpointer,
-             iteration: int, nonfinite_total: int, skipped_total: int, hashes, final_eval, elapsed: float) -> dict:
+def _summary(
+    run: TrainingRun,
+    metrics: MetricsFile,
+    logger_hook: MetricsLogger,
+    checkpointer: Checkpointer,
+    iteration: int,
+    nonfinite_total: int,
+    skipped_total: int,
+    hashes,
+    final_eval,
+    elapsed: float,
+) -> dict:
     last = logger_hook.last
     summary = {
-        "iteration": iteration, "output_dir": run.out_dir, "checkpoint": checkpointer.last_path,
-        "model_final": checkpointer.final_path, "losses": {k: v for k, v in last.items() if k.startswith("loss")},
-        "total_loss": last.get("total_loss"), "lr": run.optimizer.param_groups[0]["lr"],
-        "nonfinite_steps": nonfinite_total, "skipped_images": skipped_total, "time_s": elapsed,
-        "world_size": run.world, "weights_sha256": hashes, "eval": final_eval,
+        "iteration": iteration,
+        "output_dir": run.out_dir,
+        "checkpoint": checkpointer.last_path,
+        "model_final": checkpointer.final_path,
+        "losses": {k: v for k, v in last.items() if k.startswith("loss")},
+        "total_loss": last.get("total_loss"),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "nonfinite_steps": nonfinite_total,
+        "skipped_images": skipped_total,
+        "time_s": elapsed,
+        "world_size": run.world,
+        "weights_sha256": hashes,
+        "eval": final_eval,
     }
-    metrics.write({"iteration": iteration, "event": "final", "total_loss": summary["total_loss"],
-                   "nonfinite_steps": nonfinite_total, "time_s": elapsed, "world_size": run.world,
-                   "weights_sha256": hashes})
+    metrics.write(
+        {
+            "iteration": iteration,
+            "event": "final",
+            "total_loss": summary["total_loss"],
+            "nonfinite_steps": nonfinite_total,
+            "time_s": elapsed,
+            "world_size": run.world,
+            "weights_sha256": hashes,
+        }
+    )
     if run.main:
         if skipped_total:
-            logger.warning("%d unreadable training image(s) were skipped over all %d process(es)", skipped_total,
-                           run.world)
-        logger.info("training finished: %d iterations in %s; model written to %s", iteration - run.start_iter,
-                    fmt_duration(elapsed), checkpointer.final_path)
+            logger.warning(
+                "%d unreadable training image(s) were skipped over all %d process(es)", skipped_total, run.world
+            )
+        logger.info(
+            "training finished: %d iterations in %s; model written to %s",
+            iteration - run.start_iter,
+            fmt_duration(elapsed),
+            checkpointer.final_path,
+        )
     return summary

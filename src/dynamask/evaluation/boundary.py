@@ -17,7 +17,7 @@ meets no ground truth of its category is never decoded.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,14 +36,14 @@ class BandCache:
     of the masks a block needs (together: one pass of NumPy calls), ``band(key)`` is (box, band
     crop as uint8 0/1, its pixel count). ``source(key)`` gives (RLE bytes, box x, y, w, h)."""
 
-    def __init__(self, height: int, width: int, ratio: float, source: Callable[[object], Tuple[bytes, tuple]]):
+    def __init__(self, height: int, width: int, ratio: float, source: Callable[[object], tuple[bytes, tuple]]):
         import cv2
 
         self.height, self.source = height, source
         d = dilation_pixels(height, width, ratio)
         self.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * d + 1, 2 * d + 1))
-        self.bands: Dict[object, Tuple[tuple, np.ndarray, int]] = {}
-        self.runs: Dict[object, Tuple[tuple, np.ndarray]] = {}
+        self.bands: dict[object, tuple[tuple, np.ndarray, int]] = {}
+        self.runs: dict[object, tuple[tuple, np.ndarray]] = {}
 
     def prepare(self, keys) -> None:
         todo = [k for k in dict.fromkeys(keys) if k not in self.bands and k not in self.runs]
@@ -52,7 +52,7 @@ class BandCache:
             for k, (_, box), runs in zip(todo, sources, rle_runs_many([counts for counts, _ in sources])):
                 self.runs[k] = (box, runs)
 
-    def band(self, key) -> Tuple[tuple, np.ndarray, int]:
+    def band(self, key) -> tuple[tuple, np.ndarray, int]:
         hit = self.bands.get(key)
         if hit is None:
             import cv2
@@ -66,14 +66,18 @@ class BandCache:
         return hit
 
 
-def _band_iou(a: Tuple[tuple, np.ndarray, int], b: Tuple[tuple, np.ndarray, int]) -> float:
+def _band_iou(a: tuple[tuple, np.ndarray, int], b: tuple[tuple, np.ndarray, int]) -> float:
     (xa, ya, wa, ha), band_a, na = a
     (xb, yb, wb, hb), band_b, nb = b
     x0, x1 = max(xa, xb), min(xa + wa, xb + wb)
     y0, y1 = max(ya, yb), min(ya + ha, yb + hb)
     inter = 0
     if x1 > x0 and y1 > y0:
-        inter = int(np.count_nonzero(band_a[y0 - ya:y1 - ya, x0 - xa:x1 - xa] & band_b[y0 - yb:y1 - yb, x0 - xb:x1 - xb]))
+        inter = int(
+            np.count_nonzero(
+                band_a[y0 - ya : y1 - ya, x0 - xa : x1 - xa] & band_b[y0 - yb : y1 - yb, x0 - xb : x1 - xb]
+            )
+        )
     union = na + nb - inter
     return inter / union if union > 0 else 0.0
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,9 @@ logger = logging.getLogger("dynamask.evaluation")
 
 IOU_TYPES = ("bbox", "segm", "boundary")
 #: AP keys (0–100 scale) produced by :func:`compute_coco_metrics`
-AP_KEYS: Tuple[str, ...] = tuple(f"{kind}_{k}" for kind in IOU_TYPES for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+AP_KEYS: tuple[str, ...] = tuple(
+    f"{kind}_{k}" for kind in IOU_TYPES for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+)
 #: images per task of the IoU pass
 IMAGES_PER_TASK = 64
 #: below this many detections the IoU pass runs in this process (starting workers costs more)
@@ -44,20 +47,26 @@ PARALLEL_MIN_DETECTIONS = 20_000
 CATEGORIES_PER_CALL = 8
 
 
-def ap_summary(kind: str, precision: np.ndarray, max_dets: int) -> Dict[str, Optional[float]]:
+def ap_summary(kind: str, precision: np.ndarray, max_dets: int) -> dict[str, float | None]:
     """The six AP numbers (0–100) of one IoU type from its ``precision`` array; None where no
     category has ground truth in that area range."""
     m = max_dets_list(max_dets).index(int(max_dets))
 
-    def mean(iou: Optional[float] = None, area: str = "all") -> Optional[float]:
+    def mean(iou: float | None = None, area: str = "all") -> float | None:
         s = precision[:, :, :, AREA_LABELS.index(area), m]
         if iou is not None:
             s = s[np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))]
         valid = s[s > -1]
         return float(np.mean(valid)) * 100.0 if valid.size else None
 
-    return {f"{kind}_AP": mean(), f"{kind}_AP50": mean(iou=0.5), f"{kind}_AP75": mean(iou=0.75),
-            f"{kind}_APs": mean(area="small"), f"{kind}_APm": mean(area="medium"), f"{kind}_APl": mean(area="large")}
+    return {
+        f"{kind}_AP": mean(),
+        f"{kind}_AP50": mean(iou=0.5),
+        f"{kind}_AP75": mean(iou=0.75),
+        f"{kind}_APs": mean(area="small"),
+        f"{kind}_APm": mean(area="medium"),
+        f"{kind}_APl": mean(area="large"),
+    }
 
 
 def _available_cpus() -> int:
@@ -92,18 +101,23 @@ def _tasks(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[st
     g_order = np.argsort(gt.ann_image, kind="stable")  # file order within an image
     g_img = gt.ann_image[g_order]
     for lo in range(0, len(gt.image_ids), IMAGES_PER_TASK):
-        ids = gt.image_ids[lo:lo + IMAGES_PER_TASK]
+        ids = gt.image_ids[lo : lo + IMAGES_PER_TASK]
         d_off = np.searchsorted(d_img, np.r_[ids, ids[-1] + 1]) if ids.size else np.zeros(1, np.int64)
         g_off = np.searchsorted(g_img, np.r_[ids, ids[-1] + 1])
-        d_rows = rows[d_off[0]:d_off[-1]]
-        g_rows = g_order[g_off[0]:g_off[-1]]
+        d_rows = rows[d_off[0] : d_off[-1]]
+        g_rows = g_order[g_off[0] : g_off[-1]]
         yield {
-            "kinds": tuple(kinds), "ratio": ratio,
-            "sizes": np.stack([gt.heights[lo:lo + len(ids)], gt.widths[lo:lo + len(ids)]], 1),
-            "det_offsets": d_off - d_off[0], "gt_offsets": g_off - g_off[0],
-            "det_category": res.category_ids[d_rows], "det_box": res.boxes[d_rows],
+            "kinds": tuple(kinds),
+            "ratio": ratio,
+            "sizes": np.stack([gt.heights[lo : lo + len(ids)], gt.widths[lo : lo + len(ids)]], 1),
+            "det_offsets": d_off - d_off[0],
+            "gt_offsets": g_off - g_off[0],
+            "det_category": res.category_ids[d_rows],
+            "det_box": res.boxes[d_rows],
             "det_counts": [res.counts(i) for i in d_rows.tolist()] if masks else [],
-            "gt_category": gt.ann_category[g_rows], "gt_box": gt.ann_box[g_rows], "gt_crowd": gt.ann_crowd[g_rows],
+            "gt_category": gt.ann_category[g_rows],
+            "gt_box": gt.ann_box[g_rows],
+            "gt_crowd": gt.ann_crowd[g_rows],
             "gt_counts": [gt.counts(k) for k in g_rows.tolist()] if masks else [],
             "gt_rows": g_rows,
         }
@@ -133,11 +147,12 @@ def _workers(count: int):
         pool.terminate()
 
 
-def _iou_pass(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[str], ratio: float,
-              run, progress: bool):
+def _iou_pass(
+    res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence[str], ratio: float, run, progress: bool
+):
     """{kind: {(image id, category): matrix}} over all images, and the mask area of each row."""
-    ious: Dict[str, Dict[Tuple[int, int], np.ndarray]] = {k: {} for k in kinds}
-    areas: List[np.ndarray] = []
+    ious: dict[str, dict[tuple[int, int], np.ndarray]] = {k: {} for k in kinds}
+    areas: list[np.ndarray] = []
     first = 0
     with progress_bar(len(gt.image_ids), "score (IoUs)", unit="img", enabled=progress) as bar:
         for task_areas, per_image in run(chunk_ious, _tasks(res, rows, gt, kinds, ratio)):
@@ -152,8 +167,9 @@ def _iou_pass(res: ResultSet, rows: np.ndarray, gt: GroundTruth, kinds: Sequence
     return ious, (np.concatenate(areas) if areas else np.zeros(0))
 
 
-def _precision_tasks(gt: GroundTruth, det: Dict[str, np.ndarray], ious: Dict[str, Dict[Tuple[int, int], np.ndarray]],
-                     max_dets: int):
+def _precision_tasks(
+    gt: GroundTruth, det: dict[str, np.ndarray], ious: dict[str, dict[tuple[int, int], np.ndarray]], max_dets: int
+):
     """The matcher's tasks: each IoU type × :data:`CATEGORIES_PER_CALL` categories, with their rows only."""
     cats = gt.category_ids
     img_ids = gt.image_ids.tolist()
@@ -167,14 +183,25 @@ def _precision_tasks(gt: GroundTruth, det: Dict[str, np.ndarray], ious: Dict[str
             chunk_of.setdefault(int(np.searchsorted(cats, c)) // CATEGORIES_PER_CALL, {})[i, c] = m
         for lo in range(0, len(cats), CATEGORIES_PER_CALL):
             hi = min(lo + CATEGORIES_PER_CALL, len(cats))
-            g = g_order[g_bounds[lo]:(g_bounds[hi] if hi < len(cats) else len(g_order))]
-            d = d_order[d_bounds[lo]:(d_bounds[hi] if hi < len(cats) else len(d_order))]
-            yield {"kind": kind, "first": lo, "img_ids": img_ids, "cat_ids": cats[lo:hi].tolist(),
-                   "max_dets": max_dets, "gt_image": gt.ann_image[g], "gt_category": gt.ann_category[g],
-                   "gt_area": gt.ann_area[g], "gt_crowd": gt.ann_crowd[g], "det_image": det["image"][d],
-                   "det_category": det["category"][d], "det_score": det["score"][d],
-                   "det_area": det["area_" + ("bbox" if kind == "bbox" else "mask")][d], "det_id": d + 1,
-                   "ious": chunk_of.get(lo // CATEGORIES_PER_CALL, {})}
+            g = g_order[g_bounds[lo] : (g_bounds[hi] if hi < len(cats) else len(g_order))]
+            d = d_order[d_bounds[lo] : (d_bounds[hi] if hi < len(cats) else len(d_order))]
+            yield {
+                "kind": kind,
+                "first": lo,
+                "img_ids": img_ids,
+                "cat_ids": cats[lo:hi].tolist(),
+                "max_dets": max_dets,
+                "gt_image": gt.ann_image[g],
+                "gt_category": gt.ann_category[g],
+                "gt_area": gt.ann_area[g],
+                "gt_crowd": gt.ann_crowd[g],
+                "det_image": det["image"][d],
+                "det_category": det["category"][d],
+                "det_score": det["score"][d],
+                "det_area": det["area_" + ("bbox" if kind == "bbox" else "mask")][d],
+                "det_id": d + 1,
+                "ious": chunk_of.get(lo // CATEGORIES_PER_CALL, {}),
+            }
 
 
 # --------------------------------------------------------------------------
@@ -182,22 +209,29 @@ def _precision_tasks(gt: GroundTruth, det: Dict[str, np.ndarray], ious: Dict[str
 # --------------------------------------------------------------------------
 def coco_precisions(
     gt: Any,
-    results: Union[ResultSet, Sequence[Mapping[str, Any]]],
+    results: ResultSet | Sequence[Mapping[str, Any]],
     max_dets: int = 100,
-    img_ids: Optional[Sequence[int]] = None,
-    image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
+    img_ids: Sequence[int] | None = None,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
     boundary: bool = True,
     boundary_dilation_ratio: float = 0.02,
-    cpu_count: Optional[int] = None,
+    cpu_count: int | None = None,
     progress: bool = False,
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """{IoU type: pycocotools' ``eval["precision"]``} of ``results`` against ``gt`` for the
     types the results allow (box AP when every detection has a box, mask and boundary AP when
     every one has a mask); the arguments are :func:`compute_coco_metrics`'."""
     gt_data = _gt_dict(gt)
     res = results if isinstance(results, ResultSet) else results_from_entries(results)
-    kinds = [k for k, wanted in (("bbox", bool(res.has_box.all())), ("segm", bool(res.has_mask.all())),
-                                 ("boundary", boundary and bool(res.has_mask.all()))) if wanted]
+    kinds = [
+        k
+        for k, wanted in (
+            ("bbox", bool(res.has_box.all())),
+            ("segm", bool(res.has_mask.all())),
+            ("boundary", boundary and bool(res.has_mask.all())),
+        )
+        if wanted
+    ]
     garr = ground_truth_arrays(gt_data, img_ids, image_sizes, masks="segm" in kinds)
     if not len(garr.image_ids) or not kinds:
         return {}
@@ -206,12 +240,21 @@ def coco_precisions(
         cpu_count = _available_cpus() if len(rows) >= PARALLEL_MIN_DETECTIONS else 1
     with _workers(max(1, int(cpu_count))) as run:
         ious, mask_areas = _iou_pass(res, rows, garr, kinds, boundary_dilation_ratio, run, progress)
-        det = {"image": res.image_ids[rows], "category": res.category_ids[rows], "score": res.scores[rows],
-               "area_bbox": res.boxes[rows, 2] * res.boxes[rows, 3], "area_mask": mask_areas}
-        parts: Dict[str, List[Tuple[int, np.ndarray]]] = {k: [] for k in kinds}
+        det = {
+            "image": res.image_ids[rows],
+            "category": res.category_ids[rows],
+            "score": res.scores[rows],
+            "area_bbox": res.boxes[rows, 2] * res.boxes[rows, 3],
+            "area_mask": mask_areas,
+        }
+        parts: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in kinds}
         tasks = _precision_tasks(garr, det, ious, max_dets)
-        with progress_bar(len(kinds) * -(-len(garr.category_ids) // CATEGORIES_PER_CALL), "score (matching)",
-                          unit="task", enabled=progress) as bar:
+        with progress_bar(
+            len(kinds) * -(-len(garr.category_ids) // CATEGORIES_PER_CALL),
+            "score (matching)",
+            unit="task",
+            enabled=progress,
+        ) as bar:
             for kind, first, precision in run(precision_task, tasks):
                 parts[kind].append((first, precision))
                 bar.update(1)
@@ -220,15 +263,15 @@ def coco_precisions(
 
 def compute_coco_metrics(
     gt: Any,
-    results: Union[ResultSet, Sequence[Mapping[str, Any]]],
+    results: ResultSet | Sequence[Mapping[str, Any]],
     max_dets: int = 100,
-    img_ids: Optional[Sequence[int]] = None,
-    image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
+    img_ids: Sequence[int] | None = None,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
     boundary: bool = True,
     boundary_dilation_ratio: float = 0.02,
-    cpu_count: Optional[int] = None,
+    cpu_count: int | None = None,
     progress: bool = False,
-) -> Dict[str, Optional[float]]:
+) -> dict[str, float | None]:
     """COCO box, mask and boundary AP (0–100 scale) of ``results`` against ``gt``.
 
     ``gt``: a COCO annotation dict, a json path or a COCO object (its ``dataset``; never
@@ -241,9 +284,10 @@ def compute_coco_metrics(
     process may use, for sets of :data:`PARALLEL_MIN_DETECTIONS` detections or more);
     ``progress``: a progress line while it scores.
     """
-    out: Dict[str, Optional[float]] = {k: None for k in AP_KEYS}
-    precisions = coco_precisions(gt, results, max_dets, img_ids, image_sizes, boundary, boundary_dilation_ratio,
-                                 cpu_count, progress)
+    out: dict[str, float | None] = {k: None for k in AP_KEYS}
+    precisions = coco_precisions(
+        gt, results, max_dets, img_ids, image_sizes, boundary, boundary_dilation_ratio, cpu_count, progress
+    )
     for kind, precision in precisions.items():
         out.update(ap_summary(kind, precision, max_dets))
     return out

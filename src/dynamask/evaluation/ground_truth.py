@@ -7,8 +7,9 @@ the compressed RLE of each mask, rasterised once from its polygons the way pycoc
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -24,23 +25,23 @@ class GroundTruth:
     of those images and categories in file order, annotation ``k`` with the mask
     ``rle_bytes[rle_offsets[k]:rle_offsets[k + 1]]`` when built with masks."""
 
-    image_ids: np.ndarray     # int64 [I]
-    heights: np.ndarray       # int64 [I] (0: unknown)
-    widths: np.ndarray        # int64 [I]
+    image_ids: np.ndarray  # int64 [I]
+    heights: np.ndarray  # int64 [I] (0: unknown)
+    widths: np.ndarray  # int64 [I]
     category_ids: np.ndarray  # int64 [K]
-    ann_image: np.ndarray     # int64 [G] image id
+    ann_image: np.ndarray  # int64 [G] image id
     ann_category: np.ndarray  # int64 [G]
-    ann_area: np.ndarray      # float64 [G] the json ``area`` (pycocotools' area ranges use it)
-    ann_crowd: np.ndarray     # bool [G]
-    ann_box: np.ndarray       # float64 [G, 4] x, y, w, h
-    rle_offsets: Optional[np.ndarray] = None  # int64 [G + 1]
-    rle_bytes: Optional[np.ndarray] = None    # uint8
+    ann_area: np.ndarray  # float64 [G] the json ``area`` (pycocotools' area ranges use it)
+    ann_crowd: np.ndarray  # bool [G]
+    ann_box: np.ndarray  # float64 [G, 4] x, y, w, h
+    rle_offsets: np.ndarray | None = None  # int64 [G + 1]
+    rle_bytes: np.ndarray | None = None  # uint8
 
     def __len__(self) -> int:
         return int(self.ann_image.shape[0])
 
     def counts(self, k: int) -> bytes:
-        return self.rle_bytes[int(self.rle_offsets[k]):int(self.rle_offsets[k + 1])].tobytes()
+        return self.rle_bytes[int(self.rle_offsets[k]) : int(self.rle_offsets[k + 1])].tobytes()
 
 
 def _mask_counts(seg: Any, h: int, w: int) -> bytes:
@@ -55,9 +56,12 @@ def _mask_counts(seg: Any, h: int, w: int) -> bytes:
     return counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
 
 
-def ground_truth_arrays(gt: Mapping[str, Any], img_ids: Optional[Iterable[int]] = None,
-                        image_sizes: Optional[Mapping[int, Tuple[int, int]]] = None,
-                        masks: bool = True) -> GroundTruth:
+def ground_truth_arrays(
+    gt: Mapping[str, Any],
+    img_ids: Iterable[int] | None = None,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
+    masks: bool = True,
+) -> GroundTruth:
     """:class:`GroundTruth` of the COCO dict ``gt`` over ``img_ids`` (default: all its images).
     An image without ``height``/``width`` takes them from ``image_sizes`` ({id: (h, w)}); masks
     need them. An annotation without ``area`` gets its box's; one without ``iscrowd`` is not a crowd."""
@@ -89,10 +93,16 @@ def ground_truth_arrays(gt: Mapping[str, Any], img_ids: Optional[Iterable[int]] 
             rle.append(_mask_counts(ann.get("segmentation"), h, w))
     table = np.array(rows, np.float64).reshape(-1, 8)
     out = GroundTruth(
-        image_ids=image_ids, heights=np.array([sizes[i][0] for i in image_ids.tolist()], np.int64),
-        widths=np.array([sizes[i][1] for i in image_ids.tolist()], np.int64), category_ids=cats,
-        ann_image=table[:, 0].astype(np.int64), ann_category=table[:, 1].astype(np.int64), ann_area=table[:, 2].copy(),
-        ann_crowd=table[:, 3] != 0, ann_box=table[:, 4:8].copy())
+        image_ids=image_ids,
+        heights=np.array([sizes[i][0] for i in image_ids.tolist()], np.int64),
+        widths=np.array([sizes[i][1] for i in image_ids.tolist()], np.int64),
+        category_ids=cats,
+        ann_image=table[:, 0].astype(np.int64),
+        ann_category=table[:, 1].astype(np.int64),
+        ann_area=table[:, 2].copy(),
+        ann_crowd=table[:, 3] != 0,
+        ann_box=table[:, 4:8].copy(),
+    )
     if masks:
         out.rle_offsets = np.concatenate(([0], np.cumsum([len(c) for c in rle], dtype=np.int64))).astype(np.int64)
         out.rle_bytes = np.frombuffer(b"".join(rle), np.uint8)

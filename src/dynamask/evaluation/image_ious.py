@@ -11,7 +11,8 @@ cuts them, the ground truth in file order, and the compressed RLEs of both as li
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,15 +25,16 @@ __all__ = ["image_ious", "chunk_ious"]
 _AREA_CHUNK = 255
 
 
-def _rles(counts: Sequence[bytes], h: int, w: int) -> List[dict]:
+def _rles(counts: Sequence[bytes], h: int, w: int) -> list[dict]:
     return [{"size": [h, w], "counts": c} for c in counts]
 
 
-def _mask_areas(rles: List[dict]) -> np.ndarray:
+def _mask_areas(rles: list[dict]) -> np.ndarray:
     if not rles:
         return np.zeros(0, np.float64)
-    return np.concatenate([np.asarray(mask_utils.area(rles[i:i + _AREA_CHUNK]), np.float64)
-                           for i in range(0, len(rles), _AREA_CHUNK)])
+    return np.concatenate(
+        [np.asarray(mask_utils.area(rles[i : i + _AREA_CHUNK]), np.float64) for i in range(0, len(rles), _AREA_CHUNK)]
+    )
 
 
 def _all_pairs(d: Any, g: Any, crowd: np.ndarray, nd: int, ng: int) -> np.ndarray:
@@ -41,8 +43,9 @@ def _all_pairs(d: Any, g: Any, crowd: np.ndarray, nd: int, ng: int) -> np.ndarra
     return np.asarray(mask_utils.iou(d, g, crowd.astype(np.uint8).tolist()), np.float64).reshape(nd, ng)
 
 
-def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], size: Tuple[int, int],
-               ratio: float) -> Tuple[np.ndarray, Dict[int, Dict[str, np.ndarray]]]:
+def image_ious(
+    det: dict[str, Any], gt: dict[str, Any], kinds: Sequence[str], size: tuple[int, int], ratio: float
+) -> tuple[np.ndarray, dict[int, dict[str, np.ndarray]]]:
     """(the detections' mask areas (empty without masks), {category: {kind: IoU matrix}}) of one
     image; ``det``/``gt`` hold ``category``, ``box``, ``counts`` (and gt ``crowd``) of its rows,
     detections grouped by category. A matrix is detections (in their order) × ground truth (in
@@ -54,7 +57,7 @@ def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], si
     d_rles = _rles(det["counts"], h, w) if masks else []
     g_rles = _rles(gt["counts"], h, w) if masks else []
     areas = _mask_areas(d_rles) if masks else np.zeros(0)
-    out: Dict[int, Dict[str, np.ndarray]] = {}
+    out: dict[int, dict[str, np.ndarray]] = {}
     if nd == 0 or ng == 0:
         return areas, out
     full = {}
@@ -64,8 +67,10 @@ def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], si
         full["segm"] = _all_pairs(d_rles, g_rles, crowd, nd, ng)
     bands = None
     if "boundary" in kinds:
-        boxes = {"d": np.asarray(mask_utils.toBbox(d_rles)).astype(np.int64).reshape(-1, 4),
-                 "g": np.asarray(mask_utils.toBbox(g_rles)).astype(np.int64).reshape(-1, 4)}
+        boxes = {
+            "d": np.asarray(mask_utils.toBbox(d_rles)).astype(np.int64).reshape(-1, 4),
+            "g": np.asarray(mask_utils.toBbox(g_rles)).astype(np.int64).reshape(-1, 4),
+        }
         counts = {"d": det["counts"], "g": gt["counts"]}
         bands = BandCache(h, w, ratio, lambda key: (counts[key[0]][key[1]], tuple(boxes[key[0]][key[1]].tolist())))
         need = (full["segm"] > 0) & (det["category"][:, None] == gt["category"][None, :]) & ~crowd[None, :]
@@ -75,17 +80,18 @@ def image_ious(det: Dict[str, Any], gt: Dict[str, Any], kinds: Sequence[str], si
     for c in np.intersect1d(d_cat, g_cat).tolist():
         rows = np.flatnonzero(d_cat == c)
         cols = np.flatnonzero(g_cat == c)
-        block = {k: m[rows[0]:rows[-1] + 1][:, cols] for k, m in full.items()}
+        block = {k: m[rows[0] : rows[-1] + 1][:, cols] for k, m in full.items()}
         if bands is not None:
-            block["boundary"] = boundary_ious(block["segm"], crowd[cols], [("d", r) for r in rows.tolist()],
-                                              [("g", k) for k in cols.tolist()], bands)
+            block["boundary"] = boundary_ious(
+                block["segm"], crowd[cols], [("d", r) for r in rows.tolist()], [("g", k) for k in cols.tolist()], bands
+            )
         if "segm" not in kinds:
             block.pop("segm", None)
         out[c] = block
     return areas, out
 
 
-def chunk_ious(task: Dict[str, Any]) -> Tuple[np.ndarray, List[Dict[int, Dict[str, np.ndarray]]]]:
+def chunk_ious(task: dict[str, Any]) -> tuple[np.ndarray, list[dict[int, dict[str, np.ndarray]]]]:
     """:func:`image_ious` of each image of a task (see the module's docstring): (the mask areas
     of all its detections, one {category: {kind: matrix}} per image)."""
     areas, per_image = [], []
@@ -93,8 +99,12 @@ def chunk_ious(task: Dict[str, Any]) -> Tuple[np.ndarray, List[Dict[int, Dict[st
     for j in range(len(task["sizes"])):
         ds, gs = slice(int(d_lo[j]), int(d_lo[j + 1])), slice(int(g_lo[j]), int(g_lo[j + 1]))
         det = {"category": task["det_category"][ds], "box": task["det_box"][ds], "counts": task["det_counts"][ds]}
-        gt = {"category": task["gt_category"][gs], "box": task["gt_box"][gs], "crowd": task["gt_crowd"][gs],
-              "counts": task["gt_counts"][gs]}
+        gt = {
+            "category": task["gt_category"][gs],
+            "box": task["gt_box"][gs],
+            "crowd": task["gt_crowd"][gs],
+            "counts": task["gt_counts"][gs],
+        }
         a, ious = image_ious(det, gt, task["kinds"], tuple(task["sizes"][j]), task["ratio"])
         areas.append(a)
         per_image.append(ious)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from ..atomic import write_bytes_atomic
 from .coco_eval import AP_KEYS
@@ -14,23 +15,33 @@ from .statistics import RESOLUTIONS
 __all__ = ["METRIC_KEYS", "write_json_atomic", "write_metrics_json", "format_metrics_table"]
 
 #: keys always present in the metrics dict returned by :func:`evaluate` / ``metrics.json``
-METRIC_KEYS: Tuple[str, ...] = AP_KEYS + (
-    "mask_gflops_per_instance", "mask_gflops_per_image", "resolution_histogram", "images_per_second",
-    "num_images", "num_detections", "policy", "mask_budget", "mask_score_floor", "mask_geometry", "complexity_spearman",
-    "complexity_spearman_within_size", "complexity_spearman_by_size",
-    "complexity_pairs", "max_dets", "score_thresh",
+METRIC_KEYS: tuple[str, ...] = AP_KEYS + (
+    "mask_gflops_per_instance",
+    "mask_gflops_per_image",
+    "resolution_histogram",
+    "images_per_second",
+    "num_images",
+    "num_detections",
+    "policy",
+    "mask_budget",
+    "mask_score_floor",
+    "mask_geometry",
+    "complexity_spearman",
+    "complexity_spearman_within_size",
+    "complexity_spearman_by_size",
+    "complexity_pairs",
+    "max_dets",
+    "score_thresh",
 )
 
 
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: Optional[int] = None) -> str:
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> str:
     """``json.dump`` to a temp file in the same folder, then ``os.replace`` (never a torn file)."""
     text = json.dumps(obj, indent=indent, allow_nan=False)
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-
-def _finite_or_none(v: Any) -> Optional[float]:
+def _finite_or_none(v: Any) -> float | None:
     if v is None:
         return None
     v = float(v)
@@ -43,7 +54,6 @@ def write_metrics_json(path: str | os.PathLike, metrics: Mapping[str, Any]) -> s
     saved["resolution_histogram"] = {str(k): v for k, v in (metrics.get("resolution_histogram") or {}).items()}
     saved = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in saved.items()}
     return write_json_atomic(path, saved, indent=2)
-
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -65,7 +75,7 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     def pct(r):
         return f"{hist.get(r, 0)} ({100.0 * hist.get(r, 0) / total:.0f}%)" if total else str(hist.get(r, 0))
 
-    rows: List[Tuple[str, str]] = []
+    rows: list[tuple[str, str]] = []
     rows.append(("", ""))
     rows.append(("AP (0-100)", "AP      AP50    AP75    APs     APm     APl"))
     for kind in ("bbox", "segm", "boundary"):
@@ -76,8 +86,13 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     if from_file:
         rows.append(("results", str(metrics["results_file"])))
     else:
-        rows.append(("policy", f"{metrics.get('policy')} (mask budget {_fmt(metrics.get('mask_budget'))}, "
-                               f"mask geometry {metrics.get('mask_geometry')})"))
+        rows.append(
+            (
+                "policy",
+                f"{metrics.get('policy')} (mask budget {_fmt(metrics.get('mask_budget'))}, "
+                f"mask geometry {metrics.get('mask_geometry')})",
+            )
+        )
     rows.append(("mask GFLOPs / instance", _fmt(metrics.get("mask_gflops_per_instance"), 4)))
     rows.append(("mask GFLOPs / image", _fmt(metrics.get("mask_gflops_per_image"), 4)))
     rows.append(("resolutions", "  ".join(f"{r}: {pct(r)}" for r in RESOLUTIONS)))
@@ -90,4 +105,3 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     rows.append(("images, detections", f"{metrics.get('num_images')}, {metrics.get('num_detections')}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows).strip("\n")
-

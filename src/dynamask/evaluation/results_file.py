@@ -15,11 +15,12 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterator, List, Mapping, Optional, Tuple
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from ..cocotools import mask_utils
 from ..errors import DynaMaskError
-from .results import ResultSet, ResultsBuilder
+from .results import ResultsBuilder, ResultSet
 from .rle import rle_totals
 
 __all__ = ["read_results_file", "load_results_file"]
@@ -93,11 +94,11 @@ def _stream_list(path: str) -> Iterator[Any]:
 
         more()
         skip_space()
-        if buf[pos:pos + 1] != "[":
+        if buf[pos : pos + 1] != "[":
             raise _NotStreamable
         pos += 1
         skip_space()
-        if buf[pos:pos + 1] == "]":
+        if buf[pos : pos + 1] == "]":
             pos += 1
         else:
             while True:
@@ -112,7 +113,7 @@ def _stream_list(path: str) -> Iterator[Any]:
                     continue
                 yield entry
                 skip_space()
-                c = buf[pos:pos + 1]
+                c = buf[pos : pos + 1]
                 pos += 1
                 if c == "]":
                     break
@@ -133,8 +134,8 @@ class _Checker:
         self.cat_ids = {int(c["id"]) for c in gt.get("categories", [])}
         self.unknown = {"image_id": [None, 0], "category_id": [None, 0]}  # (first entry, its value), how many
         self.builder = ResultsBuilder()
-        self.pending: List[Tuple[int, str, int, int]] = []  # (entry, counts, h, w) not yet summed
-        self.bad_rle: Optional[Tuple[int, int, int, int]] = None  # entry, total, h, w
+        self.pending: list[tuple[int, str, int, int]] = []  # (entry, counts, h, w) not yet summed
+        self.bad_rle: tuple[int, int, int, int] | None = None  # entry, total, h, w
 
     def add(self, i: int, r: Any) -> None:
         where = f"{self.path}: entry {i}"
@@ -152,10 +153,13 @@ class _Checker:
             raise DynaMaskError(f"{where}: needs a field 'bbox' or 'segmentation' (or both)")
         if "bbox" in r:
             b = r["bbox"]
-            if not (isinstance(b, list) and len(b) == 4 and all(_is_finite_number(v) for v in b)
-                    and b[2] >= 0 and b[3] >= 0):
-                raise DynaMaskError(f"{where}: field 'bbox' must be [x, y, width, height] (4 finite numbers, "
-                                    f"width and height >= 0), got {b!r}")
+            if not (
+                isinstance(b, list) and len(b) == 4 and all(_is_finite_number(v) for v in b) and b[2] >= 0 and b[3] >= 0
+            ):
+                raise DynaMaskError(
+                    f"{where}: field 'bbox' must be [x, y, width, height] (4 finite numbers, "
+                    f"width and height >= 0), got {b!r}"
+                )
         for key, known in (("image_id", self.sizes), ("category_id", self.cat_ids)):
             if r[key] not in known:
                 seen = self.unknown[key]
@@ -169,34 +173,50 @@ class _Checker:
             raise DynaMaskError(f"{where}: field 'mask_resolution' must be an integer, got {r['mask_resolution']!r}")
         if r.get("mask_flops") is not None and not _is_finite_number(r["mask_flops"]):
             raise DynaMaskError(f"{where}: field 'mask_flops' must be a finite number, got {r['mask_flops']!r}")
-        self.builder.add(r["image_id"], r["category_id"], float(r["score"]),
-                         [float(v) for v in r["bbox"]] if "bbox" in r else None, size,
-                         counts, r.get("mask_resolution"), r.get("mask_flops"))
+        self.builder.add(
+            r["image_id"],
+            r["category_id"],
+            float(r["score"]),
+            [float(v) for v in r["bbox"]] if "bbox" in r else None,
+            size,
+            counts,
+            r.get("mask_resolution"),
+            r.get("mask_flops"),
+        )
 
-    def _checked_rle(self, seg: Any, i: int, image_id: int) -> Tuple[list, bytes]:
+    def _checked_rle(self, seg: Any, i: int, image_id: int) -> tuple[list, bytes]:
         where = f"{self.path}: entry {i}"
         if isinstance(seg, list):
-            raise DynaMaskError(f"{where}: field 'segmentation' is a polygon list; a results file holds masks as "
-                                f"RLE objects {{\"size\": [h, w], \"counts\": ...}}")
+            raise DynaMaskError(
+                f"{where}: field 'segmentation' is a polygon list; a results file holds masks as "
+                f'RLE objects {{"size": [h, w], "counts": ...}}'
+            )
         if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
-            raise DynaMaskError(f"{where}: field 'segmentation' must be an RLE object with 'size' and 'counts', "
-                                f"got {str(seg)[:80]}")
+            raise DynaMaskError(
+                f"{where}: field 'segmentation' must be an RLE object with 'size' and 'counts', got {str(seg)[:80]}"
+            )
         hw = seg["size"]
         if not (isinstance(hw, list) and len(hw) == 2 and all(_is_int(v) and v >= 0 for v in hw)):
             raise DynaMaskError(f"{where}: field 'segmentation.size' must be [height, width], got {hw!r}")
         h, w = self.sizes[image_id]
         if h and w and [int(h), int(w)] != hw:
-            raise DynaMaskError(f"{where}: field 'segmentation.size' {hw} is not the size of image {image_id} "
-                                f"in {self.gt_name} ([height, width] = [{h}, {w}])")
+            raise DynaMaskError(
+                f"{where}: field 'segmentation.size' {hw} is not the size of image {image_id} "
+                f"in {self.gt_name} ([height, width] = [{h}, {w}])"
+            )
         counts = seg["counts"]
         if isinstance(counts, list):  # uncompressed RLE: compress it (pycocotools reads only compressed RLE)
             if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != hw[0] * hw[1]:
-                raise DynaMaskError(f"{where}: field 'segmentation.counts' (uncompressed RLE) must be non-negative "
-                                    f"integers summing to height x width = {hw[0] * hw[1]}")
+                raise DynaMaskError(
+                    f"{where}: field 'segmentation.counts' (uncompressed RLE) must be non-negative "
+                    f"integers summing to height x width = {hw[0] * hw[1]}"
+                )
             return hw, mask_utils.frPyObjects(seg, hw[0], hw[1])["counts"]
         if not isinstance(counts, str):
-            raise DynaMaskError(f"{where}: field 'segmentation.counts' must be a string (compressed RLE) or a "
-                                f"list of integers, got {type(counts).__name__}")
+            raise DynaMaskError(
+                f"{where}: field 'segmentation.counts' must be a string (compressed RLE) or a "
+                f"list of integers, got {type(counts).__name__}"
+            )
         self.pending.append((i, counts, hw[0], hw[1]))
         if len(self.pending) >= CHECK_CHUNK:
             self.check_pending()
@@ -216,19 +236,22 @@ class _Checker:
         for key, what in (("image_id", "an image"), ("category_id", "a category")):
             first, count = self.unknown[key]
             if first is not None:
-                raise DynaMaskError(f"{self.path}: entry {first[0]}: field '{key}' {first[1]} is not {what} of "
-                                    f"{self.gt_name} ({count} of {n} entries have {key}s that are not)")
+                raise DynaMaskError(
+                    f"{self.path}: entry {first[0]}: field '{key}' {first[1]} is not {what} of "
+                    f"{self.gt_name} ({count} of {n} entries have {key}s that are not)"
+                )
         self.check_pending()
         if self.bad_rle is not None:
             i, total, h, w = self.bad_rle
             covers = "is malformed" if total < 0 else f"has runs over {total} pixels"
-            raise DynaMaskError(f"{self.path}: entry {i}: field 'segmentation.counts' is not a compressed RLE of a "
-                                f"{h}x{w} mask (it {covers}, not {h * w})")
+            raise DynaMaskError(
+                f"{self.path}: entry {i}: field 'segmentation.counts' is not a compressed RLE of a "
+                f"{h}x{w} mask (it {covers}, not {h * w})"
+            )
         return self.builder.build()
 
 
-def read_results_file(path: str | os.PathLike, gt: Mapping[str, Any],
-                      gt_name: str = "the ground truth") -> ResultSet:
+def read_results_file(path: str | os.PathLike, gt: Mapping[str, Any], gt_name: str = "the ground truth") -> ResultSet:
     """Read and check a COCO results file against the ground truth ``gt`` (a COCO dict).
 
     A results file is a JSON list of detections, each an object with ``image_id`` and
@@ -253,10 +276,15 @@ def read_results_file(path: str | os.PathLike, gt: Mapping[str, Any],
     except _NotStreamable:
         data = _read_whole(path)  # the message of a bad file, or the entries of an unusual encoding
         if not isinstance(data, list):
-            hint = (" (this one has 'annotations': a ground-truth file? The ground truth goes to --gt)"
-                    if isinstance(data, dict) and "annotations" in data else "")
-            raise DynaMaskError(f"{path}: a COCO results file is a JSON list of detections, got a JSON "
-                                f"{'object' if isinstance(data, dict) else type(data).__name__}{hint}") from None
+            hint = (
+                " (this one has 'annotations': a ground-truth file? The ground truth goes to --gt)"
+                if isinstance(data, dict) and "annotations" in data
+                else ""
+            )
+            raise DynaMaskError(
+                f"{path}: a COCO results file is a JSON list of detections, got a JSON "
+                f"{'object' if isinstance(data, dict) else type(data).__name__}{hint}"
+            ) from None
         checker, failure = _Checker(path, gt, gt_name), None
         for i, entry in enumerate(data):
             checker.add(i, entry)
@@ -266,7 +294,6 @@ def read_results_file(path: str | os.PathLike, gt: Mapping[str, Any],
     return checker.finish(n)
 
 
-def load_results_file(path: str | os.PathLike, gt: Mapping[str, Any],
-                      gt_name: str = "the ground truth") -> List[dict]:
+def load_results_file(path: str | os.PathLike, gt: Mapping[str, Any], gt_name: str = "the ground truth") -> list[dict]:
     """:func:`read_results_file` as a list of COCO results entries (dicts; ``counts`` a str)."""
     return list(read_results_file(path, gt, gt_name).entries())

@@ -11,7 +11,7 @@ sign), and from the fourth number on each is stored as its difference to the num
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def rle_runs(counts: bytes) -> np.ndarray:
     return rle_runs_many([counts])[0]
 
 
-def rle_runs_many(counts: Sequence[bytes]) -> List[np.ndarray]:
+def rle_runs_many(counts: Sequence[bytes]) -> list[np.ndarray]:
     """:func:`rle_runs` of several well-formed strings, read together (one pass of NumPy calls)."""
     lens = np.fromiter((len(c) for c in counts), np.int64, count=len(counts))
     if not lens.sum():
@@ -58,7 +58,7 @@ def rle_runs_many(counts: Sequence[bytes]) -> List[np.ndarray]:
     return np.split(runs, np.searchsorted(owner, np.arange(1, len(counts))))
 
 
-def _runs_of_joined(chars: np.ndarray, lens: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs_of_joined(chars: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run lengths of the strings joined in ``chars`` (uint8; string ``i`` has ``lens[i]`` bytes):
     (runs, the string each run belongs to, a malformed flag per string). Work over the characters
     is in uint8 and over the numbers without sorting, so that half a million strings take seconds."""
@@ -82,10 +82,10 @@ def _runs_of_joined(chars: np.ndarray, lens: np.ndarray) -> Tuple[np.ndarray, np
     per_string[nonempty] = np.add.reduceat(end_flag, (char_end - lens)[nonempty], dtype=np.int64)
     gowner = np.repeat(np.arange(n), per_string)
     bad[gowner[glen > 12]] = True  # over 60 bits
-    x = (v[starts] & 0x1f).astype(np.int64)
+    x = (v[starts] & 0x1F).astype(np.int64)
     for k in range(1, min(int(glen.max(initial=0)), 12)):  # 5 bits a character, least significant first
         sel = np.flatnonzero(glen > k)
-        x[sel] += (v[starts[sel] + k] & 0x1f).astype(np.int64) << (5 * k)
+        x[sel] += (v[starts[sel] + k] & 0x1F).astype(np.int64) << (5 * k)
     neg = np.flatnonzero(v[ends] & 0x10)
     x[neg] -= np.left_shift(1, 5 * np.minimum(glen[neg], 12))
     # number j of a string is a run for j < 3; from 3 on it is the difference to run j - 2: runs
@@ -104,7 +104,7 @@ def _runs_of_joined(chars: np.ndarray, lens: np.ndarray) -> Tuple[np.ndarray, np
     return runs, gowner, bad
 
 
-def crop_from_runs(runs: np.ndarray, height: int, box: Tuple[int, int, int, int]) -> np.ndarray:
+def crop_from_runs(runs: np.ndarray, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
     """Rows ``y..y+h`` and columns ``x..x+w`` (``box`` = x, y, w, h) of the mask with run lengths
     ``runs`` (column-major, image ``height`` pixels high), as a uint8 h×w array, without
     decoding the rest of the image."""
@@ -117,9 +117,9 @@ def crop_from_runs(runs: np.ndarray, height: int, box: Tuple[int, int, int, int]
     flat = np.repeat(values, lengths)
     if flat.size < hi - lo:  # runs that end before the last column: background
         flat = np.concatenate((flat, np.zeros(hi - lo - flat.size, np.uint8)))
-    return np.ascontiguousarray(flat.reshape(w, height)[:, y:y + h].T)
+    return np.ascontiguousarray(flat.reshape(w, height)[:, y : y + h].T)
 
 
-def decode_crop(counts: bytes, height: int, box: Tuple[int, int, int, int]) -> np.ndarray:
+def decode_crop(counts: bytes, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
     """:func:`crop_from_runs` of a compressed-RLE string."""
     return crop_from_runs(rle_runs(counts), height, box)

@@ -9,20 +9,29 @@ and the ground truth's ``complexity``, not the COCO protocol.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..cocotools import mask_utils
 from .results import ResultSet
 
-__all__ = ["RESOLUTIONS", "SIZE_BINS", "resolution_histogram", "spearman_correlation", "resolution_complexity_pairs",
-           "resolution_complexity_spearman", "spearman_within_size_bins", "result_statistics"]
+__all__ = [
+    "RESOLUTIONS",
+    "SIZE_BINS",
+    "resolution_histogram",
+    "spearman_correlation",
+    "resolution_complexity_pairs",
+    "resolution_complexity_spearman",
+    "spearman_within_size_bins",
+    "result_statistics",
+]
 
 RESOLUTIONS = (14, 28, 56, 112)
 
 
-def _finite_or_none(v: Any) -> Optional[float]:
+def _finite_or_none(v: Any) -> float | None:
     if v is None:
         return None
     v = float(v)
@@ -39,7 +48,7 @@ def _gt_dict(gt: Any) -> dict:
     return load_coco_json(gt)
 
 
-def resolution_histogram(results: Iterable[Mapping[str, Any]]) -> Dict[int, int]:
+def resolution_histogram(results: Iterable[Mapping[str, Any]]) -> dict[int, int]:
     """{14: n, 28: n, 56: n, 112: n} over results entries' ``mask_resolution``."""
     hist = {r: 0 for r in RESOLUTIONS}
     for r in results:
@@ -58,12 +67,12 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(x) and xs[j + 1] == xs[i]:
             j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
         i = j + 1
     return ranks
 
 
-def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman's rank correlation (ties get average ranks); None with < 3 pairs or a constant
     variable. Uses scipy when installed."""
     x = np.asarray(x, dtype=np.float64)
@@ -83,8 +92,10 @@ def spearman_correlation(x: Sequence[float], y: Sequence[float]) -> Optional[flo
 
 
 def resolution_complexity_pairs(
-    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
-) -> Tuple[List[float], List[float], List[float]]:
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_thresh: float = 0.5,
+) -> tuple[list[float], list[float], list[float]]:
     """(chosen ``mask_resolution``, ``complexity`` of the matched gt instance, that instance's
     size √(w·h) of its box) for every matched detection.
 
@@ -95,7 +106,7 @@ def resolution_complexity_pairs(
     """
     data = _gt_dict(gt)
     imgs = {int(i["id"]): i for i in data.get("images", [])}
-    by_image: Dict[int, List[dict]] = {}
+    by_image: dict[int, list[dict]] = {}
     for ann in data.get("annotations", []):
         if ann.get("iscrowd", 0) or ann.get("complexity") is None or ann.get("segmentation") is None:
             continue
@@ -103,15 +114,16 @@ def resolution_complexity_pairs(
     if not by_image:
         return [], [], []
     from ..data import segmentation_to_rle  # imports torch: only when the ground truth has a complexity
-    dets: Dict[int, List[Mapping[str, Any]]] = {}
+
+    dets: dict[int, list[Mapping[str, Any]]] = {}
     for r in results:
         if r.get("mask_resolution") is None or "segmentation" not in r:
             continue
         dets.setdefault(int(r["image_id"]), []).append(r)
 
-    xs: List[float] = []
-    ys: List[float] = []
-    sizes: List[float] = []
+    xs: list[float] = []
+    ys: list[float] = []
+    sizes: list[float] = []
     for image_id, ds in dets.items():
         gts = by_image.get(image_id)
         if not gts:
@@ -149,8 +161,10 @@ def resolution_complexity_pairs(
 
 
 def resolution_complexity_spearman(
-    gt: Any, results: Sequence[Mapping[str, Any]], iou_thresh: float = 0.5,
-) -> Tuple[Optional[float], int]:
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_thresh: float = 0.5,
+) -> tuple[float | None, int]:
     """(Spearman ρ between chosen ``mask_resolution`` and the ``complexity`` of the matched gt
     instance, number of matched pairs) over :func:`resolution_complexity_pairs`; ρ is None when
     no gt has a complexity or there are < 3 pairs."""
@@ -159,12 +173,15 @@ def resolution_complexity_spearman(
 
 
 #: ground-truth size bins (√(w·h), pixels) for the within-size ρ: < 48, 48–96, 96–160, ≥ 160
-SIZE_BINS: Tuple[float, ...] = (48.0, 96.0, 160.0)
+SIZE_BINS: tuple[float, ...] = (48.0, 96.0, 160.0)
 
 
-def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequence[float],
-                              sizes: Sequence[float], bins: Sequence[float] = SIZE_BINS,
-                              ) -> Tuple[Optional[float], Dict[str, dict]]:
+def spearman_within_size_bins(
+    resolutions: Sequence[float],
+    complexities: Sequence[float],
+    sizes: Sequence[float],
+    bins: Sequence[float] = SIZE_BINS,
+) -> tuple[float | None, dict[str, dict]]:
     """ρ between resolution and complexity *within* bins of object size, so that a switch that
     only follows size cannot score: (the pair-weighted mean of the bins' ρ, per bin
     ``{"pairs", "rho"}``). A bin where every instance got the same resolution (or with < 3 pairs)
@@ -173,7 +190,7 @@ def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequen
     y = np.asarray(complexities, dtype=np.float64)
     which = np.digitize(np.asarray(sizes, dtype=np.float64), np.asarray(bins, dtype=np.float64))
     edges = [0.0, *bins, float("inf")]
-    per_bin: Dict[str, dict] = {}
+    per_bin: dict[str, dict] = {}
     total, weight = 0.0, 0
     for b in range(len(edges) - 1):
         keep = which == b
@@ -186,8 +203,7 @@ def spearman_within_size_bins(resolutions: Sequence[float], complexities: Sequen
     return (total / weight if weight else None), per_bin
 
 
-
-def result_statistics(gt: dict, results: Union[ResultSet, Sequence[Mapping[str, Any]]], n_img: int) -> Dict[str, Any]:
+def result_statistics(gt: dict, results: ResultSet | Sequence[Mapping[str, Any]], n_img: int) -> dict[str, Any]:
     """Mask cost, resolution histogram and complexity ρ from the results' own fields."""
     if isinstance(results, ResultSet):
         flops = results.mask_flops[~np.isnan(results.mask_flops)].tolist()

@@ -1,7 +1,13 @@
 """Models: DynaMask and the Mask R-CNN baseline on torchvision's detection stack."""
 
-from .detector import (DynaMaskRCNN, build_model, dynamask_resnet18_fpn, dynamask_resnet50_fpn,
-                       maskrcnn_resnet18_fpn, maskrcnn_resnet50_fpn)
+from .detector import (
+    DynaMaskRCNN,
+    build_model,
+    dynamask_resnet18_fpn,
+    dynamask_resnet50_fpn,
+    maskrcnn_resnet18_fpn,
+    maskrcnn_resnet50_fpn,
+)
 from .dynamask_head import DynaMaskHead
 from .geometry import MASK_GEOMETRIES, MaskRoIPool, roi_mask_targets, round_trip_iou, round_trip_masks
 from .maskrcnn_head import MaskRCNNBranch
@@ -9,8 +15,21 @@ from .paste import paste_masks, paste_masks_grouped
 from .policy import POLICIES, RESOLUTIONS
 
 __all__ = [
-    "DynaMaskRCNN", "DynaMaskHead", "MaskRCNNBranch", "MaskRoIPool", "MASK_GEOMETRIES", "POLICIES", "RESOLUTIONS",
-    "paste_masks", "paste_masks_grouped", "roi_mask_targets", "round_trip_iou", "round_trip_masks",
-    "dynamask_resnet18_fpn", "dynamask_resnet50_fpn", "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn",
+    "DynaMaskRCNN",
+    "DynaMaskHead",
+    "MaskRCNNBranch",
+    "MaskRoIPool",
+    "MASK_GEOMETRIES",
+    "POLICIES",
+    "RESOLUTIONS",
+    "paste_masks",
+    "paste_masks_grouped",
+    "roi_mask_targets",
+    "round_trip_iou",
+    "round_trip_masks",
+    "dynamask_resnet18_fpn",
+    "dynamask_resnet50_fpn",
+    "maskrcnn_resnet18_fpn",
+    "maskrcnn_resnet50_fpn",
     "build_model",
 ]

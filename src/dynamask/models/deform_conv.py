@@ -35,8 +35,9 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
-                         stride=1, padding=0, dilation=1) -> Tensor:
+def deform_conv2d_gather(
+    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1
+) -> Tensor:
     """DCNv1 (one offset group, one weight group) with torchvision's ``deform_conv2d`` semantics.
 
     ``input`` N×C×H×W, ``offset`` N×2K×Ho×Wo (for kernel tap k = i·kw + j: channel 2k is the
@@ -46,22 +47,31 @@ def deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: Te
     chunk = max(1, CHUNK_ELEMENTS // max(per_item, 1))
     if exporting() or torch.jit.is_scripting() or input.shape[0] <= chunk:
         return _deform_conv2d_gather(input, offset, weight, bias, stride, padding, dilation)
-    return torch.cat([_deform_conv2d_gather(input[i:i + chunk], offset[i:i + chunk], weight, bias, stride, padding,
-                                            dilation) for i in range(0, input.shape[0], chunk)])
+    return torch.cat(
+        [
+            _deform_conv2d_gather(input[i : i + chunk], offset[i : i + chunk], weight, bias, stride, padding, dilation)
+            for i in range(0, input.shape[0], chunk)
+        ]
+    )
 
 
-def _deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
-                          stride, padding, dilation) -> Tensor:
+def _deform_conv2d_gather(
+    input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation
+) -> Tensor:
     n, c, h, w = input.shape
     c_out, c_in, kh, kw = weight.shape
     if c_in != c:
-        raise ValueError(f"deform_conv2d_gather: weight expects {c_in} input channels, input has {c} "
-                         f"(grouped convolution is not supported)")
+        raise ValueError(
+            f"deform_conv2d_gather: weight expects {c_in} input channels, input has {c} "
+            f"(grouped convolution is not supported)"
+        )
     k = kh * kw
     ho, wo = offset.shape[-2:]
     if offset.shape[1] != 2 * k:
-        raise ValueError(f"deform_conv2d_gather: offset has {offset.shape[1]} channels, expected {2 * k} "
-                         f"(one offset group of a {kh}×{kw} kernel)")
+        raise ValueError(
+            f"deform_conv2d_gather: offset has {offset.shape[1]} channels, expected {2 * k} "
+            f"(one offset group of a {kh}×{kw} kernel)"
+        )
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     dh, dw = _pair(dilation)
@@ -95,7 +105,7 @@ def _deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: T
     corner_weight = (wy * wx * valid.to(dtype)).reshape(-1, 4)
     if torch.onnx.is_in_onnx_export():
         # ONNX has no EmbeddingBag: four row gathers, weighted and summed.
-        sampled = sum(rows.index_select(0, index[:, j]) * corner_weight[:, j:j + 1] for j in range(4))
+        sampled = sum(rows.index_select(0, index[:, j]) * corner_weight[:, j : j + 1] for j in range(4))
     else:
         # One fused kernel: gather the four rows of each tap and sum them with their weights.
         sampled = F.embedding_bag(index, rows, per_sample_weights=corner_weight, mode="sum")
@@ -105,8 +115,16 @@ def _deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: T
     return out.view(n, ho, wo, c_out).permute(0, 3, 1, 2).contiguous()
 
 
-def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
-                  padding=0, dilation=1, kernel: str = "auto") -> Tensor:
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    kernel: str = "auto",
+) -> Tensor:
     """Deformable convolution with the kernel chosen by device (``"auto"``) or forced."""
     if kernel not in DEFORM_KERNELS:
         raise ValueError(f"deform kernel must be one of {DEFORM_KERNELS}, got {kernel!r}")

@@ -25,10 +25,27 @@ from .dynamask_head import DynaMaskHead, warn_unreachable_budget
 from .maskrcnn_head import MaskRCNNBranch
 from .roi_heads import BatchedPasteTransform, MaskBranchRoIHeads
 
-HEAD_OPTIONS = ("fam", "widths", "reduced_channels", "stage_loss_weights", "edge_loss_weight",
-                "select_loss_weight", "budget_target", "budget_weight", "balance_weight", "switch_cost_weight", "gumbel_tau",
-                "size_thresholds", "mask_geometry", "switch", "deform_kernel", "paper_signal", "refinement",
-                "refinement_points", "refinement_train_points")
+HEAD_OPTIONS = (
+    "fam",
+    "widths",
+    "reduced_channels",
+    "stage_loss_weights",
+    "edge_loss_weight",
+    "select_loss_weight",
+    "budget_target",
+    "budget_weight",
+    "balance_weight",
+    "switch_cost_weight",
+    "gumbel_tau",
+    "size_thresholds",
+    "mask_geometry",
+    "switch",
+    "deform_kernel",
+    "paper_signal",
+    "refinement",
+    "refinement_points",
+    "refinement_train_points",
+)
 
 
 class DynaMaskRCNN(FasterRCNN):
@@ -40,9 +57,16 @@ class DynaMaskRCNN(FasterRCNN):
     The mask geometry (``mask_geometry``, see geometry.py) is the mask branch's.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, mask_branch: nn.Module,
-                 mask_rois_per_image: int | None = None, box_representation_size: int = 1024,
-                 mask_targets: str = "original", **kwargs):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        mask_branch: nn.Module,
+        mask_rois_per_image: int | None = None,
+        box_representation_size: int = 1024,
+        mask_targets: str = "original",
+        **kwargs,
+    ):
         if box_representation_size != 1024 and "box_head" not in kwargs:
             # A narrower box head (torchvision's is 12544→1024→1024, 14M parameters at FPN 256).
             resolution = 7
@@ -61,7 +85,7 @@ class DynaMaskRCNN(FasterRCNN):
     # Parameters whose names start with this prefix belong to the mask branch.
     MASK_BRANCH_PREFIX = "roi_heads.mask_branch."
 
-    def freeze_detector(self) -> "DynaMaskRCNN":
+    def freeze_detector(self) -> DynaMaskRCNN:
         """Train only the mask branch: backbone, FPN, RPN and box head stop learning and the
         backbone's batch norms keep their statistics. This is how several mask heads are
         compared on one and the same detector (benchmarks/accuracy_vs_cost.py)."""
@@ -71,7 +95,7 @@ class DynaMaskRCNN(FasterRCNN):
         self.detector_frozen = True
         return self.train(self.training)
 
-    def train(self, mode: bool = True) -> "DynaMaskRCNN":
+    def train(self, mode: bool = True) -> DynaMaskRCNN:
         super().train(mode)
         if getattr(self, "detector_frozen", False):
             self.backbone.eval()  # batch-norm statistics stay those of the trained detector
@@ -88,8 +112,10 @@ class DynaMaskRCNN(FasterRCNN):
         shapes = [k for k, v in detector_state.items() if self.state_dict()[k].shape != v.shape]
         if shapes:
             k = shapes[0]
-            raise RuntimeError(f"detector weights do not fit: {k} has shape {tuple(detector_state[k].shape)}, "
-                               f"the model has {tuple(self.state_dict()[k].shape)}")
+            raise RuntimeError(
+                f"detector weights do not fit: {k} has shape {tuple(detector_state[k].shape)}, "
+                f"the model has {tuple(self.state_dict()[k].shape)}"
+            )
         self.load_state_dict(detector_state, strict=False)
 
     @property
@@ -182,8 +208,9 @@ def check_mask_targets(value: str) -> str:
     return value
 
 
-def _backbone(name: str, weights_backbone: str | os.PathLike | None, trainable_layers: int | None,
-              fpn_channels: int = 256):
+def _backbone(
+    name: str, weights_backbone: str | os.PathLike | None, trainable_layers: int | None, fpn_channels: int = 256
+):
     """ResNet + FPN (P2–P5 and a max-pooled P6) as torchvision builds it, with the FPN width
     as an option (256 is torchvision's; the CPU configs use less)."""
     pretrained = weights_backbone is not None
@@ -201,8 +228,13 @@ def _backbone(name: str, weights_backbone: str | os.PathLike | None, trainable_l
         if all(not pname.startswith(layer) for layer in trainable):
             parameter.requires_grad_(False)
     stage_channels = body.inplanes // 8  # width of layer1's output
-    return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                           [stage_channels * 2**i for i in range(4)], fpn_channels, extra_blocks=LastLevelMaxPool())
+    return BackboneWithFPN(
+        body,
+        {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        [stage_channels * 2**i for i in range(4)],
+        fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
 
 
 def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
@@ -218,8 +250,10 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
     missing, unexpected = body.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if unexpected or missing:
-        raise ValueError(f"weights_backbone {path!r} does not look like a torchvision ResNet state dict "
-                         f"(unexpected keys: {list(unexpected)[:5]}, missing: {list(missing)[:5]})")
+        raise ValueError(
+            f"weights_backbone {path!r} does not look like a torchvision ResNet state dict "
+            f"(unexpected keys: {list(unexpected)[:5]}, missing: {list(missing)[:5]})"
+        )
 
 
 def _split_head_kwargs(kwargs: dict) -> dict:
@@ -244,33 +278,48 @@ def _dynamask(backbone_name, num_classes, policy, weights_backbone, trainable_ba
 def _maskrcnn(backbone_name, num_classes, weights_backbone, trainable_backbone_layers, kwargs):
     backbone = _backbone(backbone_name, weights_backbone, trainable_backbone_layers, kwargs.pop("fpn_channels", 256))
     layers = (kwargs.pop("mask_head_channels", 256),) * 4
-    branch = MaskRCNNBranch(num_classes, backbone.out_channels, layers,
-                            mask_geometry=kwargs.pop("mask_geometry", "exact"))
+    branch = MaskRCNNBranch(
+        num_classes, backbone.out_channels, layers, mask_geometry=kwargs.pop("mask_geometry", "exact")
+    )
     return DynaMaskRCNN(backbone, num_classes, branch, **kwargs)
 
 
-def dynamask_resnet50_fpn(num_classes: int, policy: str = "dynamic", *, weights_backbone=None,
-                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+def dynamask_resnet50_fpn(
+    num_classes: int,
+    policy: str = "dynamic",
+    *,
+    weights_backbone=None,
+    trainable_backbone_layers: int | None = None,
+    **kwargs,
+) -> DynaMaskRCNN:
     """DynaMask on ResNet-50-FPN. Head options (``fam``, ``widths``, ``budget_target`` /
     ``mask_budget_target``, loss weights, ...) are taken from ``kwargs``; the rest go to
     torchvision's detector (``min_size``, ``box_score_thresh``, ``box_detections_per_img``, ...)."""
     return _dynamask("resnet50", num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs)
 
 
-def dynamask_resnet18_fpn(num_classes: int, policy: str = "dynamic", *, weights_backbone=None,
-                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+def dynamask_resnet18_fpn(
+    num_classes: int,
+    policy: str = "dynamic",
+    *,
+    weights_backbone=None,
+    trainable_backbone_layers: int | None = None,
+    **kwargs,
+) -> DynaMaskRCNN:
     """Small DynaMask on ResNet-18-FPN, for CPU experiments and tests."""
     return _dynamask("resnet18", num_classes, policy, weights_backbone, trainable_backbone_layers, kwargs)
 
 
-def maskrcnn_resnet50_fpn(num_classes: int, *, weights_backbone=None,
-                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+def maskrcnn_resnet50_fpn(
+    num_classes: int, *, weights_backbone=None, trainable_backbone_layers: int | None = None, **kwargs
+) -> DynaMaskRCNN:
     """Standard Mask R-CNN (28×28 head) on ResNet-50-FPN through the same code path as DynaMask."""
     return _maskrcnn("resnet50", num_classes, weights_backbone, trainable_backbone_layers, kwargs)
 
 
-def maskrcnn_resnet18_fpn(num_classes: int, *, weights_backbone=None,
-                          trainable_backbone_layers: int | None = None, **kwargs) -> DynaMaskRCNN:
+def maskrcnn_resnet18_fpn(
+    num_classes: int, *, weights_backbone=None, trainable_backbone_layers: int | None = None, **kwargs
+) -> DynaMaskRCNN:
     return _maskrcnn("resnet18", num_classes, weights_backbone, trainable_backbone_layers, kwargs)
 
 
@@ -289,8 +338,17 @@ DETECTOR_KEYS = {
 }
 
 #: ResNet variants :func:`build_model` accepts as ``model.backbone``
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-             "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
 
 
 def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
@@ -302,8 +360,9 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
     min_size = inp["min_size"]
     kwargs = {v: m[k] for k, v in DETECTOR_KEYS.items() if m.get(k) is not None}
     kwargs.update(min_size=tuple(min_size) if isinstance(min_size, list) else min_size, max_size=inp["max_size"])
-    common = dict(weights_backbone=m.get("weights_backbone"),
-                  trainable_backbone_layers=m.get("trainable_backbone_layers"))
+    common = dict(
+        weights_backbone=m.get("weights_backbone"), trainable_backbone_layers=m.get("trainable_backbone_layers")
+    )
     backbone = m["backbone"]
     if backbone not in BACKBONES:
         raise DynaMaskError(f"model.backbone: unsupported backbone {backbone!r}")
@@ -311,14 +370,20 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
     kwargs["mask_targets"] = m.get("mask_targets", "original")
     if m["head"] == "maskrcnn":
         kwargs["mask_head_channels"] = m["maskrcnn_head_channels"]
-        return _maskrcnn(backbone, num_classes, common["weights_backbone"],
-                         common["trainable_backbone_layers"], kwargs)
+        return _maskrcnn(backbone, num_classes, common["weights_backbone"], common["trainable_backbone_layers"], kwargs)
     kwargs.update(
-        fam=m["fam"], deform_kernel=m.get("deform_kernel", "auto"), stage_loss_weights=tuple(m["stage_loss_weights"]), edge_loss_weight=m["edge_loss_weight"],
-        select_loss_weight=m["select_loss_weight"], budget_target=m["mask_budget_target"],
-        budget_weight=m["budget_weight"], balance_weight=m["balance_weight"],
-        switch_cost_weight=m["switch_cost_weight"], gumbel_tau=m["gumbel_tau"],
-        mask_budget=m["mask_budget"], mask_score_floor=m.get("mask_score_floor", 0.0),
+        fam=m["fam"],
+        deform_kernel=m.get("deform_kernel", "auto"),
+        stage_loss_weights=tuple(m["stage_loss_weights"]),
+        edge_loss_weight=m["edge_loss_weight"],
+        select_loss_weight=m["select_loss_weight"],
+        budget_target=m["mask_budget_target"],
+        budget_weight=m["budget_weight"],
+        balance_weight=m["balance_weight"],
+        switch_cost_weight=m["switch_cost_weight"],
+        gumbel_tau=m["gumbel_tau"],
+        mask_budget=m["mask_budget"],
+        mask_score_floor=m.get("mask_score_floor", 0.0),
     )
     kwargs["switch"] = m["switch"]
     kwargs["paper_signal"] = m.get("paper_switch_signal", "edge")
@@ -330,5 +395,6 @@ def build_model(cfg: dict, num_classes: int) -> DynaMaskRCNN:
         kwargs["widths"] = w if isinstance(w, str) else tuple(w)
     if m.get("head_reduced_channels"):
         kwargs["reduced_channels"] = tuple(m["head_reduced_channels"])
-    return _dynamask(backbone, num_classes, m["policy"], common["weights_backbone"],
-                     common["trainable_backbone_layers"], kwargs)
+    return _dynamask(
+        backbone, num_classes, m["policy"], common["weights_backbone"], common["trainable_backbone_layers"], kwargs
+    )

@@ -17,14 +17,31 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from . import losses as L
-from .flops import conv2d_flops, roi_align_flops
 from .deform_conv import DEFORM_KERNELS
+from .flops import conv2d_flops, roi_align_flops
 from .geometry import MaskRoIPool, check_geometry
 from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
-from .point_refine import (INFERENCE_POINTS, TRAINING_POINTS, PointStage, check_refinement, importance_points, point_targets, refine_at_points,
-                           sample_in_image, sample_in_rois)
-from .policy import (RESOLUTIONS, SIZE_THRESHOLDS, check_policy, choose_under_budget, fixed_stage, smallest_budget,
-                     size_rule, stages_needed)
+from .point_refine import (
+    INFERENCE_POINTS,
+    TRAINING_POINTS,
+    PointStage,
+    check_refinement,
+    importance_points,
+    point_targets,
+    refine_at_points,
+    sample_in_image,
+    sample_in_rois,
+)
+from .policy import (
+    RESOLUTIONS,
+    SIZE_THRESHOLDS,
+    check_policy,
+    choose_under_budget,
+    fixed_stage,
+    size_rule,
+    smallest_budget,
+    stages_needed,
+)
 from .rfpn import FeatureAggregation, StagePredictor, init_conv
 from .roi_utils import exporting, level_scale, rois_with_batch_index, split_groups
 
@@ -41,19 +58,24 @@ WIDTH_PRESETS = {
 #: per switch, the default weights of the paper's budget hinge and usage-balance term: the cost
 #: switch meets its budget through λ (README, "How it works"); the paper switch is trained with
 #: the authors' weights (hinge 0.3, balance 0.8)
-SWITCH_LOSS_DEFAULTS = {"cost": {"budget_weight": 0.0, "balance_weight": 0.0},
-                        "paper": {"budget_weight": 0.3, "balance_weight": 0.8}}
+SWITCH_LOSS_DEFAULTS = {
+    "cost": {"budget_weight": 0.0, "balance_weight": 0.0},
+    "paper": {"budget_weight": 0.3, "balance_weight": 0.8},
+}
 
 
-def resolve_widths(widths: str | tuple[int, ...] | None = None,
-                   reduced_channels: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def resolve_widths(
+    widths: str | tuple[int, ...] | None = None, reduced_channels: tuple[int, ...] | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(stage widths, reduced image-feature widths) from a preset name or an explicit list of four
     (reduced widths: as given, else the preset's, else the balanced default)."""
     if widths is None:
         widths = "balanced"
     if isinstance(widths, str):
         if widths not in WIDTH_PRESETS:
-            raise ValueError(f"widths must be one of {', '.join(WIDTH_PRESETS)} or a list of 4 integers; got {widths!r}")
+            raise ValueError(
+                f"widths must be one of {', '.join(WIDTH_PRESETS)} or a list of 4 integers; got {widths!r}"
+            )
         widths, preset_reduced = WIDTH_PRESETS[widths]
     else:
         preset_reduced = WIDTH_PRESETS["balanced"][1]
@@ -68,9 +90,12 @@ def resolve_widths(widths: str | tuple[int, ...] | None = None,
 
 def warn_unreachable_budget(key: str, value: float, lowest: float) -> None:
     """One warning for a budget below what stopping every instance at 14×14 costs."""
-    warnings.warn(f"{key}={value:g} is below the cheapest stage's share of the full mask path; "
-                  f"clamped to {lowest:.4f}, the smallest reachable value (every instance at 14×14)",
-                  UserWarning, stacklevel=4)  # past the property setter and nn.Module.__setattr__
+    warnings.warn(
+        f"{key}={value:g} is below the cheapest stage's share of the full mask path; "
+        f"clamped to {lowest:.4f}, the smallest reachable value (every instance at 14×14)",
+        UserWarning,
+        stacklevel=4,
+    )  # past the property setter and nn.Module.__setattr__
 
 
 class DynaMaskHead(nn.Module):
@@ -108,12 +133,16 @@ class DynaMaskHead(nn.Module):
         self.refinement = check_refinement(refinement)
         if refinement == "points":
             if policy == "dynamic" and switch == "paper":
-                raise ValueError("switch 'paper' cannot be used with refinement 'points': the authors' switch is "
-                                 "trained on every stage's dense edge map, which point stages do not compute; "
-                                 "use switch 'cost' (the default) or refinement 'dense'")
+                raise ValueError(
+                    "switch 'paper' cannot be used with refinement 'points': the authors' switch is "
+                    "trained on every stage's dense edge map, which point stages do not compute; "
+                    "use switch 'cost' (the default) or refinement 'dense'"
+                )
             if mask_geometry != "exact":
-                raise ValueError("refinement 'points' needs mask_geometry 'exact': its targets are read from the "
-                                 "masks at the points' exact coordinates")
+                raise ValueError(
+                    "refinement 'points' needs mask_geometry 'exact': its targets are read from the "
+                    "masks at the points' exact coordinates"
+                )
         if paper_signal not in self.PAPER_SIGNALS:
             raise ValueError(f"paper_signal must be one of {', '.join(self.PAPER_SIGNALS)}; got {paper_signal!r}")
         self.paper_signal = paper_signal
@@ -137,23 +166,27 @@ class DynaMaskHead(nn.Module):
         c0 = widths[0]
         self.roi_pool = MaskRoIPool(list(featmap_names), RESOLUTIONS[0], sampling_ratio, mask_geometry)
         self.shared = nn.Sequential(
-            init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)), nn.ReLU(inplace=True),
-            init_conv(nn.Conv2d(c0, c0, 3, padding=1)), nn.ReLU(inplace=True),
+            init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)),
+            nn.ReLU(inplace=True),
+            init_conv(nn.Conv2d(c0, c0, 3, padding=1)),
+            nn.ReLU(inplace=True),
         )
         last = len(RESOLUTIONS) - 1
         # with point refinement only 14 and 28 are dense; 56 and 112 are point stages
         dense = self.num_stages if refinement == "dense" else min(self.num_stages, self.DENSE_STAGES_WITH_POINTS)
         self.predictors = nn.ModuleList(
-            StagePredictor(widths[k], num_classes if k < last else 1, refine=k > 0)
-            for k in range(dense)
+            StagePredictor(widths[k], num_classes if k < last else 1, refine=k > 0) for k in range(dense)
         )
         self.aggregators = nn.ModuleList(
-            FeatureAggregation(widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio,
-                               deform_kernel)
+            FeatureAggregation(
+                widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio, deform_kernel
+            )
             for k in range(dense - 1)
         )
         self.point_stages = nn.ModuleList(
-            PointStage(in_channels, reduced_channels[k - 1], widths[dense - 1], widths[k], num_classes if k < last else 1)
+            PointStage(
+                in_channels, reduced_channels[k - 1], widths[dense - 1], widths[k], num_classes if k < last else 1
+            )
             for k in range(dense, self.num_stages)
         )
         self.refinement_points = refinement_points
@@ -166,8 +199,9 @@ class DynaMaskHead(nn.Module):
         elif switch == "cost":
             self.switch = CostSwitch(c0, num_choices=len(RESOLUTIONS))
         else:
-            self.switch = PaperSwitch(in_channels, num_choices=len(RESOLUTIONS), level=featmap_names[0],
-                                      sampling_ratio=sampling_ratio)
+            self.switch = PaperSwitch(
+                in_channels, num_choices=len(RESOLUTIONS), level=featmap_names[0], sampling_ratio=sampling_ratio
+            )
         self._policy = policy
         self.mask_budget = 1.0
         #: set to a list to record, per choose_stages call, (switch outputs, detection scores)
@@ -211,8 +245,9 @@ class DynaMaskHead(nn.Module):
                     if key in state_dict:
                         state_dict[key] = -state_dict[key]
             state_dict[f"{prefix}switch.price"] = torch.zeros(()) if lam is None else lam
-            state_dict[f"{prefix}switch.price_updates"] = (torch.zeros((), dtype=torch.int64) if updates is None
-                                                           else updates)
+            state_dict[f"{prefix}switch.price_updates"] = (
+                torch.zeros((), dtype=torch.int64) if updates is None else updates
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def cost_fractions(self, device=None) -> Tensor:
@@ -230,8 +265,10 @@ class DynaMaskHead(nn.Module):
     @mask_geometry.setter
     def mask_geometry(self, geometry: str) -> None:
         if check_geometry(geometry) != "exact" and getattr(self, "refinement", "dense") == "points":
-            raise ValueError(f"mask_geometry {geometry!r}: a head with refinement 'points' reads its targets at the "
-                             f"points' exact coordinates and needs 'exact'")
+            raise ValueError(
+                f"mask_geometry {geometry!r}: a head with refinement 'points' reads its targets at the "
+                f"points' exact coordinates and needs 'exact'"
+            )
         self.roi_pool.geometry = geometry
 
     @property
@@ -273,11 +310,15 @@ class DynaMaskHead(nn.Module):
     def policy(self, policy: str) -> None:
         check_policy(policy)
         if stages_needed(policy) > self.num_stages:
-            raise ValueError(f"policy {policy!r} needs {stages_needed(policy)} stages; this head was "
-                             f"built with {self.num_stages} (up to {self.resolutions[-1]}×{self.resolutions[-1]})")
+            raise ValueError(
+                f"policy {policy!r} needs {stages_needed(policy)} stages; this head was "
+                f"built with {self.num_stages} (up to {self.resolutions[-1]}×{self.resolutions[-1]})"
+            )
         if policy == "dynamic" and self.switch is None:
-            raise ValueError("policy 'dynamic' needs the Mask Switch Module; this head was built without it "
-                             "(build the model with policy='dynamic')")
+            raise ValueError(
+                "policy 'dynamic' needs the Mask Switch Module; this head was built without it "
+                "(build the model with policy='dynamic')"
+            )
         self._policy = policy
 
     @property
@@ -308,10 +349,14 @@ class DynaMaskHead(nn.Module):
         shared += sum(conv2d_flops(m, (r0, r0)) for m in self.shared if isinstance(m, nn.Conv2d))
         shared += self.predictors[0].flops(r0)
         dense = len(self.predictors)
-        increments = [shared] + [
-            self.aggregators[k - 1].flops(RESOLUTIONS[k - 1]) + self.predictors[k].flops(RESOLUTIONS[k])
-            for k in range(1, dense)
-        ] + [self.point_stages[k - dense].point_flops() * self.stage_points(k) for k in range(dense, self.num_stages)]
+        increments = (
+            [shared]
+            + [
+                self.aggregators[k - 1].flops(RESOLUTIONS[k - 1]) + self.predictors[k].flops(RESOLUTIONS[k])
+                for k in range(1, dense)
+            ]
+            + [self.point_stages[k - dense].point_flops() * self.stage_points(k) for k in range(dense, self.num_stages)]
+        )
         cumulative = torch.tensor(increments, dtype=torch.float64).cumsum(0)
         switch = self.switch.flops() if self.switch is not None else 0
         return {
@@ -328,16 +373,28 @@ class DynaMaskHead(nn.Module):
         return torch.tensor(table["cumulative_with_switch" if with_switch else "cumulative"], dtype=torch.float64)
 
     # ----------------------------------------------------------------------------- helpers
-    def _pool_image_feature(self, features: dict[str, Tensor], stage: int, rois: Tensor,
-                            image_shapes: list[tuple[int, int]], reduce_first: bool = False) -> Tensor:
+    def _pool_image_feature(
+        self,
+        features: dict[str, Tensor],
+        stage: int,
+        rois: Tensor,
+        image_shapes: list[tuple[int, int]],
+        reduce_first: bool = False,
+    ) -> Tensor:
         """RoIAlign of the FPN level that matches this stage (P4 at 14, P3 at 28, P2 at 56) at
         that level's true scale; with ``reduce_first`` the map is reduced to few channels first."""
         feature = features[self.image_levels[stage]]
         if reduce_first:
             feature = self.aggregators[stage].reduce_image_feature(feature)
         r = RESOLUTIONS[stage]
-        return roi_align(feature, rois.to(feature.dtype), (r, r), spatial_scale=level_scale(feature, image_shapes),
-                         sampling_ratio=self.sampling_ratio, aligned=True)
+        return roi_align(
+            feature,
+            rois.to(feature.dtype),
+            (r, r),
+            spatial_scale=level_scale(feature, image_shapes),
+            sampling_ratio=self.sampling_ratio,
+            aligned=True,
+        )
 
     def _zero_losses(self, reference: Tensor) -> dict[str, Tensor]:
         zero = sum(p.sum() for p in self.parameters()) * 0.0 + reference.sum() * 0.0
@@ -351,8 +408,15 @@ class DynaMaskHead(nn.Module):
         return {k: zero for k in keys}
 
     # ---------------------------------------------------------------------------- training
-    def forward_train(self, features: dict[str, Tensor], rois: list[Tensor], image_shapes,
-                      gt_masks: list[Tensor], gt_labels: list[Tensor], matched_idxs: list[Tensor]) -> dict[str, Tensor]:
+    def forward_train(
+        self,
+        features: dict[str, Tensor],
+        rois: list[Tensor],
+        image_shapes,
+        gt_masks: list[Tensor],
+        gt_labels: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
         labels = torch.cat([gl[idx] for gl, idx in zip(gt_labels, matched_idxs)])
         x = self.shared(self.roi_pool(features, rois, image_shapes))
         if labels.numel() == 0:
@@ -363,7 +427,8 @@ class DynaMaskHead(nn.Module):
         roi5 = rois_with_batch_index(rois)
         finest = RESOLUTIONS[-1]
         targets = L.downsample_targets(
-            L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry, image_shapes), RESOLUTIONS)
+            L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry, image_shapes), RESOLUTIONS
+        )
 
         losses: dict[str, Tensor] = {}
         region0 = x
@@ -389,14 +454,16 @@ class DynaMaskHead(nn.Module):
             losses.update(self._paper_switch_losses(inp, signal, key="loss_mask_select"))
         return losses
 
-    def all_stages(self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes,
-                   labels: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def all_stages(
+        self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes, labels: Tensor
+    ) -> list[tuple[Tensor, Tensor]]:
         """(mask logits, edge logits) of every stage for every RoI, from the stage-0 region
         feature — the training pass (image features pooled from reduced maps)."""
         return self._dense_stages(region, features, roi5, image_shapes, labels)[0]
 
-    def _dense_stages(self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes,
-                      labels: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+    def _dense_stages(
+        self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes, labels: Tensor
+    ) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
         """:meth:`all_stages` of the dense stages, and the last one's region feature."""
         out, x = [], region
         dense = len(self.predictors)
@@ -408,9 +475,16 @@ class DynaMaskHead(nn.Module):
                 x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
         return out, x
 
-    def _forward_train_points(self, features: dict[str, Tensor], rois: list[Tensor], image_shapes,
-                              gt_masks: list[Tensor], matched_idxs: list[Tensor], labels: Tensor,
-                              x: Tensor) -> dict[str, Tensor]:
+    def _forward_train_points(
+        self,
+        features: dict[str, Tensor],
+        rois: list[Tensor],
+        image_shapes,
+        gt_masks: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: Tensor,
+        x: Tensor,
+    ) -> dict[str, Tensor]:
         """Training with point stages: the dense stages as usual; each point stage is supervised at
         importance-sampled points by the ground truth at those coordinates, and also run as
         inference runs it (top-N cells, no gradient) — the map the next stage refines and the
@@ -423,7 +497,8 @@ class DynaMaskHead(nn.Module):
         top = RESOLUTIONS[-1] if dynamic else RESOLUTIONS[dense - 1]
         targets = L.downsample_targets(
             L.matched_mask_targets(gt_masks, rois, matched_idxs, top, self.mask_geometry, image_shapes),
-            tuple(r for r in RESOLUTIONS if r <= top))
+            tuple(r for r in RESOLUTIONS if r <= top),
+        )
         stages, region = self._dense_stages(x, features, roi5, image_shapes, labels)
         losses: dict[str, Tensor] = {}
         edges = []
@@ -438,18 +513,26 @@ class DynaMaskHead(nn.Module):
             r, count = RESOLUTIONS[k], self.stage_points(k)
             reduced = stage.reduce_image_feature(features[self.image_levels[k - 1]])
             points = importance_points(coarse.detach(), min(self.refinement_train_points, r * r))
-            mask, edge = stage(sample_in_image(reduced, roi5, points, image_shapes), sample_in_rois(region, points),
-                               sample_in_rois(coarse, points)[..., 0], labels, image_reduced=True)
+            mask, edge = stage(
+                sample_in_image(reduced, roi5, points, image_shapes),
+                sample_in_rois(region, points),
+                sample_in_rois(coarse, points)[..., 0],
+                labels,
+                image_reduced=True,
+            )
             mask_target, edge_target = point_targets(gt_masks, rois, matched_idxs, points, r, image_shapes)
             losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * F.binary_cross_entropy_with_logits(
-                mask, mask_target.to(mask.dtype))
-            edges.append(F.binary_cross_entropy_with_logits(edge, edge_target.to(edge.dtype),
-                                                            reduction="none").mean(dim=1))
+                mask, mask_target.to(mask.dtype)
+            )
+            edges.append(
+                F.binary_cross_entropy_with_logits(edge, edge_target.to(edge.dtype), reduction="none").mean(dim=1)
+            )
             with torch.no_grad():
-                coarse = refine_at_points(stage, coarse.detach(), count, reduced, roi5, region, labels, image_shapes,
-                                          image_reduced=True)
+                coarse = refine_at_points(
+                    stage, coarse.detach(), count, reduced, roi5, region, labels, image_shapes, image_reduced=True
+                )
             maps.append(coarse)
-        weights = torch.tensor(self.stage_loss_weights[:self.num_stages], device=x.device)
+        weights = torch.tensor(self.stage_loss_weights[: self.num_stages], device=x.device)
         edge_losses = torch.stack(edges, dim=1) * weights.to(edges[0].dtype)
         losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
         if dynamic:
@@ -461,14 +544,16 @@ class DynaMaskHead(nn.Module):
     def stage_edge_losses(self, edge_logits: list[Tensor], targets: dict[int, Tensor], weighted: bool = True) -> Tensor:
         """Per RoI and stage, the edge BCE against that stage's own target (N×K) — the signal the
         authors' switch is trained on — times the stage loss weights unless ``weighted=False``."""
-        raw = torch.stack([L.per_roi_bce(e, L.edge_map(targets[r])) for e, r in zip(edge_logits, self.resolutions)],
-                          dim=1)
+        raw = torch.stack(
+            [L.per_roi_bce(e, L.edge_map(targets[r])) for e, r in zip(edge_logits, self.resolutions)], dim=1
+        )
         if not weighted:
             return raw
-        return raw * torch.tensor(self.stage_loss_weights[:self.num_stages], device=raw.device, dtype=raw.dtype)
+        return raw * torch.tensor(self.stage_loss_weights[: self.num_stages], device=raw.device, dtype=raw.dtype)
 
-    def _cost_switch_losses(self, inp: SwitchInput, stage_logits: list[Tensor], target: Tensor,
-                            boxes: Tensor) -> dict[str, Tensor]:
+    def _cost_switch_losses(
+        self, inp: SwitchInput, stage_logits: list[Tensor], target: Tensor, boxes: Tensor
+    ) -> dict[str, Tensor]:
         """The cost switch regresses each stage's selection cost; λ prices compute so that its
         own choices meet the budget target. The paper's Gumbel selection loss, hinge and balance
         term are there with their weights (0 by default)."""
@@ -550,9 +635,14 @@ class DynaMaskHead(nn.Module):
         costs = self.stage_costs(with_switch=True).to(scores.device)
         return torch.cat([choose_under_budget(s, costs, self.mask_budget) for s in scores.split(counts)])
 
-    def forward_infer(self, features: dict[str, Tensor], boxes_per_image: list[Tensor],
-                      labels_per_image: list[Tensor], image_shapes,
-                      scores_per_image: list[Tensor] | None = None) -> list[dict]:
+    def forward_infer(
+        self,
+        features: dict[str, Tensor],
+        boxes_per_image: list[Tensor],
+        labels_per_image: list[Tensor],
+        image_shapes,
+        scores_per_image: list[Tensor] | None = None,
+    ) -> list[dict]:
         counts = [b.shape[0] for b in boxes_per_image]
         boxes = torch.cat(boxes_per_image)
         labels = torch.cat(labels_per_image)
@@ -560,8 +650,9 @@ class DynaMaskHead(nn.Module):
         roi5 = rois_with_batch_index(boxes_per_image)
         x = self.shared(self.roi_pool(features, boxes_per_image, image_shapes))
         x, mask_logits, edge_logits = self.predictors[0](x, labels)
-        choice = self.choose_stages(SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits,
-                                                detection_scores), counts)
+        choice = self.choose_stages(
+            SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits, detection_scores), counts
+        )
         flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
         gated = self.gated(detection_scores)
         if gated is not None:  # a gated detection never ran the switch
@@ -578,9 +669,16 @@ class DynaMaskHead(nn.Module):
             if 0 < k < dense:
                 x, mask_logits, edge_logits = self.predictors[k](x, labels[active])
             elif k >= dense:  # a point stage: x stays the 28 stage's region feature
-                mask_logits = refine_at_points(self.point_stages[k - dense], mask_logits, self.stage_points(k),
-                                               features[self.image_levels[k - 1]], roi5[active], x, labels[active],
-                                               image_shapes)
+                mask_logits = refine_at_points(
+                    self.point_stages[k - dense],
+                    mask_logits,
+                    self.stage_points(k),
+                    features[self.image_levels[k - 1]],
+                    roi5[active],
+                    x,
+                    labels[active],
+                    image_shapes,
+                )
             if self.stage_log is not None:
                 self.stage_log.append(mask_logits.detach())
             stop = choice[active] == k
@@ -598,10 +696,20 @@ class DynaMaskHead(nn.Module):
 
         resolution = torch.tensor(RESOLUTIONS, device=boxes.device)[choice]
         if tracing and len(counts) == 1:  # one image: no split by Python counts
-            return [{"mask_groups": [(idx, masks) for _, idx, masks in groups], "mask_resolution": resolution,
-                     "mask_flops": flops.float()}]
+            return [
+                {
+                    "mask_groups": [(idx, masks) for _, idx, masks in groups],
+                    "mask_resolution": resolution,
+                    "mask_flops": flops.float(),
+                }
+            ]
         return [
-            {"mask_groups": [(idx, masks) for _, idx, masks in image_groups],
-             "mask_resolution": res, "mask_flops": fl.float()}
-            for image_groups, res, fl in zip(split_groups(groups, counts), resolution.split(counts), flops.split(counts))
+            {
+                "mask_groups": [(idx, masks) for _, idx, masks in image_groups],
+                "mask_resolution": res,
+                "mask_flops": fl.float(),
+            }
+            for image_groups, res, fl in zip(
+                split_groups(groups, counts), resolution.split(counts), flops.split(counts)
+            )
         ]

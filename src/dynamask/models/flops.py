@@ -14,8 +14,8 @@ convolutions, linear layers, RoIAlign, deformable convolution and grid_sample ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
-from typing import Callable
 
 import torch
 from torch import nn
@@ -56,14 +56,25 @@ def deform_conv2d_flops(conv: nn.Module, in_channels: int, out_hw: tuple[int, in
 # --- formulas for FlopCounterMode (arguments arrive as shapes) -----------------------------
 
 
-def _roi_align_formula(input_shape, rois_shape, spatial_scale, pooled_height, pooled_width,
-                       sampling_ratio, aligned, *args, out_shape=None, **kwargs) -> int:
+def _roi_align_formula(
+    input_shape,
+    rois_shape,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
     num_rois, channels = out_shape[0], out_shape[1]
     return num_rois * roi_align_flops(channels, (pooled_height, pooled_width), sampling_ratio)
 
 
-def _deform_conv2d_formula(input_shape, weight_shape, offset_shape, mask_shape, bias_shape,
-                           *args, out_shape=None, **kwargs) -> int:
+def _deform_conv2d_formula(
+    input_shape, weight_shape, offset_shape, mask_shape, bias_shape, *args, out_shape=None, **kwargs
+) -> int:
     batch, c_out, h_out, w_out = out_shape
     c_in = input_shape[1]
     _, c_in_per_group, kh, kw = weight_shape

@@ -74,9 +74,10 @@ class MaskRoIPool(nn.Module):
         k_min, k_max = -math.log2(scales[0]), -math.log2(scales[-1])
         # the same float arithmetic as torchvision's LevelMapper, so levels agree box for box
         sides = torch.sqrt(box_area(torch.cat(boxes)))
-        levels = torch.floor(self.CANONICAL_LEVEL + torch.log2(sides / self.CANONICAL_SCALE)
-                             + torch.tensor(1e-6, dtype=sides.dtype))
-        levels = (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min))
+        levels = torch.floor(
+            self.CANONICAL_LEVEL + torch.log2(sides / self.CANONICAL_SCALE) + torch.tensor(1e-6, dtype=sides.dtype)
+        )
+        levels = torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min)
         out = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], *self.output_size))
         tracing = exporting()  # record every level
         for level, (feature, scale) in enumerate(zip(maps, scales)):
@@ -86,8 +87,9 @@ class MaskRoIPool(nn.Module):
                 pooled = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio, aligned)
                 out = out.index_copy(0, idx, pooled.to(out.dtype))
             elif idx.numel():
-                out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio,
-                                     aligned).to(out.dtype)
+                out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio, aligned).to(
+                    out.dtype
+                )
         return out
 
 
@@ -108,8 +110,9 @@ def boxes_to_mask_frame(boxes: Tensor, image_size: tuple[int, int] | None, mask_
     return boxes * scale
 
 
-def roi_mask_targets(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact",
-                     batch_index: Tensor | None = None) -> Tensor:
+def roi_mask_targets(
+    masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact", batch_index: Tensor | None = None
+) -> Tensor:
     """Soft mask targets: each mask cropped to its box and resampled to resolution×resolution.
 
     Args:
@@ -135,8 +138,14 @@ def roi_mask_targets(masks: Tensor, boxes: Tensor, resolution: int, geometry: st
     rois = torch.cat([batch_index.to(boxes.dtype)[:, None], boxes], dim=1)
     # exact: adaptive sampling (⌈cell size⌉ points per cell and axis); legacy: 2×2 points
     sampling_ratio = 0 if aligned else 2
-    return roi_align(masks[:, None].to(boxes.dtype), rois, (resolution, resolution), spatial_scale=1.0,
-                     sampling_ratio=sampling_ratio, aligned=aligned)[:, 0]
+    return roi_align(
+        masks[:, None].to(boxes.dtype),
+        rois,
+        (resolution, resolution),
+        spatial_scale=1.0,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+    )[:, 0]
 
 
 def round_trip_masks(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact") -> Tensor:

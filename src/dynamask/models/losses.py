@@ -21,9 +21,14 @@ from torch import Tensor
 from .geometry import boxes_to_mask_frame, roi_mask_targets
 
 
-def matched_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor],
-                         resolution: int, geometry: str,
-                         image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
+def matched_mask_targets(
+    gt_masks: list[Tensor],
+    rois: list[Tensor],
+    matched_idxs: list[Tensor],
+    resolution: int,
+    geometry: str,
+    image_shapes: list[tuple[int, int]] | None = None,
+) -> Tensor:
     """Targets of a batch's positive RoIs: per image, the ground-truth mask each RoI was matched
     to, cropped to the RoI in the model's mask geometry (see :func:`geometry.roi_mask_targets`).
 
@@ -32,17 +37,19 @@ def matched_mask_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idx
     resolution and each RoI is mapped back onto them (:func:`geometry.boxes_to_mask_frame`), so
     no detail is lost to a bitmap resize. Masks of the input's size are used as they are."""
     shapes = image_shapes if image_shapes is not None else [None] * len(rois)
-    out = [roi_mask_targets(masks, boxes_to_mask_frame(boxes, shape, masks.shape[-2:]), resolution, geometry,
-                            batch_index=idx)
-           for masks, boxes, idx, shape in zip(gt_masks, rois, matched_idxs, shapes)]
+    out = [
+        roi_mask_targets(
+            masks, boxes_to_mask_frame(boxes, shape, masks.shape[-2:]), resolution, geometry, batch_index=idx
+        )
+        for masks, boxes, idx, shape in zip(gt_masks, rois, matched_idxs, shapes)
+    ]
     return torch.cat(out, 0)
 
 
 def downsample_targets(target: Tensor, resolutions: tuple[int, ...]) -> dict[int, Tensor]:
     """Area-averaged targets at coarser resolutions from the finest one (N×R×R → {r: N×r×r})."""
     finest = target.shape[-1]
-    return {r: F.avg_pool2d(target[:, None], finest // r)[:, 0] if r != finest else target
-            for r in resolutions}
+    return {r: F.avg_pool2d(target[:, None], finest // r)[:, 0] if r != finest else target for r in resolutions}
 
 
 def edge_map(target: Tensor, width: int = 1) -> Tensor:
@@ -70,8 +77,12 @@ def _inner_band(mask: Tensor, width: int) -> Tensor:
     return mask - eroded
 
 
-def selection_costs(stage_logits: list[Tensor], target: Tensor, boxes: Tensor | None = None,
-                    resolutions: tuple[int, ...] = (14, 28, 56, 112)) -> Tensor:
+def selection_costs(
+    stage_logits: list[Tensor],
+    target: Tensor,
+    boxes: Tensor | None = None,
+    resolutions: tuple[int, ...] = (14, 28, 56, 112),
+) -> Tensor:
     """Per-RoI cost of stopping at each stage (N×K), detached.
 
     Every stage's mask is upsampled to the target's resolution, then judged as it will be used:
@@ -87,8 +98,10 @@ def selection_costs(stage_logits: list[Tensor], target: Tensor, boxes: Tensor | 
     """
     with torch.no_grad():
         size = target.shape[-1]
-        probs = [F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False).sigmoid()
-                 for logits in stage_logits]
+        probs = [
+            F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False).sigmoid()
+            for logits in stage_logits
+        ]
         gt = target.float()[:, None]
         if boxes is None:
             grid = torch.full((target.shape[0],), size, device=target.device)

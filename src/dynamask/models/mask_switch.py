@@ -42,23 +42,30 @@ def check_switch(kind: str) -> str:
 class SwitchInput:
     """What a switch may read for N RoIs."""
 
-    features: dict[str, Tensor]          # FPN maps
-    rois: Tensor                         # N×5 (batch index, x0, y0, x1, y1), network-input pixels
+    features: dict[str, Tensor]  # FPN maps
+    rois: Tensor  # N×5 (batch index, x0, y0, x1, y1), network-input pixels
     image_shapes: list[tuple[int, int]]
-    region: Tensor                       # N×C×14×14 stage-0 region feature
-    mask_logits: Tensor                  # N×1×14×14 stage-0 mask logits
-    edge_logits: Tensor                  # N×1×14×14 stage-0 edge logits
+    region: Tensor  # N×C×14×14 stage-0 region feature
+    mask_logits: Tensor  # N×1×14×14 stage-0 mask logits
+    edge_logits: Tensor  # N×1×14×14 stage-0 edge logits
     detection_scores: Tensor | None = None  # N detector scores at inference (None in training)
 
     @property
     def boxes(self) -> Tensor:
         return self.rois[:, 1:]
 
-    def select(self, index: Tensor) -> "SwitchInput":
+    def select(self, index: Tensor) -> SwitchInput:
         """The same input for a subset of the RoIs (a bool mask or indices)."""
         scores = None if self.detection_scores is None else self.detection_scores[index]
-        return SwitchInput(self.features, self.rois[index], self.image_shapes, self.region[index],
-                           self.mask_logits[index], self.edge_logits[index], scores)
+        return SwitchInput(
+            self.features,
+            self.rois[index],
+            self.image_shapes,
+            self.region[index],
+            self.mask_logits[index],
+            self.edge_logits[index],
+            scores,
+        )
 
 
 class CostSwitch(nn.Module):
@@ -66,8 +73,9 @@ class CostSwitch(nn.Module):
 
     kind = "cost"
 
-    def __init__(self, in_channels: int, num_choices: int = 4, resolution: int = 14,
-                 reduced_channels: int = 32, hidden: int = 64):
+    def __init__(
+        self, in_channels: int, num_choices: int = 4, resolution: int = 14, reduced_channels: int = 32, hidden: int = 64
+    ):
         super().__init__()
         self.resolution = resolution
         self.reduce = nn.Conv2d(in_channels + 2, reduced_channels, 1)
@@ -143,8 +151,10 @@ class CostSwitch(nn.Module):
         perimeter = (gx.square() + gy.square() + 1e-8).sqrt().sum(dim=(1, 2))
         area = p.sum(dim=(1, 2))
         complexity = perimeter.square() / (4 * torch.pi * area + 1.0)
-        return torch.cat([size, size.square(), complexity.clamp(min=1e-3).log()[:, None],
-                          edge_prob.mean(dim=(1, 2, 3))[:, None]], dim=1)
+        return torch.cat(
+            [size, size.square(), complexity.clamp(min=1e-3).log()[:, None], edge_prob.mean(dim=(1, 2, 3))[:, None]],
+            dim=1,
+        )
 
     def forward(self, inp: SwitchInput) -> Tensor:
         """N×num_choices predicted selection costs (one per resolution, coarse to fine)."""
@@ -170,8 +180,13 @@ class CostSwitch(nn.Module):
 
     def flops(self) -> int:
         r = self.resolution
-        return (conv2d_flops(self.reduce, (r, r)) + conv2d_flops(self.down, (self.down_hw, self.down_hw))
-                + linear_flops(self.fc1) + linear_flops(self.fc2) + linear_flops(self.prior))
+        return (
+            conv2d_flops(self.reduce, (r, r))
+            + conv2d_flops(self.down, (self.down_hw, self.down_hw))
+            + linear_flops(self.fc1)
+            + linear_flops(self.fc2)
+            + linear_flops(self.prior)
+        )
 
 
 class PaperSwitch(nn.Module):
@@ -181,8 +196,9 @@ class PaperSwitch(nn.Module):
 
     kind = "paper"
 
-    def __init__(self, in_channels: int, num_choices: int = 4, level: str = "0", resolution: int = 56,
-                 sampling_ratio: int = 2):
+    def __init__(
+        self, in_channels: int, num_choices: int = 4, level: str = "0", resolution: int = 56, sampling_ratio: int = 2
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.level = level
@@ -202,9 +218,14 @@ class PaperSwitch(nn.Module):
         """N×num_choices logits (one per resolution, coarse to fine)."""
         feature = inp.features[self.level].detach()
         r = self.resolution
-        x = roi_align(feature, inp.rois.detach().to(feature.dtype), (r, r),
-                      spatial_scale=level_scale(feature, inp.image_shapes), sampling_ratio=self.sampling_ratio,
-                      aligned=True)
+        x = roi_align(
+            feature,
+            inp.rois.detach().to(feature.dtype),
+            (r, r),
+            spatial_scale=level_scale(feature, inp.image_shapes),
+            sampling_ratio=self.sampling_ratio,
+            aligned=True,
+        )
         x = self.pool(F.relu(self.bn1(self.conv1(x))))
         x = self.pool(F.relu(self.bn2(self.conv2(x))))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
@@ -217,5 +238,10 @@ class PaperSwitch(nn.Module):
 
     def flops(self) -> int:
         r, h = self.resolution, self.pooled_hw
-        return (roi_align_flops(self.in_channels, (r, r), self.sampling_ratio) + conv2d_flops(self.conv1, (r, r))
-                + conv2d_flops(self.conv2, (h, h)) + linear_flops(self.fc1) + linear_flops(self.fc2))
+        return (
+            roi_align_flops(self.in_channels, (r, r), self.sampling_ratio)
+            + conv2d_flops(self.conv1, (r, r))
+            + conv2d_flops(self.conv2, (h, h))
+            + linear_flops(self.fc1)
+            + linear_flops(self.fc2)
+        )

@@ -44,7 +44,7 @@ coordinates of large images), and the result is cast back to the masks' dtype.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +110,7 @@ def _box_params(boxes: Tensor) -> Tensor:
     return torch.stack((b[:, 0], b[:, 1], 2.0 / w, 2.0 / h), dim=1)
 
 
-def _paste_full(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int
-) -> None:
+def _paste_full(out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int) -> None:
     """Reference path: sample every image pixel for every instance, in chunks."""
     dev = masks.device
     params = _box_params(boxes)
@@ -138,9 +136,7 @@ def _paste_full(
 _BUCKETING = None
 
 
-def _paste_cropped(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int
-) -> None:
+def _paste_cropped(out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, H: int, W: int, chunk_pixels: int) -> None:
     """Fast path: sample only a window around each box and scatter it into ``out``.
 
     Instances are bucketed by crop size (see ``_BUCKETING``) and each bucket
@@ -206,7 +202,7 @@ def _paste_cropped(
         start += cnt
 
 
-def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Re-express torchvision's paste geometry in our convention.
 
     torchvision pads the mask by one zero cell, scales the box by (M+2)/M about
@@ -229,9 +225,7 @@ def _torchvision_geometry(masks: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor]
     return F.pad(masks, (1, 1, 1, 1)), new_boxes
 
 
-def _paste_into(
-    out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, chunk_pixels: int, geometry: str
-) -> None:
+def _paste_into(out: Tensor, dest: Tensor, masks: Tensor, boxes: Tensor, chunk_pixels: int, geometry: str) -> None:
     masks = _as_nchw(masks)
     _check(masks, boxes)
     if masks.shape[0] == 0:
@@ -284,7 +278,7 @@ def paste_masks(
 
 
 def paste_masks_grouped(
-    groups: List[Tuple[Tensor, Tensor]],
+    groups: list[tuple[Tensor, Tensor]],
     boxes: Tensor,
     image_size: Sequence[int],
     chunk_pixels: int = 2**26,

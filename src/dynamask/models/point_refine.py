@@ -68,8 +68,9 @@ def most_uncertain_cells(logits: Tensor, count: int) -> Tensor:
     return torch.topk(-flat.abs(), min(count, flat.shape[1]), dim=1, sorted=False).indices
 
 
-def importance_points(coarse: Tensor, count: int, oversample: int = OVERSAMPLE,
-                      importance: float = IMPORTANCE) -> Tensor:
+def importance_points(
+    coarse: Tensor, count: int, oversample: int = OVERSAMPLE, importance: float = IMPORTANCE
+) -> Tensor:
     """PointRend's training points over each RoI: N×count×2 in [0, 1]² (no gradient)."""
     n = coarse.shape[0]
     with torch.no_grad():
@@ -153,8 +154,14 @@ def _sample_in_image_exported(feature: Tensor, rois: Tensor, xy: Tensor, scale: 
     return out[0, :, :, 0].reshape(feature.shape[1], -1, xy.shape[1]).permute(1, 2, 0)
 
 
-def point_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list[Tensor], points: Tensor,
-                  resolution: int, image_shapes=None) -> tuple[Tensor, Tensor]:
+def point_targets(
+    gt_masks: list[Tensor],
+    rois: list[Tensor],
+    matched_idxs: list[Tensor],
+    points: Tensor,
+    resolution: int,
+    image_shapes=None,
+) -> tuple[Tensor, Tensor]:
     """Ground truth at the training points, read from the original-resolution masks: (mask value
     N×P in {0, 1}, edge N×P in {0, 1}).
 
@@ -168,7 +175,7 @@ def point_targets(gt_masks: list[Tensor], rois: list[Tensor], matched_idxs: list
     shapes = image_shapes if image_shapes is not None else [None] * len(rois)
     for masks, boxes, idx, shape in zip(gt_masks, rois, matched_idxs, shapes):
         n = boxes.shape[0]
-        pts = points[start:start + n]
+        pts = points[start : start + n]
         start += n
         frame = boxes_to_mask_frame(boxes, shape, masks.shape[-2:]).to(pts.dtype)
         size = frame[:, 2:] - frame[:, :2]
@@ -191,7 +198,7 @@ def _read_mask(masks: Tensor, mask_index: Tensor, xy: Tensor) -> Tensor:
     col = torch.floor(xy[..., 0]).to(torch.int64)
     row = torch.floor(xy[..., 1]).to(torch.int64)
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    flat = (mask_index.to(torch.int64)[:, None] * (h * w) + row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
+    flat = mask_index.to(torch.int64)[:, None] * (h * w) + row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
     return (inside & (masks.reshape(-1)[flat].float() >= 0.5)).to(xy.dtype)
 
 
@@ -206,8 +213,9 @@ class PointStage(nn.Module):
     the RoI's class channel is taken) and an edge logit. The correction starts near zero, so an
     untrained stage reproduces the upsampled coarse mask instead of writing p ≈ 0.5 along the outline."""
 
-    def __init__(self, image_channels: int, reduced_channels: int, region_channels: int, hidden: int,
-                 num_mask_channels: int):
+    def __init__(
+        self, image_channels: int, reduced_channels: int, region_channels: int, hidden: int, num_mask_channels: int
+    ):
         super().__init__()
         self.image_channels, self.reduced_channels = image_channels, reduced_channels
         self.region_channels, self.num_mask_channels = region_channels, num_mask_channels
@@ -227,8 +235,14 @@ class PointStage(nn.Module):
         """The bias-free reduction on a whole B×C×H×W map (training: few channels to sample)."""
         return F.conv2d(feature, self.reduce.weight[:, :, None, None])
 
-    def forward(self, image_points: Tensor, region_points: Tensor, coarse_points: Tensor, labels: Tensor,
-                image_reduced: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        image_points: Tensor,
+        region_points: Tensor,
+        coarse_points: Tensor,
+        labels: Tensor,
+        image_reduced: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """Sampled features N×P×C (image, region) and coarse logits N×P → (mask logits N×P of
         the RoI's class, edge logits N×P)."""
         n, p = coarse_points.shape
@@ -263,8 +277,17 @@ def upsample2(logits: Tensor) -> Tensor:
     return F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-def refine_at_points(stage: PointStage, coarse_map: Tensor, count: int, image_feature: Tensor, rois: Tensor,
-                     region: Tensor, labels: Tensor, image_shapes, image_reduced: bool = False) -> Tensor:
+def refine_at_points(
+    stage: PointStage,
+    coarse_map: Tensor,
+    count: int,
+    image_feature: Tensor,
+    rois: Tensor,
+    region: Tensor,
+    labels: Tensor,
+    image_shapes,
+    image_reduced: bool = False,
+) -> Tensor:
     """The inference form of a sparse stage: the ×2-upsampled ``coarse_map`` (N×1×S×S) with its
     ``count`` most uncertain cells re-predicted → N×1×2S×2S logits. ``image_feature`` is the FPN
     level, or (``image_reduced``) its :meth:`PointStage.reduce_image_feature`."""
@@ -273,6 +296,11 @@ def refine_at_points(stage: PointStage, coarse_map: Tensor, count: int, image_fe
     index = most_uncertain_cells(up, count)
     points = grid_cell_points(index, side)
     coarse = torch.gather(up.flatten(1), 1, index)
-    mask, _ = stage(sample_in_image(image_feature, rois, points, image_shapes), sample_in_rois(region, points),
-                    coarse, labels, image_reduced=image_reduced)
+    mask, _ = stage(
+        sample_in_image(image_feature, rois, points, image_shapes),
+        sample_in_rois(region, points),
+        coarse,
+        labels,
+        image_reduced=image_reduced,
+    )
     return up.flatten(1).scatter(1, index, mask.to(up.dtype)).reshape(up.shape)

@@ -84,8 +84,16 @@ class FeatureAggregation(nn.Module):
     ``"torchvision"``; the weights (a ``DeformConv2d``'s) and the FLOPs table are the same either way.
     """
 
-    def __init__(self, in_channels: int, image_channels: int, reduced_channels: int,
-                 out_channels: int, kind: str = "deform", sampling_ratio: int = 2, deform_kernel: str = "auto"):
+    def __init__(
+        self,
+        in_channels: int,
+        image_channels: int,
+        reduced_channels: int,
+        out_channels: int,
+        kind: str = "deform",
+        sampling_ratio: int = 2,
+        deform_kernel: str = "auto",
+    ):
         super().__init__()
         if kind not in FAM_KINDS:
             raise ValueError(f"fam must be one of {FAM_KINDS}, got {kind!r}")
@@ -113,8 +121,14 @@ class FeatureAggregation(nn.Module):
         """The linear part of the reduction (no bias): apply to a whole map or to pooled RoIs."""
         return self.reduce(feature)
 
-    def forward(self, region: Tensor, pooled_image: Tensor, mask_logits: Tensor,
-                edge_logits: Tensor, image_reduced: bool = False) -> Tensor:
+    def forward(
+        self,
+        region: Tensor,
+        pooled_image: Tensor,
+        mask_logits: Tensor,
+        edge_logits: Tensor,
+        image_reduced: bool = False,
+    ) -> Tensor:
         """``pooled_image`` is the RoIAligned FPN feature, either with all channels or, when
         ``image_reduced``, already passed through :meth:`reduce_image_feature`."""
         reduced = pooled_image if image_reduced else self.reduce(pooled_image)
@@ -123,8 +137,18 @@ class FeatureAggregation(nn.Module):
         x = F.relu(self.fuse(x))
         if self.offset is not None:
             a = self.align
-            x = F.relu(deform_conv2d(x, self.offset(x), a.weight, a.bias, stride=a.stride, padding=a.padding,
-                                     dilation=a.dilation, kernel=self.deform_kernel))
+            x = F.relu(
+                deform_conv2d(
+                    x,
+                    self.offset(x),
+                    a.weight,
+                    a.bias,
+                    stride=a.stride,
+                    padding=a.padding,
+                    dilation=a.dilation,
+                    kernel=self.deform_kernel,
+                )
+            )
         else:
             x = F.relu(self.align(x))
         x = F.relu(self.project(x))

@@ -25,22 +25,36 @@ class MaskBranchRoIHeads(RoIHeads):
         self.mask_rois_per_image = mask_rois_per_image
 
     @classmethod
-    def from_box_heads(cls, heads: RoIHeads, mask_branch: nn.Module,
-                       mask_rois_per_image: int | None = None) -> "MaskBranchRoIHeads":
+    def from_box_heads(
+        cls, heads: RoIHeads, mask_branch: nn.Module, mask_rois_per_image: int | None = None
+    ) -> MaskBranchRoIHeads:
         """Reuse the box parts and settings of an already built torchvision RoIHeads."""
         return cls(
-            heads.box_roi_pool, heads.box_head, heads.box_predictor,
-            heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
-            heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
-            heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
-            mask_branch=mask_branch, mask_rois_per_image=mask_rois_per_image,
+            heads.box_roi_pool,
+            heads.box_head,
+            heads.box_predictor,
+            heads.proposal_matcher.high_threshold,
+            heads.proposal_matcher.low_threshold,
+            heads.fg_bg_sampler.batch_size_per_image,
+            heads.fg_bg_sampler.positive_fraction,
+            heads.box_coder.weights,
+            heads.score_thresh,
+            heads.nms_thresh,
+            heads.detections_per_img,
+            mask_branch=mask_branch,
+            mask_rois_per_image=mask_rois_per_image,
         )
 
     def has_mask(self) -> bool:
         return True
 
-    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
-                targets: list[dict[str, Tensor]] | None = None):
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
@@ -56,9 +70,16 @@ class MaskBranchRoIHeads(RoIHeads):
             positive = [self._sample_positives(torch.where(lab > 0)[0]) for lab in labels]
             mask_rois = [p[pos] for p, pos in zip(proposals, positive)]
             pos_matched = [m[pos] for m, pos in zip(matched_idxs, positive)]
-            losses.update(self.mask_branch.forward_train(
-                features, mask_rois, image_shapes,
-                [t["masks"] for t in targets], [t["labels"] for t in targets], pos_matched))
+            losses.update(
+                self.mask_branch.forward_train(
+                    features,
+                    mask_rois,
+                    image_shapes,
+                    [t["masks"] for t in targets],
+                    [t["labels"] for t in targets],
+                    pos_matched,
+                )
+            )
             return [], losses
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
@@ -67,7 +88,6 @@ class MaskBranchRoIHeads(RoIHeads):
         for r, m in zip(result, self.mask_branch.forward_infer(features, boxes, labels, image_shapes, scores)):
             r.update(m)
         return result, {}
-
 
     def _sample_positives(self, positive: Tensor) -> Tensor:
         limit = self.mask_rois_per_image
@@ -91,9 +111,10 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
     resize_masks = False
 
     @classmethod
-    def from_transform(cls, t: GeneralizedRCNNTransform) -> "BatchedPasteTransform":
-        new = cls(t.min_size, t.max_size, t.image_mean, t.image_std,
-                  size_divisible=t.size_divisible, fixed_size=t.fixed_size)
+    def from_transform(cls, t: GeneralizedRCNNTransform) -> BatchedPasteTransform:
+        new = cls(
+            t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible, fixed_size=t.fixed_size
+        )
         if hasattr(t, "_skip_resize"):
             new._skip_resize = t._skip_resize
         new.mask_geometry = getattr(t, "mask_geometry", cls.mask_geometry)
@@ -120,6 +141,5 @@ class BatchedPasteTransform(GeneralizedRCNNTransform):
             pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
             groups = pred.pop("mask_groups", None)
             if groups is not None:
-                pred["masks"] = paste_masks_grouped(groups, pred["boxes"], tuple(o_im_s),
-                                                    geometry=self.mask_geometry)
+                pred["masks"] = paste_masks_grouped(groups, pred["boxes"], tuple(o_im_s), geometry=self.mask_geometry)
         return result

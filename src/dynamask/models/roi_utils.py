@@ -12,8 +12,7 @@ def rois_with_batch_index(boxes: list[Tensor]) -> Tensor:
     """List of per-image N_i×4 boxes → ΣN_i×5 (batch index, x0, y0, x1, y1) for roi_align."""
     if not boxes:
         return torch.zeros((0, 5))
-    index = torch.cat([torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device)
-                       for i, b in enumerate(boxes)])
+    index = torch.cat([torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
     return torch.cat([index, torch.cat(boxes)], dim=1)
 
 

@@ -29,8 +29,10 @@ from ..errors import DynaMaskError
 
 MASK_BRANCH = "roi_heads.mask_branch."
 #: torchvision's mask-head prefixes → ours (the Mask R-CNN branch)
-MASK_HEAD_PREFIXES = {"roi_heads.mask_head.": MASK_BRANCH + "mask_head.",
-                      "roi_heads.mask_predictor.": MASK_BRANCH + "mask_predictor."}
+MASK_HEAD_PREFIXES = {
+    "roi_heads.mask_head.": MASK_BRANCH + "mask_head.",
+    "roi_heads.mask_predictor.": MASK_BRANCH + "mask_predictor.",
+}
 #: weights whose shape depends on the class count
 CLASS_SPECIFIC = ("roi_heads.box_predictor.", MASK_BRANCH + "mask_predictor.mask_fcn_logits.")
 
@@ -53,8 +55,10 @@ def read_torchvision_detection_file(path: str | os.PathLike) -> dict | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise DynaMaskError(f"{path}: not a readable dynamask checkpoint or torchvision weights file, truncated or "
-                            f"corrupt? ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise DynaMaskError(
+            f"{path}: not a readable dynamask checkpoint or torchvision weights file, truncated or "
+            f"corrupt? ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if isinstance(obj, dict) and "model" in obj:
         return None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -63,10 +67,12 @@ def read_torchvision_detection_file(path: str | os.PathLike) -> dict | None:
         raise DynaMaskError(f"{path}: not a dynamask checkpoint (no 'model' entry) nor a state dict of tensors")
     keys = list(obj)
     if not any(k.startswith("backbone.body.") for k in keys) or "roi_heads.box_predictor.cls_score.weight" not in obj:
-        raise DynaMaskError(f"{path}: not a dynamask checkpoint (no 'model' entry) nor the state dict of a "
-                            f"torchvision detection model (first key "
-                            f"{keys[0]!r}; expected 'backbone.body.*', 'rpn.*', 'roi_heads.box_predictor.*'); "
-                            f"ResNet classification weights go to model.weights_backbone")
+        raise DynaMaskError(
+            f"{path}: not a dynamask checkpoint (no 'model' entry) nor the state dict of a "
+            f"torchvision detection model (first key "
+            f"{keys[0]!r}; expected 'backbone.body.*', 'rpn.*', 'roi_heads.box_predictor.*'); "
+            f"ResNet classification weights go to model.weights_backbone"
+        )
     return obj
 
 
@@ -83,7 +89,7 @@ def _upgraded(key: str, own: dict) -> str:
     """Rename a key of an older torchvision layout to the one ``own`` (the model) uses."""
     for src, dst in MASK_HEAD_PREFIXES.items():
         if key.startswith(src):
-            key = dst + key[len(src):]
+            key = dst + key[len(src) :]
             break
     if key in own:
         return key
@@ -123,21 +129,29 @@ def load_torchvision_detection(model: nn.Module, state: dict, path: str, with_ma
     reinitialised = set()
     for key in wanted:
         if key not in converted:
-            raise DynaMaskError(f"{path}: does not fit the model: first mismatching key {key!r} is missing from the "
-                                f"file (a {'Faster' if not has_mask_head(state) else 'Mask'} R-CNN file of "
-                                f"another architecture?)")
+            raise DynaMaskError(
+                f"{path}: does not fit the model: first mismatching key {key!r} is missing from the "
+                f"file (a {'Faster' if not has_mask_head(state) else 'Mask'} R-CNN file of "
+                f"another architecture?)"
+            )
         if converted[key].shape != own[key].shape:
             prefix = next((p for p in CLASS_SPECIFIC if key.startswith(p)), None)
             if prefix and classes_differ:
                 reinitialised.add(prefix.rstrip("."))
                 continue
-            raise DynaMaskError(f"{path}: does not fit the model: first mismatching key {key!r} has shape "
-                                f"{tuple(converted[key].shape)} in the file, {tuple(own[key].shape)} in the model")
+            raise DynaMaskError(
+                f"{path}: does not fit the model: first mismatching key {key!r} has shape "
+                f"{tuple(converted[key].shape)} in the file, {tuple(own[key].shape)} in the model"
+            )
     extra = [k for k in converted if k not in own]
     if extra:
-        raise DynaMaskError(f"{path}: does not fit the model: first mismatching key {extra[0]!r} is in the file, "
-                            f"not in the model")
+        raise DynaMaskError(
+            f"{path}: does not fit the model: first mismatching key {extra[0]!r} is in the file, not in the model"
+        )
     load = {k: v for k, v in converted.items() if k in wanted and not any(k.startswith(p + ".") for p in reinitialised)}
     model.load_state_dict(load, strict=False)
-    return {"num_classes": n_file, "reinitialised": sorted(reinitialised),
-            "mask_head_loaded": bool(with_mask_head and any(k.startswith(MASK_BRANCH) for k in load))}
+    return {
+        "num_classes": n_file,
+        "reinitialised": sorted(reinitialised),
+        "mask_head_loaded": bool(with_mask_head and any(k.startswith(MASK_BRANCH) for k in load)),
+    }
