@@ -215,7 +215,7 @@ def ceiling(data: Path) -> dict:
     import torch
     from pycocotools.coco import COCO
 
-    from dynamask.models import round_trip_iou
+    from dynamask.evaluation.round_trip import round_trip_iou
 
     coco = COCO(str(data / "val.json"))
     per_image = []

@@ -582,7 +582,7 @@ def main(argv=None) -> None:
 
         print(f"[data] making {args.data} ({args.train} train, {args.val} val, 256 px, seed 0, detail)", flush=True)
         generate_shapes_dataset(args.data, args.train, args.val, image_size=256, seed=0, detail=True)
-    from dynamask.data import yardstick_from_coco
+    from dynamask.evaluation.yardstick import yardstick_from_coco
 
     ys = yardstick_from_coco(args.data / "val.json")
     print(f"[yardstick] val: {ys.format(3)}", flush=True)

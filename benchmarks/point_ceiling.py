@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dynamask.data.point_ceiling import SELECTION_RULE, PointCeiling, concat, point_ceiling  # noqa: E402
+from dynamask.evaluation.point_ceiling import SELECTION_RULE, PointCeiling, concat, point_ceiling  # noqa: E402
 
 RESOLUTIONS = (28, 56, 112)
 SIZES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, float("inf"))}

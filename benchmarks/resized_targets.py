@@ -94,7 +94,7 @@ def round_trip(data: Path, images: int) -> dict:
     from PIL import Image
     from pycocotools.coco import COCO
 
-    from dynamask.data.resize_round_trip import native_round_trip_iou, pipeline_round_trip_iou
+    from dynamask.evaluation.resize_round_trip import native_round_trip_iou, pipeline_round_trip_iou
 
     coco = COCO(str(data / "val.json"))
     settings = {"down_256": (INPUT_SIZE, INPUT_SIZE), "up_800": (800, 1333)}

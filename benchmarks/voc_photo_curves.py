@@ -171,7 +171,7 @@ def write_dataset(out: Path) -> dict:
 def ceiling(val_json: Path) -> dict:
     """Round-trip mask and boundary IoU of the photo's ground truth at 14/28/56/112 (exact geometry,
     the heads' own)."""
-    from dynamask.data import yardstick_from_coco
+    from dynamask.evaluation.yardstick import yardstick_from_coco
 
     y = yardstick_from_coco(str(val_json), resolutions=(14, 28, 56, 112), geometry="exact")
     s = y.summary()

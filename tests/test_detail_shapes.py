@@ -20,17 +20,14 @@ from dynamask import cli
 from dynamask.data import (
     DETAIL_CATEGORIES,
     SHAPE_CATEGORIES,
-    boundary_iou,
     generate_shapes_dataset,
     make_shapes_tensors,
-    mask_boundary,
     render_shapes_image,
     shape_categories,
-    yardstick,
-    yardstick_from_coco,
 )
 from dynamask.data.shapes import _DETAIL_OUTLINES, _rasterise_ops
-from dynamask.models import round_trip_iou
+from dynamask.evaluation.round_trip import round_trip_iou
+from dynamask.evaluation.yardstick import boundary_iou, mask_boundary, yardstick, yardstick_from_coco
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

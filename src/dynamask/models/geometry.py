@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_area, roi_align
 
+from ..moved import moved_names
 from .roi_utils import exporting, level_scale, rois_with_batch_index
 
 MASK_GEOMETRIES = ("exact", "torchvision")
@@ -148,21 +149,5 @@ def roi_mask_targets(
     )[:, 0]
 
 
-def round_trip_masks(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact") -> Tensor:
-    """Ground-truth masks (N×H×W) cropped to their boxes at this resolution (the targets a head of
-    that resolution is trained on) and pasted back, binarised at 0.5: N×H×W bool."""
-    from .paste import paste_masks
-
-    target = roi_mask_targets(masks, boxes, resolution, geometry)
-    return paste_masks(target[:, None], boxes, masks.shape[-2:], geometry=geometry)[:, 0] >= 0.5
-
-
-def round_trip_iou(masks: Tensor, boxes: Tensor, resolution: int, geometry: str = "exact") -> Tensor:
-    """Per instance, the IoU of a ground-truth mask (N×H×W) with its :func:`round_trip_masks`:
-    the best mask any head of that resolution can deliver through this geometry — the ceiling a
-    mask benchmark reports beside its results."""
-    pasted = round_trip_masks(masks, boxes, resolution, geometry)
-    gt = masks.bool()
-    inter = (pasted & gt).flatten(1).sum(1).double()
-    union = (pasted | gt).flatten(1).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+#: moved to dynamask.evaluation.round_trip (a measurement, not a model part); the old names still work
+__getattr__ = moved_names(__name__, "dynamask.evaluation.round_trip", ("round_trip_masks", "round_trip_iou"))
