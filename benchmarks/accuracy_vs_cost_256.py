@@ -165,7 +165,9 @@ def head_file(args, name: str) -> Path:
 
 #: heads whose weights the repository no longer keeps (space: the paper switch alone is 3.6 MiB,
 #: and tracked files stay under 40 MiB); their evaluation, config, metrics and log stay in
-#: --heads, and the table reads the results from NAME.eval.json. Deleting that file too trains the
+#: --heads, and the table reads the results from NAME.eval.json and the facts read off the weights
+#: (parameters, switch, widths) from NAME.facts.json, so that a table written elsewhere (--results)
+#: has them too. Deleting that file too trains the
 #: head again. paper@0.4 stays: benchmarks/paper_switch_signal.py reads it. fixed-14 and fixed-56
 #: were retired when the sparse heads came in (issue 31): only this table reads them.
 RETIRED = ("paper@0.6", COMPARABLE_PAPER, "fixed-14", "fixed-56")
@@ -628,12 +630,12 @@ def main(argv=None) -> None:
     models, dial = base.evaluate_all(specs, args, args.out, cache=eval_cache)
     models = {n: models[n] for n in ORDER}
     for spec in specs:
-        if retired(args, spec["name"]):  # the facts the last full run read off its file
-            previous = json.loads(args.results.read_text())["models"] if args.results.exists() else {}
-            facts = {k: previous.get(spec["name"], {}).get(k) for k in ("params", "switch", "widths")}
-            facts["weights_kept"] = False
+        facts_file = args.heads / f"{spec['name']}.facts.json"
+        if retired(args, spec["name"]):  # the facts read off its file while it was there, kept beside it
+            facts = json.loads(facts_file.read_text()) | {"weights_kept": False}
         else:
             facts = model_facts(spec["weights"])
+            facts_file.write_text(json.dumps(facts) + "\n")
         for name, _ in spec["evals"]:
             models[name].update(facts)
     result = {

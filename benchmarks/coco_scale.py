@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,6 +43,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
+
+from common import machine, reference_source  # noqa: E402
 
 TRAIN2017_IMAGES, TRAIN2017_ANNOTATIONS = 118_287, 860_001
 #: COCO's 80 category ids (1–90 with gaps)
@@ -215,18 +216,6 @@ def measure(which: str, ann_file: Path, images: Path, src: Path = ROOT / "src", 
 def measure_worker(ann_file: Path, images: Path, items: int, src: Path = ROOT / "src", env: dict | None = None) -> dict:
     code = WORKER.format(src=str(src), ann=str(ann_file), images=str(images), items=int(items))
     return _child(code, "worker pass", env)
-
-
-def reference_source(rev: str, out: Path) -> Path:
-    """``src/`` of the package at ``rev`` (``git archive``), for in-run comparisons."""
-    target = out / f"src_{rev}"
-    if not (target / "src" / "dynamask").is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True
-        )
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target / "src"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +432,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     started = time.time()
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
     }
     if not args.metrics_only:

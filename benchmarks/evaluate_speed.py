@@ -20,42 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from common import ROOT, child_env, detail_val_set, machine, reference_source, timed_run
+from common import SHIPPED_HEAD as HEAD
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-HEAD = ROOT / "checkpoints" / "shapes_detail_dynamask_c64.pt"
 AP = ("bbox_AP", "segm_AP", "boundary_AP", "segm_AP50", "boundary_AP75", "segm_APs")
-
-
-def reference_source(rev: str, out: Path) -> Path:
-    """``src/`` of the package at ``rev`` (``git archive``)."""
-    target = out / f"src_{rev}"
-    if not (target / "src" / "dynamask").is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev, "src/dynamask"], capture_output=True, check=True
-        )
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target / "src"
-
-
-def timed(cmd: list, env: dict) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:6])} ... failed:\n{proc.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_avg_1min_after": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -68,12 +40,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "evaluate_speed.json")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from dynamask.data import generate_shapes_dataset
-
-    data = args.work / f"detail_{args.images}"
-    if not (data / "val.json").exists():
-        generate_shapes_dataset(data, 0, args.images, image_size=256, seed=0, detail=True)
+    data = detail_val_set(args.work, args.images)
     sources = {"new": ROOT / "src", "reference": reference_source(args.reference, args.work)}
     tail = [
         "evaluate",
@@ -89,9 +56,9 @@ def main() -> None:
     metrics: dict = {}
     for k in range(args.repeats):  # alternating, so that a disturbance of the (shared) machine hits both
         for name, src in sources.items():
-            env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(args.threads)}
+            env = child_env(src, args.threads)
             out = args.work / name
-            run = timed([sys.executable, "-m", "dynamask", *tail, "--out", str(out)], env)
+            run = timed_run([sys.executable, "-m", "dynamask", *tail, "--out", str(out)], env)
             metrics[name] = json.loads((out / "metrics.json").read_text())
             # the model's forward passes (the same code on both sides) and the rest: start-up, data, scoring
             run["forward_s"] = round(args.images / metrics[name]["images_per_second"], 2)
@@ -130,7 +97,7 @@ def main() -> None:
         ),
         "metrics_new": {k: metrics["new"][k] for k in (*AP, "num_detections", "images_per_second")},
         "max_ap_difference": diff,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
     }
     print(

@@ -27,16 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from common import cpu_model  # noqa: E402
 
 
 def _rss_mib() -> float:
@@ -180,7 +171,7 @@ def main() -> None:
         "after": runs["after"],
         "growth_saved_mib": round(runs["before"]["growth_mib"] - runs["after"]["growth_mib"], 1),
         "same_metrics": same,
-        "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/metrics_memory.py " + " ".join(sys.argv[1:]),
     }

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import EVAL_KEYS, machine  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 from dynamask.data import CocoInstanceDataset, collate_fn  # noqa: E402
@@ -43,17 +42,7 @@ from dynamask.inference import model_from_checkpoint  # noqa: E402
 from dynamask.models.geometry import roi_mask_targets  # noqa: E402
 from dynamask.models.losses import selection_costs  # noqa: E402
 
-KEEP = (
-    "segm_AP",
-    "segm_AP50",
-    "segm_AP75",
-    "boundary_AP",
-    "bbox_AP",
-    "mask_gflops_per_instance",
-    "resolution_histogram",
-    "complexity_spearman",
-    "complexity_spearman_within_size",
-)
+KEEP = EVAL_KEYS
 
 
 def stage_costs_per_detection(model, dataset, max_images: int | None, resolution: int = 112):
@@ -246,7 +235,7 @@ def main(argv=None) -> None:
         "detections": int(sum(item[1].shape[0] for item in per_image)),
         "unmatched_stage": args.unmatched,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "wall_time_s": round(time.time() - started, 1),
     }

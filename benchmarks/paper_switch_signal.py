@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
+
+from common import machine  # noqa: E402
 
 from dynamask.data import CocoInstanceDataset  # noqa: E402
 from dynamask.engine.evaluate import SIZE_BINS, spearman_correlation, spearman_within_size_bins  # noqa: E402
@@ -177,7 +178,7 @@ def main(argv=None) -> None:
         "objects": int(rows["size"].shape[0]),
         "stage_loss_weights": list(model.mask_branch.stage_loss_weights),
         "signals": analyse(rows),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "wall_time_s": round(time.time() - started, 1),
     }

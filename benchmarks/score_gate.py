@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,19 +34,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import EVAL_KEYS, machine  # noqa: E402
+
 HEADS = HERE / "results" / "accuracy_vs_cost_256_heads"
-KEEP = (
-    "segm_AP",
-    "segm_AP50",
-    "segm_AP75",
-    "boundary_AP",
-    "bbox_AP",
-    "mask_gflops_per_instance",
-    "resolution_histogram",
-    "complexity_spearman",
-    "complexity_spearman_within_size",
-    "num_detections",
-)
+KEEP = EVAL_KEYS
 
 
 def run_one(head: str, policy: str, floor: float, data: str, max_images: int | None) -> dict:
@@ -126,7 +115,7 @@ def main(argv=None) -> None:
         "val_images": args.max_images,
         "rows": rows,
         "fixed112_gflops": full,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jobs": args.jobs},
+        "machine": {**machine(), "jobs": args.jobs},
         "date": datetime.date.today().isoformat(),
         "wall_time_s": round(time.time() - started, 1),
     }

@@ -23,46 +23,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from common import ROOT, child_env, detail_val_set, machine, timed_run
+from common import SHIPPED_HEAD as HEAD
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-HEAD = ROOT / "checkpoints" / "shapes_detail_dynamask_c64.pt"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def timed(cmd, env) -> dict:
-    """Run ``cmd``; its wall time and the CPU time (user + sys) of its whole process tree."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    return {
-        "wall_s": round(wall, 2),
-        "cpu_user_s": round(user, 2),
-        "cpu_sys_s": round(system, 2),
-        "cpu_s": round(user + system, 2),
-        "stderr_tail": proc.stderr[-600:],
-    }
 
 
 def main() -> None:
@@ -73,19 +40,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "sharded_eval.json")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from dynamask.data import generate_shapes_dataset
-
-    data = args.work / f"detail_{args.images}"
-    if not (data / "val.json").exists():
-        generate_shapes_dataset(data, 0, args.images, image_size=256, seed=0, detail=True)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    data = detail_val_set(args.work, args.images)
+    env = child_env(ROOT / "src", threads=1)
     tail = [
         "evaluate",
         "--weights",
@@ -113,12 +69,10 @@ def main() -> None:
     for k in range(args.repeats):  # alternating, so that a disturbance of the (shared) machine hits both
         for name, launcher in launchers.items():
             # what a launch costs whatever the set's size (processes, imports, model, metrics of 2 images)
-            run = timed([*launcher, *tail, "--max-images", "2", "--out", str(args.work / f"{name}_2")], env)
-            run.pop("stderr_tail")
+            run = timed_run([*launcher, *tail, "--max-images", "2", "--out", str(args.work / f"{name}_2")], env)
             startup_tries[name].append(run)
             out = args.work / name
-            run = timed([*launcher, *tail, "--out", str(out)], env)
-            run.pop("stderr_tail")
+            run = timed_run([*launcher, *tail, "--out", str(out)], env)
             run["images_per_second"] = json.loads((out / "metrics.json").read_text())["images_per_second"]
             tries[name].append(run)
             print(
@@ -177,7 +131,7 @@ def main() -> None:
         "coco_results_identical": same_results,
         "metrics_identical": same_metrics,
         "metrics": {k: m1[k] for k in ("bbox_AP", "segm_AP", "boundary_AP", "num_images", "num_detections")},
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/sharded_eval.py " + " ".join(sys.argv[1:]),
     }

@@ -38,7 +38,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -49,6 +48,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
+
+from common import EVAL_KEYS, machine  # noqa: E402
 
 HEADS = HERE / "results" / "accuracy_vs_cost_256_heads"
 DEFAULT_HEAD = "dynamic@0.2"
@@ -64,21 +65,7 @@ SPARSE_DEFAULT = f"{SPARSE_DYNAMIC} calibrated 20%"
 SPARSE_MORE_POINTS = (1568,)
 DYNAMIC_HEADS = ("dynamic@0.2", "dynamic@0.4", "dynamic@0.6")
 DIAL = (0.1, 0.14, 0.17, 0.3)  # below the cheapest share, two inside the reachable range, above it
-KEEP = (
-    "segm_AP",
-    "segm_AP50",
-    "segm_AP75",
-    "boundary_AP",
-    "bbox_AP",
-    "mask_gflops_per_instance",
-    "resolution_histogram",
-    "complexity_spearman",
-    "complexity_spearman_within_size",
-    "num_detections",
-    "mask_budget",
-    "mask_score_floor",
-    "policy",
-)
+KEEP = (*EVAL_KEYS, "mask_budget", "mask_score_floor", "policy")
 
 
 def sha256(path: Path) -> str:
@@ -532,12 +519,7 @@ def main(argv=None) -> None:
         "cheapest_share": smallest,
         "speed_mix_at_100_detections": speed_mix,
         **({"sparse": sparse, "goals_issue31": judge_sparse(rows)} if sparse else {}),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "jobs": args.jobs,
-            "torch": torch.__version__,
-        },
+        "machine": {**machine(), "jobs": args.jobs, "torch": torch.__version__},
         "date": datetime.date.today().isoformat(),
         "wall_time_s": round(time.time() - started, 1),
         "quick": args.quick,
