@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from narrow_model import NARROW_MODEL
 
 from dynamask import cli
 from dynamask.config import ConfigError, load_config
@@ -25,19 +26,7 @@ pytestmark = [
 ]
 
 TINY = {
-    "data.num_workers": 0,
-    "model.backbone": "resnet18",
-    "model.fam": "conv",
-    "model.fpn_channels": 32,
-    "model.box_representation_size": 64,
-    "model.head_widths": [16, 16, 8, 8],
-    "model.head_reduced_channels": [8, 8, 8],
-    "model.rpn_pre_nms_top_n_train": 100,
-    "model.rpn_post_nms_top_n_train": 50,
-    "model.rpn_pre_nms_top_n_test": 50,
-    "model.rpn_post_nms_top_n_test": 20,
-    "model.box_batch_size_per_image": 16,
-    "model.box_detections_per_img": 10,
+    **NARROW_MODEL,
     "input.min_size": 48,
     "input.max_size": 48,
     "test.max_dets": 10,

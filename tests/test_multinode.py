@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from narrow_model import NARROW_MODEL
 
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
@@ -94,20 +95,7 @@ def config(tmp_path_factory):
         "data.train_images": shapes["train_dir"],
         "data.val_json": shapes["val_json"],
         "data.val_images": shapes["val_dir"],
-        "data.num_workers": 0,
-        "model.backbone": "resnet18",
-        "model.fam": "conv",
-        # a narrow model: the launch is under test, not the network
-        "model.fpn_channels": 32,
-        "model.box_representation_size": 64,
-        "model.head_widths": [16, 16, 8, 8],
-        "model.head_reduced_channels": [8, 8, 8],
-        "model.rpn_pre_nms_top_n_train": 100,
-        "model.rpn_post_nms_top_n_train": 50,
-        "model.rpn_pre_nms_top_n_test": 50,
-        "model.rpn_post_nms_top_n_test": 20,
-        "model.box_batch_size_per_image": 16,
-        "model.box_detections_per_img": 10,
+        **NARROW_MODEL,
         "model.box_score_thresh": 0.0,
         "input.min_size": 64,
         "input.max_size": 64,

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from narrow_model import NARROW_MODEL
 
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
@@ -57,21 +58,8 @@ def small_overrides(shapes, **extra):
     ov = {
         "data.train_json": shapes["train_json"],
         "data.train_images": shapes["train_dir"],
-        "data.num_workers": 0,
-        "model.backbone": "resnet18",
-        "model.fam": "conv",
-        # a narrow model (as in test_reliability): the loop is under test, not the network's width
-        "model.fpn_channels": 32,
-        "model.box_representation_size": 64,
-        "model.head_widths": [16, 16, 8, 8],
-        "model.head_reduced_channels": [8, 8, 8],
+        **NARROW_MODEL,
         "model.maskrcnn_head_channels": 16,
-        "model.rpn_pre_nms_top_n_train": 100,
-        "model.rpn_post_nms_top_n_train": 50,
-        "model.rpn_pre_nms_top_n_test": 50,
-        "model.rpn_post_nms_top_n_test": 20,
-        "model.box_batch_size_per_image": 16,
-        "model.box_detections_per_img": 10,
         "input.min_size": 64,
         "input.max_size": 64,
         "solver.ims_per_batch": 2,
