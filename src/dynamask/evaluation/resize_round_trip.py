@@ -57,8 +57,9 @@ def pipeline_round_trip_iou(
         image: 3×H×W uint8 (or float) image; only its size matters to the masks.
         masks: N×H×W ground-truth masks at the image's resolution.
         boxes: N×4 boxes (x0, y0, x1, y1, pixel edges) of the masks in the image.
-        min_size, max_size: the resize of ``input.min_size`` / ``input.max_size``, applied by the
-            dataset transform and again by the model's transform, as in training.
+        min_size: the resize of ``input.min_size``, applied by the dataset transform and again by
+            the model's transform, as in training.
+        max_size: the resize of ``input.max_size``, applied the same way.
         mask_targets: ``"original"`` or ``"resized"`` (``model.mask_targets``).
         flip: horizontally flip the sample (the dataset transform's flip with probability 1).
         resolutions: target resolutions R.
