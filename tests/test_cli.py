@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dynamask import __version__, cli
+from dynamask.cli import shapes as shapes_command
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 
@@ -150,14 +151,14 @@ def test_errors_become_exit_codes(tmp_path, capsys, monkeypatch):
     def boom(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_shapes", boom)
+    monkeypatch.setattr(shapes_command, "cmd_shapes", boom)
     assert cli.main(["shapes", "--out", str(tmp_path / "s")]) == 130
     assert "interrupted" in capsys.readouterr().err
 
     def bug(args):
         raise TypeError("oops")
 
-    monkeypatch.setattr(cli, "cmd_shapes", bug)
+    monkeypatch.setattr(shapes_command, "cmd_shapes", bug)
     assert cli.main(["shapes", "--out", str(tmp_path / "s")]) == 1
     err = capsys.readouterr().err
     assert "TypeError" in err and "--debug" in err and "Traceback" not in err

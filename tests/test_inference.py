@@ -173,7 +173,8 @@ def test_inference_predictor_models_and_data_import_nothing_from_the_engine():
 
 
 def test_engine_and_cli_load_checkpoints_through_the_inference_api():
-    for module in ("dynamask.predictor", "dynamask.engine.evaluate", "dynamask.engine.demo", "dynamask.cli"):
+    cli = ("dynamask.cli.checkpoint_config", "dynamask.cli.calibrate", "dynamask.cli.export")
+    for module in ("dynamask.predictor", "dynamask.engine.evaluate", "dynamask.engine.demo", *cli):
         assert "dynamask.inference" in {t for t, _, _ in _imports(module)}, module
 
 

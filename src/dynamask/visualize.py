@@ -130,6 +130,84 @@ def _draw_legend(canvas: np.ndarray, counts: Mapping[int, int], font_scale: floa
         )
 
 
+def _enlarged_canvas(img: np.ndarray, min_display_size: int) -> tuple[np.ndarray, int]:
+    """A copy of ``img`` to draw on and its integer enlargement factor: when the longer side is under
+    ``min_display_size``, nearest-neighbour enlarged (at most 16x) so that text and legend stay legible."""
+    h, w = img.shape[:2]
+    scale = 1
+    if min_display_size and max(h, w) > 0 and max(h, w) < min_display_size:
+        scale = min(16, int(math.ceil(min_display_size / max(h, w))))
+    canvas = cv2.resize(img, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) if scale > 1 else img.copy()
+    return canvas, scale
+
+
+def _prediction_arrays(prediction: Mapping[str, Any]):
+    """``(scores, boxes, labels, resolutions, masks)`` of a prediction as numpy arrays of one length N:
+    resolutions are 0 when the prediction has none, masks N×H×W float32 or None."""
+    scores = _to_numpy(prediction.get("scores")).astype(np.float64).reshape(-1)
+    n = scores.shape[0]
+    boxes = _to_numpy(prediction.get("boxes")).astype(np.float64).reshape(n, 4) if n else np.zeros((0, 4))
+    labels = _to_numpy(prediction.get("labels")).astype(np.int64).reshape(-1) if n else np.zeros((0,), np.int64)
+    res_raw = prediction.get("mask_resolution")
+    resolutions = (
+        _to_numpy(res_raw).astype(np.int64).reshape(-1) if res_raw is not None and n else np.zeros((n,), np.int64)
+    )
+    masks = prediction.get("masks")
+    masks = _to_numpy(masks) if masks is not None and n else None
+    if masks is not None:
+        masks = masks.reshape(n, masks.shape[-2], masks.shape[-1]).astype(np.float32)
+    return scores, boxes, labels, resolutions, masks
+
+
+def _fill_and_outline_mask(
+    canvas: np.ndarray, prob: np.ndarray, image_hw: tuple[int, int], scale: int, color, alpha: float, line_thick: int
+) -> None:
+    """Tint the mask (``prob > 0.5``) with ``color`` and outline it over a dark halo. ``prob`` is
+    resampled to the image, then to the enlarged canvas, before thresholding: smooth outlines."""
+    h, w = image_hw
+    ch, cw = canvas.shape[:2]
+    if prob.shape != (h, w):  # unexpected size: resample to the image
+        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+    if scale > 1:
+        prob = cv2.resize(prob, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    binary = prob > 0.5
+    if not binary.any():
+        return
+    region = canvas[binary].astype(np.float32)
+    canvas[binary] = np.clip(np.rint((1 - alpha) * region + alpha * np.asarray(color, np.float32)), 0, 255).astype(
+        np.uint8
+    )
+    contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    # dark halo under the coloured outline: legible on any background
+    cv2.drawContours(canvas, contours, -1, _HALO, line_thick + 2, cv2.LINE_AA)
+    cv2.drawContours(canvas, contours, -1, color, line_thick, cv2.LINE_AA)
+
+
+def _class_name(label: int, class_names: Sequence[str] | None) -> str:
+    """``class_names[label - 1]``, or ``"class <label>"`` when there is no such name."""
+    if class_names is not None and 1 <= label <= len(class_names):
+        return str(class_names[label - 1])
+    return f"class {label}"
+
+
+def _draw_box_and_caption(
+    canvas: np.ndarray, box: np.ndarray, text: str, color, font_scale: float, text_thick: int
+) -> None:
+    """The box (canvas pixels) over a dark halo, and ``text`` on a ``color`` tag at its top-left
+    corner: above the box where there is room, else inside it, always within the canvas."""
+    ch, cw = canvas.shape[:2]
+    x0, y0, x1, y1 = box.tolist()
+    p0 = (int(round(x0)), int(round(y0)))
+    p1 = (int(round(x1)), int(round(y1)))
+    cv2.rectangle(canvas, p0, p1, _HALO, 3, cv2.LINE_AA)
+    cv2.rectangle(canvas, p0, p1, color, 1, cv2.LINE_AA)
+    (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, text_thick)
+    tx = min(max(p0[0], 0), max(0, cw - tw - 2))
+    ty = p0[1] - 2 if p0[1] - th - base - 2 >= 0 else min(ch - base, p0[1] + th + 2)
+    _blend_rect(canvas, tx, ty - th - 2, tx + tw + 2, ty + base, color, 0.8)
+    cv2.putText(canvas, text, (tx + 1, ty), _FONT, font_scale, _text_color(color), text_thick, cv2.LINE_AA)
+
+
 def draw_overlay(
     image_uint8_hwc: np.ndarray,
     prediction: Mapping[str, Any],
@@ -155,27 +233,10 @@ def draw_overlay(
     stay smooth) so that text and legend are legible; the returned array is then that big.
     """
     img = _as_rgb_uint8(image_uint8_hwc)
-    h, w = img.shape[:2]
-    scale = 1
-    if min_display_size and max(h, w) > 0 and max(h, w) < min_display_size:
-        scale = min(16, int(math.ceil(min_display_size / max(h, w))))
-    canvas = cv2.resize(img, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) if scale > 1 else img.copy()
-    ch, cw = canvas.shape[:2]
+    canvas, scale = _enlarged_canvas(img, min_display_size)
+    scores, boxes, labels, resolutions, masks = _prediction_arrays(prediction)
 
-    scores = _to_numpy(prediction.get("scores")).astype(np.float64).reshape(-1)
-    n = scores.shape[0]
-    boxes = _to_numpy(prediction.get("boxes")).astype(np.float64).reshape(n, 4) if n else np.zeros((0, 4))
-    labels = _to_numpy(prediction.get("labels")).astype(np.int64).reshape(-1) if n else np.zeros((0,), np.int64)
-    res_raw = prediction.get("mask_resolution")
-    resolutions = (
-        _to_numpy(res_raw).astype(np.int64).reshape(-1) if res_raw is not None and n else np.zeros((n,), np.int64)
-    )
-    masks = prediction.get("masks")
-    masks = _to_numpy(masks) if masks is not None and n else None
-    if masks is not None:
-        masks = masks.reshape(n, masks.shape[-2], masks.shape[-1]).astype(np.float32)
-
-    diag = max(ch, cw)
+    diag = max(canvas.shape[:2])
     font_scale = float(min(1.0, max(0.35, diag / 1000.0)))
     text_thick = 1 if font_scale < 0.7 else 2
     line_thick = max(1, int(round(diag / 250.0)))
@@ -189,44 +250,14 @@ def draw_overlay(
         res = int(resolutions[i])
         if res in counts:
             counts[res] += 1
-        color = RESOLUTION_COLORS.get(res, UNKNOWN_RESOLUTION_COLOR)
-        if masks is None:
-            continue
-        prob = masks[i]
-        if prob.shape != (h, w):  # unexpected size: resample to the image
-            prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-        if scale > 1:
-            prob = cv2.resize(prob, (cw, ch), interpolation=cv2.INTER_LINEAR)
-        binary = prob > 0.5
-        if not binary.any():
-            continue
-        region = canvas[binary].astype(np.float32)
-        canvas[binary] = np.clip(np.rint((1 - alpha) * region + alpha * np.asarray(color, np.float32)), 0, 255).astype(
-            np.uint8
-        )
-        contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-        # dark halo under the coloured outline: legible on any background
-        cv2.drawContours(canvas, contours, -1, _HALO, line_thick + 2, cv2.LINE_AA)
-        cv2.drawContours(canvas, contours, -1, color, line_thick, cv2.LINE_AA)
+        if masks is not None:
+            color = RESOLUTION_COLORS.get(res, UNKNOWN_RESOLUTION_COLOR)
+            _fill_and_outline_mask(canvas, masks[i], img.shape[:2], scale, color, alpha, line_thick)
 
     for i in keep:
         color = RESOLUTION_COLORS.get(int(resolutions[i]), UNKNOWN_RESOLUTION_COLOR)
-        x0, y0, x1, y1 = (boxes[i] * scale).tolist()
-        p0 = (int(round(x0)), int(round(y0)))
-        p1 = (int(round(x1)), int(round(y1)))
-        cv2.rectangle(canvas, p0, p1, _HALO, 3, cv2.LINE_AA)
-        cv2.rectangle(canvas, p0, p1, color, 1, cv2.LINE_AA)
-        label = int(labels[i])
-        if class_names is not None and 1 <= label <= len(class_names):
-            name = str(class_names[label - 1])
-        else:
-            name = f"class {label}"
-        text = f"{name} {scores[i]:.2f}"
-        (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, text_thick)
-        tx = min(max(p0[0], 0), max(0, cw - tw - 2))
-        ty = p0[1] - 2 if p0[1] - th - base - 2 >= 0 else min(ch - base, p0[1] + th + 2)
-        _blend_rect(canvas, tx, ty - th - 2, tx + tw + 2, ty + base, color, 0.8)
-        cv2.putText(canvas, text, (tx + 1, ty), _FONT, font_scale, _text_color(color), text_thick, cv2.LINE_AA)
+        text = f"{_class_name(int(labels[i]), class_names)} {scores[i]:.2f}"
+        _draw_box_and_caption(canvas, boxes[i] * scale, text, color, font_scale, text_thick)
 
     if legend:
         _draw_legend(canvas, counts, font_scale, text_thick)
