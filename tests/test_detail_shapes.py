@@ -25,7 +25,8 @@ from dynamask.data import (
     render_shapes_image,
     shape_categories,
 )
-from dynamask.data.shapes import _DETAIL_OUTLINES, _rasterise_ops
+from dynamask.data.shapes.detail import DETAIL_OUTLINES
+from dynamask.data.shapes.raster import rasterise_ops
 from dynamask.evaluation.round_trip import round_trip_iou
 from dynamask.evaluation.yardstick import boundary_iou, mask_boundary, yardstick, yardstick_from_coco
 
@@ -95,11 +96,11 @@ def test_detail_objects_are_20_to_200_px(detail_set):
 def test_thin_parts_are_not_fragmented():
     """Thin parts are >= ~2.5 px wide: a 2x2 opening keeps almost every pixel, no crumbs."""
     kernel = np.ones((2, 2), np.uint8)
-    for cat, make in _DETAIL_OUTLINES.items():
+    for cat, make in DETAIL_OUTLINES.items():
         for j in range(6):
             rng = np.random.default_rng([cat, j])
             radius = float(rng.uniform(32, 100))
-            m = _rasterise_ops(make(rng, radius), rng.uniform(0, 2 * np.pi), radius, 128.3, 127.6, 256, 256)
+            m = rasterise_ops(make(rng, radius), rng.uniform(0, 2 * np.pi), radius, 128.3, 127.6, 256, 256)
             assert m.sum() > 0
             opened = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
             assert opened.sum() >= 0.97 * m.sum(), (cat, j)

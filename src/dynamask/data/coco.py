@@ -3,7 +3,9 @@
 :func:`load_coco_json` parses an annotation file and validates its structure in
 one fast pass, raising :class:`DatasetError` (naming the file and the field)
 before any training starts. :class:`CocoInstanceDataset` turns it into
-``(image, target)`` samples for torchvision detection models.
+``(image, target)`` samples for torchvision detection models. Its parts: the records
+(:mod:`~dynamask.data.coco_annotations`, :mod:`~dynamask.data.coco_cache`) and the image
+files (:mod:`~dynamask.data.images`), whose public names stay importable from here.
 
 Annotations that cannot be used for training are skipped and counted in
 ``dataset.skip_counts`` (see :data:`SKIP_REASONS`); a single warning on the
@@ -14,12 +16,9 @@ the training target (they matter only to COCO evaluation, which reads the json).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,22 +30,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import tv_tensors
 
 from ..coco_json import DatasetError, load_coco_json
-from ..coco_json import ann_where as _ann_where
 from ..coco_json import gc_paused as _gc_paused
 from ..coco_json import read_json as _read_json
-from ..coco_json import validate_annotation as _validate_annotation
 from ..coco_json import validate_header as _validate_header
 from ..cocotools import mask_utils
-from .records import (
-    CACHE_FORMAT,
-    MAX_ABS_COORDINATE,
-    RECORD_FIELDS,
-    InstanceRecords,
-    RecordsBuilder,
-    load_cache,
-    polygons_rasterise_nonempty,
-    save_cache,
+from .coco_annotations import SKIP_REASONS, AnnotationParser, parse_images, segmentation_to_rle
+from .coco_cache import records_cache_key, write_cache_entry
+from .images import (  # noqa: F401  (EXIF_ORIENTATION_TAG and exif_orientation: re-exported, their old path)
+    EXIF_ORIENTATION_TAG,
+    exif_orientation,
+    load_image,
+    pil_image_to_tensor,
+    upright_size,
 )
+from .records import RECORD_FIELDS, InstanceRecords, load_cache
 
 __all__ = [
     "DatasetError",
@@ -60,59 +57,8 @@ __all__ = [
 
 logger = logging.getLogger("dynamask.data")
 
-#: Reasons an annotation is left out of the training target (keys of ``skip_counts``).
-SKIP_REASONS: tuple[str, ...] = (
-    "unknown_category",  # category_id not listed in "categories"
-    "unknown_image",  # image_id not listed in "images"
-    "degenerate_box",  # bbox width/height < min_box_size (before or after clipping)
-    "outside_image",  # bbox entirely outside the image
-    "missing_segmentation",  # no (or null) "segmentation" field
-    "empty_segmentation",  # no polygon with >= 3 points, or the mask rasterises empty
-)
-
 #: the dataset's per-image buffers (the cache holds them beside the records')
 _IMAGE_FIELDS = ("_image_ids", "_heights", "_widths", "_name_offsets", "_names")
-
-
-# --------------------------------------------------------------------------
-# segmentation -> RLE
-# --------------------------------------------------------------------------
-def segmentation_to_rle(seg: Any, height: int, width: int) -> dict | None:
-    """Convert a COCO ``segmentation`` (polygons, uncompressed or compressed RLE)
-    to one compressed RLE of size (height, width).
-
-    Polygons with fewer than 3 points (or an odd number of coordinates) are
-    ignored; returns ``None`` when no usable polygon remains. Raises
-    ``ValueError``/``TypeError`` for malformed content (the caller adds context).
-    """
-    if isinstance(seg, list):
-        if not seg:
-            return None
-        if all(isinstance(p, dict) for p in seg):  # a list of RLE objects
-            rles = [segmentation_to_rle(p, height, width) for p in seg]
-            rles = [r for r in rles if r is not None]
-            return mask_utils.merge(rles) if rles else None
-        polys = []
-        for p in seg:
-            if not isinstance(p, (list, tuple)):
-                raise TypeError(f"polygon must be a list of coordinates, got {type(p).__name__}")
-            if len(p) < 6 or len(p) % 2:
-                continue
-            polys.append(p)
-        if not polys:
-            return None
-        return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    if isinstance(seg, dict):
-        size = [int(v) for v in seg["size"]]
-        if size != [int(height), int(width)]:
-            raise ValueError(f"RLE size {size} does not match the image size [{height}, {width}]")
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            return mask_utils.frPyObjects({"size": size, "counts": [int(c) for c in counts]}, height, width)
-        if isinstance(counts, str):
-            counts = counts.encode("ascii")
-        return {"size": size, "counts": counts}
-    raise TypeError(f"unsupported segmentation type {type(seg).__name__}")
 
 
 def _decode(rle: dict) -> np.ndarray:
@@ -122,89 +68,6 @@ def _decode(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle)
 
 
-def _encoded_segmentation(seg: Any, height: int, width: int) -> tuple[list | None, dict | None]:
-    """A COCO ``segmentation`` as what the records keep: ``(polygons, None)`` — the parts of >= 3
-    points, the only ones :func:`segmentation_to_rle` rasterises — or ``(None, rle)``, one
-    compressed RLE (bytes counts); ``(None, None)`` when nothing usable remains. Raises like
-    :func:`segmentation_to_rle`; rasterises nothing for polygons."""
-    if isinstance(seg, list) and not (seg and all(isinstance(p, dict) for p in seg)):
-        polys = []
-        for p in seg:
-            if not isinstance(p, (list, tuple)):
-                raise TypeError(f"polygon must be a list of coordinates, got {type(p).__name__}")
-            if len(p) >= 6 and len(p) % 2 == 0:
-                polys.append(p)
-        return (polys or None), None
-    rle = segmentation_to_rle(seg, height, width)
-    if rle is not None and not isinstance(rle["counts"], bytes):
-        rle = {"size": rle["size"], "counts": bytes(rle["counts"])}
-    return None, rle
-
-
-# --------------------------------------------------------------------------
-# images
-# --------------------------------------------------------------------------
-#: EXIF tag 0x0112 (Orientation); values 5-8 mean the upright picture is the stored one turned by
-#: 90 degrees (width and height swap), 2-4 a flip or a half turn (same size)
-EXIF_ORIENTATION_TAG = 0x0112
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-
-
-def exif_orientation(im: Image.Image) -> int:
-    """The EXIF orientation (1..8) of an opened PIL image; 1 (as stored) when absent or unreadable."""
-    try:
-        value = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-    except Exception:  # a broken EXIF block must not make the image unreadable
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def upright_size(im: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` of the image as shown upright per its EXIF orientation."""
-    w, h = im.size
-    return (h, w) if exif_orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
-
-
-def load_image(path: str | os.PathLike, exif_transpose: bool = False) -> torch.Tensor:
-    """Load an image file as a float32 3 x H x W tensor in [0, 1].
-
-    Grayscale, palette, RGBA/LA (alpha dropped), CMYK etc. are converted to RGB;
-    16-bit grayscale (PIL modes ``I;16*`` and ``I``) is scaled by 1/65535,
-    32-bit float (``F``) is clipped to [0, 1]. The EXIF orientation is applied
-    only with ``exif_transpose=True`` (the photo as a viewer shows it upright);
-    by default the stored pixel grid is returned (see :class:`CocoInstanceDataset`
-    for how the training data chooses between the two).
-    Raises the underlying ``OSError``/``PIL.UnidentifiedImageError``.
-    """
-    with Image.open(path) as im:
-        im.load()
-        if exif_transpose and exif_orientation(im) != 1:
-            return pil_image_to_tensor(ImageOps.exif_transpose(im))
-        return pil_image_to_tensor(im)
-
-
-def pil_image_to_tensor(im: Image.Image) -> torch.Tensor:
-    """A PIL image of any mode as a float32 3 x H x W tensor in [0, 1] (see :func:`load_image`)."""
-    # every array handed to torch is a fresh, writable copy (np.asarray of a PIL image is read-only,
-    # and torch warns "The given NumPy array is not writable" when given one)
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.clip(np.array(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
-        return torch.from_numpy(np.repeat(arr[None], 3, axis=0))
-    if mode == "F":
-        arr = np.clip(np.array(im, dtype=np.float32), 0.0, 1.0)
-        return torch.from_numpy(np.repeat(arr[None], 3, axis=0))
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    arr = np.array(im, dtype=np.uint8, copy=True)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
-
-
-# --------------------------------------------------------------------------
-# dataset
-# --------------------------------------------------------------------------
 class CocoInstanceDataset(torch.utils.data.Dataset):
     """Instance-segmentation samples from a COCO annotation file.
 
@@ -286,7 +149,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
         cache_entry = None
         if cache_dir is not None:
-            cache_entry = Path(cache_dir) / f"records-{self._cache_key(categories)}"
+            key = records_cache_key(self.ann_file, self.image_dir, self.min_box_size, self.validate_masks, categories)
+            cache_entry = Path(cache_dir) / f"records-{key}"
             cached = load_cache(cache_entry, RECORD_FIELDS + _IMAGE_FIELDS)
             self.cache_hit = cached is not None
             if cached is not None:
@@ -305,29 +169,19 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.cat_id_to_label: dict[int, int] = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
 
         # the images, in file order, as flat arrays (see dynamask.data.records for why)
-        images = data["images"]
-        try:
-            self._image_ids = np.array([img["id"] for img in images], dtype=np.int64)
-            self._heights = np.array([img.get("height") or 0 for img in images], dtype=np.int64)
-            self._widths = np.array([img.get("width") or 0 for img in images], dtype=np.int64)
-        except OverflowError:
-            raise DatasetError(
-                f"{self.ann_file}: field 'images[].id'/'width'/'height' out of the 64-bit range"
-            ) from None
-        names = [img["file_name"].encode("utf-8", "surrogatepass") for img in images]
-        self._name_offsets = np.zeros(len(names) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in names], out=self._name_offsets[1:])
-        self._names = np.frombuffer(b"".join(names), dtype=np.uint8).copy()
-        del names
-        self.skip_counts: dict[str, int] = {k: 0 for k in SKIP_REASONS}
-        self.num_crowd = 0
+        table = parse_images(data["images"], self.ann_file)
+        self._image_ids, self._heights, self._widths = table.ids, table.heights, table.widths
+        self._name_offsets, self._names = table.name_offsets, table.names
 
         annotations = data["annotations"]
         self._num_annotations = len(annotations)
-        del data, images  # each annotation is released once read (the parsed file is not kept alive)
+        del data  # each annotation is released once read (the parsed file is not kept alive)
+        parser = AnnotationParser(self.ann_file, self.min_box_size, self.validate_masks)
         with _gc_paused():  # the pass only releases objects
-            self._records = self._parse_annotations(annotations, workers)
+            self._records = parser.parse(annotations, table, self._image_hw_at, self.cat_id_to_label, workers)
         del annotations
+        self.skip_counts, self.num_crowd = parser.skip_counts, parser.num_crowd
+        self._deferred_errors = parser.deferred_errors  # annotation index -> message (validate_masks=False)
         if cache_entry is not None:
             self._save(cache_entry)
         self._finish()
@@ -348,31 +202,6 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             )
 
     # ---------------------------------------------------------------- cache
-    def _cache_key(self, categories) -> str:
-        """The file's SHA-256 and every argument the records depend on (the image folder too: image
-        sizes missing from the json are read from the files). The file is read in pieces."""
-        h = hashlib.sha256()
-        try:
-            with open(self.ann_file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-        except FileNotFoundError:
-            raise DatasetError(f"{self.ann_file}: annotation file not found") from None
-        except OSError as e:
-            raise DatasetError(f"{self.ann_file}: cannot read annotation file: {e}") from None
-        h.update(
-            json.dumps(
-                [
-                    CACHE_FORMAT,
-                    self.min_box_size,
-                    self.validate_masks,
-                    None if categories is None else [[int(i), str(n)] for i, n in categories],
-                    os.path.abspath(self.image_dir),
-                ]
-            ).encode()
-        )
-        return h.hexdigest()[:24]
-
     def _save(self, entry: Path) -> None:
         arrays = {name: getattr(self._records, name) for name in RECORD_FIELDS}
         arrays.update({name: getattr(self, name) for name in _IMAGE_FIELDS})
@@ -384,10 +213,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             "num_annotations": self._num_annotations,
             "deferred_errors": {str(k): v for k, v in self._deferred_errors.items()},
         }
-        if entry.exists() and load_cache(entry, tuple(arrays)) is None:  # a broken entry: replace it
-            shutil.rmtree(entry, ignore_errors=True)
-        if save_cache(entry, arrays, meta):
-            logger.info("%s: parsed records cached in %s", self.ann_file, entry)
+        write_cache_entry(entry, arrays, meta, self.ann_file)
 
     def _restore(self, arrays: dict, meta: dict) -> None:
         self._records = InstanceRecords(**{name: arrays[name] for name in RECORD_FIELDS})
@@ -401,111 +227,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._num_annotations = int(meta["num_annotations"])
         self._deferred_errors = {int(k): str(v) for k, v in meta["deferred_errors"].items()}
 
-    # ---------------------------------------------------------------- setup
-    def _parse_annotations(self, annotations: list, workers: int | None) -> InstanceRecords:
-        """One pass over the annotations: validate each one's structure, skip and count the unusable
-        ones, keep the rest encoded in flat buffers; then (``validate_masks``) drop and count the
-        polygons that rasterise to nothing — in parallel where there are many."""
-        path = self.ann_file
-        pos_of_id = {int(i): p for p, i in enumerate(self._image_ids.tolist())}
-        heights, widths = self._heights.tolist(), self._widths.tolist()
-        builder = RecordsBuilder()
-        self._deferred_errors: dict[int, str] = {}  # annotation index -> message (validate_masks=False)
-        min_size = self.min_box_size
-        validate, image_pos, to_label = _validate_annotation, pos_of_id.get, self.cat_id_to_label.get
-        add_polygon, skips = builder.add_polygon, self.skip_counts
-        for idx in range(len(annotations)):
-            ann = annotations[idx]
-            annotations[idx] = None
-            validate(path, idx, ann)
-            if ann.get("iscrowd", 0):
-                self.num_crowd += 1
-                continue
-            pos = image_pos(ann["image_id"])  # validated: an int
-            if pos is None:
-                skips["unknown_image"] += 1
-                continue
-            label = to_label(ann["category_id"])
-            if label is None:
-                skips["unknown_category"] += 1
-                continue
-            x, y, bw, bh = ann["bbox"]
-            x, y, bw, bh = float(x), float(y), float(bw), float(bh)
-            if bw < min_size or bh < min_size:
-                skips["degenerate_box"] += 1
-                continue
-            h, w = heights[pos], widths[pos]
-            if not h or not w:
-                h, w = heights[pos], widths[pos] = self._image_hw_at(pos)
-            x1, y1 = max(x, 0.0), max(y, 0.0)
-            x2, y2 = min(x + bw, float(w)), min(y + bh, float(h))
-            if x2 <= x1 or y2 <= y1:
-                skips["outside_image"] += 1
-                continue
-            if x2 - x1 < min_size or y2 - y1 < min_size:
-                skips["degenerate_box"] += 1
-                continue
-            seg = ann.get("segmentation")
-            if seg is None:
-                skips["missing_segmentation"] += 1
-                continue
-            if (
-                type(seg) is list
-                and len(seg) == 1
-                and type(seg[0]) is list
-                and len(seg[0]) >= 6
-                and not len(seg[0]) % 2
-            ):  # most objects: one polygon, kept as it is
-                area = ann.get("area")
-                try:
-                    add_polygon(pos, idx, label, x1, y1, x2, y2, None if area is None else float(area), seg[0])
-                    continue
-                except TypeError:
-                    pass  # the general path below words the error
-            area = ann.get("area")
-            area = None if area is None else float(area)
-            try:
-                polygons, rle = _encoded_segmentation(seg, h, w)
-                if rle is not None and self.validate_masks and int(mask_utils.area(rle)) == 0:
-                    polygons, rle = None, None
-                if not polygons and rle is None:
-                    skips["empty_segmentation"] += 1
-                    continue
-                builder.add(
-                    pos,
-                    idx,
-                    label,
-                    (x1, y1, x2, y2),
-                    area,
-                    polygons=polygons,
-                    rle_counts=None if rle is None else rle["counts"],
-                )
-            except (ValueError, TypeError, KeyError) as e:
-                message = f"{_ann_where(path, idx, ann)}: invalid field 'segmentation': {e}"
-                if self.validate_masks:
-                    raise DatasetError(message) from None
-                # as before this layout: without validation a broken mask is an error when its image is
-                # loaded (after the image's own checks, whose message says more when sizes disagree)
-                self._deferred_errors[idx] = message
-                builder.add(pos, idx, label, (x1, y1, x2, y2), area, rle_counts=b"")
-        bad = builder.first_bad_coordinate()
-        if bad is not None:
-            raise DatasetError(
-                f"{path}: annotations[{builder.ann_index(bad)}]: invalid field 'segmentation': "
-                f"coordinates must be finite numbers within ±{MAX_ABS_COORDINATE:g}"
-            )
-        self._heights[:] = heights
-        self._widths[:] = widths
-        records = builder.build()
-        del builder
-        keep = np.ones(len(records), dtype=bool)
-        if self.validate_masks:
-            keep = polygons_rasterise_nonempty(
-                records, self._heights[records.image_pos], self._widths[records.image_pos], workers
-            )
-            self.skip_counts["empty_segmentation"] += int((~keep).sum())
-        return records.select(keep, len(self._image_ids))
-
+    # ---------------------------------------------------------------- image files
     def _file_name_at(self, pos: int) -> str:
         lo, hi = self._name_offsets[pos], self._name_offsets[pos + 1]
         return self._names[lo:hi].tobytes().decode("utf-8", "surrogatepass")
