@@ -62,10 +62,10 @@ def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
 def shapes_val(images: int, size: int = 256, seed: int = 0):
     """The detailed shapes' validation images 0..images−1 (what ``generate_shapes_dataset(...,
     image_size=size, seed=seed, detail=True)`` writes to ``val/``): per image (masks, labels)."""
-    from dynamask.data.shapes import _image_rng, render_shapes_image
+    from dynamask.data.shapes import image_rng, render_shapes_image
 
     for idx in range(images):
-        _, instances = render_shapes_image(_image_rng(seed, "val", idx), size, detail=True)
+        _, instances = render_shapes_image(image_rng(seed, "val", idx), size, detail=True)
         masks = torch.from_numpy(np.stack([inst.mask for inst in instances]))
         yield masks, np.array([inst.category_id for inst in instances], dtype=np.int64)
 

@@ -63,10 +63,9 @@ __all__ = [
     "SHAPE_CATEGORIES",
     "complexity_of_mask",
     "generate_shapes_dataset",
+    "image_rng",
     "make_shapes_tensors",
     "render_shapes_image",
     "shape_categories",
 ]
 
-# the name benchmarks/point_ceiling.py reads (from before image_rng was public)
-_image_rng = image_rng
