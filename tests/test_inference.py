@@ -174,7 +174,7 @@ def test_inference_predictor_models_and_data_import_nothing_from_the_engine():
 
 def test_engine_and_cli_load_checkpoints_through_the_inference_api():
     cli = ("dynamask.cli.checkpoint_config", "dynamask.cli.calibrate", "dynamask.cli.export")
-    for module in ("dynamask.predictor", "dynamask.engine.evaluate", "dynamask.engine.demo", *cli):
+    for module in ("dynamask.predictor", "dynamask.engine.eval_job", "dynamask.engine.demo", *cli):
         assert "dynamask.inference" in {t for t, _, _ in _imports(module)}, module
 
 

@@ -19,7 +19,7 @@ from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
 from dynamask.engine import build as build_mod
 from dynamask.engine import checkpointing as checkpointing_mod
-from dynamask.engine import train as train_mod
+from dynamask.engine import training_run as training_run_mod
 from dynamask.engine.train import train
 from dynamask.errors import DynaMaskError
 from dynamask.inference import load_checkpoint, model_from_checkpoint
@@ -133,8 +133,8 @@ def test_full_disk_is_reported_before_training(shapes, tmp_path, monkeypatch):
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(checkpointing_mod.shutil, "disk_usage", lambda p: Usage(10 * 2**20, 10 * 2**20 - 2**20, 2**20))
     called = []
-    real_build = train_mod.build_model
-    monkeypatch.setattr(train_mod, "build_model", lambda *a: called.append(1) or real_build(*a))
+    real_build = training_run_mod.build_model
+    monkeypatch.setattr(training_run_mod, "build_model", lambda *a: called.append(1) or real_build(*a))
     out = tmp_path / "full"
     with pytest.raises(DynaMaskError) as info:
         train(cfg_of(shapes), str(out), progress=False)

@@ -13,7 +13,7 @@ from narrow_model import NARROW_MODEL
 
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
-from dynamask.engine import train as train_mod
+from dynamask.engine import training_run as training_run_mod
 from dynamask.engine.train import (
     InfiniteShardSampler,
     NonFiniteLossError,
@@ -85,7 +85,7 @@ def read_jsonl(path):
 
 def patch_forward(monkeypatch, hook):
     """Make train() build models whose forward calls hook(call_index, losses) -> losses."""
-    real_build = train_mod.build_model
+    real_build = training_run_mod.build_model
 
     def build(cfg, num_classes):
         model = real_build(cfg, num_classes)
@@ -100,7 +100,7 @@ def patch_forward(monkeypatch, hook):
         model.forward = forward
         return model
 
-    monkeypatch.setattr(train_mod, "build_model", build)
+    monkeypatch.setattr(training_run_mod, "build_model", build)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +299,7 @@ def test_nonfinite_losses_skipped_then_abort(shapes, tmp_path, monkeypatch):
 def test_unwritable_output_dir_fails_before_training(shapes, tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(training_run_mod, "build_model", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(DynaMaskError) as info:
         train(small_cfg(shapes), str(blocker / "run"), progress=False)
     assert str(blocker / "run") in str(info.value)

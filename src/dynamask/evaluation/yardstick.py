@@ -179,19 +179,11 @@ def yardstick(
     Returns:
         A :class:`Yardstick` (per-instance values and means).
     """
-    import torch
-
     from ..models.geometry import check_geometry
-    from .round_trip import round_trip_masks
 
     check_geometry(geometry)
     resolutions = tuple(int(r) for r in resolutions)
-    if not resolutions or min(resolutions) < 1:
-        raise ValueError(f"resolutions must be positive integers, got {resolutions}")
-    if boxes_by_image is not None and len(boxes_by_image) != len(masks_by_image):
-        raise ValueError(f"{len(masks_by_image)} images of masks but {len(boxes_by_image)} of boxes")
-    if labels_by_image is not None and len(labels_by_image) != len(masks_by_image):
-        raise ValueError(f"{len(masks_by_image)} images of masks but {len(labels_by_image)} of labels")
+    _check_inputs(masks_by_image, boxes_by_image, labels_by_image, resolutions)
 
     mask_iou: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
     bnd_iou: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
@@ -199,57 +191,89 @@ def yardstick(
     labels: list[np.ndarray] = []
     for i, masks in enumerate(masks_by_image):
         m = _as_numpy_masks(masks)
-        n, h, w = m.shape
-        if boxes_by_image is None:
-            boxes = _tight_boxes(m)
-        else:
-            b = boxes_by_image[i]
-            boxes = np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b, dtype=np.float64)
-            boxes = boxes.reshape(-1, 4)
-            if boxes.shape[0] != n:
-                raise ValueError(f"image {i}: {n} masks but {boxes.shape[0]} boxes")
+        n = m.shape[0]
+        boxes = _tight_boxes(m) if boxes_by_image is None else _image_boxes(boxes_by_image[i], i, n)
         if labels_by_image is not None:
-            lab = np.asarray(
-                labels_by_image[i].detach().cpu().numpy()
-                if hasattr(labels_by_image[i], "detach")
-                else labels_by_image[i],
-                dtype=np.int64,
-            ).reshape(-1)
-            if lab.shape[0] != n:
-                raise ValueError(f"image {i}: {n} masks but {lab.shape[0]} labels")
-            labels.append(lab)
+            labels.append(_image_labels(labels_by_image[i], i, n))
         image_index.append(np.full(n, i, dtype=np.int64))
         if n == 0:
             continue
-        gt_t = torch.from_numpy(m.astype(np.uint8))
-        boxes_t = torch.from_numpy(boxes.astype(np.float32))
-        d = boundary_dilation(h, w, dilation_ratio)
-        gt_bands = [mask_boundary(g, d).astype(bool) for g in m]
-        for r in resolutions:
-            with torch.no_grad():
-                pasted = round_trip_masks(gt_t, boxes_t, r, geometry).numpy()
-            inter = np.count_nonzero(pasted & m, axis=(1, 2))
-            union = np.count_nonzero(pasted | m, axis=(1, 2))
-            mask_iou[r].append(np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64))
-            vals = np.empty(n, dtype=np.float64)
-            for k in range(n):
-                bp = mask_boundary(pasted[k], d).astype(bool)
-                union = int(np.count_nonzero(gt_bands[k] | bp))
-                vals[k] = 1.0 if union == 0 else int(np.count_nonzero(gt_bands[k] & bp)) / union
-            bnd_iou[r].append(vals)
-
-    def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+        ious = _round_trip_ious(m, boxes, resolutions, geometry, dilation_ratio)
+        for r, (image_mask_iou, image_bnd_iou) in ious.items():
+            mask_iou[r].append(image_mask_iou)
+            bnd_iou[r].append(image_bnd_iou)
 
     return Yardstick(
         resolutions=resolutions,
         geometry=geometry,
-        mask_iou={r: cat(v, np.float64) for r, v in mask_iou.items()},
-        boundary_iou={r: cat(v, np.float64) for r, v in bnd_iou.items()},
-        image_index=cat(image_index, np.int64),
-        labels=cat(labels, np.int64) if labels_by_image is not None else None,
+        mask_iou={r: _concat(v, np.float64) for r, v in mask_iou.items()},
+        boundary_iou={r: _concat(v, np.float64) for r, v in bnd_iou.items()},
+        image_index=_concat(image_index, np.int64),
+        labels=_concat(labels, np.int64) if labels_by_image is not None else None,
         category_names=dict(category_names or {}),
     )
+
+
+def _check_inputs(masks_by_image, boxes_by_image, labels_by_image, resolutions: tuple[int, ...]) -> None:
+    """Positive resolutions, and as many images of boxes and labels (when given) as of masks."""
+    if not resolutions or min(resolutions) < 1:
+        raise ValueError(f"resolutions must be positive integers, got {resolutions}")
+    if boxes_by_image is not None and len(boxes_by_image) != len(masks_by_image):
+        raise ValueError(f"{len(masks_by_image)} images of masks but {len(boxes_by_image)} of boxes")
+    if labels_by_image is not None and len(labels_by_image) != len(masks_by_image):
+        raise ValueError(f"{len(masks_by_image)} images of masks but {len(labels_by_image)} of labels")
+
+
+def _image_boxes(b, i: int, n: int) -> np.ndarray:
+    """Image ``i``'s given boxes as float64 N×4, one per mask."""
+    boxes = np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b, dtype=np.float64)
+    boxes = boxes.reshape(-1, 4)
+    if boxes.shape[0] != n:
+        raise ValueError(f"image {i}: {n} masks but {boxes.shape[0]} boxes")
+    return boxes
+
+
+def _image_labels(lab, i: int, n: int) -> np.ndarray:
+    """Image ``i``'s category ids as int64, one per mask."""
+    lab = np.asarray(lab.detach().cpu().numpy() if hasattr(lab, "detach") else lab, dtype=np.int64).reshape(-1)
+    if lab.shape[0] != n:
+        raise ValueError(f"image {i}: {n} masks but {lab.shape[0]} labels")
+    return lab
+
+
+def _round_trip_ious(
+    m: np.ndarray, boxes: np.ndarray, resolutions: tuple[int, ...], geometry: str, dilation_ratio: float
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One image's N ground-truth masks (bool N×H×W, N > 0) through each R×R grid and back:
+    {R: (mask IoU, boundary IoU)}, float64 arrays of N values."""
+    import torch
+
+    from .round_trip import round_trip_masks
+
+    n, h, w = m.shape
+    gt_t = torch.from_numpy(m.astype(np.uint8))
+    boxes_t = torch.from_numpy(boxes.astype(np.float32))
+    d = boundary_dilation(h, w, dilation_ratio)
+    gt_bands = [mask_boundary(g, d).astype(bool) for g in m]
+    out = {}
+    for r in resolutions:
+        with torch.no_grad():
+            pasted = round_trip_masks(gt_t, boxes_t, r, geometry).numpy()
+        inter = np.count_nonzero(pasted & m, axis=(1, 2))
+        union = np.count_nonzero(pasted | m, axis=(1, 2))
+        mask_iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
+        vals = np.empty(n, dtype=np.float64)
+        for k in range(n):
+            bp = mask_boundary(pasted[k], d).astype(bool)
+            union = int(np.count_nonzero(gt_bands[k] | bp))
+            vals[k] = 1.0 if union == 0 else int(np.count_nonzero(gt_bands[k] & bp)) / union
+        out[r] = (mask_iou, vals)
+    return out
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """The per-image arrays as one, in image order (empty with no parts)."""
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
 
 def yardstick_from_coco(
