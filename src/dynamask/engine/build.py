@@ -17,7 +17,7 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..errors import DynaMaskError
 
-# Re-exported: training code (engine/train.py and its helpers) imports them from here.
+# Re-exported: training code (engine/training_run.py and its helpers) imports them from here.
 from ..inference import checkpoint_geometry, checkpoint_mismatches, hyper_parameters, load_checkpoint
 from ..models.detector import build_model
 

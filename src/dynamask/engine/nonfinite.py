@@ -41,7 +41,7 @@ class NonFiniteGuard:
         self.total = 0
 
     def check(self, step: int, result) -> NonFiniteLossError | None:
-        """Account for one step (a :class:`~dynamask.engine.train.StepResult`)."""
+        """Account for one step (a :class:`~dynamask.engine.training_step.StepResult`)."""
         if result.finite:
             self.in_a_row = 0
             return None

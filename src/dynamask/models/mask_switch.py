@@ -6,7 +6,7 @@ Two switches, chosen with ``switch=``:
   already computed for every RoI — the 14×14 region feature, mask and edge probabilities — plus
   the box size, and *regresses* the selection cost of stopping at each stage. A RoI stops at
   argmin_k cost_k + λ·F_k/F_max, λ being the price of compute that met the budget target in
-  training, kept in the switch (``price``). Costs next to nothing (README, "How it works").
+  training, kept in the switch (``price``). Costs next to nothing (docs, "How it works").
 - :class:`PaperSwitch` (``"paper"``): the module as the authors built it — a detached 56×56
   RoIAlign of P2 through two small conv blocks and two FC layers to four logits, trained end to
   end through straight-through Gumbel-softmax with the paper's losses. No price, no cost
