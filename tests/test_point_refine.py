@@ -257,15 +257,15 @@ def test_training_step_supervises_every_stage_and_the_switch():
 def test_training_supervises_the_train_points_and_refines_with_the_inference_points(monkeypatch):
     """PointRend's split: ``refinement_train_points`` importance-sampled points are supervised; the
     inference-style pass (the next stage's input, the switch's costs) refines ``refinement_points``."""
-    import dynamask.models.dynamask_head as head_module
+    import dynamask.models.point_stages as stages_module
 
     sampled, refined = [], []
-    real_sample, real_refine = head_module.importance_points, head_module.refine_at_points
+    real_sample, real_refine = stages_module.importance_points, stages_module.refine_at_points
     monkeypatch.setattr(
-        head_module, "importance_points", lambda coarse, count: sampled.append(count) or real_sample(coarse, count)
+        stages_module, "importance_points", lambda coarse, count: sampled.append(count) or real_sample(coarse, count)
     )
     monkeypatch.setattr(
-        head_module,
+        stages_module,
         "refine_at_points",
         lambda stage, coarse, count, *a, **k: refined.append(count) or real_refine(stage, coarse, count, *a, **k),
     )

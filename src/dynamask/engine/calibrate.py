@@ -102,9 +102,52 @@ def calibrate_switch(
     """Calibrate ``model``'s cost switch on ``dataset`` (held-out, COCO-format, no transforms) in
     place; returns what was measured and set. ``target`` defaults to the head's training
     ``budget_target``."""
+    head = _cost_switch_head(model)
+    target = float(head.budget_target if target is None else target)
+    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    outputs, scores, real = _switch_outputs_on_detections(model, head, dataset, n, torch.device(device), progress)
+    switch = head.switch
+    knots = switch.SCORE_KNOTS.numpy()
+    score_map = fit_score_map(scores, real, knots)
+    with torch.no_grad():
+        switch.score_map.copy_(torch.from_numpy(score_map).to(switch.score_map))
+        switch.uses_score.fill_(1)
+    shares = _set_price(head, outputs, scores, target)
+    lowest, unconstrained, achieved = shares["cheapest_share"], shares["unconstrained_share"], shares["achieved"]
+    reachable = lowest <= target <= unconstrained
+    report = {
+        "target": target,
+        "achieved": achieved,
+        "reachable": reachable,
+        "cheapest_share": lowest,
+        "unconstrained_share": unconstrained,
+        "price_before": shares["price_before"],
+        "price": shares["price"],
+        "score_map": [round(float(v), 4) for v in score_map],
+        "score_knots": [round(float(k), 2) for k in knots],
+        "images": n,
+        "detections": int(scores.shape[0]),
+        "real_fraction": float(real.mean()),
+    }
+    if head.refinement == "points":  # the stage costs the price was set against depend on it
+        report["refinement_points"] = head.refinement_points
+    if not reachable:
+        logger.warning(
+            "calibrate: target %.3f is outside what this head reaches on these detections "
+            "(%.3f with every detection at 14, %.3f unconstrained); achieved %.3f",
+            target,
+            lowest,
+            unconstrained,
+            achieved,
+        )
+    return report
+
+
+def _cost_switch_head(model):
+    """``model``'s mask branch, refused unless it is a DynaMask head with the cost switch (the one
+    switch with a price and a score map)."""
     from ..models.dynamask_head import DynaMaskHead
     from ..models.mask_switch import CostSwitch
-    from ..models.policy import budget_multiplier
 
     head = model.mask_branch
     if not isinstance(head, DynaMaskHead) or not isinstance(head.switch, CostSwitch):
@@ -112,13 +155,18 @@ def calibrate_switch(
             "calibrate: only a DynaMask head with the cost switch (model.switch=cost, "
             "policy dynamic) has a price and a score map to calibrate"
         )
-    target = float(head.budget_target if target is None else target)
-    switch = head.switch
-    saved = (model.training, head.policy, head.mask_budget, head.switch_log, switch.uses_score.clone())
-    device = torch.device(device)
+    return head
+
+
+def _switch_outputs_on_detections(
+    model, head, dataset, n: int, device: torch.device, progress: bool
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Runs ``model`` (evaluation mode, dynamic policy, full budget) over the first ``n`` images of
+    ``dataset``; per detection: the switch's outputs (D×K), the detector score and whether it
+    matches a ground-truth object. The model's mode and the head's settings are restored after."""
+    saved = (model.training, head.policy, head.mask_budget, head.switch_log)
     model.to(device).eval()
     head.policy, head.mask_budget, head.switch_log = "dynamic", 1.0, []
-    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     all_scores, all_real = [], []
     try:
         with torch.no_grad(), progress_bar(n, "calibrate", enabled=progress) as bar:
@@ -144,16 +192,20 @@ def calibrate_switch(
         head.policy, head.mask_budget, head.switch_log = saved[1], saved[2], saved[3]
     if not log or sum(o.shape[0] for o, _ in log) == 0:
         raise DynaMaskError("calibrate: the model returned no detection on the held-out images")
-    outputs = torch.cat([o for o, _ in log]).cpu()
-    scores = np.concatenate(all_scores)
-    real = np.concatenate(all_real)
-    knots = switch.SCORE_KNOTS.numpy()
-    score_map = fit_score_map(scores, real, knots)
+    return torch.cat([o for o, _ in log]).cpu(), np.concatenate(all_scores), np.concatenate(all_real)
+
+
+def _set_price(head, outputs: torch.Tensor, scores: np.ndarray, target: float) -> dict[str, float]:
+    """Sets the switch's ``price`` to the smallest λ at which its own choices over these detections
+    (outputs weighted by P(real | score), so the score map must be set first) cost ``target`` of
+    the full path on average; returns the shares it reaches (every detection at 14, unconstrained,
+    achieved) and the price before and after."""
+    from ..models.policy import budget_multiplier
+
+    switch = head.switch
     costs = head.stage_costs(with_switch=True).double().cpu()
     fractions = (costs / costs[-1]).float()
     with torch.no_grad():
-        switch.score_map.copy_(torch.from_numpy(score_map).to(switch.score_map))
-        switch.uses_score.fill_(1)
         p = switch.real_probability(torch.from_numpy(scores).float())
         weighted = -(p[:, None] * outputs.float())
         lowest = float(fractions[0])
@@ -166,30 +218,10 @@ def calibrate_switch(
                 torch.argmax(switch.scores(outputs.float(), fractions, torch.from_numpy(scores).float()), dim=1)
             ].mean()
         )
-    reachable = lowest <= target <= unconstrained
-    report = {
-        "target": target,
-        "achieved": achieved,
-        "reachable": reachable,
+    return {
         "cheapest_share": lowest,
         "unconstrained_share": unconstrained,
+        "achieved": achieved,
         "price_before": price_before,
         "price": lam,
-        "score_map": [round(float(v), 4) for v in score_map],
-        "score_knots": [round(float(k), 2) for k in knots],
-        "images": n,
-        "detections": int(scores.shape[0]),
-        "real_fraction": float(real.mean()),
     }
-    if head.refinement == "points":  # the stage costs the price was set against depend on it
-        report["refinement_points"] = head.refinement_points
-    if not reachable:
-        logger.warning(
-            "calibrate: target %.3f is outside what this head reaches on these detections "
-            "(%.3f with every detection at 14, %.3f unconstrained); achieved %.3f",
-            target,
-            lowest,
-            unconstrained,
-            achieved,
-        )
-    return report

@@ -5,6 +5,10 @@ Training runs every stage on every positive RoI (deep supervision) and trains th
 the selection and budget losses. Inference runs stage 0 and the switch for all detections,
 then stage k only for the RoIs whose chosen resolution is at least R_k — the skipped stages are
 really not computed — and hands back each mask at its own resolution for the batched paste.
+
+This file builds the head from its parts and holds its settings and its cost table; the passes
+are in their own files, mixed into :class:`DynaMaskHead`: training in head_training.py, the
+point stages of ``refinement="points"`` in point_stages.py, inference in head_inference.py.
 """
 
 from __future__ import annotations
@@ -12,38 +16,20 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from . import losses as L
 from .deform_conv import DEFORM_KERNELS
 from .flops import conv2d_flops, roi_align_flops
 from .geometry import MaskRoIPool, check_geometry
-from .mask_switch import CostSwitch, PaperSwitch, SwitchInput, check_switch
-from .point_refine import (
-    INFERENCE_POINTS,
-    TRAINING_POINTS,
-    PointStage,
-    check_refinement,
-    importance_points,
-    point_targets,
-    refine_at_points,
-    sample_in_image,
-    sample_in_rois,
-)
-from .policy import (
-    RESOLUTIONS,
-    SIZE_THRESHOLDS,
-    check_policy,
-    choose_under_budget,
-    fixed_stage,
-    size_rule,
-    smallest_budget,
-    stages_needed,
-)
+from .head_inference import InferenceMixin
+from .head_training import TrainingMixin
+from .mask_switch import CostSwitch, PaperSwitch, check_switch
+from .point_refine import INFERENCE_POINTS, TRAINING_POINTS, PointStage, check_refinement
+from .point_stages import PointStagesMixin
+from .policy import RESOLUTIONS, SIZE_THRESHOLDS, check_policy, smallest_budget, stages_needed
 from .rfpn import FeatureAggregation, StagePredictor, init_conv
-from .roi_utils import exporting, level_scale, rois_with_batch_index, split_groups
+from .roi_utils import level_scale
 
 #: Named widths: (region feature at 14, 28, 56, 112; reduced image feature pooled at 14, 28, 56).
 #: "balanced" (default): each further stage costs about as much as everything before it, so
@@ -98,7 +84,93 @@ def warn_unreachable_budget(key: str, value: float, lowest: float) -> None:
     )  # past the property setter and nn.Module.__setattr__
 
 
-class DynaMaskHead(nn.Module):
+def check_point_options(policy: str, switch: str, refinement: str, mask_geometry: str) -> None:
+    """Refuse the combinations point stages cannot serve (the paper switch, the legacy geometry)."""
+    if refinement != "points":
+        return
+    if policy == "dynamic" and switch == "paper":
+        raise ValueError(
+            "switch 'paper' cannot be used with refinement 'points': the authors' switch is "
+            "trained on every stage's dense edge map, which point stages do not compute; "
+            "use switch 'cost' (the default) or refinement 'dense'"
+        )
+    if mask_geometry != "exact":
+        raise ValueError(
+            "refinement 'points' needs mask_geometry 'exact': its targets are read from the "
+            "masks at the points' exact coordinates"
+        )
+
+
+def build_shared_convs(in_channels: int, width: int) -> nn.Sequential:
+    """The two 3×3 convs on the pooled 14×14 RoI feature that every stage and the switch start from."""
+    return nn.Sequential(
+        init_conv(nn.Conv2d(in_channels, width, 3, padding=1)),
+        nn.ReLU(inplace=True),
+        init_conv(nn.Conv2d(width, width, 3, padding=1)),
+        nn.ReLU(inplace=True),
+    )
+
+
+def build_dense_stages(
+    dense: int,
+    num_classes: int,
+    widths: tuple[int, ...],
+    in_channels: int,
+    reduced_channels: tuple[int, ...],
+    fam: str,
+    sampling_ratio: int,
+    deform_kernel: str,
+) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The first ``dense`` r-FPN stages: a predictor per stage (class-specific masks but at 112)
+    and, between stages k and k+1, the FAM that fuses the pooled image feature."""
+    last = len(RESOLUTIONS) - 1
+    predictors = nn.ModuleList(
+        StagePredictor(widths[k], num_classes if k < last else 1, refine=k > 0) for k in range(dense)
+    )
+    aggregators = nn.ModuleList(
+        FeatureAggregation(
+            widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio, deform_kernel
+        )
+        for k in range(dense - 1)
+    )
+    return predictors, aggregators
+
+
+def build_point_stages(
+    dense: int,
+    num_stages: int,
+    num_classes: int,
+    widths: tuple[int, ...],
+    in_channels: int,
+    reduced_channels: tuple[int, ...],
+) -> nn.ModuleList:
+    """The stages after the ``dense`` ones as point stages, each fed the last dense stage's region
+    feature (empty with dense refinement)."""
+    last = len(RESOLUTIONS) - 1
+    return nn.ModuleList(
+        PointStage(in_channels, reduced_channels[k - 1], widths[dense - 1], widths[k], num_classes if k < last else 1)
+        for k in range(dense, num_stages)
+    )
+
+
+def build_switch(
+    policy: str, switch: str, in_channels: int, width: int, level: str, sampling_ratio: int
+) -> nn.Module | None:
+    """The Mask Switch Module of the dynamic policy (none for the others): the cost switch on the
+    shared region feature, or the authors' switch on the image feature at ``level``."""
+    if policy != "dynamic":
+        return None
+    if switch == "cost":
+        return CostSwitch(width, num_choices=len(RESOLUTIONS))
+    return PaperSwitch(in_channels, num_choices=len(RESOLUTIONS), level=level, sampling_ratio=sampling_ratio)
+
+
+class DynaMaskHead(TrainingMixin, PointStagesMixin, InferenceMixin, nn.Module):
+    """The DynaMask mask branch (see the module docstring): ``forward_train`` for the losses of the
+    positive RoIs, ``forward_infer`` for the masks of the detections. Its parameters: ``roi_pool``
+    and ``shared`` (the 14×14 RoI feature), ``predictors`` and ``aggregators`` (the dense stages
+    and the FAMs between them), ``point_stages`` (``refinement="points"``) and ``switch``."""
+
     def __init__(
         self,
         num_classes: int,
@@ -131,18 +203,7 @@ class DynaMaskHead(nn.Module):
         check_policy(policy)
         self.switch_kind = check_switch(switch)
         self.refinement = check_refinement(refinement)
-        if refinement == "points":
-            if policy == "dynamic" and switch == "paper":
-                raise ValueError(
-                    "switch 'paper' cannot be used with refinement 'points': the authors' switch is "
-                    "trained on every stage's dense edge map, which point stages do not compute; "
-                    "use switch 'cost' (the default) or refinement 'dense'"
-                )
-            if mask_geometry != "exact":
-                raise ValueError(
-                    "refinement 'points' needs mask_geometry 'exact': its targets are read from the "
-                    "masks at the points' exact coordinates"
-                )
+        check_point_options(policy, switch, refinement, mask_geometry)
         if paper_signal not in self.PAPER_SIGNALS:
             raise ValueError(f"paper_signal must be one of {', '.join(self.PAPER_SIGNALS)}; got {paper_signal!r}")
         self.paper_signal = paper_signal
@@ -163,47 +224,29 @@ class DynaMaskHead(nn.Module):
         self.gumbel_tau = gumbel_tau
         self.size_thresholds = tuple(size_thresholds)
 
-        c0 = widths[0]
         self.roi_pool = MaskRoIPool(list(featmap_names), RESOLUTIONS[0], sampling_ratio, mask_geometry)
-        self.shared = nn.Sequential(
-            init_conv(nn.Conv2d(in_channels, c0, 3, padding=1)),
-            nn.ReLU(inplace=True),
-            init_conv(nn.Conv2d(c0, c0, 3, padding=1)),
-            nn.ReLU(inplace=True),
-        )
-        last = len(RESOLUTIONS) - 1
+        self.shared = build_shared_convs(in_channels, widths[0])
         # with point refinement only 14 and 28 are dense; 56 and 112 are point stages
         dense = self.num_stages if refinement == "dense" else min(self.num_stages, self.DENSE_STAGES_WITH_POINTS)
-        self.predictors = nn.ModuleList(
-            StagePredictor(widths[k], num_classes if k < last else 1, refine=k > 0) for k in range(dense)
+        self.predictors, self.aggregators = build_dense_stages(
+            dense, num_classes, widths, in_channels, reduced_channels, fam, sampling_ratio, deform_kernel
         )
-        self.aggregators = nn.ModuleList(
-            FeatureAggregation(
-                widths[k], in_channels, reduced_channels[k], widths[k + 1], fam, sampling_ratio, deform_kernel
-            )
-            for k in range(dense - 1)
-        )
-        self.point_stages = nn.ModuleList(
-            PointStage(
-                in_channels, reduced_channels[k - 1], widths[dense - 1], widths[k], num_classes if k < last else 1
-            )
-            for k in range(dense, self.num_stages)
+        self.point_stages = build_point_stages(
+            dense, self.num_stages, num_classes, widths, in_channels, reduced_channels
         )
         self.refinement_points = refinement_points
         if int(refinement_train_points) < 1:
             raise ValueError(f"refinement_train_points must be a positive integer, got {refinement_train_points}")
         #: points supervised per RoI and point stage in training (importance-sampled)
         self.refinement_train_points = int(refinement_train_points)
-        if policy != "dynamic":
-            self.switch = None
-        elif switch == "cost":
-            self.switch = CostSwitch(c0, num_choices=len(RESOLUTIONS))
-        else:
-            self.switch = PaperSwitch(
-                in_channels, num_choices=len(RESOLUTIONS), level=featmap_names[0], sampling_ratio=sampling_ratio
-            )
+        self.switch = build_switch(policy, switch, in_channels, widths[0], featmap_names[0], sampling_ratio)
         self._policy = policy
         self.mask_budget = 1.0
+        self._init_experiment_hooks()
+        self.budget_target = budget_target  # checked against the stage costs, which exist now
+
+    def _init_experiment_hooks(self) -> None:
+        """Controls and records for experiments, all off: logs, the score floor, the choice hook."""
         #: set to a list to record, per choose_stages call, (switch outputs, detection scores)
         self.switch_log: list | None = None
         #: set to a list to record, at inference, each stage's mask logits for the RoIs that ran it
@@ -217,7 +260,6 @@ class DynaMaskHead(nn.Module):
         #: RoI at inference — for experiments that dictate resolutions (an oracle, a forced mix).
         #: Its choices are charged as the policy's own (with the switch under ``dynamic``).
         self.choice_hook = None
-        self.budget_target = budget_target  # checked against the stage costs, which exist now
 
     #: what teaches the paper switch quality: "edge", the authors' signal (each stage's edge loss
     #: against its own target, times the stage loss weight), or "selection_cost", each stage's mask
@@ -226,9 +268,6 @@ class DynaMaskHead(nn.Module):
 
     #: dense stages of a head with ``refinement="points"``: 14 and 28
     DENSE_STAGES_WITH_POINTS = 2
-
-    #: cost switch: scale from (predicted cost + λ·F) differences to Gumbel-softmax logits in training
-    COST_TEMPERATURE = 0.05
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Older checkpoints kept λ in the head ("switch_lambda", also heads without a switch); it
@@ -372,7 +411,7 @@ class DynaMaskHead(nn.Module):
         table = self.flops_table()
         return torch.tensor(table["cumulative_with_switch" if with_switch else "cumulative"], dtype=torch.float64)
 
-    # ----------------------------------------------------------------------------- helpers
+    # ------------------------------------------------------------------------ image features
     def _pool_image_feature(
         self,
         features: dict[str, Tensor],
@@ -395,321 +434,3 @@ class DynaMaskHead(nn.Module):
             sampling_ratio=self.sampling_ratio,
             aligned=True,
         )
-
-    def _zero_losses(self, reference: Tensor) -> dict[str, Tensor]:
-        zero = sum(p.sum() for p in self.parameters()) * 0.0 + reference.sum() * 0.0
-        keys = [f"loss_mask_{r}" for r in self.resolutions] + ["loss_mask_edge"]
-        if self._policy == "dynamic":
-            keys += ["loss_mask_budget"] + (["loss_mask_balance"] if self.balance_weight > 0 else [])
-            if self.switch_kind == "cost":
-                keys += ["loss_mask_select", "loss_mask_switch"]
-            elif self.paper_signal == "selection_cost":
-                keys += ["loss_mask_select"]
-        return {k: zero for k in keys}
-
-    # ---------------------------------------------------------------------------- training
-    def forward_train(
-        self,
-        features: dict[str, Tensor],
-        rois: list[Tensor],
-        image_shapes,
-        gt_masks: list[Tensor],
-        gt_labels: list[Tensor],
-        matched_idxs: list[Tensor],
-    ) -> dict[str, Tensor]:
-        labels = torch.cat([gl[idx] for gl, idx in zip(gt_labels, matched_idxs)])
-        x = self.shared(self.roi_pool(features, rois, image_shapes))
-        if labels.numel() == 0:
-            return self._zero_losses(x)
-        if self.refinement == "points":
-            return self._forward_train_points(features, rois, image_shapes, gt_masks, matched_idxs, labels, x)
-        boxes = torch.cat(rois)
-        roi5 = rois_with_batch_index(rois)
-        finest = RESOLUTIONS[-1]
-        targets = L.downsample_targets(
-            L.matched_mask_targets(gt_masks, rois, matched_idxs, finest, self.mask_geometry, image_shapes), RESOLUTIONS
-        )
-
-        losses: dict[str, Tensor] = {}
-        region0 = x
-        stages = self.all_stages(x, features, roi5, image_shapes, labels)
-        stage_logits = [mask_logits for mask_logits, _ in stages]
-        mask0, edge0 = stages[0]
-        for k, r in enumerate(self.resolutions):
-            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * L.mask_bce(stage_logits[k], targets[r])
-        edge_losses = self.stage_edge_losses([e for _, e in stages], targets)  # N×K
-
-        if self._policy != "dynamic":
-            losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
-            return losses
-        inp = SwitchInput(features, roi5, image_shapes, region0, mask0, edge0)
-        if self.switch_kind == "cost":
-            losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
-            losses.update(self._cost_switch_losses(inp, stage_logits, targets[finest], boxes))
-        elif self.paper_signal == "edge":
-            losses.update(self._paper_switch_losses(inp, edge_losses))
-        else:  # every stage keeps its edge loss; the switch learns from the comparable signal
-            losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
-            signal = L.selection_costs(stage_logits, targets[finest], boxes)
-            losses.update(self._paper_switch_losses(inp, signal, key="loss_mask_select"))
-        return losses
-
-    def all_stages(
-        self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes, labels: Tensor
-    ) -> list[tuple[Tensor, Tensor]]:
-        """(mask logits, edge logits) of every stage for every RoI, from the stage-0 region
-        feature — the training pass (image features pooled from reduced maps)."""
-        return self._dense_stages(region, features, roi5, image_shapes, labels)[0]
-
-    def _dense_stages(
-        self, region: Tensor, features: dict[str, Tensor], roi5: Tensor, image_shapes, labels: Tensor
-    ) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-        """:meth:`all_stages` of the dense stages, and the last one's region feature."""
-        out, x = [], region
-        dense = len(self.predictors)
-        for k in range(dense):
-            x, mask_logits, edge_logits = self.predictors[k](x, labels)
-            out.append((mask_logits, edge_logits))
-            if k + 1 < dense:
-                pooled = self._pool_image_feature(features, k, roi5, image_shapes, reduce_first=True)
-                x = self.aggregators[k](x, pooled, mask_logits, edge_logits, image_reduced=True)
-        return out, x
-
-    def _forward_train_points(
-        self,
-        features: dict[str, Tensor],
-        rois: list[Tensor],
-        image_shapes,
-        gt_masks: list[Tensor],
-        matched_idxs: list[Tensor],
-        labels: Tensor,
-        x: Tensor,
-    ) -> dict[str, Tensor]:
-        """Training with point stages: the dense stages as usual; each point stage is supervised at
-        importance-sampled points by the ground truth at those coordinates, and also run as
-        inference runs it (top-N cells, no gradient) — the map the next stage refines and the
-        switch's selection costs judge."""
-        boxes = torch.cat(rois)
-        roi5 = rois_with_batch_index(rois)
-        dense = len(self.predictors)
-        dynamic = self._policy == "dynamic"
-        # the switch judges every stage against one 112×112 target; else no target finer than 28 is built
-        top = RESOLUTIONS[-1] if dynamic else RESOLUTIONS[dense - 1]
-        targets = L.downsample_targets(
-            L.matched_mask_targets(gt_masks, rois, matched_idxs, top, self.mask_geometry, image_shapes),
-            tuple(r for r in RESOLUTIONS if r <= top),
-        )
-        stages, region = self._dense_stages(x, features, roi5, image_shapes, labels)
-        losses: dict[str, Tensor] = {}
-        edges = []
-        for k, (mask_logits, edge_logits) in enumerate(stages):
-            r = RESOLUTIONS[k]
-            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * L.mask_bce(mask_logits, targets[r])
-            edges.append(L.per_roi_bce(edge_logits, L.edge_map(targets[r])))
-        maps = [mask_logits for mask_logits, _ in stages]
-        coarse = maps[-1]
-        for j, stage in enumerate(self.point_stages):
-            k = dense + j
-            r, count = RESOLUTIONS[k], self.stage_points(k)
-            reduced = stage.reduce_image_feature(features[self.image_levels[k - 1]])
-            points = importance_points(coarse.detach(), min(self.refinement_train_points, r * r))
-            mask, edge = stage(
-                sample_in_image(reduced, roi5, points, image_shapes),
-                sample_in_rois(region, points),
-                sample_in_rois(coarse, points)[..., 0],
-                labels,
-                image_reduced=True,
-            )
-            mask_target, edge_target = point_targets(gt_masks, rois, matched_idxs, points, r, image_shapes)
-            losses[f"loss_mask_{r}"] = self.stage_loss_weights[k] * F.binary_cross_entropy_with_logits(
-                mask, mask_target.to(mask.dtype)
-            )
-            edges.append(
-                F.binary_cross_entropy_with_logits(edge, edge_target.to(edge.dtype), reduction="none").mean(dim=1)
-            )
-            with torch.no_grad():
-                coarse = refine_at_points(
-                    stage, coarse.detach(), count, reduced, roi5, region, labels, image_shapes, image_reduced=True
-                )
-            maps.append(coarse)
-        weights = torch.tensor(self.stage_loss_weights[: self.num_stages], device=x.device)
-        edge_losses = torch.stack(edges, dim=1) * weights.to(edges[0].dtype)
-        losses["loss_mask_edge"] = self.edge_loss_weight * edge_losses.sum(dim=1).mean()
-        if dynamic:
-            mask0, edge0 = stages[0]
-            inp = SwitchInput(features, roi5, image_shapes, x, mask0, edge0)
-            losses.update(self._cost_switch_losses(inp, maps, targets[RESOLUTIONS[-1]], boxes))
-        return losses
-
-    def stage_edge_losses(self, edge_logits: list[Tensor], targets: dict[int, Tensor], weighted: bool = True) -> Tensor:
-        """Per RoI and stage, the edge BCE against that stage's own target (N×K) — the signal the
-        authors' switch is trained on — times the stage loss weights unless ``weighted=False``."""
-        raw = torch.stack(
-            [L.per_roi_bce(e, L.edge_map(targets[r])) for e, r in zip(edge_logits, self.resolutions)], dim=1
-        )
-        if not weighted:
-            return raw
-        return raw * torch.tensor(self.stage_loss_weights[: self.num_stages], device=raw.device, dtype=raw.dtype)
-
-    def _cost_switch_losses(
-        self, inp: SwitchInput, stage_logits: list[Tensor], target: Tensor, boxes: Tensor
-    ) -> dict[str, Tensor]:
-        """The cost switch regresses each stage's selection cost; λ prices compute so that its
-        own choices meet the budget target. The paper's Gumbel selection loss, hinge and balance
-        term are there with their weights (0 by default)."""
-        predicted = self.switch(inp).float()
-        costs = L.selection_costs(stage_logits, target, boxes)
-        fractions = self.cost_fractions(predicted.device)
-        # λ: the price at which the switch's *own* choices on this batch meet the budget target
-        # (priced on the true costs instead, its smoother predictions crossed to the fine
-        # stages too rarely and used half the budget)
-        self.switch.update_price(L.selection_multiplier(predicted.detach(), fractions, self.budget_target))
-        switch_logits = self.switch.scores(predicted, fractions) / self.COST_TEMPERATURE
-        # Straight-through Gumbel-softmax: one-hot forward, soft gradient; the noise is drawn
-        # on the logits' own device (CPU and CUDA alike).
-        selection = F.gumbel_softmax(switch_logits, tau=self.gumbel_tau, hard=True)
-        losses = {
-            "loss_mask_select": self.select_loss_weight * L.selection_loss(selection, costs),
-            "loss_mask_budget": self.budget_weight * L.budget_loss(selection, fractions, self.budget_target),
-            "loss_mask_switch": self.switch_cost_weight * L.switch_cost_loss(predicted, costs),
-        }
-        if self.balance_weight > 0:
-            losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(switch_logits.softmax(dim=1))
-        return losses
-
-    def _paper_switch_losses(self, inp: SwitchInput, signal: Tensor, key: str = "loss_mask_edge") -> dict[str, Tensor]:
-        """The authors' training of their switch: a straight-through Gumbel-softmax sample picks
-        one stage per RoI; that stage's ``signal`` counts for the RoI (the gradient reaching the
-        switch through the one-hot sample is what teaches it quality), the budget hinge on the
-        selected cost and the usage-balance term teach it cost. Every stage keeps its mask loss.
-        The authors' signal is the stage-weighted edge loss (it also trains the selected stage's
-        edges, under ``key`` "loss_mask_edge"); ``paper_signal="selection_cost"`` passes the
-        detached selection costs instead, under "loss_mask_select"."""
-        logits = self.switch(inp).float()
-        selection = F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
-        fractions = self.cost_fractions(logits.device)
-        losses = {
-            key: self.edge_loss_weight * (selection * signal).sum(dim=1).mean(),
-            "loss_mask_budget": self.budget_weight * L.budget_loss(selection, fractions, self.budget_target),
-        }
-        if self.balance_weight > 0:
-            losses["loss_mask_balance"] = self.balance_weight * L.balance_loss(logits.softmax(dim=1))
-        return losses
-
-    # --------------------------------------------------------------------------- inference
-    def gated(self, detection_scores: Tensor | None) -> Tensor | None:
-        """RoIs the score floor stops at 14×14 (bool N), or None when no floor applies."""
-        if self.score_floor <= 0 or detection_scores is None:
-            return None
-        return detection_scores < self.score_floor
-
-    def choose_stages(self, inp: SwitchInput, counts: list[int]) -> Tensor:
-        """Stage index per RoI under the current policy (and, for dynamic, the budget dial, the
-        score floor and the choice hook)."""
-        gated = self.gated(inp.detection_scores)
-        if gated is None:
-            choice = self._policy_choice(inp, counts)
-        else:  # only the RoIs above the floor reach the policy (and the switch)
-            keep = ~gated
-            kept_counts = [int(c.sum()) for c in keep.split(counts)]
-            choice = torch.zeros(gated.shape[0], dtype=torch.int64, device=gated.device)
-            choice[keep] = self._policy_choice(inp.select(keep), kept_counts)
-        if self.choice_hook is not None:
-            choice = self.choice_hook(choice, inp, counts)
-        return choice
-
-    def _policy_choice(self, inp: SwitchInput, counts: list[int]) -> Tensor:
-        boxes = inp.boxes
-        n = boxes.shape[0]
-        k = fixed_stage(self._policy)
-        if k is not None:
-            return torch.full((n,), k, dtype=torch.int64, device=boxes.device)
-        if self._policy == "size":
-            return size_rule(boxes, self.size_thresholds).clamp(max=self.num_stages - 1)
-        outputs = self.switch(inp).float()
-        if self.switch_log is not None:  # public hook: what the switch saw and said (calibration)
-            self.switch_log.append((outputs.detach(), inp.detection_scores))
-        scores = self.switch.scores(outputs, self.cost_fractions(boxes.device), inp.detection_scores)
-        if self.mask_budget >= 1.0:
-            return scores.argmax(dim=1)
-        costs = self.stage_costs(with_switch=True).to(scores.device)
-        return torch.cat([choose_under_budget(s, costs, self.mask_budget) for s in scores.split(counts)])
-
-    def forward_infer(
-        self,
-        features: dict[str, Tensor],
-        boxes_per_image: list[Tensor],
-        labels_per_image: list[Tensor],
-        image_shapes,
-        scores_per_image: list[Tensor] | None = None,
-    ) -> list[dict]:
-        counts = [b.shape[0] for b in boxes_per_image]
-        boxes = torch.cat(boxes_per_image)
-        labels = torch.cat(labels_per_image)
-        detection_scores = torch.cat(scores_per_image) if scores_per_image is not None else None
-        roi5 = rois_with_batch_index(boxes_per_image)
-        x = self.shared(self.roi_pool(features, boxes_per_image, image_shapes))
-        x, mask_logits, edge_logits = self.predictors[0](x, labels)
-        choice = self.choose_stages(
-            SwitchInput(features, roi5, image_shapes, x, mask_logits, edge_logits, detection_scores), counts
-        )
-        flops = self.stage_costs(with_switch=self._policy == "dynamic").to(boxes.device)[choice]
-        gated = self.gated(detection_scores)
-        if gated is not None:  # a gated detection never ran the switch
-            flops = torch.where(gated, self.stage_costs(with_switch=False).to(flops)[0], flops)
-
-        # While exporting (tracing) nothing may depend on the data: every stage the policy can reach
-        # is recorded and runs at inference on the RoIs that reach it, possibly none.
-        tracing = exporting()
-        last = fixed_stage(self._policy)
-        groups = []
-        active = torch.arange(boxes.shape[0], device=boxes.device)
-        dense = len(self.predictors)
-        for k in range(self.num_stages if last is None else last + 1):
-            if 0 < k < dense:
-                x, mask_logits, edge_logits = self.predictors[k](x, labels[active])
-            elif k >= dense:  # a point stage: x stays the 28 stage's region feature
-                mask_logits = refine_at_points(
-                    self.point_stages[k - dense],
-                    mask_logits,
-                    self.stage_points(k),
-                    features[self.image_levels[k - 1]],
-                    roi5[active],
-                    x,
-                    labels[active],
-                    image_shapes,
-                )
-            if self.stage_log is not None:
-                self.stage_log.append(mask_logits.detach())
-            stop = choice[active] == k
-            if tracing or bool(stop.any()):
-                groups.append((k, active[stop], mask_logits[stop].sigmoid()))
-            if k == self.num_stages - 1 or k == last:
-                break
-            go = choice[active] > k
-            if not tracing and not bool(go.any()):
-                break
-            x, mask_logits, edge_logits, active = x[go], mask_logits[go], edge_logits[go], active[go]
-            if k + 1 < dense:
-                pooled = self._pool_image_feature(features, k, roi5[active], image_shapes)
-                x = self.aggregators[k](x, pooled, mask_logits, edge_logits)
-
-        resolution = torch.tensor(RESOLUTIONS, device=boxes.device)[choice]
-        if tracing and len(counts) == 1:  # one image: no split by Python counts
-            return [
-                {
-                    "mask_groups": [(idx, masks) for _, idx, masks in groups],
-                    "mask_resolution": resolution,
-                    "mask_flops": flops.float(),
-                }
-            ]
-        return [
-            {
-                "mask_groups": [(idx, masks) for _, idx, masks in image_groups],
-                "mask_resolution": res,
-                "mask_flops": fl.float(),
-            }
-            for image_groups, res, fl in zip(
-                split_groups(groups, counts), resolution.split(counts), flops.split(counts)
-            )
-        ]
