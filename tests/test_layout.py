@@ -125,3 +125,46 @@ def test_moved_names_keep_their_old_path_with_a_warning(old, name, new):
         value = getattr(module, name)
     assert value is getattr(importlib.import_module(new), name)
     assert not hasattr(module, "no_such_name")  # anything else is the usual AttributeError
+
+
+#: files of one idea (issue 33): a source file past this many lines holds more than one
+MAX_FILE_LINES = 500
+#: a function past this many lines (``def`` to its last line) does more than one step
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """Every function or method of ``source`` longer than ``limit`` lines, nested ones included."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > limit:
+                found.append((node.name, length))
+    return found
+
+
+def test_no_source_file_is_longer_than_its_limit():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES
+    }
+    assert not long, f"split these files by idea (over {MAX_FILE_LINES} lines): {long}"
+
+
+def test_no_function_is_longer_than_its_limit():
+    long = {
+        f"{p.relative_to(SRC)}:{name}": n
+        for p in sorted(PACKAGE.rglob("*.py"))
+        for name, n in _long_functions(p.read_text())
+    }
+    assert not long, f"split these functions into steps (over {MAX_FUNCTION_LINES} lines): {long}"
+
+
+def test_the_length_check_counts_from_def_to_the_last_line():
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    assert _long_functions(f"def f():\n{body}\n") == [("f", 81)]
+    assert _long_functions(f"def f():\n{body}\n", limit=81) == []
+    nested = f"class A:\n    def method(self):\n        def inner():\n" + body.replace("    ", "            ") + "\n"
+    assert [name for name, _ in _long_functions(nested)] == ["method", "inner"]

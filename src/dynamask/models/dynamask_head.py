@@ -33,7 +33,7 @@ from .roi_utils import level_scale
 
 #: Named widths: (region feature at 14, 28, 56, 112; reduced image feature pooled at 14, 28, 56).
 #: "balanced" (default): each further stage costs about as much as everything before it, so
-#: stopping early saves most of the work (README, "Cost per stage"). "paper": the authors'
+#: stopping early saves most of the work (docs, "How it works: Cost per stage"). "paper": the authors'
 #: release — two 3×3 convs of 256 at 14, then 128 / 64 / 32, each image feature reduced to its
 #: stage's own width.
 WIDTH_PRESETS = {
@@ -42,7 +42,7 @@ WIDTH_PRESETS = {
 }
 
 #: per switch, the default weights of the paper's budget hinge and usage-balance term: the cost
-#: switch meets its budget through λ (README, "How it works"); the paper switch is trained with
+#: switch meets its budget through λ (docs, "How it works"); the paper switch is trained with
 #: the authors' weights (hinge 0.3, balance 0.8)
 SWITCH_LOSS_DEFAULTS = {
     "cost": {"budget_weight": 0.0, "balance_weight": 0.0},
