@@ -166,5 +166,5 @@ def test_the_length_check_counts_from_def_to_the_last_line():
     body = "\n".join(f"    x{i} = {i}" for i in range(80))
     assert _long_functions(f"def f():\n{body}\n") == [("f", 81)]
     assert _long_functions(f"def f():\n{body}\n", limit=81) == []
-    nested = f"class A:\n    def method(self):\n        def inner():\n" + body.replace("    ", "            ") + "\n"
+    nested = "class A:\n    def method(self):\n        def inner():\n" + body.replace("    ", "            ") + "\n"
     assert [name for name, _ in _long_functions(nested)] == ["method", "inner"]
