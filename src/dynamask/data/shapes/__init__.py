@@ -68,4 +68,3 @@ __all__ = [
     "render_shapes_image",
     "shape_categories",
 ]
-
