@@ -248,3 +248,29 @@ def test_train_evaluate_predict_end_to_end(small_config, shapes, tmp_path, capsy
         assert (pred / "predictions.json").is_file()
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "world_size, argv, status, leaves_early",
+    [
+        ("2", ["config"], 0, True),
+        ("2", ["config", "model.no_such_key=1"], 2, True),
+        ("1", ["config"], 0, False),
+        (None, ["config"], 0, False),
+    ],
+)
+def test_a_torchrun_worker_leaves_with_its_status_once_done(world_size, argv, status, leaves_early):
+    """Under torchrun (WORLD_SIZE > 1, no process group left) ``main`` flushes and leaves with the
+    command's status at once, skipping the exit-time teardown that sometimes aborted a finished
+    worker; anywhere else it returns as usual."""
+    code = f"import sys; from dynamask.cli import main; rc = main({argv!r}); print('MAIN-RETURNED', rc); sys.exit(rc)"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if world_size is not None:
+        env["WORLD_SIZE"] = world_size
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == status, proc.stderr
+    assert ("MAIN-RETURNED" in proc.stdout) is not leaves_early
+    if status == 0:
+        assert "model:" in proc.stdout  # the command's output was flushed before leaving
+    else:
+        assert "no_such_key" in proc.stderr

@@ -32,6 +32,7 @@ from .exit_status import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_E
 from .export import add_export, cmd_export
 from .predict import add_predict, cmd_predict
 from .shapes import add_shapes, cmd_shapes
+from .torchrun import leave_torchrun_worker
 from .train import add_train, cmd_train
 
 __all__ = [
@@ -146,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = _parse(parser, argv)
+    status = _run(args)
+    leave_torchrun_worker(status)
+    return status
+
+
+def _run(args) -> int:
+    """The command's exit status; without --debug an error is one line, never a traceback."""
     debug = bool(getattr(args, "debug", False))
     setup_logging(logging.DEBUG if debug else logging.INFO)
     if debug:

@@ -4,7 +4,9 @@ the run, and rank 0 alone prints the results."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 
 
 @contextlib.contextmanager
@@ -36,3 +38,25 @@ def process_group(device: str | None, cfg: dict | None):
 def is_rank0() -> bool:
     """True outside torchrun, and in its rank-0 process: the one that prints."""
     return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def leave_torchrun_worker(status: int) -> None:
+    """Under torchrun, once the process group is gone: flush and leave with ``status`` now, without
+    the interpreter's and C++'s exit-time teardown.
+
+    A worker that has finished its command (outputs written, process group destroyed) sometimes
+    aborted in that teardown — "terminate called without an active exception", SIGABRT, no Python
+    frame left — after its peer had already exited (c10d/Gloo, measured in two-node
+    ``dynamask evaluate``), and torchrun then reported a finished run as failed. Outside torchrun,
+    or while a process group is still up, this does nothing.
+    """
+    if "WORLD_SIZE" not in os.environ or int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        return
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
