@@ -256,7 +256,9 @@ def test_train_evaluate_predict_end_to_end(small_config, shapes, tmp_path, capsy
         ("2", ["config"], 0, True),
         ("2", ["config", "model.no_such_key=1"], 2, True),
         ("1", ["config"], 0, False),
+        (" ", ["config"], 0, False),
         (None, ["config"], 0, False),
+        ("two", ["config"], 0, True),  # not a number: never a traceback after the command's work
     ],
 )
 def test_a_torchrun_worker_leaves_with_its_status_once_done(world_size, argv, status, leaves_early):

@@ -32,7 +32,7 @@ from .exit_status import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_E
 from .export import add_export, cmd_export
 from .predict import add_predict, cmd_predict
 from .shapes import add_shapes, cmd_shapes
-from .torchrun import leave_torchrun_worker
+from .torchrun import leave_torchrun_worker, under_torchrun
 from .train import add_train, cmd_train
 
 __all__ = [
@@ -126,8 +126,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _rank_prefix() -> str:
-    world = os.environ.get("WORLD_SIZE", "1").strip()
-    if world not in ("", "1"):
+    if under_torchrun():
         return f"[rank {os.environ.get('RANK', '?')}] "
     return ""
 

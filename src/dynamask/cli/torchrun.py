@@ -35,6 +35,12 @@ def process_group(device: str | None, cfg: dict | None):
             du.cleanup_distributed()
 
 
+def under_torchrun() -> bool:
+    """True in a process torchrun started with others (``WORLD_SIZE`` set and not 1), read without
+    importing torch (a value that is not a number never stops a command here)."""
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
+
+
 def is_rank0() -> bool:
     """True outside torchrun, and in its rank-0 process: the one that prints."""
     return os.environ.get("RANK", "0").strip() in ("", "0")
@@ -50,7 +56,7 @@ def leave_torchrun_worker(status: int) -> None:
     ``dynamask evaluate``), and torchrun then reported a finished run as failed. Outside torchrun,
     or while a process group is still up, this does nothing.
     """
-    if "WORLD_SIZE" not in os.environ or int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+    if not under_torchrun():
         return
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
