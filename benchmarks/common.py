@@ -128,3 +128,14 @@ def detail_val_set(work: Path, images: int) -> Path:
 
         generate_shapes_dataset(data, 0, images, image_size=256, seed=0, detail=True)
     return data
+
+
+def evaluate_shipped_head(data: Path | None) -> list[str]:
+    """``dynamask evaluate`` arguments for the shipped head on CPU over ``data``'s validation images;
+    with ``data=None`` the same as a result file records it (the head relative to the repository,
+    the data paths elided)."""
+    if data is None:
+        head, data_args = str(SHIPPED_HEAD.relative_to(ROOT)), ["data.val_json=... data.val_images=..."]
+    else:
+        head, data_args = str(SHIPPED_HEAD), [f"data.val_json={data / 'val.json'}", f"data.val_images={data / 'val'}"]
+    return ["evaluate", "--weights", head, "--device", "cpu", "--no-progress", *data_args]

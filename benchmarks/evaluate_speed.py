@@ -23,8 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import ROOT, child_env, detail_val_set, machine, reference_source, timed_run
-from common import SHIPPED_HEAD as HEAD
+from common import ROOT, child_env, detail_val_set, evaluate_shipped_head, machine, reference_source, timed_run
 
 HERE = Path(__file__).resolve().parent
 AP = ("bbox_AP", "segm_AP", "boundary_AP", "segm_AP50", "boundary_AP75", "segm_APs")
@@ -42,16 +41,7 @@ def main() -> None:
 
     data = detail_val_set(args.work, args.images)
     sources = {"new": ROOT / "src", "reference": reference_source(args.reference, args.work)}
-    tail = [
-        "evaluate",
-        "--weights",
-        str(HEAD),
-        "--device",
-        "cpu",
-        "--no-progress",
-        f"data.val_json={data / 'val.json'}",
-        f"data.val_images={data / 'val'}",
-    ]
+    tail = evaluate_shipped_head(data)
     tries: dict = {name: [] for name in sources}
     metrics: dict = {}
     for k in range(args.repeats):  # alternating, so that a disturbance of the (shared) machine hits both
@@ -81,8 +71,7 @@ def main() -> None:
         "command": " ".join(
             [
                 "dynamask",
-                *[str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]],
-                "data.val_json=... data.val_images=...",
+                *evaluate_shipped_head(None),
             ]
         ),
         "benchmark_command": "python benchmarks/evaluate_speed.py " + " ".join(sys.argv[1:]),

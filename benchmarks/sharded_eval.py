@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import ROOT, child_env, detail_val_set, machine, timed_run
+from common import ROOT, child_env, detail_val_set, evaluate_shipped_head, machine, timed_run
 from common import SHIPPED_HEAD as HEAD
 
 HERE = Path(__file__).resolve().parent
@@ -42,16 +42,7 @@ def main() -> None:
 
     data = detail_val_set(args.work, args.images)
     env = child_env(ROOT / "src", threads=1)
-    tail = [
-        "evaluate",
-        "--weights",
-        str(HEAD),
-        "--device",
-        "cpu",
-        "--no-progress",
-        f"data.val_json={data / 'val.json'}",
-        f"data.val_images={data / 'val'}",
-    ]
+    tail = evaluate_shipped_head(data)
     launchers = {
         "one_process": [sys.executable, "-m", "dynamask"],
         "two_processes": [
@@ -85,14 +76,12 @@ def main() -> None:
     runs = {name: dict(min(t, key=lambda r: r["cpu_s"]), tries=t) for name, t in tries.items()}
     startup = {name: dict(min(t, key=lambda r: r["cpu_s"]), tries=t) for name, t in startup_tries.items()}
     for name in launchers:
-        shown = [str(HEAD.relative_to(ROOT)) if t == str(HEAD) else t for t in tail[:-2]]
         launcher = "torchrun --standalone --nproc_per_node=2 -m dynamask" if name == "two_processes" else "dynamask"
         runs[name]["command"] = " ".join(
             [
                 "OMP_NUM_THREADS=1",
                 launcher,
-                *shown,
-                "data.val_json=... data.val_images=...",
+                *evaluate_shipped_head(None),
                 "--out",
                 f"runs/sharded_eval/{name}",
             ]
