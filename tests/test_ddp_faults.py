@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from narrow_model import NARROW_MODEL
+from torchrun_launch import TORCHRUN, torchrun_env
 
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
@@ -61,13 +62,9 @@ def ddp_config(tmp_path_factory):
 
 def launch(cfg_path, out, *extra):
     """torchrun with 2 CPU workers."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = torchrun_env()
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+        *TORCHRUN,
         "--standalone",
         "--nproc_per_node=2",
         "-m",

@@ -8,7 +8,6 @@ process evaluating the same weights.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 
 import pytest
 from narrow_model import NARROW_MODEL
+from torchrun_launch import TORCHRUN, torchrun_env
 
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
@@ -41,15 +41,11 @@ def two_nodes(tmp_path, name, *args, timeout=240):
     """Start the same ``dynamask`` command as two one-process nodes that meet at a c10d
     rendezvous on 127.0.0.1; wait for both; returns their logs."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = torchrun_env()
     procs, logs = [], []
     for node in (0, 1):
         cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
+            *TORCHRUN,
             "--nnodes",
             "2",
             "--node-rank",

@@ -15,11 +15,11 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun_launch import TORCHRUN, torchrun_env
 
 from dynamask import cli
 from dynamask.data import generate_shapes_dataset
@@ -53,13 +53,9 @@ def overrides(detail):
 
 
 def torchrun(*args, nproc=2, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = torchrun_env()
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+        *TORCHRUN,
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",

@@ -5,11 +5,11 @@ import math
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
 from narrow_model import NARROW_MODEL
+from torchrun_launch import TORCHRUN, torchrun_env
 
 from dynamask.config import load_config, save_config
 from dynamask.data import generate_shapes_dataset
@@ -345,13 +345,9 @@ def test_ddp_two_processes_gloo(shapes, tmp_path):
     cfg_path = tmp_path / "ddp.yaml"
     save_config(cfg, cfg_path)
     out = tmp_path / "ddp_out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = torchrun_env()
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+        *TORCHRUN,
         "--standalone",
         "--nproc_per_node=2",
         "-m",
